@@ -1,0 +1,203 @@
+//! Points on the Earth and the H3 partitioning of the world into regions and cells.
+//!
+//! A *region* is a point's H3 cell at a coarse resolution (a metro area); a *cell* is its H3
+//! cell at a mid resolution (a few km²). Locations are published on subjects naming both, and
+//! a cell's region is always its `parent()` at the region resolution: routing never depends on
+//! geometry.
+
+use std::collections::BTreeSet;
+
+use h3o::{CellIndex, LatLng, Resolution};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{self, ValidationError};
+
+/// A WGS84 position in degrees.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Point {
+    /// Latitude in degrees, -90 to 90.
+    #[schemars(range(min = -90.0, max = 90.0))]
+    pub lat: f64,
+    /// Longitude in degrees, -180 to 180.
+    #[schemars(range(min = -180.0, max = 180.0))]
+    pub lng: f64,
+}
+
+impl Point {
+    pub const fn new(lat: f64, lng: f64) -> Self {
+        Self { lat, lng }
+    }
+
+    /// Checks that both coordinates are finite and in range, naming `field` in the error.
+    pub fn validate(&self, field: &'static str) -> Result<(), ValidationError> {
+        validate::latitude(field, self.lat)?;
+        validate::longitude(field, self.lng)
+    }
+
+    /// Great-circle distance in metres (haversine).
+    pub fn distance_m(&self, other: &Point) -> f64 {
+        const EARTH_RADIUS_M: f64 = 6_371_008.8;
+        let (lat1, lat2) = (self.lat.to_radians(), other.lat.to_radians());
+        let dlat = lat2 - lat1;
+        let dlng = (other.lng - self.lng).to_radians();
+        let a = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlng / 2.0).sin().powi(2);
+        2.0 * EARTH_RADIUS_M * a.sqrt().asin()
+    }
+
+    fn to_latlng(self) -> Result<LatLng, ValidationError> {
+        self.validate("point")?;
+        LatLng::new(self.lat, self.lng).map_err(|_| ValidationError::NotFinite { field: "point" })
+    }
+}
+
+/// The resolutions that partition the world, shared by every service of one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeoConfig {
+    /// Resolution of regions: the unit a matcher serves and a subject's first geo token.
+    pub region_res: Resolution,
+    /// Resolution of cells: the unit a dashboard subscribes to and a subject's second geo token.
+    pub cell_res: Resolution,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            region_res: Resolution::Five,
+            cell_res: Resolution::Seven,
+        }
+    }
+}
+
+/// Why a [`GeoConfig`] cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeoConfigError {
+    #[error("resolution {0} is not an H3 resolution (0 to 15)")]
+    BadResolution(u8),
+    #[error("region resolution {region} must be coarser than cell resolution {cell}")]
+    NotNested { region: u8, cell: u8 },
+}
+
+impl GeoConfig {
+    /// Builds a configuration from raw resolutions; the region must be strictly coarser.
+    pub fn new(region_res: u8, cell_res: u8) -> Result<Self, GeoConfigError> {
+        let region = Resolution::try_from(region_res)
+            .map_err(|_| GeoConfigError::BadResolution(region_res))?;
+        let cell =
+            Resolution::try_from(cell_res).map_err(|_| GeoConfigError::BadResolution(cell_res))?;
+        if region >= cell {
+            return Err(GeoConfigError::NotNested {
+                region: region_res,
+                cell: cell_res,
+            });
+        }
+        Ok(Self {
+            region_res: region,
+            cell_res: cell,
+        })
+    }
+
+    /// The cell of a point at the cell resolution.
+    pub fn cell_of(&self, point: Point) -> Result<CellIndex, ValidationError> {
+        Ok(point.to_latlng()?.to_cell(self.cell_res))
+    }
+
+    /// The region containing a cell (its parent at the region resolution).
+    pub fn region_of_cell(&self, cell: CellIndex) -> CellIndex {
+        cell.parent(self.region_res)
+            .expect("cell resolution is finer than region resolution")
+    }
+
+    /// The region and cell of a point.
+    pub fn locate(&self, point: Point) -> Result<(CellIndex, CellIndex), ValidationError> {
+        let cell = self.cell_of(point)?;
+        Ok((self.region_of_cell(cell), cell))
+    }
+
+    /// The region of a point.
+    pub fn region_of(&self, point: Point) -> Result<CellIndex, ValidationError> {
+        Ok(point.to_latlng()?.to_cell(self.region_res))
+    }
+
+    /// Every cell of a region at the cell resolution.
+    pub fn cells_of_region(&self, region: CellIndex) -> Vec<CellIndex> {
+        region.children(self.cell_res).collect()
+    }
+
+    /// The cells outside `region` within `rings` grid steps of its border, at the cell
+    /// resolution: what a matcher of `region` subscribes to besides the region itself, so that
+    /// a pickup near the border sees drivers across it. Sorted, without duplicates.
+    pub fn halo_cells(&self, region: CellIndex, rings: u32) -> Vec<CellIndex> {
+        let mut halo = BTreeSet::new();
+        for cell in region.children(self.cell_res) {
+            for neighbour in cell.grid_disk::<Vec<_>>(rings) {
+                if self.region_of_cell(neighbour) != region {
+                    halo.insert(neighbour);
+                }
+            }
+        }
+        halo.into_iter().collect()
+    }
+}
+
+/// Parses a cell index from its hexadecimal form (as in subjects).
+pub fn parse_cell(s: &str) -> Option<CellIndex> {
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BERLIN: Point = Point::new(52.520_008, 13.404_954);
+
+    #[test]
+    fn region_is_parent_of_cell() {
+        let geo = GeoConfig::default();
+        let (region, cell) = geo.locate(BERLIN).unwrap();
+        assert_eq!(region.resolution(), Resolution::Five);
+        assert_eq!(cell.resolution(), Resolution::Seven);
+        assert_eq!(cell.parent(Resolution::Five), Some(region));
+        assert_eq!(geo.region_of(BERLIN).unwrap(), region);
+    }
+
+    #[test]
+    fn halo_lies_outside_and_touches_region() {
+        let geo = GeoConfig::default();
+        let region = geo.region_of(BERLIN).unwrap();
+        let inside: BTreeSet<_> = geo.cells_of_region(region).into_iter().collect();
+        assert_eq!(inside.len(), 49);
+        let halo = geo.halo_cells(region, 1);
+        assert!(!halo.is_empty());
+        for cell in &halo {
+            assert_ne!(geo.region_of_cell(*cell), region);
+            assert!(!inside.contains(cell));
+            let near = cell
+                .grid_disk::<Vec<_>>(1)
+                .into_iter()
+                .any(|n| inside.contains(&n));
+            assert!(near, "halo cell {cell} does not touch the region");
+        }
+        assert!(geo.halo_cells(region, 2).len() > halo.len());
+    }
+
+    #[test]
+    fn rejects_bad_points_and_configs() {
+        let geo = GeoConfig::default();
+        assert!(geo.cell_of(Point::new(f64::NAN, 0.0)).is_err());
+        assert!(geo.cell_of(Point::new(91.0, 0.0)).is_err());
+        assert_eq!(
+            GeoConfig::new(7, 5),
+            Err(GeoConfigError::NotNested { region: 7, cell: 5 })
+        );
+        assert_eq!(GeoConfig::new(5, 16), Err(GeoConfigError::BadResolution(16)));
+    }
+
+    #[test]
+    fn distance() {
+        let paris = Point::new(48.8566, 2.3522);
+        let d = BERLIN.distance_m(&paris);
+        assert!((870_000.0..885_000.0).contains(&d), "{d}");
+        assert_eq!(BERLIN.distance_m(&BERLIN), 0.0);
+    }
+}

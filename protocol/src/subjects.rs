@@ -1,0 +1,201 @@
+//! Every NATS subject and queue group, built here from typed parts under one prefix.
+//!
+//! | subject | payload | who publishes | who subscribes |
+//! |---|---|---|---|
+//! | `{p}.loc.{region}.{cell}` | [`bus::Position`] | gateway | matchers (region + halo), dispatcher viewports |
+//! | `{p}.req.{region}` | [`bus::RideRequest`] | trips (outbox, sweeper) | matchers of the region, queue group |
+//! | `{p}.trips.cmd` | [`bus::TripCommand`] | gateway, matchers | trips, queue group; replies [`bus::TripReply`] |
+//! | `{p}.trips.query` | [`bus::TripQuery`] | gateway, matchers | trips, queue group; replies [`bus::QueryReply`] |
+//! | `{p}.evt.{region}` | [`bus::TripEvent`] | trips (outbox) | matchers, gateways (dispatcher feed) |
+//! | `{p}.drivers.status` | [`bus::DriverStatus`] | trips (outbox) | matchers |
+//! | `{p}.user.{role}.{id}` | [`bus::UserMessage`] | trips, matchers, gateways | the gateway holding that client |
+//! | `{p}.agg.{region}` | [`bus::CellCounts`] | matchers | gateways (zoomed-out dispatcher views) |
+//! | `{p}.crumbs` | [`bus::Position`] | gateway, for drivers on a trip | trips (route breadcrumbs) |
+//!
+//! [`bus::Position`]: crate::bus::Position
+//! [`bus::RideRequest`]: crate::bus::RideRequest
+//! [`bus::TripCommand`]: crate::bus::TripCommand
+//! [`bus::TripReply`]: crate::bus::TripReply
+//! [`bus::TripQuery`]: crate::bus::TripQuery
+//! [`bus::QueryReply`]: crate::bus::QueryReply
+//! [`bus::TripEvent`]: crate::bus::TripEvent
+//! [`bus::DriverStatus`]: crate::bus::DriverStatus
+//! [`bus::UserMessage`]: crate::bus::UserMessage
+//! [`bus::CellCounts`]: crate::bus::CellCounts
+
+use h3o::CellIndex;
+
+use crate::client::Role;
+
+/// Why a prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subject prefix {0:?} must be dot-separated tokens of letters, digits, _ and -")]
+pub struct BadPrefix(pub String);
+
+/// Builds subjects under one prefix, so tests and tenants can share a NATS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self {
+            prefix: "dispatch".into(),
+        }
+    }
+}
+
+impl Subjects {
+    /// A builder for `prefix`, which must be one or more dot-separated tokens of
+    /// `[A-Za-z0-9_-]`.
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        if ok {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(BadPrefix(prefix.to_owned()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Positions reported in `cell`, which lies in `region`.
+    pub fn location(&self, region: CellIndex, cell: CellIndex) -> String {
+        format!("{}.loc.{region}.{cell}", self.prefix)
+    }
+
+    /// Every position reported in `region`.
+    pub fn location_region(&self, region: CellIndex) -> String {
+        format!("{}.loc.{region}.>", self.prefix)
+    }
+
+    /// Every position everywhere.
+    pub fn location_all(&self) -> String {
+        format!("{}.loc.>", self.prefix)
+    }
+
+    /// Ride requests to be matched in `region`.
+    pub fn ride_requests(&self, region: CellIndex) -> String {
+        format!("{}.req.{region}", self.prefix)
+    }
+
+    /// The queue group in which a region's matcher replicas share its requests.
+    pub fn matcher_queue(&self, region: CellIndex) -> String {
+        format!("{}.matcher.{region}", self.prefix)
+    }
+
+    /// Commands to the trips service (request/reply).
+    pub fn trip_commands(&self) -> String {
+        format!("{}.trips.cmd", self.prefix)
+    }
+
+    /// Queries to the trips service (request/reply).
+    pub fn trip_queries(&self) -> String {
+        format!("{}.trips.query", self.prefix)
+    }
+
+    /// The queue group of the trips service replicas.
+    pub fn trips_queue(&self) -> String {
+        format!("{}.trips", self.prefix)
+    }
+
+    /// Committed trip transitions in `region`.
+    pub fn trip_events(&self, region: &str) -> String {
+        format!("{}.evt.{region}", self.prefix)
+    }
+
+    /// Committed trip transitions everywhere.
+    pub fn trip_events_all(&self) -> String {
+        format!("{}.evt.*", self.prefix)
+    }
+
+    /// Drivers going online or offline.
+    pub fn driver_status(&self) -> String {
+        format!("{}.drivers.status", self.prefix)
+    }
+
+    /// Messages for one connected client, wherever it is connected. `id` must be a validated
+    /// id (no dots or wildcards).
+    pub fn user(&self, role: Role, id: &str) -> String {
+        format!("{}.user.{}.{id}", self.prefix, role.as_str())
+    }
+
+    /// Per-cell supply and demand counts of `region`.
+    pub fn cell_counts(&self, region: CellIndex) -> String {
+        format!("{}.agg.{region}", self.prefix)
+    }
+
+    /// Per-cell counts of every region.
+    pub fn cell_counts_all(&self) -> String {
+        format!("{}.agg.*", self.prefix)
+    }
+
+    /// Positions of drivers on a trip, recorded as the trip's route.
+    pub fn breadcrumbs(&self) -> String {
+        format!("{}.crumbs", self.prefix)
+    }
+
+    /// Splits a location subject back into its region and cell.
+    pub fn parse_location(&self, subject: &str) -> Option<(CellIndex, CellIndex)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".loc.")?;
+        let (region, cell) = rest.split_once('.')?;
+        Some((region.parse().ok()?, cell.parse().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::{GeoConfig, Point};
+
+    #[test]
+    fn prefixes() {
+        assert!(Subjects::new("dispatch").is_ok());
+        assert!(Subjects::new("test_1.tenant-a").is_ok());
+        for bad in ["", ".", "a..b", "a.*", "a.>", "a b", "a.", &"x".repeat(65)] {
+            assert!(Subjects::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_of_every_subject() {
+        let s = Subjects::new("t1").unwrap();
+        let (region, cell) = GeoConfig::default()
+            .locate(Point::new(52.520_008, 13.404_954))
+            .unwrap();
+        let all = [
+            s.location(region, cell),
+            s.location_region(region),
+            s.location_all(),
+            s.ride_requests(region),
+            s.matcher_queue(region),
+            s.trip_commands(),
+            s.trip_queries(),
+            s.trips_queue(),
+            s.trip_events(&region.to_string()),
+            s.trip_events_all(),
+            s.driver_status(),
+            s.user(Role::Driver, "driver-7"),
+            s.user(Role::Rider, "rider-7"),
+            s.cell_counts(region),
+            s.cell_counts_all(),
+            s.breadcrumbs(),
+        ];
+        insta::assert_snapshot!(all.join("\n"));
+        assert_eq!(s.parse_location(&s.location(region, cell)), Some((region, cell)));
+        assert_eq!(s.parse_location("t1.loc.nothex.x"), None);
+        assert_eq!(s.parse_location("t2.loc.a.b"), None);
+    }
+}
