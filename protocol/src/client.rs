@@ -16,7 +16,7 @@ use crate::error::ErrorCode;
 use crate::geo::Point;
 use crate::time::UnixMillis;
 use crate::trip::{TripStage, TripView, VehicleClass};
-use crate::validate::{self, MAX_CAPACITY, MAX_ACCURACY_M, MAX_SPEED_MPS, ValidationError};
+use crate::validate::{self, MAX_ACCURACY_M, MAX_CAPACITY, MAX_SPEED_MPS, ValidationError};
 
 /// Correlates a client message with the server's answer to it.
 pub type MessageId = u64;
@@ -249,10 +249,10 @@ impl ClientMessage {
                 if pickup == dropoff {
                     return Err(ValidationError::SamePickupAndDropoff);
                 }
-                if let Some(capacity) = min_capacity {
-                    if *capacity == 0 || *capacity > MAX_CAPACITY {
-                        return Err(ValidationError::CapacityOutOfRange(*capacity));
-                    }
+                if let Some(capacity) = min_capacity
+                    && (*capacity == 0 || *capacity > MAX_CAPACITY)
+                {
+                    return Err(ValidationError::CapacityOutOfRange(*capacity));
                 }
                 validate::id("idempotency_key", idempotency_key)
             }
@@ -269,7 +269,9 @@ impl ClientMessage {
                     return Err(ValidationError::BadViewport("south is north of north"));
                 }
                 if !zoom.is_finite() || !(0.0..=24.0).contains(zoom) {
-                    return Err(ValidationError::BadViewport("zoom must be between 0 and 24"));
+                    return Err(ValidationError::BadViewport(
+                        "zoom must be between 0 and 24",
+                    ));
                 }
                 Ok(())
             }
@@ -478,8 +480,8 @@ pub fn json_schema() -> serde_json::Value {
         client_to_server: ClientMessage,
         server_to_client: ServerMessage,
     }
-    let mut schema = serde_json::to_value(schemars::schema_for!(ClientProtocol))
-        .expect("schema serialises");
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(ClientProtocol)).expect("schema serialises");
     schema["title"] = "Client protocol (WebSocket, JSON text frames)".into();
     schema["description"] = format!(
         "Protocol versions {:?}. Each frame is one object with a \"type\" tag.",

@@ -190,7 +190,10 @@ mod tests {
             GeoConfig::new(7, 5),
             Err(GeoConfigError::NotNested { region: 7, cell: 5 })
         );
-        assert_eq!(GeoConfig::new(5, 16), Err(GeoConfigError::BadResolution(16)));
+        assert_eq!(
+            GeoConfig::new(5, 16),
+            Err(GeoConfigError::BadResolution(16))
+        );
     }
 
     #[test]

@@ -194,7 +194,10 @@ mod tests {
             s.breadcrumbs(),
         ];
         insta::assert_snapshot!(all.join("\n"));
-        assert_eq!(s.parse_location(&s.location(region, cell)), Some((region, cell)));
+        assert_eq!(
+            s.parse_location(&s.location(region, cell)),
+            Some((region, cell))
+        );
         assert_eq!(s.parse_location("t1.loc.nothex.x"), None);
         assert_eq!(s.parse_location("t2.loc.a.b"), None);
     }

@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn refusals() {
         let token = mint(b"secret", &claims()).unwrap();
-        assert_eq!(verify(b"other", &token, 1_000), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(b"other", &token, 1_000),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(verify(b"secret", &token, 2_000), Err(TokenError::Expired));
         assert_eq!(verify(b"secret", "nodot", 0), Err(TokenError::Malformed));
         assert_eq!(verify(b"secret", "a.!!", 0), Err(TokenError::Malformed));
@@ -123,6 +126,9 @@ mod tests {
         );
         let mut bad = claims();
         bad.sub = "a b".into();
-        assert!(matches!(mint(b"secret", &bad), Err(TokenError::InvalidClaims(_))));
+        assert!(matches!(
+            mint(b"secret", &bad),
+            Err(TokenError::InvalidClaims(_))
+        ));
     }
 }

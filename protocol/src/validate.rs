@@ -155,13 +155,34 @@ mod tests {
     #[test]
     fn ids() {
         assert!(id("driver_id", "drv-42:b_c").is_ok());
-        assert!(matches!(id("x", "a.b"), Err(ValidationError::BadCharacters { .. })));
-        assert!(matches!(id("x", "a>"), Err(ValidationError::BadCharacters { .. })));
-        assert_eq!(id("driver_id", ""), Err(ValidationError::Empty { field: "driver_id" }));
-        assert!(matches!(id("x", &"a".repeat(65)), Err(ValidationError::TooLong { .. })));
-        assert!(matches!(id("x", "a b"), Err(ValidationError::BadCharacters { .. })));
-        assert!(matches!(id("x", "<script>"), Err(ValidationError::BadCharacters { .. })));
-        assert!(matches!(id("x", "'; drop table trips; --"), Err(ValidationError::BadCharacters { .. })));
+        assert!(matches!(
+            id("x", "a.b"),
+            Err(ValidationError::BadCharacters { .. })
+        ));
+        assert!(matches!(
+            id("x", "a>"),
+            Err(ValidationError::BadCharacters { .. })
+        ));
+        assert_eq!(
+            id("driver_id", ""),
+            Err(ValidationError::Empty { field: "driver_id" })
+        );
+        assert!(matches!(
+            id("x", &"a".repeat(65)),
+            Err(ValidationError::TooLong { .. })
+        ));
+        assert!(matches!(
+            id("x", "a b"),
+            Err(ValidationError::BadCharacters { .. })
+        ));
+        assert!(matches!(
+            id("x", "<script>"),
+            Err(ValidationError::BadCharacters { .. })
+        ));
+        assert!(matches!(
+            id("x", "'; drop table trips; --"),
+            Err(ValidationError::BadCharacters { .. })
+        ));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use protocol::bus::{self, TripCommand};
 use protocol::client::{
-    self, CellAggregate, ClientMessage, DriverState, Location, Role, ServerMessage,
-    SessionLimits, VehicleStatus, VehicleView, Viewport,
+    self, CellAggregate, ClientMessage, DriverState, Location, Role, ServerMessage, SessionLimits,
+    VehicleStatus, VehicleView, Viewport,
 };
 use protocol::trip::{Actor, TripStage, TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Point, codec};
@@ -126,7 +126,11 @@ fn server_examples() -> Vec<ServerMessage> {
             trip: Some(trip()),
             changed: true,
         },
-        ServerMessage::error(Some(6), ErrorCode::InvalidCoordinates, "lat must be between -90 and 90"),
+        ServerMessage::error(
+            Some(6),
+            ErrorCode::InvalidCoordinates,
+            "lat must be between -90 and 90",
+        ),
         ServerMessage::Offer {
             trip: trip(),
             expires_at: NOW + 15_000,
@@ -177,10 +181,16 @@ fn client_messages_wire_format() {
 
 #[test]
 fn server_messages_wire_format() {
-    let lines: Vec<String> = server_examples().iter().map(ServerMessage::to_json).collect();
+    let lines: Vec<String> = server_examples()
+        .iter()
+        .map(ServerMessage::to_json)
+        .collect();
     insta::assert_snapshot!(lines.join("\n"));
     for (message, line) in server_examples().into_iter().zip(&lines) {
-        assert_eq!(serde_json::from_str::<ServerMessage>(line).unwrap(), message);
+        assert_eq!(
+            serde_json::from_str::<ServerMessage>(line).unwrap(),
+            message
+        );
     }
 }
 
@@ -237,7 +247,10 @@ fn bus_payloads_round_trip() {
     assert_eq!(bytes[0], codec::FORMAT_V1);
     assert_eq!(codec::decode::<TripCommand>(&bytes).unwrap(), command);
     let reply: bus::TripReply = Err(bus::CommandError::new(ErrorCode::Conflict, "driver busy"));
-    assert_eq!(codec::decode::<bus::TripReply>(&codec::encode(&reply)).unwrap(), reply);
+    assert_eq!(
+        codec::decode::<bus::TripReply>(&codec::encode(&reply)).unwrap(),
+        reply
+    );
     assert!(codec::decode::<TripCommand>(&[]).is_err());
     assert!(codec::decode::<TripCommand>(&[9, 0]).is_err());
     assert!(codec::decode::<TripCommand>(&[codec::FORMAT_V1, 200, 1]).is_err());
@@ -254,16 +267,18 @@ fn valid_location() -> impl Strategy<Value = Location> {
         any::<u64>(),
         proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(lat, lng, heading, speed, accuracy, dt, seq, id)| Location {
-            id,
-            lat,
-            lng,
-            heading,
-            speed,
-            accuracy,
-            ts: NOW + dt,
-            seq,
-        })
+        .prop_map(
+            |(lat, lng, heading, speed, accuracy, dt, seq, id)| Location {
+                id,
+                lat,
+                lng,
+                heading,
+                speed,
+                accuracy,
+                ts: NOW + dt,
+                seq,
+            },
+        )
 }
 
 fn valid_message() -> impl Strategy<Value = ClientMessage> {

@@ -1,0 +1,123 @@
+//! NATS connections and typed request/reply between services.
+
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, Event};
+use protocol::bus::CommandError;
+use protocol::{ErrorCode, Subjects, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// How many messages a subscription buffers before NATS drops for it (a slow consumer).
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
+/// How many outgoing messages may queue before publishing waits.
+pub const CLIENT_CAPACITY: usize = 1 << 14;
+
+/// Why a request to another service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("no service is listening on {0}")]
+    NoResponders(String),
+    #[error("no reply from {0} in time")]
+    Timeout(String),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("reply is malformed: {0}")]
+    Malformed(#[from] codec::CodecError),
+}
+
+impl BusError {
+    /// What a client is told: every bus failure is retryable.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Timeout(_) => ErrorCode::Timeout,
+            Self::Malformed(_) => ErrorCode::Internal,
+            Self::NoResponders(_) | Self::Nats(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    pub fn into_command_error(self) -> CommandError {
+        CommandError::new(self.code(), self.to_string())
+    }
+}
+
+/// Connects to NATS as `name`, retrying in the background until the server answers, counting
+/// connection events and slow-consumer drops in `{service}_nats_events_total`.
+pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client> {
+    let events = format!("{service}_nats_events_total");
+    let client = ConnectOptions::new()
+        .name(service)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .client_capacity(CLIENT_CAPACITY)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let kind = match &event {
+                    Event::Connected => "connected",
+                    Event::Disconnected => "disconnected",
+                    Event::SlowConsumer(_) => "slow_consumer",
+                    Event::ServerError(_) => "server_error",
+                    Event::ClientError(_) => "client_error",
+                    _ => "other",
+                };
+                match &event {
+                    Event::Connected => tracing::info!("nats connected"),
+                    Event::Disconnected => tracing::warn!("nats disconnected"),
+                    other => tracing::warn!(event = %other, "nats event"),
+                }
+                metrics::counter!(events, "event" => kind).increment(1);
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok(client)
+}
+
+/// A NATS client with the deployment's subjects.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub client: Client,
+    pub subjects: Subjects,
+}
+
+impl Bus {
+    pub fn new(client: Client, subjects: Subjects) -> Self {
+        Self { client, subjects }
+    }
+
+    /// Publishes an encoded payload; a full or disconnected client counts as unavailable.
+    pub async fn publish<T: Serialize>(&self, subject: String, value: &T) -> Result<(), BusError> {
+        self.client
+            .publish(subject, codec::encode(value).into())
+            .await
+            .map_err(|err| BusError::Nats(err.to_string()))
+    }
+
+    /// Sends `request` to `subject` and decodes the reply, giving up after `timeout`.
+    pub async fn request<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        subject: String,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, BusError> {
+        let started = Instant::now();
+        let sent = self
+            .client
+            .request(subject.clone(), codec::encode(request).into());
+        let reply = match tokio::time::timeout(timeout, sent).await {
+            Err(_) => return Err(BusError::Timeout(subject)),
+            Ok(Err(err)) => {
+                return Err(match err.kind() {
+                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject),
+                    async_nats::RequestErrorKind::TimedOut => BusError::Timeout(subject),
+                    _ => BusError::Nats(err.to_string()),
+                });
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        metrics::histogram!("bus_request_duration_seconds").record(started.elapsed());
+        Ok(codec::decode(&reply.payload)?)
+    }
+}

@@ -1,0 +1,291 @@
+//! The HTTP JSON API for dashboards and operators: trip history, one trip's timeline and route.
+//! Every request needs a dispatcher token (`Authorization: Bearer ...`).
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_postgres::Pool;
+use protocol::client::Role;
+use protocol::trip::{TripState, TripView};
+use protocol::{ErrorCode, token, validate};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::meters as m;
+use crate::store::{StoreError, TRIP_COLUMNS, trip_from_row};
+
+#[derive(Clone)]
+struct ApiState {
+    pool: Pool,
+    token_secret: std::sync::Arc<[u8]>,
+}
+
+/// An error as the API returns it.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(&self)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let error = error.into_command_error();
+        let status = match error.code {
+            ErrorCode::Unavailable | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.code, error.message)
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
+async fn authenticate(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(bearer) = bearer else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing bearer token",
+        ));
+    };
+    let now_s = protocol::time::now_ms() / 1000;
+    let claims = token::verify(&state.token_secret, bearer, now_s).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            e.to_string(),
+        )
+    })?;
+    if claims.role != Role::Dispatcher {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "the trips API is for dispatchers",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// Filters of the trip list; all optional.
+#[derive(Debug, Default, Deserialize)]
+pub struct TripFilter {
+    pub rider_id: Option<String>,
+    pub driver_id: Option<String>,
+    pub state: Option<String>,
+    /// Requested at or after, milliseconds since the epoch.
+    pub from: Option<i64>,
+    /// Requested before, milliseconds since the epoch.
+    pub to: Option<i64>,
+    /// At most this many, newest first (default 50, at most 500).
+    pub limit: Option<i64>,
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message)
+}
+
+async fn list_trips(
+    State(state): State<ApiState>,
+    Query(filter): Query<TripFilter>,
+) -> Result<Json<Vec<TripView>>, ApiError> {
+    for (field, value) in [
+        ("rider_id", &filter.rider_id),
+        ("driver_id", &filter.driver_id),
+    ] {
+        if let Some(value) = value {
+            validate::id(field, value).map_err(|e| bad_request(e.to_string()))?;
+        }
+    }
+    let trip_state = match &filter.state {
+        Some(s) => Some(
+            TripState::parse(s)
+                .ok_or_else(|| bad_request(format!("unknown state {s:?}")))?
+                .as_str(),
+        ),
+        None => None,
+    };
+    let limit = filter.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad_request("limit must be between 1 and 500"));
+    }
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {TRIP_COLUMNS} FROM trips \
+                 WHERE ($1::text IS NULL OR rider_id = $1) \
+                   AND ($2::text IS NULL OR driver_id = $2) \
+                   AND ($3::text IS NULL OR state = $3) \
+                   AND ($4::int8 IS NULL OR requested_at >= to_timestamp($4::int8 / 1000.0)) \
+                   AND ($5::int8 IS NULL OR requested_at < to_timestamp($5::int8 / 1000.0)) \
+                 ORDER BY requested_at DESC LIMIT $6"
+            ),
+            &[
+                &filter.rider_id,
+                &filter.driver_id,
+                &trip_state,
+                &filter.from,
+                &filter.to,
+                &limit,
+            ],
+        )
+        .await?;
+    metrics::counter!(m::HTTP_REQUESTS, "route" => "trips", "status" => "200").increment(1);
+    Ok(Json(rows.iter().map(|r| trip_from_row(r).view).collect()))
+}
+
+/// One entry of a trip's timeline.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventView {
+    pub event_id: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub actor_id: Option<String>,
+    pub driver_id: Option<String>,
+    pub reason: Option<String>,
+    pub lat: Option<f64>,
+    pub lng: Option<f64>,
+    pub at: i64,
+}
+
+/// One point of a trip's route.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoutePoint {
+    pub lat: f64,
+    pub lng: f64,
+    pub heading: Option<f32>,
+    pub speed: Option<f32>,
+    pub ts: i64,
+}
+
+/// A trip with its timeline and route.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TripDetail {
+    pub trip: TripView,
+    pub driver_name: Option<String>,
+    pub events: Vec<EventView>,
+    pub route: Vec<RoutePoint>,
+}
+
+async fn trip_detail(
+    State(state): State<ApiState>,
+    Path(trip_id): Path<String>,
+) -> Result<Json<TripDetail>, ApiError> {
+    let trip_id: Uuid = trip_id
+        .parse()
+        .map_err(|_| bad_request("trip id is not a UUID"))?;
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"),
+            &[&trip_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such trip"))?;
+    let trip = trip_from_row(&row).view;
+    let driver_name = match &trip.driver_id {
+        Some(driver) => client
+            .query_opt("SELECT name FROM drivers WHERE driver_id = $1", &[driver])
+            .await?
+            .and_then(|r| r.get(0)),
+        None => None,
+    };
+    let events = client
+        .query(
+            "SELECT event_id, from_state, to_state, actor, actor_id, driver_id, reason, lat, lng, \
+             (extract(epoch from at) * 1000)::int8 FROM trip_events WHERE trip_id = $1 ORDER BY event_id",
+            &[&trip_id],
+        )
+        .await?
+        .iter()
+        .map(|r| EventView {
+            event_id: r.get(0),
+            from: r.get(1),
+            to: r.get(2),
+            actor: r.get(3),
+            actor_id: r.get(4),
+            driver_id: r.get(5),
+            reason: r.get(6),
+            lat: r.get(7),
+            lng: r.get(8),
+            at: r.get(9),
+        })
+        .collect();
+    let route = client
+        .query(
+            "SELECT lat, lng, heading, speed, (extract(epoch from recorded_at) * 1000)::int8 \
+             FROM breadcrumbs WHERE trip_id = $1 ORDER BY recorded_at, seq LIMIT 20000",
+            &[&trip_id],
+        )
+        .await?
+        .iter()
+        .map(|r| RoutePoint {
+            lat: r.get(0),
+            lng: r.get(1),
+            heading: r.get(2),
+            speed: r.get(3),
+            ts: r.get(4),
+        })
+        .collect();
+    metrics::counter!(m::HTTP_REQUESTS, "route" => "trip", "status" => "200").increment(1);
+    Ok(Json(TripDetail {
+        trip,
+        driver_name,
+        events,
+        route,
+    }))
+}
+
+/// The API routes, each behind dispatcher authentication.
+pub fn routes(pool: Pool, token_secret: &[u8]) -> Router {
+    let state = ApiState {
+        pool,
+        token_secret: token_secret.into(),
+    };
+    Router::new()
+        .route("/api/trips", get(list_trips))
+        .route("/api/trips/{trip_id}", get(trip_detail))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}

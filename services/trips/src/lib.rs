@@ -1,0 +1,293 @@
+//! The trips service: the source of truth for every trip and the only writer of PostgreSQL.
+//!
+//! Other processes talk to it over NATS: commands on `{p}.trips.cmd` and queries on
+//! `{p}.trips.query` (request/reply, typed payloads from `protocol::bus`). Each command is one
+//! transaction checked against the state machine in [`machine`]; what it publishes goes through
+//! the [`outbox`], so a crash after commit loses no event. A sweeper keeps every request moving
+//! until it reaches a terminal state. [`api`] serves history over HTTP.
+
+pub mod api;
+pub mod breadcrumbs;
+pub mod db;
+pub mod machine;
+pub mod meters;
+pub mod outbox;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use kit::Readiness;
+use protocol::bus::{TripCommand, TripQuery};
+use protocol::{GeoConfig, Subjects, codec};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use store::{Store, StoreSettings, SweepSettings};
+
+/// Everything the service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub nats_url: String,
+    pub subjects: Subjects,
+    pub geo: GeoConfig,
+    pub token_secret: Vec<u8>,
+    pub pool: db::PoolSettings,
+    pub store: StoreSettings,
+    pub sweep: SweepSettings,
+    /// How long breadcrumbs are kept.
+    pub breadcrumb_retention: Duration,
+    /// Commands handled at once.
+    pub max_in_flight: usize,
+    /// Whether to apply migrations at startup.
+    pub migrate: bool,
+}
+
+impl Config {
+    /// Defaults for everything but the addresses and the secret.
+    pub fn new(
+        database_url: &str,
+        nats_url: &str,
+        subjects: Subjects,
+        token_secret: &[u8],
+    ) -> Self {
+        Self {
+            database_url: database_url.into(),
+            nats_url: nats_url.into(),
+            subjects,
+            geo: GeoConfig::default(),
+            token_secret: token_secret.into(),
+            pool: db::PoolSettings::default(),
+            store: StoreSettings::default(),
+            sweep: SweepSettings::default(),
+            breadcrumb_retention: Duration::from_secs(30 * 24 * 3600),
+            max_in_flight: 512,
+            migrate: true,
+        }
+    }
+}
+
+/// Runs the service until `shutdown` is cancelled, serving HTTP on `http`.
+pub async fn run(
+    config: Config,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let readiness = Readiness::new(&["database", "nats"]);
+    if config.migrate {
+        // Wait for the database rather than exiting: it may start after us.
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match db::migrate(&config.database_url).await {
+                Ok(()) => break,
+                Err(error) if !shutdown.is_cancelled() => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "database not ready for migrations; retrying"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    let pool = db::pool(&config.database_url, &config.pool)?;
+    readiness.set("database", true);
+    let nats = kit::bus::connect(&config.nats_url, "trips").await?;
+    readiness.set("nats", true);
+    let store = Store::new(
+        pool.clone(),
+        config.geo,
+        config.subjects.clone(),
+        config.store.clone(),
+    );
+
+    let tasks = TaskTracker::new();
+    let stop_intake = CancellationToken::new();
+
+    let commands = nats
+        .queue_subscribe(
+            config.subjects.trip_commands(),
+            config.subjects.trips_queue(),
+        )
+        .await?;
+    let queries = nats
+        .queue_subscribe(
+            config.subjects.trip_queries(),
+            config.subjects.trips_queue(),
+        )
+        .await?;
+    let crumbs = nats
+        .queue_subscribe(config.subjects.breadcrumbs(), config.subjects.trips_queue())
+        .await?;
+    let limit = Arc::new(Semaphore::new(config.max_in_flight));
+    tasks.spawn(serve(
+        commands,
+        nats.clone(),
+        store.clone(),
+        limit.clone(),
+        stop_intake.clone(),
+        tasks.clone(),
+        Handler::Command,
+    ));
+    tasks.spawn(serve(
+        queries,
+        nats.clone(),
+        store.clone(),
+        limit,
+        stop_intake.clone(),
+        tasks.clone(),
+        Handler::Query,
+    ));
+    let background = CancellationToken::new();
+    tasks.spawn(outbox::run(store.clone(), nats.clone(), background.clone()));
+    tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
+    tasks.spawn(sweeper(
+        store.clone(),
+        config.sweep.clone(),
+        stop_intake.clone(),
+    ));
+    tasks.spawn(retention(
+        pool.clone(),
+        config.breadcrumb_retention,
+        stop_intake.clone(),
+    ));
+
+    let app = api::routes(pool.clone(), &config.token_secret)
+        .merge(kit::http::operator_routes(readiness));
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server failed");
+        }
+    });
+    tracing::info!(prefix = config.subjects.prefix(), "trips service running");
+
+    shutdown.cancelled().await;
+    tracing::info!("trips service stopping");
+    stop_intake.cancel();
+    // Commands in flight finish and their outbox rows are published before we go.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    background.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks did not finish within the grace period");
+    }
+    nats.drain().await.context("draining nats")?;
+    pool.close();
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Handler {
+    Command,
+    Query,
+}
+
+async fn serve(
+    mut subscription: async_nats::Subscriber,
+    nats: async_nats::Client,
+    store: Store,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    handler: Handler,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(reply_to) = message.reply.clone() else {
+            metrics::counter!(meters::MALFORMED, "subject" => "no_reply").increment(1);
+            continue;
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let store = store.clone();
+        let nats = nats.clone();
+        tasks.spawn(async move {
+            let reply = match handler {
+                Handler::Command => match codec::decode::<TripCommand>(&message.payload) {
+                    Ok(command) => codec::encode(&store.execute(command).await),
+                    Err(error) => {
+                        metrics::counter!(meters::MALFORMED, "subject" => "command").increment(1);
+                        codec::encode(&protocol::bus::TripReply::Err(
+                            protocol::bus::CommandError::new(
+                                protocol::ErrorCode::InvalidMessage,
+                                error.to_string(),
+                            ),
+                        ))
+                    }
+                },
+                Handler::Query => match codec::decode::<TripQuery>(&message.payload) {
+                    Ok(query) => codec::encode(&store.query(query).await),
+                    Err(error) => {
+                        metrics::counter!(meters::MALFORMED, "subject" => "query").increment(1);
+                        codec::encode(&protocol::bus::QueryReply::Error(
+                            protocol::bus::CommandError::new(
+                                protocol::ErrorCode::InvalidMessage,
+                                error.to_string(),
+                            ),
+                        ))
+                    }
+                },
+            };
+            if let Err(error) = nats.publish(reply_to, reply.into()).await {
+                tracing::warn!(%error, "could not send reply");
+            }
+            drop(permit);
+        });
+    }
+    let _ = subscription.unsubscribe().await;
+}
+
+async fn sweeper(store: Store, settings: SweepSettings, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match store.sweep(&settings).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(trips = n, "sweeper moved trips along"),
+            Err(error) => tracing::warn!(%error, "sweep failed"),
+        }
+    }
+}
+
+async fn retention(pool: deadpool_postgres::Pool, keep: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match breadcrumbs::expire(&pool, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "deleted expired breadcrumbs"),
+            Err(error) => tracing::warn!(%error, "breadcrumb retention failed"),
+        }
+    }
+}

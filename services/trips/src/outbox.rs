@@ -1,0 +1,96 @@
+//! Publishes what commits wrote to the outbox, in order, at least once.
+//!
+//! One replica at a time publishes (a transaction-scoped advisory lock), so messages leave in
+//! commit order; rows are deleted in the same transaction after NATS has flushed them, so a
+//! crash at any point means re-publishing, never losing.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::meters as m;
+use crate::store::{Store, StoreError};
+
+const BATCH: i64 = 500;
+const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
+/// How often the outbox is checked even without a wake-up (for rows left by a crash).
+const POLL: Duration = Duration::from_millis(250);
+/// How long a publish round may wait for NATS before giving up and retrying later.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Publishes one batch; returns how many messages left.
+pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let locked: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let rows = tx
+        .query(
+            "SELECT id, subject, payload FROM outbox ORDER BY id LIMIT $1",
+            &[&BATCH],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let publish = async {
+        for row in &rows {
+            let subject: String = row.get(1);
+            let payload: Vec<u8> = row.get(2);
+            nats.publish(subject, payload.into()).await?;
+        }
+        nats.flush().await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    match tokio::time::timeout(FLUSH_TIMEOUT, publish).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            metrics::counter!(m::OUTBOX_FAILURES).increment(1);
+            tracing::warn!(%error, "outbox publish failed; will retry");
+            return Ok(0);
+        }
+        Err(_) => {
+            metrics::counter!(m::OUTBOX_FAILURES).increment(1);
+            tracing::warn!("outbox publish timed out; will retry");
+            return Ok(0);
+        }
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+        .await?;
+    tx.commit().await?;
+    metrics::counter!(m::OUTBOX_PUBLISHED).increment(ids.len() as u64);
+    Ok(ids.len())
+}
+
+/// Publishes until `shutdown`, woken by commits and by a timer.
+pub async fn run(store: Store, nats: Client, shutdown: CancellationToken) {
+    let ready = store.outbox_ready();
+    loop {
+        loop {
+            match publish_batch(store.pool(), &nats).await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    metrics::counter!(m::OUTBOX_FAILURES).increment(1);
+                    tracing::warn!(%error, "outbox unavailable");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ready.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+    // Publish what the last commands wrote before going.
+    let _ = publish_batch(store.pool(), &nats).await;
+}

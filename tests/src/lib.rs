@@ -1,0 +1,51 @@
+//! The harness every system test uses: real `nats-server` processes on free ports (killed on
+//! drop, restartable, able to form a cluster), a fresh PostgreSQL database per test with the
+//! migrations applied (dropped afterwards), a unique subject prefix per test, the services
+//! started in-process, and waiting for conditions with a deadline.
+//!
+//! Where the servers come from: `NATS_SERVER_BIN` (or `nats-server` on the PATH, or
+//! `/usr/sbin/nats-server`) and `DISPATCH_TEST_DATABASE_URL` (or `DATABASE_URL`, or
+//! `postgres://postgres@127.0.0.1:5432/postgres`). `cargo xtask test` sets both. A missing
+//! server fails the test loudly; nothing is skipped.
+
+pub mod nats;
+pub mod pg;
+pub mod services;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use nats::{NatsCluster, NatsServer};
+pub use pg::TestDb;
+
+/// A subject prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms, failing after `patience` with
+/// `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs of the services under test go to stderr when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        kit::telemetry::init_tracing();
+    }
+}

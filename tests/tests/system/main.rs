@@ -1,0 +1,5 @@
+//! System tests: real nats-server processes, real PostgreSQL, services in-process.
+//! One binary with a module per area (run a subset with `cargo xtask test -- <name>`).
+
+mod harness;
+mod trips;

@@ -1,0 +1,238 @@
+//! `cargo xtask demo`: infrastructure, every service and the simulated city, until Ctrl-C.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::os::unix::process::CommandExt as _;
+
+use crate::infra::{Infra, say};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop after this long (for example `60s`, `5m`); without it, run until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Build and run the debug profile instead of release (faster to build, slower to run).
+    #[arg(long)]
+    debug: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 60s or 5m"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// The secret the demo's services sign and check tokens with.
+const DEMO_SECRET: &str = "demo-secret-not-for-production";
+const SUBJECT_PREFIX: &str = "demo";
+
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+fn http_ok(addr: &str, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+fn start(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    logs: &Path,
+) -> Result<Service> {
+    let log = logs.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log)?;
+    let child = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        // Own process group: Ctrl-C reaches xtask only, which stops services in order.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Service { name, child, log })
+}
+
+fn stop(mut service: Service) {
+    let pid = Pid::from_raw(service.child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match service.child.try_wait() {
+            Ok(Some(status)) => {
+                say(format!("stopped {} ({status})", service.name));
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                say(format!("{} did not stop in time; killing it", service.name));
+                let _ = service.child.kill();
+                let _ = service.child.wait();
+                return;
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = crate::workspace_root();
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    let flag = stop_requested.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+
+    let profile = if args.debug { "debug" } else { "release" };
+    say(format!("building the services ({profile})"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build
+        .current_dir(&root)
+        .args(["build", "--bins", "-p", "trips"]);
+    if !args.debug {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        bail!("building the services failed");
+    }
+    let bin = |name: &str| root.join("target").join(profile).join(name);
+
+    let infra = Infra::up(&root)?;
+    let logs = root.join("target/dev/logs");
+    std::fs::create_dir_all(&logs)?;
+    let common = [
+        ("NATS_URL", infra.nats_url.as_str()),
+        ("DATABASE_URL", infra.database_url.as_str()),
+        ("TOKEN_SECRET", DEMO_SECRET),
+        ("SUBJECT_PREFIX", SUBJECT_PREFIX),
+        ("RUST_LOG", "info"),
+    ];
+    let mut services = Vec::new();
+    let trips_http = "127.0.0.1:8082";
+    services.push(start(
+        "trips",
+        &bin("dispatch-trips"),
+        &["--http", trips_http],
+        &common,
+        &logs,
+    )?);
+    let ready = wait_ready(&mut services, &[("trips", trips_http)], &stop_requested);
+
+    if ready.is_ok() {
+        say("the system is up:");
+        say(format!(
+            "  trips API and metrics  http://{trips_http}/api/trips  http://{trips_http}/metrics"
+        ));
+        say(format!("  NATS                   {}", infra.nats_url));
+        say(format!("  PostgreSQL             {}", infra.database_url));
+        say(format!("  logs                   {}", logs.display()));
+        match args.duration {
+            Some(d) => say(format!("running for {d:?}; Ctrl-C stops earlier")),
+            None => say("Ctrl-C stops everything"),
+        }
+        let started = Instant::now();
+        while !stop_requested.load(Ordering::SeqCst)
+            && args.duration.is_none_or(|d| started.elapsed() < d)
+        {
+            if let Some(dead) = exited(&mut services) {
+                say(format!(
+                    "{} exited unexpectedly; see {}",
+                    dead.name,
+                    dead.log.display()
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    say("stopping");
+    for service in services.into_iter().rev() {
+        stop(service);
+    }
+    drop(infra);
+    ready
+}
+
+/// The first service whose process has ended, if any.
+fn exited(services: &mut [Service]) -> Option<&Service> {
+    let index = services
+        .iter_mut()
+        .position(|s| s.child.try_wait().ok().flatten().is_some())?;
+    Some(&services[index])
+}
+
+fn wait_ready(
+    services: &mut [Service],
+    endpoints: &[(&str, &str)],
+    stop_requested: &AtomicBool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (name, addr) in endpoints {
+        while !http_ok(addr, "/readyz") {
+            if stop_requested.load(Ordering::SeqCst) {
+                bail!("stopped before {name} was ready");
+            }
+            if let Some(dead) = exited(services) {
+                bail!(
+                    "{} exited during startup; see {}",
+                    dead.name,
+                    dead.log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{name} was not ready within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        say(format!("{name} is ready"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

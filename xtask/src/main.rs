@@ -1,0 +1,58 @@
+//! Developer commands, run as `cargo xtask <command>`:
+//!
+//! - `cargo xtask demo`: infrastructure, every service and the simulator driving a city; prints
+//!   the dashboard's address and runs until Ctrl-C (or `--duration`).
+//! - `cargo xtask test`: formatting, lints and the whole test suite against real NATS and
+//!   PostgreSQL, brought up the same way.
+//! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
+
+mod bench;
+mod demo;
+mod infra;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "Developer commands for the dispatch workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system with a simulated city until Ctrl-C.
+    Demo(demo::Args),
+    /// Run formatting checks, clippy and every test against real NATS and PostgreSQL.
+    Test(test::Args),
+    /// Run the benchmarks against real NATS and PostgreSQL.
+    Bench(bench::Args),
+}
+
+/// The workspace root (the parent of this crate).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            infra::say(format!("error: {err:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use crate::infra::{Infra, say};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+fn step(name: &str, command: &mut Command) -> Result<()> {
+    say(format!("== {name}"));
+    let started = Instant::now();
+    let status = command.status()?;
+    say(format!(
+        "== {name}: {} in {:.1}s",
+        if status.success() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    ));
+    if !status.success() {
+        bail!("{name} failed");
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let root = crate::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !args.no_lint {
+        step(
+            "cargo fmt --check",
+            Command::new(&cargo)
+                .current_dir(&root)
+                .args(["fmt", "--all", "--", "--check"]),
+        )?;
+        step(
+            "cargo clippy",
+            Command::new(&cargo).current_dir(&root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    let infra = Infra::up(&root)?;
+    step(
+        "cargo test",
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["test", "--workspace"])
+            .args(&args.cargo_test_args)
+            .env("DISPATCH_TEST_DATABASE_URL", &infra.database_url)
+            .env("NATS_SERVER_BIN", &infra.nats_server_bin)
+            .env("DISPATCH_TEST_NATS_URL", &infra.nats_url),
+    )?;
+    drop(infra);
+    say("all tests passed");
+    Ok(())
+}
