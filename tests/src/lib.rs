@@ -8,6 +8,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`). `cargo xtask test` sets both. A missing
 //! server fails the test loudly; nothing is skipped.
 
+pub mod client;
 pub mod nats;
 pub mod pg;
 pub mod services;
@@ -40,6 +41,34 @@ where
             "timed out after {patience:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A deadline for a polling loop that needs `&mut` access (where [`eventually`] cannot lend it).
+#[derive(Debug)]
+pub struct Patience {
+    what: &'static str,
+    patience: Duration,
+    until: Instant,
+}
+
+impl Patience {
+    pub fn new(what: &'static str, patience: Duration) -> Self {
+        Self {
+            what,
+            patience,
+            until: Instant::now() + patience,
+        }
+    }
+
+    /// Fails the test once the deadline has passed.
+    pub fn check(&self) {
+        assert!(
+            Instant::now() < self.until,
+            "timed out after {:?} waiting for {}",
+            self.patience,
+            self.what
+        );
     }
 }
 

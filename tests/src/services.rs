@@ -63,3 +63,43 @@ pub async fn start_trips(config: trips::Config) -> Running {
         task: Some(task),
     }
 }
+
+/// A gateway running in this process.
+#[derive(Debug)]
+pub struct Gateway {
+    pub ws: SocketAddr,
+    pub running: Running,
+}
+
+/// Settings of a test gateway.
+pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
+    gateway::Config {
+        nats_url: nats_url.into(),
+        subjects: Subjects::new(prefix).expect("test prefixes are valid"),
+        geo: Default::default(),
+        token_secret: TOKEN_SECRET.to_vec(),
+        limits: Default::default(),
+    }
+}
+
+/// Starts a gateway on ephemeral ports.
+pub async fn start_gateway(config: gateway::Config) -> Gateway {
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding ws");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding http");
+    let ws_addr = ws.local_addr().expect("local address");
+    let http_addr = http.local_addr().expect("local address");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(gateway::run(config, ws, http, shutdown.clone()));
+    Gateway {
+        ws: ws_addr,
+        running: Running {
+            http: http_addr,
+            shutdown,
+            task: Some(task),
+        },
+    }
+}

@@ -121,7 +121,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut build = Command::new(&cargo);
     build
         .current_dir(&root)
-        .args(["build", "--bins", "-p", "trips"]);
+        .args(["build", "--bins", "-p", "trips", "-p", "gateway"]);
     if !args.debug {
         build.arg("--release");
     }
@@ -149,7 +149,20 @@ pub fn run(args: Args) -> Result<()> {
         &common,
         &logs,
     )?);
-    let ready = wait_ready(&mut services, &[("trips", trips_http)], &stop_requested);
+    let gateway_ws = "127.0.0.1:8080";
+    let gateway_http = "127.0.0.1:8081";
+    services.push(start(
+        "gateway",
+        &bin("dispatch-gateway"),
+        &["serve", "--ws", gateway_ws, "--http", gateway_http],
+        &common,
+        &logs,
+    )?);
+    let ready = wait_ready(
+        &mut services,
+        &[("trips", trips_http), ("gateway", gateway_http)],
+        &stop_requested,
+    );
 
     if ready.is_ok() {
         say("the system is up:");

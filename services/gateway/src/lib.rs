@@ -1,1 +1,230 @@
-//! placeholder
+//! The gateway: the only process clients talk to.
+//!
+//! It terminates WebSockets for drivers, riders and dispatchers, authenticates each connection
+//! with a signed token in its hello, validates every message, enforces each role's rights and
+//! the per-connection limits, publishes positions on H3-partitioned subjects, forwards commands
+//! to the trips service with a deadline, and delivers to each client what NATS has for it.
+
+pub mod meters;
+pub mod outbound;
+pub mod ratelimit;
+pub mod session;
+pub mod viewport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kit::{Bus, Readiness};
+use protocol::{GeoConfig, Subjects};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::meters as m;
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections held at once; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Largest message or frame accepted, bytes; larger closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per connection.
+    pub messages_per_sec: u32,
+    /// Messages a connection may send in a burst.
+    pub burst: u32,
+    /// Rate-limited messages in a row after which the connection is closed.
+    pub max_strikes: u32,
+    /// Time allowed for the WebSocket handshake and for the hello message.
+    pub hello_timeout: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    /// A client that does not take a write within this long is closed.
+    pub write_timeout: Duration,
+    /// Control messages (acks, errors, offers, trip updates) queued per connection before it
+    /// is closed as a slow consumer.
+    pub control_queue: usize,
+    /// A control message still unsent after this long closes the connection as a slow consumer.
+    pub control_deadline: Duration,
+    /// Coalesced entries (vehicles, positions, trips) held per connection.
+    pub coalesced_queue: usize,
+    /// Deadline for a command through the trips service.
+    pub command_timeout: Duration,
+    /// Commands awaiting an answer per connection.
+    pub max_commands_in_flight: usize,
+    /// Dispatcher zoom from which individual vehicles are shown rather than cell counts.
+    pub detail_zoom: f32,
+    /// Most cells a detailed viewport may cover.
+    pub max_viewport_cells: usize,
+    /// Most regions an aggregated viewport may cover.
+    pub max_viewport_regions: usize,
+    /// Per-connection socket buffers, bytes.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_message_bytes: 16 * 1024,
+            messages_per_sec: 20,
+            burst: 40,
+            max_strikes: 200,
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(10),
+            control_queue: 1_024,
+            control_deadline: Duration::from_secs(5),
+            coalesced_queue: 5_000,
+            command_timeout: Duration::from_secs(5),
+            max_commands_in_flight: 8,
+            detail_zoom: 11.0,
+            max_viewport_cells: 400,
+            max_viewport_regions: 1_024,
+            read_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub subjects: Subjects,
+    pub geo: GeoConfig,
+    pub token_secret: Vec<u8>,
+    pub limits: Limits,
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub nats: async_nats::Client,
+    pub bus: Bus,
+}
+
+/// Accepts or refuses a WebSocket upgrade: only on `/ws`, and only below the connection cap.
+#[allow(clippy::result_large_err)] // the signature is tungstenite's handshake callback
+fn check_upgrade(
+    full: bool,
+    request: &Request,
+    response: Response,
+) -> Result<Response, ErrorResponse> {
+    let refuse = |status: StatusCode, body: &str| {
+        let mut response = ErrorResponse::new(Some(body.to_owned()));
+        *response.status_mut() = status;
+        Err(response)
+    };
+    if full {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached; try another gateway",
+        );
+    }
+    if request.uri().path() != "/ws" {
+        return refuse(StatusCode::NOT_FOUND, "websocket endpoint is /ws");
+    }
+    Ok(response)
+}
+
+/// Runs the gateway until `shutdown`: WebSockets on `ws`, operator endpoints on `http`.
+pub async fn run(
+    config: Config,
+    ws: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let readiness = Readiness::new(&["nats"]);
+    let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
+    let shared = Arc::new(Shared {
+        bus: Bus::new(nats.clone(), config.subjects.clone()),
+        nats: nats.clone(),
+        config,
+    });
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(kit::bus::track_readiness(
+        nats.clone(),
+        readiness.clone(),
+        "nats",
+        shutdown.clone(),
+    ));
+
+    let http_stop = shutdown.clone();
+    let app = kit::http::operator_routes(readiness);
+    tasks.spawn(async move {
+        let served = axum::serve(http, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server failed");
+        }
+    });
+
+    let limits = shared.config.limits.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_message_bytes * 64)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    tracing::info!(ws = %ws.local_addr()?, prefix = shared.config.subjects.prefix(), "gateway accepting connections");
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = ws.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = permits.clone().try_acquire_owned().ok();
+        let shared = shared.clone();
+        let stop = shutdown.child_token();
+        let handshake_timeout = limits.hello_timeout;
+        tasks.spawn(async move {
+            let full = permit.is_none();
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
+            let callback =
+                move |request: &Request, response: Response| check_upgrade(full, request, response);
+            let handshake =
+                tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+            match tokio::time::timeout(handshake_timeout, handshake).await {
+                Ok(Ok(ws)) => session::run(ws, shared, stop).await,
+                Ok(Err(_)) | Err(_) => {
+                    let outcome = if full {
+                        "over_capacity"
+                    } else {
+                        "handshake_failed"
+                    };
+                    metrics::counter!(m::CONNECTION_ATTEMPTS, "outcome" => outcome).increment(1);
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("gateway stopping: closing client connections");
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not close within the grace period");
+    }
+    nats.drain().await.context("draining nats")?;
+    Ok(())
+}

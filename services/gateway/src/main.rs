@@ -1,1 +1,156 @@
-fn main() {}
+//! `dispatch-gateway`: the WebSocket gateway, and a tool that mints client tokens.
+//!
+//! Run with:
+//! ```text
+//! NATS_URL=nats://127.0.0.1:4222 TOKEN_SECRET=dev-secret-0123456789 \
+//!     dispatch-gateway serve --ws 127.0.0.1:8080 --http 127.0.0.1:8081
+//! TOKEN_SECRET=dev-secret-0123456789 dispatch-gateway token --role driver --sub driver-1
+//! ```
+
+#![allow(clippy::print_stdout)] // the token command prints the token
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use protocol::client::Role;
+use protocol::token::{self, Claims};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "WebSocket gateway for drivers, riders and dispatchers"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve clients.
+    Serve(Serve),
+    /// Print a signed token for a client (development, simulator, operators).
+    Token(MintToken),
+}
+
+#[derive(Debug, clap::Args)]
+struct Serve {
+    #[command(flatten)]
+    bus: kit::cli::BusArgs,
+    /// Secret that signs client tokens, at least 16 bytes.
+    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    token_secret: String,
+    /// WebSocket listen address (clients connect to ws://ADDR/ws).
+    #[arg(long, env = "GATEWAY_WS", default_value = "127.0.0.1:8080")]
+    ws: SocketAddr,
+    /// Metrics and health endpoints.
+    #[arg(long, env = "GATEWAY_HTTP", default_value = "127.0.0.1:8081")]
+    http: SocketAddr,
+    /// Connections held at once.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Sustained messages per second per connection.
+    #[arg(long, default_value_t = 20)]
+    messages_per_sec: u32,
+}
+
+#[derive(Debug, clap::Args)]
+struct MintToken {
+    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    token_secret: String,
+    /// driver, rider or dispatcher.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// The client's id.
+    #[arg(long)]
+    sub: String,
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Validity in hours.
+    #[arg(long, default_value_t = 24)]
+    ttl_hours: i64,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "driver" => Ok(Role::Driver),
+        "rider" => Ok(Role::Rider),
+        "dispatcher" => Ok(Role::Dispatcher),
+        other => Err(format!(
+            "unknown role {other:?}: driver, rider or dispatcher"
+        )),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kit::telemetry::init_tracing();
+    match Args::parse().command {
+        Command::Token(args) => {
+            let claims = Claims {
+                role: args.role,
+                sub: args.sub,
+                exp: protocol::time::now_ms() / 1000 + args.ttl_hours * 3600,
+                name: args.name,
+            };
+            match token::mint(args.token_secret.as_bytes(), &claims) {
+                Ok(token) => println!("{token}"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot mint token");
+                    std::process::exit(kit::EXIT_BAD_CONFIG);
+                }
+            }
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: Serve) -> anyhow::Result<()> {
+    let (subjects, geo) = match args.bus.validate() {
+        Ok(parts) => parts,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "invalid configuration");
+            std::process::exit(kit::EXIT_BAD_CONFIG);
+        }
+    };
+    if args.token_secret.len() < 16 {
+        tracing::error!("TOKEN_SECRET must be at least 16 bytes");
+        std::process::exit(kit::EXIT_BAD_CONFIG);
+    }
+    let limits = gateway::Limits {
+        max_connections: args.max_connections,
+        messages_per_sec: args.messages_per_sec,
+        burst: args.messages_per_sec * 2,
+        ..Default::default()
+    };
+    let config = gateway::Config {
+        nats_url: args.bus.nats_url,
+        subjects,
+        geo,
+        token_secret: args.token_secret.into_bytes(),
+        limits,
+    };
+    let ws = tokio::net::TcpListener::bind(args.ws).await?;
+    let http = tokio::net::TcpListener::bind(args.http).await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ws = %ws.local_addr()?,
+        http = %http.local_addr()?,
+        "dispatch-gateway starting"
+    );
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        kit::shutdown_signal().await;
+        signal.cancel();
+        // A second signal, or a drain that takes too long, ends the process.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        tracing::warn!("graceful shutdown took too long");
+        std::process::exit(1);
+    });
+    gateway::run(config, ws, http, shutdown).await
+}

@@ -121,3 +121,22 @@ impl Bus {
         Ok(codec::decode(&reply.payload)?)
     }
 }
+
+/// Keeps readiness condition `name` equal to "the NATS client is connected", until `stop`.
+pub async fn track_readiness(
+    client: Client,
+    readiness: crate::Readiness,
+    name: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => readiness.set(
+                name,
+                client.connection_state() == async_nats::connection::State::Connected,
+            ),
+        }
+    }
+}

@@ -103,7 +103,6 @@ pub async fn run(
     let pool = db::pool(&config.database_url, &config.pool)?;
     readiness.set("database", true);
     let nats = kit::bus::connect(&config.nats_url, "trips").await?;
-    readiness.set("nats", true);
     let store = Store::new(
         pool.clone(),
         config.geo,
@@ -129,6 +128,8 @@ pub async fn run(
     let crumbs = nats
         .queue_subscribe(config.subjects.breadcrumbs(), config.subjects.trips_queue())
         .await?;
+    // Readiness follows the connection; make sure the server has our subscriptions first.
+    let _ = nats.flush().await;
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
     tasks.spawn(serve(
         commands,
@@ -149,6 +150,12 @@ pub async fn run(
         Handler::Query,
     ));
     let background = CancellationToken::new();
+    tasks.spawn(kit::bus::track_readiness(
+        nats.clone(),
+        readiness.clone(),
+        "nats",
+        background.clone(),
+    ));
     tasks.spawn(outbox::run(store.clone(), nats.clone(), background.clone()));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
     tasks.spawn(sweeper(

@@ -1,0 +1,248 @@
+//! One connection's outbound queue: control messages in order, bounded; positions and other
+//! state coalesced to the latest per key, so a slow client gets fresh state instead of a
+//! backlog, and never holds up anyone else.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use protocol::client::VehicleView;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::meters as m;
+
+/// What a coalesced message replaces when a newer one arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A driver's position for its rider.
+    DriverPosition(String),
+    /// A trip in a dispatcher's feed.
+    Trip(Uuid),
+    /// Per-cell counts of a region for a dispatcher.
+    Aggregates(u64),
+}
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// What the writer sends next.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub control: Vec<Utf8Bytes>,
+    pub latest: Vec<Utf8Bytes>,
+    pub vehicles: Vec<VehicleView>,
+    pub ping: bool,
+    pub close: Option<Close>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    control: VecDeque<Utf8Bytes>,
+    /// When the oldest queued control message was queued.
+    control_since: Option<std::time::Instant>,
+    latest: HashMap<Key, Utf8Bytes>,
+    vehicles: HashMap<String, VehicleView>,
+    ping: bool,
+    close: Option<Close>,
+}
+
+/// The queue; shared by the session (producer) and its writer (consumer).
+#[derive(Debug)]
+pub struct Outbound {
+    inner: Mutex<Inner>,
+    ready: Notify,
+    control_capacity: usize,
+    coalesced_capacity: usize,
+}
+
+impl Outbound {
+    pub fn new(control_capacity: usize, coalesced_capacity: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            ready: Notify::new(),
+            control_capacity,
+            coalesced_capacity,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let result = f(&mut self.inner.lock().expect("outbound lock is never poisoned"));
+        self.ready.notify_one();
+        result
+    }
+
+    /// Queues a control message (ack, error, offer, trip update). A client that lets
+    /// `control_capacity` of them pile up is closed as a slow consumer.
+    pub fn control(&self, text: impl Into<Utf8Bytes>) {
+        let text = text.into();
+        let capacity = self.control_capacity;
+        self.with(|inner| {
+            if inner.close.is_some() {
+                return;
+            }
+            if inner.control.len() >= capacity {
+                inner.close = Some(Close {
+                    code: protocol::client::close_code::SLOW_CONSUMER,
+                    reason: "too slow to receive messages",
+                });
+                metrics::counter!(m::QUEUE_DROPS, "kind" => "control").increment(1);
+                return;
+            }
+            inner.control.push_back(text);
+            inner
+                .control_since
+                .get_or_insert_with(std::time::Instant::now);
+        });
+    }
+
+    /// Queues state that supersedes earlier state under the same key.
+    pub fn latest(&self, key: Key, text: impl Into<Utf8Bytes>) {
+        let text = text.into();
+        let capacity = self.coalesced_capacity;
+        self.with(|inner| {
+            let len = inner.latest.len();
+            match inner.latest.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.insert(text);
+                    metrics::counter!(m::QUEUE_DROPS, "kind" => "coalesced").increment(1);
+                }
+                std::collections::hash_map::Entry::Vacant(e) if len < capacity => {
+                    e.insert(text);
+                }
+                std::collections::hash_map::Entry::Vacant(_) => {
+                    metrics::counter!(m::QUEUE_DROPS, "kind" => "dropped").increment(1);
+                }
+            }
+        });
+    }
+
+    /// Queues a vehicle for a dispatcher's map, replacing its previous position.
+    pub fn vehicle(&self, vehicle: VehicleView) {
+        let capacity = self.coalesced_capacity;
+        self.with(|inner| {
+            let len = inner.vehicles.len();
+            match inner.vehicles.entry(vehicle.driver_id.clone()) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.insert(vehicle);
+                    metrics::counter!(m::QUEUE_DROPS, "kind" => "coalesced").increment(1);
+                }
+                std::collections::hash_map::Entry::Vacant(e) if len < capacity => {
+                    e.insert(vehicle);
+                }
+                std::collections::hash_map::Entry::Vacant(_) => {
+                    metrics::counter!(m::QUEUE_DROPS, "kind" => "dropped").increment(1);
+                }
+            }
+        });
+    }
+
+    pub fn ping(&self) {
+        self.with(|inner| inner.ping = true);
+    }
+
+    /// Asks the writer to close the connection after what is queued.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        self.with(|inner| {
+            inner.close.get_or_insert(Close { code, reason });
+        });
+    }
+
+    /// How long the oldest unsent control message has waited. The writer takes everything
+    /// queued at once, so this grows only while the writer is stuck on the socket.
+    pub fn oldest_control_age(&self) -> Option<std::time::Duration> {
+        let inner = self.inner.lock().expect("outbound lock is never poisoned");
+        inner.control_since.map(|since| since.elapsed())
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.inner
+            .lock()
+            .expect("outbound lock is never poisoned")
+            .close
+            .is_some()
+    }
+
+    /// Waits for something to send, then takes all of it.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            {
+                let mut inner = self.inner.lock().expect("outbound lock is never poisoned");
+                if !inner.control.is_empty()
+                    || !inner.latest.is_empty()
+                    || !inner.vehicles.is_empty()
+                    || inner.ping
+                    || inner.close.is_some()
+                {
+                    inner.control_since = None;
+                    return Batch {
+                        control: inner.control.drain(..).collect(),
+                        latest: inner.latest.drain().map(|(_, v)| v).collect(),
+                        vehicles: inner.vehicles.drain().map(|(_, v)| v).collect(),
+                        ping: std::mem::take(&mut inner.ping),
+                        close: inner.close.take(),
+                    };
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::client::VehicleStatus;
+
+    fn vehicle(id: &str, lat: f64) -> VehicleView {
+        VehicleView {
+            driver_id: id.into(),
+            lat,
+            lng: 0.0,
+            heading: None,
+            status: VehicleStatus::Available,
+            ts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn positions_coalesce_to_the_latest() {
+        let out = Outbound::new(4, 2);
+        out.vehicle(vehicle("a", 1.0));
+        out.vehicle(vehicle("a", 2.0));
+        out.vehicle(vehicle("b", 1.0));
+        out.vehicle(vehicle("c", 1.0)); // over capacity: dropped
+        out.latest(Key::DriverPosition("a".into()), "old");
+        out.latest(Key::DriverPosition("a".into()), "new");
+        let batch = out.next_batch().await;
+        assert_eq!(batch.vehicles.len(), 2);
+        assert!(
+            batch
+                .vehicles
+                .iter()
+                .any(|v| v.driver_id == "a" && v.lat == 2.0)
+        );
+        assert_eq!(batch.latest, vec![Utf8Bytes::from("new")]);
+        assert!(batch.close.is_none());
+    }
+
+    #[tokio::test]
+    async fn too_many_control_messages_close_the_connection() {
+        let out = Outbound::new(2, 2);
+        out.control("1");
+        out.control("2");
+        assert!(!out.is_closing());
+        out.control("3");
+        assert!(out.is_closing());
+        let batch = out.next_batch().await;
+        assert_eq!(batch.control.len(), 2);
+        assert_eq!(
+            batch.close.unwrap().code,
+            protocol::client::close_code::SLOW_CONSUMER
+        );
+    }
+}

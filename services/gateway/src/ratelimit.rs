@@ -1,0 +1,54 @@
+//! A token bucket per connection.
+
+use tokio::time::Instant;
+
+/// Allows `rate` messages per second on average and bursts of `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_then_refills_at_the_rate() {
+        let mut bucket = TokenBucket::new(10, 5);
+        assert_eq!((0..20).filter(|_| bucket.allow()).count(), 5);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!((0..20).filter(|_| bucket.allow()).count(), 5);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(bucket.allow());
+        assert!(!bucket.allow());
+    }
+}

@@ -1,0 +1,920 @@
+//! One client connection, from hello to close.
+//!
+//! The session task reads the client's frames and its NATS subscriptions; a writer task drains
+//! the connection's [`Outbound`] queue to the socket. Commands to the trips service run as
+//! their own tasks (a few per connection at most), so a slow reply never stalls reading.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SelectAll, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use protocol::bus::{
+    CellCounts, Position, QueryReply, TripCommand, TripEvent, TripQuery, TripReply,
+};
+use protocol::client::{
+    self, CellAggregate, ClientMessage, Location, Role, ServerMessage, SessionLimits,
+    VehicleStatus, VehicleView, close_code,
+};
+use protocol::time::{now_ms, now_us};
+use protocol::token::{self, Claims};
+use protocol::trip::{Actor, TripState, TripView, VehicleClass};
+use protocol::{ErrorCode, codec};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::meters as m;
+use crate::outbound::{Key, Outbound};
+use crate::ratelimit::TokenBucket;
+use crate::{Shared, viewport};
+
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+fn error_text(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> String {
+    metrics::counter!(m::REJECTS, "reason" => code.as_str()).increment(1);
+    ServerMessage::error(id, code, message).to_json()
+}
+
+/// What the gateway knows of a driver's situation, to label its positions and route them.
+#[derive(Debug, Default)]
+struct DriverSession {
+    online: bool,
+    vehicle_class: Option<VehicleClass>,
+    capacity: u16,
+    /// The trip the driver is offered or carrying out, and the version last seen of it.
+    trip: Option<(Uuid, String, TripState)>,
+    trip_version: i64,
+    last_seq: Option<u64>,
+    last_ts: i64,
+}
+
+impl DriverSession {
+    fn status(&self) -> VehicleStatus {
+        match (&self.trip, self.online) {
+            (Some((_, _, TripState::Offered)), _) => VehicleStatus::Offered,
+            (Some(_), _) => VehicleStatus::OnTrip,
+            (None, true) => VehicleStatus::Available,
+            (None, false) => VehicleStatus::Offline,
+        }
+    }
+
+    /// Follows a trip this driver takes part in.
+    fn observe(&mut self, trip: &TripView, me: &str) {
+        let current = self
+            .trip
+            .as_ref()
+            .is_some_and(|(id, ..)| *id == trip.trip_id);
+        if current && trip.version < self.trip_version {
+            // Updates reach us by several paths (command replies, the inbox): older ones lose.
+            return;
+        }
+        let mine = trip.driver_id.as_deref() == Some(me);
+        if mine && trip.state.holds_driver() {
+            self.trip = Some((trip.trip_id, trip.rider_id.clone(), trip.state));
+            self.trip_version = trip.version;
+        } else if current {
+            self.trip = None;
+        }
+    }
+}
+
+/// One authenticated client.
+struct Session {
+    shared: Arc<Shared>,
+    role: Role,
+    subject: String,
+    name: Option<String>,
+    out: Arc<Outbound>,
+    driver: Mutex<DriverSession>,
+    in_flight: AtomicUsize,
+}
+
+/// Runs a connection after the WebSocket handshake.
+pub async fn run(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let (mut sink, mut stream) = ws.split();
+    let limits = &shared.config.limits;
+
+    // Hello: the first message, within the hello timeout.
+    let first = tokio::time::timeout(limits.hello_timeout, stream.next()).await;
+    let text = match first {
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(_))) => {
+            return refuse(
+                &mut sink,
+                close_code::UNAUTHORIZED,
+                "the first message must be hello",
+                "no_hello",
+            )
+            .await;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            return refuse(
+                &mut sink,
+                close_code::HELLO_TIMEOUT,
+                "no hello in time",
+                "hello_timeout",
+            )
+            .await;
+        }
+    };
+    let (token, versions) = match client::decode(&text, now_ms()) {
+        Ok(ClientMessage::Hello { token, versions }) => (token, versions),
+        _ => {
+            return refuse(
+                &mut sink,
+                close_code::UNAUTHORIZED,
+                "the first message must be hello",
+                "no_hello",
+            )
+            .await;
+        }
+    };
+    let claims = match token::verify(&shared.config.token_secret, &token, now_ms() / 1000) {
+        Ok(claims) => claims,
+        Err(error) => {
+            let _ = sink
+                .send(Message::text(error_text(
+                    None,
+                    ErrorCode::Unauthorized,
+                    error.to_string(),
+                )))
+                .await;
+            return refuse(
+                &mut sink,
+                close_code::UNAUTHORIZED,
+                "unauthorized",
+                "unauthorized",
+            )
+            .await;
+        }
+    };
+    let Some(version) = protocol::negotiate_version(&versions) else {
+        let message = format!(
+            "none of the offered versions {versions:?} is supported; this server speaks {:?}",
+            protocol::SUPPORTED_VERSIONS
+        );
+        let _ = sink
+            .send(Message::text(error_text(
+                None,
+                ErrorCode::UnsupportedVersion,
+                message,
+            )))
+            .await;
+        return refuse(
+            &mut sink,
+            close_code::UNSUPPORTED_VERSION,
+            "unsupported protocol version",
+            "unsupported_version",
+        )
+        .await;
+    };
+    metrics::counter!(m::CONNECTION_ATTEMPTS, "outcome" => "accepted").increment(1);
+    let Claims {
+        role, sub, name, ..
+    } = claims;
+    let out = Arc::new(Outbound::new(limits.control_queue, limits.coalesced_queue));
+    let session = Arc::new(Session {
+        shared: shared.clone(),
+        role,
+        subject: sub,
+        name,
+        out: out.clone(),
+        driver: Mutex::new(DriverSession::default()),
+        in_flight: AtomicUsize::new(0),
+    });
+    let gauge = metrics::gauge!(m::CONNECTIONS, "role" => role.as_str());
+    gauge.increment(1.0);
+    out.control(
+        ServerMessage::Welcome {
+            version,
+            role,
+            subject: session.subject.clone(),
+            limits: SessionLimits {
+                max_message_bytes: limits.max_message_bytes as u32,
+                messages_per_sec: limits.messages_per_sec,
+            },
+        }
+        .to_json(),
+    );
+    let writer = tokio::spawn(write_loop(sink, out.clone(), limits.write_timeout));
+    session.clone().read_loop(&mut stream, shutdown).await;
+    out.close(1000, "bye");
+    // The writer sends what is queued and the close frame, or gives up after its timeout.
+    let _ = tokio::time::timeout(limits.write_timeout * 2, writer).await;
+    gauge.decrement(1.0);
+}
+
+async fn refuse(sink: &mut Sink, code: u16, reason: &str, outcome: &'static str) {
+    metrics::counter!(m::CONNECTION_ATTEMPTS, "outcome" => outcome).increment(1);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = sink.send(close_frame(code, reason)).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration) {
+    loop {
+        let batch = out.next_batch().await;
+        let send = async {
+            for text in batch.control {
+                sink.feed(Message::Text(text)).await?;
+                metrics::counter!(m::FRAMES_SENT, "kind" => "control").increment(1);
+            }
+            for text in batch.latest {
+                sink.feed(Message::Text(text)).await?;
+                metrics::counter!(m::FRAMES_SENT, "kind" => "latest").increment(1);
+            }
+            for chunk in batch.vehicles.chunks(500) {
+                let frame = ServerMessage::Vehicles {
+                    vehicles: chunk.to_vec(),
+                };
+                sink.feed(Message::text(frame.to_json())).await?;
+                metrics::counter!(m::FRAMES_SENT, "kind" => "vehicles").increment(1);
+            }
+            if batch.ping {
+                sink.feed(Message::Ping(Default::default())).await?;
+            }
+            if let Some(close) = &batch.close {
+                metrics::counter!(m::CLOSES, "reason" => close.reason).increment(1);
+                sink.feed(close_frame(close.code, close.reason)).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, send).await {
+            Ok(Ok(())) if batch.close.is_none() => {}
+            Ok(Ok(())) => {
+                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                return;
+            }
+            Ok(Err(_)) => {
+                out.close(1011, "write failed");
+                return;
+            }
+            Err(_) => {
+                // The client does not read: give up on it.
+                metrics::counter!(m::CLOSES, "reason" => "write_timeout").increment(1);
+                out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
+                return;
+            }
+        }
+    }
+}
+
+/// The NATS subscriptions feeding one session.
+#[derive(Default)]
+struct Feeds {
+    inbox: Option<async_nats::Subscriber>,
+    trips: Option<async_nats::Subscriber>,
+    cells: SelectAll<async_nats::Subscriber>,
+    aggregates: SelectAll<async_nats::Subscriber>,
+}
+
+async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_in(all: &mut SelectAll<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    if all.is_empty() {
+        std::future::pending().await
+    } else {
+        all.next().await
+    }
+}
+
+impl Session {
+    fn subjects(&self) -> &protocol::Subjects {
+        &self.shared.config.subjects
+    }
+
+    async fn read_loop(
+        self: Arc<Self>,
+        stream: &mut futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
+        shutdown: CancellationToken,
+    ) {
+        let limits = &self.shared.config.limits;
+        let nats = &self.shared.nats;
+        let mut feeds = Feeds::default();
+        match self.role {
+            Role::Driver | Role::Rider => {
+                feeds.inbox = nats
+                    .subscribe(self.subjects().user(self.role, &self.subject))
+                    .await
+                    .ok();
+            }
+            Role::Dispatcher => {
+                feeds.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
+            }
+        }
+        tokio::spawn(self.clone().resume());
+
+        let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
+        let mut strikes = 0u32;
+        let mut last_seen = Instant::now();
+        // Checks idleness and slowness often; pings every ping interval.
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(limits.ping_interval));
+        let mut last_ping = Instant::now();
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.out.close(1001, "server going away");
+                    break;
+                }
+                frame = stream.next() => {
+                    last_seen = Instant::now();
+                    let text = match frame {
+                        None => break,
+                        Some(Err(error)) => {
+                            use tokio_tungstenite::tungstenite::Error;
+                            match error {
+                                Error::Capacity(_) => {
+                                    metrics::counter!(m::REJECTS, "reason" => "too_large").increment(1);
+                                    self.out.close(1009, "message too big");
+                                }
+                                Error::Protocol(_) | Error::Utf8(_) => self.out.close(1002, "protocol error"),
+                                _ => {}
+                            }
+                            break;
+                        }
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(Message::Binary(_))) => {
+                            metrics::counter!(m::REJECTS, "reason" => "binary").increment(1);
+                            self.out.control(error_text(None, ErrorCode::InvalidMessage, "binary frames are not accepted; send JSON text"));
+                            self.out.close(1003, "binary frames are not accepted");
+                            break;
+                        }
+                        Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(_)) => continue, // pings are answered by the library; pongs keep us alive
+                    };
+                    if !bucket.allow() {
+                        strikes += 1;
+                        if strikes == 1 || strikes.is_multiple_of(50) {
+                            self.out.control(error_text(None, ErrorCode::RateLimited, format!("more than {} messages per second", limits.messages_per_sec)));
+                        } else {
+                            metrics::counter!(m::REJECTS, "reason" => "rate_limited").increment(1);
+                        }
+                        if strikes >= limits.max_strikes {
+                            self.out.close(close_code::RATE_LIMITED, "rate limit exceeded");
+                            break;
+                        }
+                        continue;
+                    }
+                    strikes = 0;
+                    self.clone().handle(&text, &mut feeds).await;
+                    if self.out.is_closing() {
+                        break;
+                    }
+                }
+                message = next_of(&mut feeds.inbox) => {
+                    if let Some(message) = message {
+                        self.deliver_inbox(message.payload);
+                    }
+                }
+                message = next_of(&mut feeds.trips) => {
+                    if let Some(message) = message
+                        && let Ok(event) = codec::decode::<TripEvent>(&message.payload) {
+                            self.out.latest(Key::Trip(event.trip.trip_id), ServerMessage::TripUpdate { trip: event.trip }.to_json());
+                        }
+                }
+                message = next_in(&mut feeds.cells) => {
+                    if let Some(message) = message
+                        && let Ok(p) = codec::decode::<Position>(&message.payload) {
+                            self.out.vehicle(VehicleView { driver_id: p.driver_id, lat: p.lat, lng: p.lng, heading: p.heading, status: p.status, ts: p.ts });
+                        }
+                }
+                message = next_in(&mut feeds.aggregates) => {
+                    if let Some(message) = message
+                        && let Ok(counts) = codec::decode::<CellCounts>(&message.payload) {
+                            let cells = counts.cells.iter().map(|c| CellAggregate {
+                                cell: format!("{:x}", c.cell),
+                                vehicles: c.vehicles,
+                                available: c.available,
+                                open_requests: c.open_requests,
+                            }).collect();
+                            self.out.latest(Key::Aggregates(counts.region), ServerMessage::CellAggregates { resolution: counts.resolution, cells }.to_json());
+                        }
+                }
+                _ = tick.tick() => {
+                    if self.out.oldest_control_age().is_some_and(|age| age > limits.control_deadline) {
+                        self.out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
+                        break;
+                    }
+                    if last_seen.elapsed() > limits.idle_timeout {
+                        metrics::counter!(m::CLOSES, "reason" => "idle").increment(1);
+                        self.out.close(1001, "idle timeout");
+                        break;
+                    }
+                    if last_ping.elapsed() >= limits.ping_interval {
+                        last_ping = Instant::now();
+                        self.out.ping();
+                    }
+                }
+            }
+            if self.out.is_closing() {
+                break;
+            }
+        }
+    }
+
+    /// Brings a (re)connecting client up to date.
+    async fn resume(self: Arc<Self>) {
+        if self.role == Role::Dispatcher {
+            self.out.control(
+                ServerMessage::SessionState {
+                    driver: None,
+                    trips: vec![],
+                }
+                .to_json(),
+            );
+            return;
+        }
+        let query = TripQuery::SessionState {
+            role: self.role,
+            id: self.subject.clone(),
+        };
+        // The trips service may be restarting: retry retryable failures for a while.
+        let mut delay = Duration::from_millis(100);
+        let deadline = Instant::now() + self.shared.config.limits.command_timeout * 2;
+        let reply = loop {
+            let reply = self
+                .shared
+                .bus
+                .request::<_, QueryReply>(
+                    self.subjects().trip_queries(),
+                    &query,
+                    self.shared.config.limits.command_timeout,
+                )
+                .await;
+            let retryable = match &reply {
+                Ok(QueryReply::Error(error)) => error.code.is_retryable(),
+                Err(error) => error.code().is_retryable(),
+                Ok(_) => false,
+            };
+            if !retryable || Instant::now() + delay > deadline || self.out.is_closing() {
+                break reply;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        };
+        match reply {
+            Ok(QueryReply::SessionState { driver, trips }) => {
+                if self.role == Role::Driver {
+                    let mut state = self.driver.lock().expect("driver lock");
+                    if let Some(d) = &driver {
+                        state.online = d.online;
+                        state.vehicle_class = d.vehicle_class;
+                        state.capacity = d.capacity.unwrap_or(1);
+                    }
+                    for trip in &trips {
+                        state.observe(trip, &self.subject);
+                    }
+                }
+                self.out
+                    .control(ServerMessage::SessionState { driver, trips }.to_json());
+            }
+            Ok(QueryReply::Error(error)) => self.out.control(error_text(
+                None,
+                error.code,
+                format!("session state unavailable: {}", error.message),
+            )),
+            Ok(_) => self
+                .out
+                .control(error_text(None, ErrorCode::Internal, "unexpected reply")),
+            Err(error) => self.out.control(error_text(
+                None,
+                error.code(),
+                format!("session state unavailable: {error}"),
+            )),
+        }
+    }
+
+    /// A message from this client's NATS inbox: JSON of a server message, forwarded as is.
+    fn deliver_inbox(&self, payload: bytes::Bytes) {
+        let Ok(text) = Utf8Bytes::try_from(payload) else {
+            return;
+        };
+        if self.role == Role::Rider && text.starts_with("{\"type\":\"driver_position\"") {
+            // Latest position per driver; older ones are worthless to a slow client.
+            let driver = serde_json::from_str::<ServerMessage>(&text)
+                .ok()
+                .and_then(|m| match m {
+                    ServerMessage::DriverPosition { driver_id, .. } => Some(driver_id),
+                    _ => None,
+                });
+            if let Some(driver) = driver {
+                self.out.latest(Key::DriverPosition(driver), text);
+            }
+            return;
+        }
+        if self.role == Role::Driver
+            && let Ok(ServerMessage::Offer { trip, .. } | ServerMessage::TripUpdate { trip }) =
+                serde_json::from_str::<ServerMessage>(&text)
+        {
+            self.driver
+                .lock()
+                .expect("driver lock")
+                .observe(&trip, &self.subject);
+        }
+        self.out.control(text);
+    }
+
+    async fn handle(self: Arc<Self>, text: &str, feeds: &mut Feeds) {
+        let message = match client::decode(text, now_ms()) {
+            Ok(message) => message,
+            Err(error) => {
+                // Answer with the id if the frame had one we can read.
+                let id = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+                self.out
+                    .control(error_text(id, error.code(), error.to_string()));
+                return;
+            }
+        };
+        metrics::counter!(m::MESSAGES, "kind" => message.kind()).increment(1);
+        let id = message.id();
+        let allowed = match &message {
+            ClientMessage::Hello { .. } => {
+                self.out.control(error_text(
+                    None,
+                    ErrorCode::InvalidMessage,
+                    "already said hello",
+                ));
+                return;
+            }
+            ClientMessage::Location(_)
+            | ClientMessage::GoOnline { .. }
+            | ClientMessage::GoOffline { .. }
+            | ClientMessage::AcceptOffer { .. }
+            | ClientMessage::DeclineOffer { .. }
+            | ClientMessage::TripProgress { .. } => self.role == Role::Driver,
+            ClientMessage::RequestRide { .. } => self.role == Role::Rider,
+            ClientMessage::SubscribeViewport { .. } | ClientMessage::AssignDriver { .. } => {
+                self.role == Role::Dispatcher
+            }
+            ClientMessage::CancelTrip { .. } => true,
+        };
+        if !allowed {
+            metrics::counter!(m::FORBIDDEN, "kind" => message.kind()).increment(1);
+            self.out.control(error_text(
+                id,
+                ErrorCode::Forbidden,
+                format!("a {} may not send {}", self.role.as_str(), message.kind()),
+            ));
+            return;
+        }
+        match message {
+            ClientMessage::Location(location) => self.location(location).await,
+            ClientMessage::SubscribeViewport { id, viewport, zoom } => {
+                self.viewport(id, viewport, zoom, feeds).await
+            }
+            command => self.spawn_command(command),
+        }
+    }
+
+    async fn location(&self, location: Location) {
+        let shared = &self.shared;
+        let (region, cell) = match shared.config.geo.locate(location.point()) {
+            Ok(found) => found,
+            Err(error) => {
+                self.out
+                    .control(error_text(location.id, error.code(), error.to_string()));
+                return;
+            }
+        };
+        let (status, class, capacity, trip) = {
+            let mut state = self.driver.lock().expect("driver lock");
+            let stale = state.last_seq.is_some_and(|seq| location.seq <= seq)
+                || location.ts < state.last_ts;
+            if stale {
+                drop(state);
+                metrics::counter!(m::POSITIONS_DROPPED, "reason" => "stale").increment(1);
+                if location.id.is_some() {
+                    self.out.control(error_text(
+                        location.id,
+                        ErrorCode::StaleUpdate,
+                        "older than an update already accepted",
+                    ));
+                }
+                return;
+            }
+            state.last_seq = Some(location.seq);
+            state.last_ts = location.ts;
+            (
+                state.status(),
+                state.vehicle_class,
+                state.capacity,
+                state.trip.clone(),
+            )
+        };
+        if shared.nats.connection_state() != async_nats::connection::State::Connected {
+            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
+            if location.id.is_some() {
+                self.out.control(error_text(
+                    location.id,
+                    ErrorCode::Unavailable,
+                    "bus unavailable; positions are dropped until it returns",
+                ));
+            }
+            return;
+        }
+        let on_trip = trip
+            .as_ref()
+            .filter(|(_, _, state)| *state != TripState::Offered);
+        let position = Position {
+            driver_id: self.subject.clone(),
+            lat: location.lat,
+            lng: location.lng,
+            heading: location.heading,
+            speed: location.speed,
+            accuracy: location.accuracy,
+            ts: location.ts,
+            seq: location.seq,
+            status,
+            vehicle_class: class,
+            capacity,
+            trip_id: on_trip.map(|(id, ..)| *id),
+            received_us: now_us(),
+        };
+        let payload: bytes::Bytes = codec::encode(&position).into();
+        let started = Instant::now();
+        let subjects = self.subjects();
+        let mut published = shared
+            .nats
+            .publish(subjects.location(region, cell), payload.clone())
+            .await
+            .is_ok();
+        if let Some((trip_id, rider_id, _)) = on_trip {
+            published &= shared
+                .nats
+                .publish(subjects.breadcrumbs(), payload)
+                .await
+                .is_ok();
+            let for_rider = ServerMessage::DriverPosition {
+                trip_id: *trip_id,
+                driver_id: self.subject.clone(),
+                lat: location.lat,
+                lng: location.lng,
+                heading: location.heading,
+                ts: location.ts,
+            };
+            published &= shared
+                .nats
+                .publish(
+                    subjects.user(Role::Rider, rider_id),
+                    for_rider.to_json().into(),
+                )
+                .await
+                .is_ok();
+        }
+        metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed());
+        if published {
+            metrics::counter!(m::POSITIONS_PUBLISHED).increment(1);
+            if let Some(id) = location.id {
+                self.out.control(
+                    ServerMessage::Ack {
+                        id,
+                        trip: None,
+                        changed: true,
+                    }
+                    .to_json(),
+                );
+            }
+        } else {
+            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
+        }
+    }
+
+    async fn viewport(&self, id: u64, viewport: client::Viewport, zoom: f32, feeds: &mut Feeds) {
+        let config = &self.shared.config;
+        let nats = &self.shared.nats;
+        feeds.cells = SelectAll::new();
+        feeds.aggregates = SelectAll::new();
+        let detailed = if zoom >= config.limits.detail_zoom {
+            viewport::cells(
+                &viewport,
+                config.geo.cell_res,
+                config.limits.max_viewport_cells,
+            )
+        } else {
+            None
+        };
+        match detailed {
+            Some(cells) => {
+                for cell in cells {
+                    let subject = self
+                        .subjects()
+                        .location(config.geo.region_of_cell(cell), cell);
+                    if let Ok(sub) = nats.subscribe(subject).await {
+                        feeds.cells.push(sub);
+                    }
+                }
+            }
+            None => {
+                let Some(regions) = viewport::cells(
+                    &viewport,
+                    config.geo.region_res,
+                    config.limits.max_viewport_regions,
+                ) else {
+                    self.out.control(error_text(
+                        Some(id),
+                        ErrorCode::InvalidField,
+                        "viewport too large; zoom in",
+                    ));
+                    return;
+                };
+                for region in regions {
+                    if let Ok(sub) = nats.subscribe(self.subjects().cell_counts(region)).await {
+                        feeds.aggregates.push(sub);
+                    }
+                }
+            }
+        }
+        self.out.control(
+            ServerMessage::Ack {
+                id,
+                trip: None,
+                changed: true,
+            }
+            .to_json(),
+        );
+    }
+
+    fn spawn_command(self: Arc<Self>, message: ClientMessage) {
+        let id = message.id();
+        if self.in_flight.fetch_add(1, Ordering::SeqCst)
+            >= self.shared.config.limits.max_commands_in_flight
+        {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.out.control(error_text(
+                id,
+                ErrorCode::RateLimited,
+                "too many commands in flight; wait for answers",
+            ));
+            return;
+        }
+        tokio::spawn(async move {
+            let kind = message.kind();
+            let started = Instant::now();
+            let answer = self.command(message).await;
+            metrics::histogram!(m::COMMAND_DURATION, "kind" => kind).record(started.elapsed());
+            self.out.control(answer);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Carries out a command and returns the answer for the client.
+    async fn command(&self, message: ClientMessage) -> String {
+        let id = message.id().expect("commands carry an id");
+        let me = self.subject.clone();
+        let actor = match self.role {
+            Role::Driver => Actor::Driver,
+            Role::Rider => Actor::Rider,
+            Role::Dispatcher => Actor::Dispatcher,
+        };
+        let command = match message {
+            ClientMessage::GoOnline {
+                vehicle_class,
+                capacity,
+                ..
+            } => TripCommand::SetDriverStatus {
+                driver_id: me,
+                online: true,
+                vehicle_class: Some(vehicle_class),
+                capacity: Some(capacity),
+                name: self.name.clone(),
+            },
+            ClientMessage::GoOffline { .. } => TripCommand::SetDriverStatus {
+                driver_id: me,
+                online: false,
+                vehicle_class: None,
+                capacity: None,
+                name: None,
+            },
+            ClientMessage::AcceptOffer { trip_id, .. } => TripCommand::AnswerOffer {
+                trip_id,
+                driver_id: me,
+                accept: true,
+            },
+            ClientMessage::DeclineOffer { trip_id, .. } => TripCommand::AnswerOffer {
+                trip_id,
+                driver_id: me,
+                accept: false,
+            },
+            ClientMessage::TripProgress { trip_id, stage, .. } => TripCommand::Progress {
+                trip_id,
+                driver_id: me,
+                stage,
+                position: None,
+            },
+            ClientMessage::RequestRide {
+                pickup,
+                dropoff,
+                vehicle_class,
+                min_capacity,
+                idempotency_key,
+                ..
+            } => TripCommand::CreateTrip {
+                rider_id: me,
+                idempotency_key,
+                pickup,
+                dropoff,
+                vehicle_class,
+                min_capacity,
+            },
+            ClientMessage::CancelTrip {
+                trip_id, reason, ..
+            } => TripCommand::Cancel {
+                trip_id,
+                actor,
+                actor_id: me,
+                reason,
+            },
+            ClientMessage::AssignDriver {
+                trip_id, driver_id, ..
+            } => TripCommand::Assign {
+                trip_id,
+                driver_id,
+                dispatcher_id: me,
+            },
+            ClientMessage::Hello { .. }
+            | ClientMessage::Location(_)
+            | ClientMessage::SubscribeViewport { .. } => {
+                unreachable!("handled before commands")
+            }
+        };
+        let online_change = match &command {
+            TripCommand::SetDriverStatus {
+                online,
+                vehicle_class,
+                capacity,
+                ..
+            } => Some((*online, *vehicle_class, *capacity)),
+            _ => None,
+        };
+        if self.shared.nats.connection_state() != async_nats::connection::State::Connected {
+            return error_text(
+                Some(id),
+                ErrorCode::Unavailable,
+                "bus unavailable; retry shortly",
+            );
+        }
+        let reply = self
+            .shared
+            .bus
+            .request::<_, TripReply>(
+                self.subjects().trip_commands(),
+                &command,
+                self.shared.config.limits.command_timeout,
+            )
+            .await;
+        match reply {
+            Ok(Ok(outcome)) => {
+                if let Some((online, class, capacity)) = online_change {
+                    let mut state = self.driver.lock().expect("driver lock");
+                    state.online = online;
+                    if class.is_some() {
+                        state.vehicle_class = class;
+                    }
+                    if let Some(capacity) = capacity {
+                        state.capacity = capacity;
+                    }
+                }
+                if self.role == Role::Driver
+                    && let Some(trip) = &outcome.trip
+                {
+                    self.driver
+                        .lock()
+                        .expect("driver lock")
+                        .observe(trip, &self.subject);
+                }
+                ServerMessage::Ack {
+                    id,
+                    trip: outcome.trip,
+                    changed: outcome.changed,
+                }
+                .to_json()
+            }
+            Ok(Err(error)) => error_text(Some(id), error.code, error.message),
+            Err(error) => error_text(Some(id), error.code(), error.to_string()),
+        }
+    }
+}
