@@ -140,6 +140,29 @@ impl GeoConfig {
     }
 }
 
+impl GeoConfig {
+    /// The regions that cover a disk of `radius_m` metres around `center` (every region any
+    /// part of the disk may fall in).
+    pub fn regions_covering(
+        &self,
+        center: Point,
+        radius_m: f64,
+    ) -> Result<Vec<CellIndex>, ValidationError> {
+        let origin = self.region_of(center)?;
+        let edge = self.region_res.edge_length_m();
+        let rings = (radius_m / (1.5 * 0.7 * edge)).ceil() as u32 + 1;
+        let reach = radius_m + 2.0 * 1.3 * edge;
+        Ok(origin
+            .grid_disk::<Vec<_>>(rings)
+            .into_iter()
+            .filter(|cell| {
+                let c = LatLng::from(*cell);
+                center.distance_m(&Point::new(c.lat(), c.lng())) <= reach
+            })
+            .collect())
+    }
+}
+
 /// Parses a cell index from its hexadecimal form (as in subjects).
 pub fn parse_cell(s: &str) -> Option<CellIndex> {
     s.parse().ok()
@@ -194,6 +217,28 @@ mod tests {
             GeoConfig::new(5, 16),
             Err(GeoConfigError::BadResolution(16))
         );
+    }
+
+    #[test]
+    fn regions_cover_a_disk() {
+        let geo = GeoConfig::default();
+        let regions: BTreeSet<_> = geo
+            .regions_covering(BERLIN, 20_000.0)
+            .unwrap()
+            .into_iter()
+            .collect();
+        // Every point of the disk (sampled) lies in a listed region.
+        for i in 0..64 {
+            let angle = f64::from(i) / 64.0 * std::f64::consts::TAU;
+            for r in [0.0, 10_000.0, 19_900.0] {
+                let p = Point::new(
+                    BERLIN.lat + r * angle.cos() / 111_000.0,
+                    BERLIN.lng + r * angle.sin() / (111_000.0 * BERLIN.lat.to_radians().cos()),
+                );
+                assert!(regions.contains(&geo.region_of(p).unwrap()), "{p:?}");
+            }
+        }
+        assert!(regions.len() < 40, "{}", regions.len());
     }
 
     #[test]

@@ -37,6 +37,15 @@ impl Drop for Running {
     }
 }
 
+/// Waits until the service at `http` answers `/readyz` with 200.
+pub async fn wait_ready(http: SocketAddr) {
+    crate::eventually("service ready", Duration::from_secs(20), || async {
+        let ready = reqwest::get(format!("http://{http}/readyz")).await.ok()?;
+        (ready.status() == 200).then_some(())
+    })
+    .await;
+}
+
 /// Settings of a test trips service.
 pub fn trips_config(database_url: &str, nats_url: &str, prefix: &str) -> trips::Config {
     let mut config = trips::Config::new(
@@ -57,11 +66,13 @@ pub async fn start_trips(config: trips::Config) -> Running {
     let http = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(trips::run(config, listener, shutdown.clone()));
-    Running {
+    let running = Running {
         http,
         shutdown,
         task: Some(task),
-    }
+    };
+    wait_ready(http).await;
+    running
 }
 
 /// A gateway running in this process.
@@ -101,5 +112,76 @@ pub async fn start_gateway(config: gateway::Config) -> Gateway {
             shutdown,
             task: Some(task),
         },
+    }
+}
+
+/// Settings of a test matcher serving `regions`.
+pub fn matcher_config(
+    nats_url: &str,
+    prefix: &str,
+    regions: Vec<h3o::CellIndex>,
+) -> matcher::Config {
+    let mut config = matcher::Config::new(
+        nats_url,
+        Subjects::new(prefix).expect("test prefixes are valid"),
+        regions,
+    );
+    config.settings.counts_every = Duration::from_millis(500);
+    config
+}
+
+/// Starts a matcher in this process's runtime.
+pub async fn start_matcher(config: matcher::Config) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding http");
+    let http = listener.local_addr().expect("local address");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(matcher::run(config, listener, shutdown.clone()));
+    Running {
+        http,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// A matcher in a runtime of its own, so that it can be killed as abruptly as a process:
+/// every task stops where it is and every socket closes, with no goodbye.
+#[derive(Debug)]
+pub struct Isolated {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Isolated {
+    pub fn start_matcher(config: matcher::Config) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("building a runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding http");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let _ = matcher::run(config, listener, CancellationToken::new()).await;
+        });
+        Self {
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Kills everything running in it.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -44,13 +44,7 @@ impl Stack {
             async_nats::connect(nats.url()).await.unwrap(),
             Subjects::new(&prefix).unwrap(),
         );
-        for http in [trips.http, gateway.running.http] {
-            tests::eventually("services ready", PATIENCE, || async {
-                let ready = reqwest::get(format!("http://{http}/readyz")).await.ok()?;
-                (ready.status() == 200).then_some(())
-            })
-            .await;
-        }
+        tests::services::wait_ready(gateway.running.http).await;
         Self {
             nats,
             db,

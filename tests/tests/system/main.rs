@@ -3,4 +3,5 @@
 
 mod gateway;
 mod harness;
+mod matcher;
 mod trips;
