@@ -9,6 +9,7 @@
 //!
 //! This crate depends on no service: services depend on it.
 
+pub mod area;
 pub mod bus;
 pub mod client;
 pub mod codec;

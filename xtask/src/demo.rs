@@ -44,6 +44,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The secret the demo's services sign and check tokens with.
 const DEMO_SECRET: &str = "demo-secret-not-for-production";
 const SUBJECT_PREFIX: &str = "demo";
+/// The simulated city: centre (latitude, longitude) and radius.
+const CITY: (f64, f64) = (52.52, 13.405);
+const CITY_RADIUS_KM: f64 = 15.0;
 
 struct Service {
     name: &'static str,
@@ -119,9 +122,9 @@ pub fn run(args: Args) -> Result<()> {
     say(format!("building the services ({profile})"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
-    build
-        .current_dir(&root)
-        .args(["build", "--bins", "-p", "trips", "-p", "gateway"]);
+    build.current_dir(&root).args([
+        "build", "--bins", "-p", "trips", "-p", "gateway", "-p", "matcher",
+    ]);
     if !args.debug {
         build.arg("--release");
     }
@@ -149,6 +152,15 @@ pub fn run(args: Args) -> Result<()> {
         &common,
         &logs,
     )?);
+    let matcher_http = "127.0.0.1:8083";
+    let area = format!("{},{},{}", CITY.0, CITY.1, CITY_RADIUS_KM);
+    services.push(start(
+        "matcher",
+        &bin("dispatch-matcher"),
+        &["--area", &area, "--http", matcher_http],
+        &common,
+        &logs,
+    )?);
     let gateway_ws = "127.0.0.1:8080";
     let gateway_http = "127.0.0.1:8081";
     services.push(start(
@@ -160,14 +172,29 @@ pub fn run(args: Args) -> Result<()> {
     )?);
     let ready = wait_ready(
         &mut services,
-        &[("trips", trips_http), ("gateway", gateway_http)],
+        &[
+            ("trips", trips_http),
+            ("matcher", matcher_http),
+            ("gateway", gateway_http),
+        ],
         &stop_requested,
     );
 
     if ready.is_ok() {
         say("the system is up:");
+        say(format!("  client WebSocket       ws://{gateway_ws}/ws"));
         say(format!(
-            "  trips API and metrics  http://{trips_http}/api/trips  http://{trips_http}/metrics"
+            "  gateway metrics        http://{gateway_http}/metrics"
+        ));
+        say(format!(
+            "  matcher metrics        http://{matcher_http}/metrics"
+        ));
+        say(format!(
+            "  trips API and metrics  http://{trips_http}/api/trips"
+        ));
+        say(format!(
+            "  a dispatcher token     TOKEN_SECRET={DEMO_SECRET} {} token --role dispatcher --sub ops",
+            bin("dispatch-gateway").display()
         ));
         say(format!("  NATS                   {}", infra.nats_url));
         say(format!("  PostgreSQL             {}", infra.database_url));

@@ -27,6 +27,9 @@ struct Args {
     /// Or: serve every region within RADIUS_KM of LAT,LNG (written LAT,LNG,RADIUS_KM).
     #[arg(long, env = "MATCHER_AREA")]
     area: Option<String>,
+    /// Or: serve every region a GeoJSON service area touches.
+    #[arg(long, env = "SERVICE_AREA")]
+    service_area: Option<std::path::PathBuf>,
     /// greedy (nearest first, lowest latency) or batched (min-cost assignment per window).
     #[arg(long, env = "MATCHER_STRATEGY", default_value = "greedy")]
     strategy: matcher::assign::Strategy,

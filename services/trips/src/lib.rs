@@ -46,6 +46,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Whether to apply migrations at startup.
     pub migrate: bool,
+    /// Where trips may start and end; anywhere when absent.
+    pub service_area: Option<Arc<protocol::area::ServiceArea>>,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             breadcrumb_retention: Duration::from_secs(30 * 24 * 3600),
             max_in_flight: 512,
             migrate: true,
+            service_area: None,
         }
     }
 }
@@ -103,12 +106,15 @@ pub async fn run(
     let pool = db::pool(&config.database_url, &config.pool)?;
     readiness.set("database", true);
     let nats = kit::bus::connect(&config.nats_url, "trips").await?;
-    let store = Store::new(
+    let mut store = Store::new(
         pool.clone(),
         config.geo,
         config.subjects.clone(),
         config.store.clone(),
     );
+    if let Some(area) = &config.service_area {
+        store = store.with_service_area(area.clone());
+    }
 
     let tasks = TaskTracker::new();
     let stop_intake = CancellationToken::new();

@@ -38,6 +38,9 @@ struct Args {
     /// How long breadcrumbs are kept, hours.
     #[arg(long, default_value_t = 720)]
     breadcrumb_retention_h: u64,
+    /// GeoJSON polygon of the service area; trips starting or ending outside it are refused.
+    #[arg(long, env = "SERVICE_AREA")]
+    service_area: Option<std::path::PathBuf>,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
@@ -69,6 +72,23 @@ async fn main() -> anyhow::Result<()> {
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
     config.breadcrumb_retention = Duration::from_secs(args.breadcrumb_retention_h * 3600);
     config.migrate = !args.no_migrate;
+    if let Some(path) = &args.service_area {
+        let area = std::fs::read_to_string(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| {
+                Ok(protocol::area::ServiceArea::from_geojson(
+                    &text,
+                    h3o::Resolution::Eight,
+                )?)
+            });
+        match area {
+            Ok(area) => config.service_area = Some(std::sync::Arc::new(area)),
+            Err(error) => {
+                tracing::error!(path = %path.display(), error = format!("{error:#}"), "invalid service area");
+                std::process::exit(kit::EXIT_BAD_CONFIG);
+            }
+        }
+    }
 
     let http = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http.local_addr()?, "dispatch-trips starting");

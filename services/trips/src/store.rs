@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool, PoolError};
+use protocol::area::ServiceArea;
 use protocol::bus::{
     CommandError, DriverRecord as BusDriver, DriverStatus, QueryReply, RideRequest, TripCommand,
     TripEvent, TripOutcome, TripQuery, TripReply,
@@ -148,6 +149,8 @@ struct Outgoing {
 pub struct Store {
     pool: Pool,
     geo: GeoConfig,
+    /// Where pickups and dropoffs are accepted; anywhere when absent.
+    area: Option<Arc<ServiceArea>>,
     subjects: Subjects,
     settings: StoreSettings,
     outbox_ready: Arc<Notify>,
@@ -158,10 +161,17 @@ impl Store {
         Self {
             pool,
             geo,
+            area: None,
             subjects,
             settings,
             outbox_ready: Arc::new(Notify::new()),
         }
+    }
+
+    /// Refuses trips whose pickup or dropoff lies outside `area`.
+    pub fn with_service_area(mut self, area: Arc<ServiceArea>) -> Self {
+        self.area = Some(area);
+        self
     }
 
     pub fn pool(&self) -> &Pool {
@@ -252,13 +262,24 @@ impl Store {
         self.geo
             .region_of(dropoff)
             .map_err(|e| err(ErrorCode::InvalidCoordinates, &e.to_string()))?;
+        if let Some(area) = &self.area {
+            for (what, point) in [("pickup", pickup), ("dropoff", dropoff)] {
+                if !area.contains(point) {
+                    return Err(err(
+                        ErrorCode::OutsideServiceArea,
+                        &format!("{what} lies outside the service area"),
+                    ));
+                }
+            }
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let existing = tx
             .query_opt(
-                &format!(
+                &tx.prepare_cached(&format!(
                     "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
-                ),
+                ))
+                .await?,
                 &[&rider_id, &key],
             )
             .await?;
@@ -276,14 +297,14 @@ impl Store {
             });
         }
         tx.execute(
-            "INSERT INTO riders (rider_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &tx.prepare_cached("INSERT INTO riders (rider_id) VALUES ($1) ON CONFLICT DO NOTHING")
+                .await?,
             &[&rider_id],
         )
         .await?;
         let search_ms = self.settings.search_timeout.as_millis() as i64;
-        let inserted = tx
-            .query_opt(
-                &format!(
+        let inserted = tx.query_opt(
+                &tx.prepare_cached(&format!(
                     "INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, \
                      pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, vehicle_class, min_capacity, \
                      search_deadline) \
@@ -291,7 +312,7 @@ impl Store {
                      now() + make_interval(secs => $11::int8 / 1000.0)) \
                      ON CONFLICT (rider_id, idempotency_key) DO NOTHING \
                      RETURNING {TRIP_COLUMNS}"
-                ),
+                )).await?,
                 &[
                     &Uuid::new_v4(),
                     &rider_id,
@@ -412,7 +433,10 @@ impl Store {
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                &format!("SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1 FOR UPDATE"),
+                &tx.prepare_cached(&format!(
+                    "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1 FOR UPDATE"
+                ))
+                .await?,
                 &[&trip_id],
             )
             .await?
@@ -421,7 +445,10 @@ impl Store {
         let driver = match named_driver {
             Some(driver_id) => tx
                 .query_opt(
-                    "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
+                    &tx.prepare_cached(
+                        "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
+                    )
+                    .await?,
                     &[&driver_id],
                 )
                 .await?
@@ -452,15 +479,14 @@ impl Store {
             TripState::Cancelled => "cancelled_at",
             TripState::Expired => "expired_at",
         };
-        let row = tx
-            .query_opt(
-                &format!(
+        let row = tx.query_opt(
+                &tx.prepare_cached(&format!(
                     "UPDATE trips SET state = $2, driver_id = $3, excluded_drivers = $4, \
                      offer_expires_at = to_timestamp($5::int8 / 1000.0), ended_by = $6, \
                      end_reason = $7, version = version + 1, updated_at = now(), {stamp} = now(), \
                      dispatch_attempts = dispatch_attempts + CASE WHEN $2 = 'requested' THEN 1 ELSE 0 END \
                      WHERE trip_id = $1 AND version = $8 RETURNING {TRIP_COLUMNS}"
-                ),
+                )).await?,
                 &[
                     &trip_id,
                     &change.to.as_str(),
@@ -477,16 +503,22 @@ impl Store {
         let after = trip_from_row(&row);
         if let Some((driver_id, expires_at, eta)) = &change.new_offer {
             tx.execute(
-                "INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
+                &tx.prepare_cached(
+                    "INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
                  VALUES ($1, $2, to_timestamp($3::int8 / 1000.0), $4)",
+                )
+                .await?,
                 &[&trip_id, driver_id, expires_at, &(*eta as i32)],
             )
             .await?;
         }
         if let Some((driver_id, outcome)) = &change.closed_offer {
             tx.execute(
-                "UPDATE offers SET outcome = $3, answered_at = now() \
+                &tx.prepare_cached(
+                    "UPDATE offers SET outcome = $3, answered_at = now() \
                  WHERE trip_id = $1 AND driver_id = $2 AND outcome IS NULL",
+                )
+                .await?,
                 &[&trip_id, driver_id, &outcome.as_str()],
             )
             .await?;
@@ -524,9 +556,12 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let row = tx
             .query_one(
-                "INSERT INTO trip_events (trip_id, from_state, to_state, actor, actor_id, \
+                &tx.prepare_cached(
+                    "INSERT INTO trip_events (trip_id, from_state, to_state, actor, actor_id, \
                  driver_id, reason, lat, lng) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  RETURNING event_id",
+                )
+                .await?,
                 &[
                     &trip.view.trip_id,
                     &from.map(TripState::as_str),
@@ -550,7 +585,7 @@ impl Store {
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
         tx.execute(
-            "INSERT INTO outbox (subject, payload) SELECT * FROM unnest($1::text[], $2::bytea[])",
+                &tx.prepare_cached("INSERT INTO outbox (subject, payload) SELECT * FROM unnest($1::text[], $2::bytea[])").await?,
             &[&subjects, &payloads],
         )
         .await?;

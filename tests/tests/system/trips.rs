@@ -760,3 +760,45 @@ async fn the_history_api_needs_a_dispatcher_and_filters() {
     assert_eq!(detail["events"][0]["to"], "requested");
     assert_eq!(detail["events"][0]["actor"], "rider");
 }
+
+#[tokio::test]
+async fn trips_outside_the_service_area_are_refused() {
+    let area = protocol::area::ServiceArea::from_geojson(
+        r#"{"type": "Polygon", "coordinates": [[[13.30, 52.45], [13.50, 52.45], [13.50, 52.58],
+            [13.30, 52.58], [13.30, 52.45]]]}"#,
+        h3o::Resolution::Eight,
+    )
+    .unwrap();
+    let f = Fixture::start_with(|c| c.service_area = Some(std::sync::Arc::new(area))).await;
+    f.create("rider-1", "inside").await;
+    for (pickup, dropoff) in [
+        (Point::new(48.85, 2.35), DROPOFF),
+        (PICKUP, Point::new(52.52, 13.9)),
+    ] {
+        let reply = f
+            .command(TripCommand::CreateTrip {
+                rider_id: "rider-1".into(),
+                idempotency_key: format!("{pickup:?}"),
+                pickup,
+                dropoff,
+                vehicle_class: None,
+                min_capacity: None,
+            })
+            .await;
+        let error = reply.unwrap_err();
+        assert_eq!(error.code, ErrorCode::OutsideServiceArea);
+        assert!(
+            error.message.contains("outside the service area"),
+            "{}",
+            error.message
+        );
+    }
+    let stored: i64 =
+        f.db.client()
+            .await
+            .query_one("SELECT count(*) FROM trips", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(stored, 1, "nothing stored for refused requests");
+}
