@@ -23,6 +23,21 @@ pub struct Args {
     /// Build and run the debug profile instead of release (faster to build, slower to run).
     #[arg(long)]
     debug: bool,
+    /// Write the simulator's report as JSON here (the run fails if any request was lost or
+    /// double-assigned).
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write the simulator's report with plots as HTML here.
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+    /// Simulated drivers and riders.
+    #[arg(long, default_value_t = 200)]
+    drivers: usize,
+    #[arg(long, default_value_t = 200)]
+    riders: usize,
+    /// Ride requests per second across the city.
+    #[arg(long, default_value_t = 2.0)]
+    request_rate: f64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -47,6 +62,8 @@ const SUBJECT_PREFIX: &str = "demo";
 /// The simulated city: centre (latitude, longitude) and radius.
 const CITY: (f64, f64) = (52.52, 13.405);
 const CITY_RADIUS_KM: f64 = 15.0;
+/// Where the simulated demand and drivers are, inside the city.
+const SIM_RADIUS_KM: f64 = 8.0;
 
 struct Service {
     name: &'static str,
@@ -90,7 +107,20 @@ fn start(
     Ok(Service { name, child, log })
 }
 
+impl Drop for Service {
+    /// A service still running when the demo ends, by error or not, is stopped.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            terminate(self);
+        }
+    }
+}
+
 fn stop(mut service: Service) {
+    terminate(&mut service);
+}
+
+fn terminate(service: &mut Service) {
     let pid = Pid::from_raw(service.child.id() as i32);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -123,7 +153,16 @@ pub fn run(args: Args) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
     build.current_dir(&root).args([
-        "build", "--bins", "-p", "trips", "-p", "gateway", "-p", "matcher",
+        "build",
+        "--bins",
+        "-p",
+        "trips",
+        "-p",
+        "gateway",
+        "-p",
+        "matcher",
+        "-p",
+        "simulator",
     ]);
     if !args.debug {
         build.arg("--release");
@@ -148,7 +187,7 @@ pub fn run(args: Args) -> Result<()> {
     services.push(start(
         "trips",
         &bin("dispatch-trips"),
-        &["--http", trips_http],
+        &["--http", trips_http, "--search-timeout-s", "30"],
         &common,
         &logs,
     )?);
@@ -180,7 +219,55 @@ pub fn run(args: Args) -> Result<()> {
         &stop_requested,
     );
 
+    let mut simulator = None;
+    let mut sim_status = None;
     if ready.is_ok() {
+        let duration = args
+            .duration
+            .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
+        let center = format!("{},{}", CITY.0, CITY.1);
+        let mut sim_args = vec![
+            "--gateway".to_owned(),
+            format!("ws://{gateway_ws}/ws"),
+            "--drivers".into(),
+            args.drivers.to_string(),
+            "--riders".into(),
+            args.riders.to_string(),
+            "--request-rate".into(),
+            args.request_rate.to_string(),
+            "--center".into(),
+            center,
+            "--radius-km".into(),
+            SIM_RADIUS_KM.to_string(),
+            "--duration".into(),
+            duration,
+            // Long enough for the search timeout and the longest trip across the city.
+            "--drain".into(),
+            "90s".into(),
+            // Vehicles move 30 times faster than real time, so a trip across the city takes
+            // well under a minute.
+            "--speedup".into(),
+            "30".into(),
+            "--quiet".into(),
+        ];
+        if let Some(path) = &args.report_json {
+            sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
+        }
+        if let Some(path) = &args.report_html {
+            sim_args.extend(["--report-html".to_owned(), path.display().to_string()]);
+        }
+        let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
+        simulator = Some(start(
+            "simulator",
+            &bin("dispatch-sim"),
+            &sim_args,
+            &common,
+            &logs,
+        )?);
+        say(format!(
+            "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
+            args.drivers, args.riders, CITY
+        ));
         say("the system is up:");
         say(format!("  client WebSocket       ws://{gateway_ws}/ws"));
         say(format!(
@@ -203,10 +290,21 @@ pub fn run(args: Args) -> Result<()> {
             Some(d) => say(format!("running for {d:?}; Ctrl-C stops earlier")),
             None => say("Ctrl-C stops everything"),
         }
-        let started = Instant::now();
-        while !stop_requested.load(Ordering::SeqCst)
-            && args.duration.is_none_or(|d| started.elapsed() < d)
-        {
+        loop {
+            if stop_requested.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Some(sim) = simulator.as_mut()
+                && let Ok(Some(status)) = sim.child.try_wait()
+            {
+                say(format!(
+                    "the simulation finished ({status}); its summary is in {}",
+                    sim.log.display()
+                ));
+                simulator = None;
+                sim_status = Some(status);
+                break;
+            }
             if let Some(dead) = exited(&mut services) {
                 say(format!(
                     "{} exited unexpectedly; see {}",
@@ -219,11 +317,21 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     say("stopping");
+    if let Some(sim) = simulator {
+        // Asked to stop early: the simulator drains and still writes its report.
+        stop(sim);
+    }
     for service in services.into_iter().rev() {
         stop(service);
     }
     drop(infra);
-    ready
+    ready?;
+    match sim_status {
+        Some(status) if !status.success() => {
+            bail!("the simulation reported lost or double-assigned requests, or failed ({status})")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The first service whose process has ended, if any.

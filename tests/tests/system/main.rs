@@ -4,4 +4,5 @@
 mod gateway;
 mod harness;
 mod matcher;
+mod simulator;
 mod trips;

@@ -1,0 +1,206 @@
+//! `dispatch-sim`: drives a simulated city through a gateway and reports.
+//!
+//! Run with:
+//! ```text
+//! TOKEN_SECRET=dev-secret-0123456789 dispatch-sim --gateway ws://127.0.0.1:8080/ws \
+//!     --drivers 200 --riders 200 --duration 60s --report-json target/sim.json
+//! ```
+
+#![allow(clippy::print_stdout)] // prints the summary table
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use protocol::Point;
+use simulator::{Scenario, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A city of simulated drivers and riders over the real WebSocket protocol"
+)]
+struct Args {
+    /// The gateway's WebSocket URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "ws://127.0.0.1:8080/ws")]
+    gateway: String,
+    /// Secret that signs the simulated clients' tokens (the gateway's TOKEN_SECRET).
+    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    token_secret: String,
+    #[arg(long, default_value_t = 50)]
+    drivers: usize,
+    #[arg(long, default_value_t = 50)]
+    riders: usize,
+    /// steady, rush-hour, border or chaos.
+    #[arg(long, default_value = "steady")]
+    scenario: Scenario,
+    /// How long demand runs (for example 60s, 5m); open trips then get up to --drain to end.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    drain: Duration,
+    /// City centre, LAT,LNG.
+    #[arg(long, default_value = "52.52,13.405")]
+    center: String,
+    #[arg(long, default_value_t = 5.0)]
+    radius_km: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Ride requests per second across the city.
+    #[arg(long, default_value_t = 1.0)]
+    request_rate: f64,
+    /// Seconds between a driver's position reports.
+    #[arg(long, default_value_t = 1.0)]
+    report_every_s: f64,
+    /// Simulated movement runs this many times faster than real time.
+    #[arg(long, default_value_t = 10.0)]
+    speedup: f64,
+    #[arg(long, default_value_t = 0.9)]
+    accept_probability: f64,
+    #[arg(long, default_value_t = 0.05)]
+    cancel_probability: f64,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 500.0)]
+    ramp_per_sec: f64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write the report as an HTML page with plots here.
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 60s or 5m"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("unknown unit {unit:?}: ms, s, m or h")),
+    }
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let (lat, lng) = args
+        .center
+        .split_once(',')
+        .ok_or_else(|| anyhow::anyhow!("--center takes LAT,LNG"))?;
+    let center = Point::new(lat.trim().parse()?, lng.trim().parse()?);
+    center.validate("center")?;
+    anyhow::ensure!(
+        args.radius_km > 0.0 && args.radius_km <= 200.0,
+        "--radius-km must be in (0, 200]"
+    );
+    anyhow::ensure!(args.request_rate > 0.0, "--request-rate must be positive");
+    anyhow::ensure!(
+        args.report_every_s >= 0.05,
+        "--report-every-s must be at least 0.05"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.accept_probability),
+        "--accept-probability must be in [0, 1]"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.cancel_probability),
+        "--cancel-probability must be in [0, 1]"
+    );
+    anyhow::ensure!(args.speedup >= 1.0, "--speedup must be at least 1");
+    let mut settings = Settings::new(&args.gateway, args.token_secret.as_bytes(), center);
+    settings.drivers = args.drivers;
+    settings.riders = args.riders;
+    settings.scenario = args.scenario;
+    settings.duration = args.duration;
+    settings.drain = args.drain;
+    settings.city.radius_m = args.radius_km * 1000.0;
+    settings.seed = args.seed;
+    settings.request_rate = args.request_rate;
+    settings.report_every = Duration::from_secs_f64(args.report_every_s);
+    settings.speedup = args.speedup;
+    settings.accept_probability = args.accept_probability;
+    settings.cancel_probability = args.cancel_probability;
+    settings.ramp_per_sec = args.ramp_per_sec;
+    settings.progress = !args.quiet;
+    if args.scenario == Scenario::Border {
+        settings.border_point = Some(simulator::border_point(center));
+    }
+    if args.scenario == Scenario::Chaos {
+        settings.drain = settings.drain.max(Duration::from_secs(120));
+    }
+    Ok(settings)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber_init();
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "invalid arguments");
+            return ExitCode::from(64);
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        signal.cancel();
+    });
+    let report = match simulator::run_until(settings, stop).await {
+        Ok(report) => report,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "simulation failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.report_json
+        && let Err(error) = std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).expect("report serialises"),
+        )
+    {
+        tracing::error!(%error, path = %path.display(), "cannot write the JSON report");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &args.report_html
+        && let Err(error) = std::fs::write(path, simulator::report::html(&report))
+    {
+        tracing::error!(%error, path = %path.display(), "cannot write the HTML report");
+        return ExitCode::FAILURE;
+    }
+    if report.is_correct() {
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!(
+            lost = report.lost,
+            double_assigned = report.double_assigned,
+            "correctness violated"
+        );
+        ExitCode::from(2)
+    }
+}
+
+fn tracing_subscriber_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

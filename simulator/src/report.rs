@@ -1,0 +1,297 @@
+//! The report of a run: stable JSON fields (documented in the README), a summary table, and an
+//! HTML page with plots.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::stats::{Recorder, Sample, Stats, get};
+use crate::{Scenario, Settings};
+
+/// Three quantiles of a latency, milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+fn quantiles_ms(recorder: &Recorder) -> Quantiles {
+    let ms = |q| recorder.quantile(q) as f64 / 1000.0;
+    Quantiles {
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+    }
+}
+
+/// What a run measured. Field names are stable: scripts and CI read them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub drivers: usize,
+    pub riders: usize,
+    pub duration_s: f64,
+    /// Position reports sent per second, averaged over the run.
+    pub updates_per_sec: f64,
+    /// Driver's report to a rider or dispatcher receiving it.
+    pub location_latency_ms: Quantiles,
+    pub location_samples: u64,
+    /// Ride request sent to the trip being offered.
+    pub match_latency_ms: Quantiles,
+    /// Ride request sent to the trip being accepted by a driver.
+    pub accept_latency_ms: Quantiles,
+    pub requests: u64,
+    /// Requests the system stored (acknowledged).
+    pub acknowledged: u64,
+    /// Requests refused with a non-retryable error (outside the service area, invalid).
+    pub refused: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    /// Acknowledged requests that did not reach a terminal state by the end of the drain.
+    pub lost: u64,
+    /// Offers received by a driver while carrying out another trip.
+    pub double_assigned: u64,
+    /// Completed over acknowledged requests that were not cancelled.
+    pub service_rate: f64,
+    /// Mean of the matcher's estimated pickup time over offers accepted, seconds.
+    pub mean_pickup_eta_s: f64,
+    /// Mean simulated time from acceptance to arrival at the pickup, seconds.
+    pub mean_pickup_time_s: f64,
+    /// Mean straight-line distance from driver to pickup at acceptance, metres.
+    pub mean_pickup_distance_m: f64,
+    pub offers: u64,
+    pub declined: u64,
+    pub reconnects: u64,
+    pub errors: u64,
+    pub series: Vec<Sample>,
+    #[serde(skip)]
+    pub location_distribution_us: Vec<(u64, u64)>,
+}
+
+impl Report {
+    pub fn build(settings: &Settings, stats: &Stats, lost: u64, elapsed: Duration) -> Self {
+        let acknowledged = get(&stats.acked);
+        let cancelled = get(&stats.cancelled);
+        let completed = get(&stats.completed);
+        let served_base = acknowledged.saturating_sub(cancelled).max(1);
+        let mean = |r: &Recorder| if r.is_empty() { 0.0 } else { r.mean() };
+        Self {
+            scenario: settings.scenario,
+            seed: settings.seed,
+            drivers: settings.drivers,
+            riders: settings.riders,
+            duration_s: elapsed.as_secs_f64(),
+            updates_per_sec: get(&stats.updates_sent) as f64 / elapsed.as_secs_f64().max(1e-3),
+            location_latency_ms: quantiles_ms(&stats.location_latency_us),
+            location_samples: stats.location_latency_us.len(),
+            match_latency_ms: quantiles_ms(&stats.match_latency_us),
+            accept_latency_ms: quantiles_ms(&stats.accept_latency_us),
+            requests: get(&stats.requests),
+            acknowledged,
+            refused: get(&stats.refused),
+            completed,
+            cancelled,
+            expired: get(&stats.expired),
+            lost,
+            double_assigned: get(&stats.double_assigned),
+            service_rate: completed as f64 / served_base as f64,
+            mean_pickup_eta_s: mean(&stats.pickup_eta_s),
+            mean_pickup_time_s: mean(&stats.pickup_time_ms) / 1000.0,
+            mean_pickup_distance_m: mean(&stats.pickup_distance_m),
+            offers: get(&stats.offers),
+            declined: get(&stats.declined),
+            reconnects: get(&stats.reconnects),
+            errors: get(&stats.errors),
+            series: stats.series.lock().expect("series lock").clone(),
+            location_distribution_us: stats.location_latency_us.distribution(),
+        }
+    }
+
+    /// Whether the run kept the correctness promises: nothing lost, nobody double-assigned.
+    pub fn is_correct(&self) -> bool {
+        self.lost == 0 && self.double_assigned == 0
+    }
+
+    /// A plain-text summary table.
+    pub fn table(&self) -> String {
+        let q = |q: &Quantiles| format!("{:.1} / {:.1} / {:.1}", q.p50, q.p99, q.p999);
+        let rows = [
+            (
+                "scenario",
+                format!("{:?} (seed {})", self.scenario, self.seed),
+            ),
+            (
+                "drivers / riders",
+                format!("{} / {}", self.drivers, self.riders),
+            ),
+            ("duration", format!("{:.1} s", self.duration_s)),
+            ("position updates/s", format!("{:.0}", self.updates_per_sec)),
+            (
+                "location latency p50/p99/p999",
+                format!(
+                    "{} ms ({} samples)",
+                    q(&self.location_latency_ms),
+                    self.location_samples
+                ),
+            ),
+            (
+                "request to offer p50/p99/p999",
+                format!("{} ms", q(&self.match_latency_ms)),
+            ),
+            (
+                "request to accept p50/p99/p999",
+                format!("{} ms", q(&self.accept_latency_ms)),
+            ),
+            (
+                "requests / acknowledged / refused",
+                format!(
+                    "{} / {} / {}",
+                    self.requests, self.acknowledged, self.refused
+                ),
+            ),
+            (
+                "completed / cancelled / expired",
+                format!("{} / {} / {}", self.completed, self.cancelled, self.expired),
+            ),
+            (
+                "service rate",
+                format!("{:.1} %", self.service_rate * 100.0),
+            ),
+            (
+                "mean pickup time / distance",
+                format!(
+                    "{:.0} s / {:.0} m",
+                    self.mean_pickup_time_s, self.mean_pickup_distance_m
+                ),
+            ),
+            (
+                "offers / declined",
+                format!("{} / {}", self.offers, self.declined),
+            ),
+            (
+                "reconnects / errors",
+                format!("{} / {}", self.reconnects, self.errors),
+            ),
+            ("LOST", self.lost.to_string()),
+            ("DOUBLE-ASSIGNED", self.double_assigned.to_string()),
+        ];
+        rows.iter().map(|(k, v)| format!("{k:<34} {v}\n")).collect()
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// An SVG line chart of `points` (x, y), `w` by `h` pixels.
+fn line_chart(title: &str, points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
+    let (w, h, pad) = (640.0, 240.0, 40.0);
+    let max_x = points.iter().map(|p| p.0).fold(1e-9, f64::max);
+    let max_y = points.iter().map(|p| p.1).fold(1e-9, f64::max);
+    let path: Vec<String> = points
+        .iter()
+        .map(|(x, y)| {
+            format!(
+                "{:.1},{:.1}",
+                pad + x / max_x * (w - 2.0 * pad),
+                h - pad - y / max_y * (h - 2.0 * pad)
+            )
+        })
+        .collect();
+    format!(
+        r##"<figure><figcaption>{}</figcaption><svg width="{w}" height="{h}" role="img">
+<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#888"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#888"/>
+<polyline fill="none" stroke="#2a6df4" stroke-width="2" points="{}"/>
+<text x="{r}" y="{t}" text-anchor="end" font-size="11">{} (max {:.1})</text>
+<text x="{pad}" y="{y0}" font-size="11">{} (max {:.1})</text></svg></figure>"##,
+        escape(title),
+        path.join(" "),
+        escape(x_label),
+        max_x,
+        escape(y_label),
+        max_y,
+        b = h - pad,
+        r = w - pad,
+        t = h - 8.0,
+        y0 = pad - 8.0,
+    )
+}
+
+/// A bar chart of a latency distribution over power-of-two buckets (microseconds).
+fn distribution_chart(title: &str, buckets: &[(u64, u64)]) -> String {
+    let (w, h, pad) = (640.0, 240.0, 40.0);
+    let max = buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
+    let bar = (w - 2.0 * pad) / buckets.len().max(1) as f64;
+    let bars: String = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, (upper, count))| {
+            let height = *count as f64 / max * (h - 2.0 * pad);
+            format!(
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#2a6df4"><title>up to {:.2} ms: {count}</title></rect>
+<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{:.2}</text>"##,
+                pad + i as f64 * bar,
+                h - pad - height,
+                (bar - 2.0).max(1.0),
+                height,
+                *upper as f64 / 1000.0,
+                pad + (i as f64 + 0.5) * bar,
+                h - pad + 12.0,
+                *upper as f64 / 1000.0,
+            )
+        })
+        .collect();
+    format!(
+        r#"<figure><figcaption>{}</figcaption><svg width="{w}" height="{h}" role="img">{bars}
+<text x="{pad}" y="{t}" font-size="11">bucket upper bound, ms</text></svg></figure>"#,
+        escape(title),
+        t = h - 4.0,
+    )
+}
+
+/// A self-contained HTML page (no scripts, no network) with the summary and plots.
+pub fn html(report: &Report) -> String {
+    let throughput: Vec<(f64, f64)> = report
+        .series
+        .iter()
+        .map(|s| (s.t_s, s.updates_per_sec))
+        .collect();
+    let open: Vec<(f64, f64)> = report
+        .series
+        .iter()
+        .map(|s| (s.t_s, s.open_trips as f64))
+        .collect();
+    let completed: Vec<(f64, f64)> = report
+        .series
+        .iter()
+        .map(|s| (s.t_s, s.completed as f64))
+        .collect();
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Simulation report</title>
+<style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f4f4f4;padding:1em}}figure{{margin:1em 0}}</style></head>
+<body><h1>Simulation report</h1><pre>{}</pre>{}{}{}{}</body></html>"#,
+        escape(&report.table()),
+        distribution_chart(
+            "Location latency distribution",
+            &report.location_distribution_us
+        ),
+        line_chart(
+            "Position updates per second",
+            &throughput,
+            "seconds",
+            "updates/s"
+        ),
+        line_chart("Open trips", &open, "seconds", "trips"),
+        line_chart(
+            "Completed trips (cumulative)",
+            &completed,
+            "seconds",
+            "trips"
+        ),
+    )
+}
