@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         "cargo test",
         Command::new(&cargo)
             .current_dir(&root)
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--no-fail-fast"])
             .args(&args.cargo_test_args)
             .env("DISPATCH_TEST_DATABASE_URL", &infra.database_url)
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)

@@ -74,6 +74,6 @@ mod tests {
             east: 30.0,
         };
         assert!(super::cells(&europe, Resolution::Seven, 500).is_none());
-        assert!(super::cells(&europe, Resolution::Three, 500).is_some());
+        assert!(super::cells(&europe, Resolution::Two, 500).is_some());
     }
 }
