@@ -39,7 +39,7 @@ pub fn say(message: impl AsRef<str>) {
 }
 
 /// Whether a TCP listener answers at `host:port` within a second.
-fn answers(addr: &str) -> bool {
+pub fn answers(addr: &str) -> bool {
     let Ok(addrs) = addr.to_socket_addrs() else {
         return false;
     };
@@ -49,7 +49,7 @@ fn answers(addr: &str) -> bool {
 }
 
 /// The `host:port` of a `nats://` or `postgres://` URL (first of a comma-separated list).
-fn host_port(url: &str, default_port: u16) -> Option<String> {
+pub fn host_port(url: &str, default_port: u16) -> Option<String> {
     let first = url.split(',').next()?;
     let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -67,7 +67,7 @@ fn host_port(url: &str, default_port: u16) -> Option<String> {
     }
 }
 
-fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while !ready() {
         if start.elapsed() > deadline {
@@ -78,7 +78,7 @@ fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -
     Ok(())
 }
 
-fn which(name: &str, extra: &[&str]) -> Option<PathBuf> {
+pub fn which(name: &str, extra: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -91,7 +91,7 @@ fn is_root() -> bool {
 }
 
 /// Installs Debian packages, with sudo when not root.
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     say(format!("installing {} with apt-get", packages.join(" ")));
     let sudo = if is_root() {
         None
