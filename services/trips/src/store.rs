@@ -18,6 +18,7 @@ use protocol::{ErrorCode, GeoConfig, Point, Subjects, codec};
 use tokio::sync::Notify;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::machine::{self, Change, Decision, DriverRecord, TripRecord};
@@ -30,6 +31,13 @@ pub const TRIP_COLUMNS: &str = "trip_id, state, rider_id, driver_id, pickup_lat,
      version, ended_by, end_reason, excluded_drivers, \
      (extract(epoch from search_deadline) * 1000)::int8, \
      (extract(epoch from offer_expires_at) * 1000)::int8, dispatch_attempts";
+
+/// How many columns [`TRIP_COLUMNS`] selects; a column after them is at this index.
+const TRIP_COLUMN_COUNT: usize = 20;
+
+/// The id the next trip event gets, taken while the trip's row is locked, so that events of
+/// one trip are numbered in commit order and the outbox rows can carry it.
+const NEXT_EVENT_ID: &str = "nextval('trip_events_event_id_seq')";
 
 const HOLDING_STATES: &str = "('offered', 'accepted', 'arrived', 'in_progress')";
 
@@ -274,15 +282,21 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let existing = tx
-            .query_opt(
-                &tx.prepare_cached(&format!(
-                    "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
-                ))
-                .await?,
-                &[&rider_id, &key],
-            )
+        let find = tx
+            .prepare_cached(&format!(
+                "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
+            ))
             .await?;
+        let add_rider = tx
+            .prepare_cached("INSERT INTO riders (rider_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .await?;
+        // Sent together: the connection runs them in order without waiting in between.
+        let (find_params, rider_params): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
+            (&[&rider_id, &key], &[&rider_id]);
+        let (existing, _) = tokio::try_join!(
+            tx.query_opt(&find, find_params),
+            tx.execute(&add_rider, rider_params),
+        )?;
         if let Some(row) = existing {
             let trip = trip_from_row(&row);
             if trip.view.pickup != pickup || trip.view.dropoff != dropoff {
@@ -296,12 +310,6 @@ impl Store {
                 changed: false,
             });
         }
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO riders (rider_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .await?,
-            &[&rider_id],
-        )
-        .await?;
         let search_ms = self.settings.search_timeout.as_millis() as i64;
         let inserted = tx.query_opt(
                 &tx.prepare_cached(&format!(
@@ -311,7 +319,7 @@ impl Store {
                      VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
                      now() + make_interval(secs => $11::int8 / 1000.0)) \
                      ON CONFLICT (rider_id, idempotency_key) DO NOTHING \
-                     RETURNING {TRIP_COLUMNS}"
+                     RETURNING {TRIP_COLUMNS}, {NEXT_EVENT_ID}"
                 )).await?,
                 &[
                     &Uuid::new_v4(),
@@ -342,12 +350,22 @@ impl Store {
             .await;
         };
         let trip = trip_from_row(&row);
-        let event_id = self
-            .append_event(&tx, &trip, None, Actor::Rider, Some(rider_id), None, None)
-            .await?;
+        let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
         let mut out = self.event_messages(&trip, None, Actor::Rider, event_id);
         out.push(self.ride_request(&trip));
-        self.enqueue(&tx, out).await?;
+        tokio::try_join!(
+            self.append_event(
+                &tx,
+                event_id,
+                &trip,
+                None,
+                Actor::Rider,
+                Some(rider_id),
+                None,
+                None
+            ),
+            self.enqueue(&tx, out),
+        )?;
         tx.commit().await?;
         Ok(TripOutcome {
             trip: Some(trip.view),
@@ -431,34 +449,31 @@ impl Store {
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_opt(
-                &tx.prepare_cached(&format!(
-                    "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1 FOR UPDATE"
-                ))
-                .await?,
-                &[&trip_id],
+        let lock = tx
+            .prepare_cached(&format!(
+                "SELECT {TRIP_COLUMNS}, {NEXT_EVENT_ID} FROM trips WHERE trip_id = $1 FOR UPDATE"
+            ))
+            .await?;
+        let read_driver = tx
+            .prepare_cached(
+                "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
             )
-            .await?
-            .ok_or_else(|| err(ErrorCode::NotFound, "no such trip"))?;
+            .await?;
+        let lock_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
+        let (row, driver_row) = tokio::try_join!(tx.query_opt(&lock, lock_params), async {
+            match named_driver {
+                Some(driver_id) => tx.query_opt(&read_driver, &[&driver_id]).await,
+                None => Ok(None),
+            }
+        })?;
+        let row = row.ok_or_else(|| err(ErrorCode::NotFound, "no such trip"))?;
         let trip = trip_from_row(&row);
-        let driver = match named_driver {
-            Some(driver_id) => tx
-                .query_opt(
-                    &tx.prepare_cached(
-                        "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
-                    )
-                    .await?,
-                    &[&driver_id],
-                )
-                .await?
-                .map(|row| DriverRecord {
-                    online: row.get(0),
-                    vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
-                    capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
-                }),
-            None => None,
-        };
+        let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
+        let driver = driver_row.map(|row| DriverRecord {
+            online: row.get(0),
+            vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
+            capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
+        });
         let change = match machine::decide(&trip, &command, driver.as_ref(), now_ms()) {
             Decision::Reject(error) => return Err(error.into()),
             Decision::AlreadyDone => {
@@ -501,41 +516,45 @@ impl Store {
             .await?
             .ok_or_else(|| err(ErrorCode::Conflict, "trip changed concurrently"))?;
         let after = trip_from_row(&row);
-        if let Some((driver_id, expires_at, eta)) = &change.new_offer {
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
-                 VALUES ($1, $2, to_timestamp($3::int8 / 1000.0), $4)",
-                )
-                .await?,
-                &[&trip_id, driver_id, expires_at, &(*eta as i32)],
-            )
-            .await?;
-        }
-        if let Some((driver_id, outcome)) = &change.closed_offer {
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE offers SET outcome = $3, answered_at = now() \
-                 WHERE trip_id = $1 AND driver_id = $2 AND outcome IS NULL",
-                )
-                .await?,
-                &[&trip_id, driver_id, &outcome.as_str()],
-            )
-            .await?;
-        }
-        let event_id = self
-            .append_event(
+        let offers = async {
+            if let Some((driver_id, expires_at, eta)) = &change.new_offer {
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
+                         VALUES ($1, $2, to_timestamp($3::int8 / 1000.0), $4)",
+                    )
+                    .await?;
+                tx.execute(&insert, &[&trip_id, driver_id, expires_at, &(*eta as i32)])
+                    .await?;
+            }
+            if let Some((driver_id, outcome)) = &change.closed_offer {
+                let close = tx
+                    .prepare_cached(
+                        "UPDATE offers SET outcome = $3, answered_at = now() \
+                         WHERE trip_id = $1 AND driver_id = $2 AND outcome IS NULL",
+                    )
+                    .await?;
+                tx.execute(&close, &[&trip_id, driver_id, &outcome.as_str()])
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let out = self.transition_messages(&trip, &after, &change, event_id);
+        // The offer, the event and the outbox rows are independent: sent together.
+        tokio::try_join!(
+            offers,
+            self.append_event(
                 &tx,
+                event_id,
                 &after,
                 Some(trip.view.state),
                 change.actor,
                 change.actor_id.as_deref(),
                 change.end_reason.as_deref(),
                 position,
-            )
-            .await?;
-        let out = self.transition_messages(&trip, &after, &change, event_id);
-        self.enqueue(&tx, out).await?;
+            ),
+            self.enqueue(&tx, out),
+        )?;
         tx.commit().await?;
         Ok(TripOutcome {
             trip: Some(after.view),
@@ -547,22 +566,22 @@ impl Store {
     async fn append_event(
         &self,
         tx: &impl GenericClient,
+        event_id: i64,
         trip: &TripRecord,
         from: Option<TripState>,
         actor: Actor,
         actor_id: Option<&str>,
         reason: Option<&str>,
         position: Option<Point>,
-    ) -> Result<i64, StoreError> {
-        let row = tx
-            .query_one(
+    ) -> Result<(), StoreError> {
+        tx.execute(
                 &tx.prepare_cached(
-                    "INSERT INTO trip_events (trip_id, from_state, to_state, actor, actor_id, \
-                 driver_id, reason, lat, lng) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 RETURNING event_id",
+                    "INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, \
+                 actor_id, driver_id, reason, lat, lng) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .await?,
                 &[
+                    &event_id,
                     &trip.view.trip_id,
                     &from.map(TripState::as_str),
                     &trip.view.state.as_str(),
@@ -575,7 +594,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(())
     }
 
     async fn enqueue(&self, tx: &impl GenericClient, out: Vec<Outgoing>) -> Result<(), StoreError> {
