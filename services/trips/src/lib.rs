@@ -1,8 +1,9 @@
 //! The trips service: the source of truth for every trip and the only writer of PostgreSQL.
 //!
 //! Other processes talk to it over NATS: commands on `{p}.trips.cmd` and queries on
-//! `{p}.trips.query` (request/reply, typed payloads from `protocol::bus`). Each command is one
-//! transaction checked against the state machine in [`machine`]; what it publishes goes through
+//! `{p}.trips.query` (request/reply, typed payloads from `protocol::bus`). Each command is
+//! decided by the state machine in [`machine`] and written in one statement guarded by the
+//! trip's version; what it publishes goes through
 //! the [`outbox`], so a crash after commit loses no event. A sweeper keeps every request moving
 //! until it reaches a terminal state. [`api`] serves history over HTTP.
 

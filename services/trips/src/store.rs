@@ -1,6 +1,6 @@
-//! Commands and queries against PostgreSQL. Each command is one transaction: lock the trip,
-//! decide with [`crate::machine`], write the trip with a version check, append the event and
-//! the outgoing messages to the outbox, commit.
+//! Commands and queries against PostgreSQL. Each command reads the trip, decides with
+//! [`crate::machine`], and writes in one statement guarded by the version it read: the trip,
+//! its event and its outgoing messages (the outbox) together or not at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -280,97 +280,124 @@ impl Store {
                 }
             }
         }
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let find = tx
+        let client = self.pool.get().await?;
+        let find = client
             .prepare_cached(&format!(
                 "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
             ))
             .await?;
-        let add_rider = tx
-            .prepare_cached("INSERT INTO riders (rider_id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .await?;
-        // Sent together: the connection runs them in order without waiting in between.
-        let (find_params, rider_params): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
-            (&[&rider_id, &key], &[&rider_id]);
-        let (existing, _) = tokio::try_join!(
-            tx.query_opt(&find, find_params),
-            tx.execute(&add_rider, rider_params),
-        )?;
-        if let Some(row) = existing {
-            let trip = trip_from_row(&row);
+        let existing = |row: &Row| {
+            let trip = trip_from_row(row);
             if trip.view.pickup != pickup || trip.view.dropoff != dropoff {
                 return Err(err(
                     ErrorCode::Conflict,
                     "idempotency key was already used for a different request",
                 ));
             }
-            return Ok(TripOutcome {
+            Ok(TripOutcome {
                 trip: Some(trip.view),
                 changed: false,
-            });
+            })
+        };
+        let next_event = client
+            .prepare_cached(&format!("SELECT {NEXT_EVENT_ID}"))
+            .await?;
+        let find_params: &[&(dyn ToSql + Sync)] = &[&rider_id, &key];
+        // Sent together: one round trip (an unused event id is only a gap in the sequence).
+        let (found, next) = tokio::try_join!(
+            client.query_opt(&find, find_params),
+            client.query_one(&next_event, &[]),
+        )?;
+        if let Some(row) = found {
+            return existing(&row);
         }
+        let event_id: i64 = next.get(0);
+        // The whole new trip is known here, so one statement stores it with its event and
+        // outgoing messages; a concurrent create with the same key makes it store nothing.
+        let now = now_ms();
         let search_ms = self.settings.search_timeout.as_millis() as i64;
-        let inserted = tx.query_opt(
-                &tx.prepare_cached(&format!(
-                    "INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, \
-                     pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, vehicle_class, min_capacity, \
-                     search_deadline) \
-                     VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
-                     now() + make_interval(secs => $11::int8 / 1000.0)) \
-                     ON CONFLICT (rider_id, idempotency_key) DO NOTHING \
-                     RETURNING {TRIP_COLUMNS}, {NEXT_EVENT_ID}"
-                )).await?,
+        let trip = TripRecord {
+            view: TripView {
+                trip_id: Uuid::new_v4(),
+                state: TripState::Requested,
+                rider_id: rider_id.to_owned(),
+                driver_id: None,
+                pickup,
+                dropoff,
+                vehicle_class,
+                min_capacity,
+                region: region.to_string(),
+                created_at: now,
+                updated_at: now,
+                version: 1,
+                ended_by: None,
+                end_reason: None,
+            },
+            excluded_drivers: Vec::new(),
+            search_deadline: now + search_ms,
+            offer_expires_at: None,
+            dispatch_attempts: 1,
+        };
+        let mut out = self.event_messages(&trip, None, Actor::Rider, event_id);
+        out.push(self.ride_request(&trip));
+        let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
+            out.into_iter().map(|o| (o.subject, o.payload)).unzip();
+        let insert = client
+            .prepare_cached(
+                "WITH rider AS (INSERT INTO riders (rider_id) VALUES ($2) ON CONFLICT DO NOTHING), \
+                 ins AS ( \
+                   INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, pickup_lat, \
+                     pickup_lng, dropoff_lat, dropoff_lng, vehicle_class, min_capacity, \
+                     search_deadline, requested_at, updated_at, last_dispatched_at) \
+                   VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
+                     to_timestamp(($11::int8 + $12::int8) / 1000.0), to_timestamp($11::int8 / 1000.0), \
+                     to_timestamp($11::int8 / 1000.0), to_timestamp($11::int8 / 1000.0)) \
+                   ON CONFLICT (rider_id, idempotency_key) DO NOTHING RETURNING trip_id), \
+                 event AS ( \
+                   INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, actor_id, at) \
+                   SELECT $13, trip_id, NULL, 'requested', 'rider', $2, to_timestamp($11::int8 / 1000.0) \
+                   FROM ins), \
+                 outgoing AS ( \
+                   INSERT INTO outbox (subject, payload) \
+                   SELECT o.subject, o.payload FROM unnest($14::text[], $15::bytea[]) AS o(subject, payload) \
+                   WHERE EXISTS (SELECT 1 FROM ins)) \
+                 SELECT count(*) FROM ins",
+            )
+            .await?;
+        let stored: i64 = client
+            .query_one(
+                &insert,
                 &[
-                    &Uuid::new_v4(),
+                    &trip.view.trip_id,
                     &rider_id,
                     &key,
-                    &region.to_string(),
+                    &trip.view.region,
                     &pickup.lat,
                     &pickup.lng,
                     &dropoff.lat,
                     &dropoff.lng,
                     &vehicle_class.map(VehicleClass::as_str),
                     &min_capacity.map(|c| c as i16),
+                    &now,
                     &search_ms,
+                    &event_id,
+                    &subjects,
+                    &payloads,
                 ],
             )
-            .await?;
-        let Some(row) = inserted else {
-            // A concurrent create with the same key committed first.
-            drop(tx);
-            return Box::pin(self.create(
-                rider_id,
-                key,
-                pickup,
-                dropoff,
-                vehicle_class,
-                min_capacity,
-            ))
-            .await;
-        };
-        let trip = trip_from_row(&row);
-        let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
-        let mut out = self.event_messages(&trip, None, Actor::Rider, event_id);
-        out.push(self.ride_request(&trip));
-        tokio::try_join!(
-            self.append_event(
-                &tx,
-                event_id,
-                &trip,
-                None,
-                Actor::Rider,
-                Some(rider_id),
-                None,
-                None
-            ),
-            self.enqueue(&tx, out),
-        )?;
-        tx.commit().await?;
-        Ok(TripOutcome {
-            trip: Some(trip.view),
-            changed: true,
-        })
+            .await?
+            .get(0);
+        if stored == 1 {
+            return Ok(TripOutcome {
+                trip: Some(trip.view),
+                changed: true,
+            });
+        }
+        // A concurrent create with the same key got there first: answer with its trip.
+        match client.query_opt(&find, &[&rider_id, &key]).await? {
+            Some(row) => existing(&row),
+            None => Err(err(ErrorCode::Unavailable, "trip is being created; retry")),
+        }
     }
 
     async fn set_driver_status(
@@ -428,6 +455,9 @@ impl Store {
         })
     }
 
+    /// Read, decide, write: the write is one statement guarded by the version read, so a
+    /// concurrent change makes it touch nothing, and the command is decided again on the
+    /// fresh state.
     async fn transition(&self, command: TripCommand) -> Result<TripOutcome, StoreError> {
         let (trip_id, named_driver, position) = match &command {
             TripCommand::Offer {
@@ -447,43 +477,78 @@ impl Store {
                 unreachable!("handled by run")
             }
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let lock = tx
+        let client = self.pool.get().await?;
+        let read = client
             .prepare_cached(&format!(
-                "SELECT {TRIP_COLUMNS}, {NEXT_EVENT_ID} FROM trips WHERE trip_id = $1 FOR UPDATE"
+                "SELECT {TRIP_COLUMNS}, {NEXT_EVENT_ID} FROM trips WHERE trip_id = $1"
             ))
             .await?;
-        let read_driver = tx
+        let read_driver = client
             .prepare_cached(
                 "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
             )
             .await?;
-        let lock_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
-        let (row, driver_row) = tokio::try_join!(tx.query_opt(&lock, lock_params), async {
-            match named_driver {
-                Some(driver_id) => tx.query_opt(&read_driver, &[&driver_id]).await,
-                None => Ok(None),
-            }
-        })?;
-        let row = row.ok_or_else(|| err(ErrorCode::NotFound, "no such trip"))?;
-        let trip = trip_from_row(&row);
-        let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
-        let driver = driver_row.map(|row| DriverRecord {
-            online: row.get(0),
-            vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
-            capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
-        });
-        let change = match machine::decide(&trip, &command, driver.as_ref(), now_ms()) {
-            Decision::Reject(error) => return Err(error.into()),
-            Decision::AlreadyDone => {
+        for _attempt in 0..8 {
+            let read_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
+            let (row, driver_row) =
+                tokio::try_join!(client.query_opt(&read, read_params), async {
+                    match named_driver {
+                        Some(driver_id) => client.query_opt(&read_driver, &[&driver_id]).await,
+                        None => Ok(None),
+                    }
+                })?;
+            let row = row.ok_or_else(|| err(ErrorCode::NotFound, "no such trip"))?;
+            let trip = trip_from_row(&row);
+            let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
+            let driver = driver_row.map(|row| DriverRecord {
+                online: row.get(0),
+                vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
+                capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
+            });
+            let now = now_ms();
+            let change = match machine::decide(&trip, &command, driver.as_ref(), now) {
+                Decision::Reject(error) => return Err(error.into()),
+                Decision::AlreadyDone => {
+                    return Ok(TripOutcome {
+                        trip: Some(trip.view),
+                        changed: false,
+                    });
+                }
+                Decision::Apply(change) => change,
+            };
+            let mut after = trip.clone();
+            machine::apply(&mut after, &change, now);
+            let out = self.transition_messages(&trip, &after, &change, event_id);
+            if self
+                .write(
+                    &client, &trip, &after, &change, event_id, position, now, out,
+                )
+                .await?
+            {
                 return Ok(TripOutcome {
-                    trip: Some(trip.view),
-                    changed: false,
+                    trip: Some(after.view),
+                    changed: true,
                 });
             }
-            Decision::Apply(change) => change,
-        };
+            // Someone else changed the trip in between: decide again on what it is now.
+        }
+        Err(err(ErrorCode::Conflict, "trip is changing too fast; retry"))
+    }
+
+    /// Writes a decided transition in one statement, if the trip is still at the version it
+    /// was read at. Returns whether it was.
+    #[allow(clippy::too_many_arguments)] // the parts of one transition
+    async fn write(
+        &self,
+        client: &impl GenericClient,
+        before: &TripRecord,
+        after: &TripRecord,
+        change: &Change,
+        event_id: i64,
+        position: Option<Point>,
+        now: i64,
+        out: Vec<Outgoing>,
+    ) -> Result<bool, StoreError> {
         let stamp = match change.to {
             TripState::Requested => "last_dispatched_at",
             TripState::Offered => "offered_at",
@@ -494,107 +559,79 @@ impl Store {
             TripState::Cancelled => "cancelled_at",
             TripState::Expired => "expired_at",
         };
-        let row = tx.query_opt(
-                &tx.prepare_cached(&format!(
-                    "UPDATE trips SET state = $2, driver_id = $3, excluded_drivers = $4, \
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH upd AS ( \
+                   UPDATE trips SET state = $2, driver_id = $3, excluded_drivers = $4, \
                      offer_expires_at = to_timestamp($5::int8 / 1000.0), ended_by = $6, \
-                     end_reason = $7, version = version + 1, updated_at = now(), {stamp} = now(), \
+                     end_reason = $7, version = version + 1, \
+                     updated_at = to_timestamp($9::int8 / 1000.0), \
+                     {stamp} = to_timestamp($9::int8 / 1000.0), \
                      dispatch_attempts = dispatch_attempts + CASE WHEN $2 = 'requested' THEN 1 ELSE 0 END \
-                     WHERE trip_id = $1 AND version = $8 RETURNING {TRIP_COLUMNS}"
-                )).await?,
+                   WHERE trip_id = $1 AND version = $8 RETURNING trip_id), \
+                 event AS ( \
+                   INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, actor_id, \
+                     driver_id, reason, lat, lng, at) \
+                   SELECT $10, trip_id, $11, $2, $12, $13, $3, $7, $14, $15, \
+                     to_timestamp($9::int8 / 1000.0) FROM upd), \
+                 outgoing AS ( \
+                   INSERT INTO outbox (subject, payload) \
+                   SELECT o.subject, o.payload FROM unnest($16::text[], $17::bytea[]) AS o(subject, payload) \
+                   WHERE EXISTS (SELECT 1 FROM upd)), \
+                 new_offer AS ( \
+                   INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
+                   SELECT trip_id, $18, to_timestamp($19::int8 / 1000.0), $20 FROM upd \
+                   WHERE $18::text IS NOT NULL), \
+                 closed_offer AS ( \
+                   UPDATE offers SET outcome = $22, answered_at = to_timestamp($9::int8 / 1000.0) \
+                   WHERE trip_id = $1 AND driver_id = $21 AND outcome IS NULL \
+                     AND EXISTS (SELECT 1 FROM upd)) \
+                 SELECT count(*) FROM upd"
+            ))
+            .await?;
+        let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
+            out.into_iter().map(|o| (o.subject, o.payload)).unzip();
+        let (offer_driver, offer_expiry, offer_eta) = match &change.new_offer {
+            Some((driver, expires_at, eta)) => {
+                (Some(driver.as_str()), Some(*expires_at), Some(*eta as i32))
+            }
+            None => (None, None, None),
+        };
+        let (closed_driver, closed_outcome) = match &change.closed_offer {
+            Some((driver, outcome)) => (Some(driver.as_str()), Some(outcome.as_str())),
+            None => (None, None),
+        };
+        let written: i64 = client
+            .query_one(
+                &statement,
                 &[
-                    &trip_id,
-                    &change.to.as_str(),
-                    &change.driver_id,
-                    &change.excluded_drivers,
-                    &change.offer_expires_at,
-                    &change.ended_by.map(Actor::as_str),
-                    &change.end_reason,
-                    &trip.view.version,
+                    &before.view.trip_id,
+                    &after.view.state.as_str(),
+                    &after.view.driver_id,
+                    &after.excluded_drivers,
+                    &after.offer_expires_at,
+                    &after.view.ended_by.map(Actor::as_str),
+                    &after.view.end_reason,
+                    &before.view.version,
+                    &now,
+                    &event_id,
+                    &before.view.state.as_str(),
+                    &change.actor.as_str(),
+                    &change.actor_id,
+                    &position.map(|p| p.lat),
+                    &position.map(|p| p.lng),
+                    &subjects,
+                    &payloads,
+                    &offer_driver,
+                    &offer_expiry,
+                    &offer_eta,
+                    &closed_driver,
+                    &closed_outcome,
                 ],
             )
             .await?
-            .ok_or_else(|| err(ErrorCode::Conflict, "trip changed concurrently"))?;
-        let after = trip_from_row(&row);
-        let offers = async {
-            if let Some((driver_id, expires_at, eta)) = &change.new_offer {
-                let insert = tx
-                    .prepare_cached(
-                        "INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
-                         VALUES ($1, $2, to_timestamp($3::int8 / 1000.0), $4)",
-                    )
-                    .await?;
-                tx.execute(&insert, &[&trip_id, driver_id, expires_at, &(*eta as i32)])
-                    .await?;
-            }
-            if let Some((driver_id, outcome)) = &change.closed_offer {
-                let close = tx
-                    .prepare_cached(
-                        "UPDATE offers SET outcome = $3, answered_at = now() \
-                         WHERE trip_id = $1 AND driver_id = $2 AND outcome IS NULL",
-                    )
-                    .await?;
-                tx.execute(&close, &[&trip_id, driver_id, &outcome.as_str()])
-                    .await?;
-            }
-            Ok::<_, StoreError>(())
-        };
-        let out = self.transition_messages(&trip, &after, &change, event_id);
-        // The offer, the event and the outbox rows are independent: sent together.
-        tokio::try_join!(
-            offers,
-            self.append_event(
-                &tx,
-                event_id,
-                &after,
-                Some(trip.view.state),
-                change.actor,
-                change.actor_id.as_deref(),
-                change.end_reason.as_deref(),
-                position,
-            ),
-            self.enqueue(&tx, out),
-        )?;
-        tx.commit().await?;
-        Ok(TripOutcome {
-            trip: Some(after.view),
-            changed: true,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)] // one column each
-    async fn append_event(
-        &self,
-        tx: &impl GenericClient,
-        event_id: i64,
-        trip: &TripRecord,
-        from: Option<TripState>,
-        actor: Actor,
-        actor_id: Option<&str>,
-        reason: Option<&str>,
-        position: Option<Point>,
-    ) -> Result<(), StoreError> {
-        tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, \
-                 actor_id, driver_id, reason, lat, lng) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .await?,
-                &[
-                    &event_id,
-                    &trip.view.trip_id,
-                    &from.map(TripState::as_str),
-                    &trip.view.state.as_str(),
-                    &actor.as_str(),
-                    &actor_id,
-                    &trip.view.driver_id,
-                    &reason,
-                    &position.map(|p| p.lat),
-                    &position.map(|p| p.lng),
-                ],
-            )
-            .await?;
-        Ok(())
+            .get(0);
+        Ok(written == 1)
     }
 
     async fn enqueue(&self, tx: &impl GenericClient, out: Vec<Outgoing>) -> Result<(), StoreError> {
