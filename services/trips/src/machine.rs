@@ -1,6 +1,6 @@
 //! The trip state machine as a pure function: given a trip as stored and a command, what
-//! changes. The store runs it inside a transaction holding the trip's row lock and writes the
-//! result with a version check; the database's unique index settles races for drivers.
+//! changes. The store writes the result only if the trip still has the version it was decided
+//! on (deciding again otherwise); the database's unique index settles races for drivers.
 
 use protocol::ErrorCode;
 use protocol::bus::{CommandError, TripCommand};
