@@ -36,9 +36,9 @@ struct Args {
     #[arg(long, default_value = "steady")]
     scenario: Scenario,
     /// How long demand runs (for example 60s, 5m); open trips then get up to --drain to end.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// City centre, LAT,LNG.
     #[arg(long, default_value = "52.52,13.405")]
@@ -72,22 +72,6 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 60s or 5m"))?;
-    match unit {
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!("unknown unit {unit:?}: ms, s, m or h")),
-    }
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {
