@@ -82,7 +82,7 @@ impl Drop for Redis {
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let infra = Infra::up(&root)?;
+    let infra = Infra::up(&root, infra::Profile::Test)?;
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     for (package, bench) in [("protocol", "codec"), ("tests", "trips"), ("tests", "geo")] {

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::os::unix::process::CommandExt as _;
 
-use crate::infra::{Infra, say};
+use crate::infra::{self, Infra, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let bin = |name: &str| root.join("target").join(profile).join(name);
 
-    let infra = Infra::up(&root)?;
+    let infra = Infra::up(&root, infra::Profile::Demo)?;
     let logs = root.join("target/dev/logs");
     std::fs::create_dir_all(&logs)?;
     let common = [

@@ -10,10 +10,27 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use std::os::unix::process::CommandExt as _;
 
-/// Port of the local NATS server xtask starts when none is configured.
-const OWN_NATS_PORT: u16 = 14222;
-/// Port of the local PostgreSQL xtask starts when none is configured.
-const OWN_PG_PORT: u16 = 15432;
+/// Ports of the local NATS server and PostgreSQL the demo starts when none is configured; the
+/// demo prints them, so they stay the same from run to run.
+const DEMO_NATS_PORT: u16 = 14222;
+const DEMO_PG_PORT: u16 = 15432;
+
+/// Which local servers to start when none is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Fixed ports and data under `target/dev/postgres`, kept between runs.
+    Demo,
+    /// Free ports and a cluster of its own under `target/dev/postgres-test`, so that tests and
+    /// benchmarks never collide with a demo or with a leftover server.
+    Test,
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 /// The infrastructure in use; what this process started is stopped on drop.
 #[derive(Debug)]
@@ -170,7 +187,7 @@ fn ensure_binaries() -> Result<(PathBuf, Option<PathBuf>)> {
 
 impl Infra {
     /// Brings up NATS and PostgreSQL under `root/target/dev`.
-    pub fn up(root: &Path) -> Result<Self> {
+    pub fn up(root: &Path, profile: Profile) -> Result<Self> {
         let (nats_server_bin, pg_bin) = ensure_binaries()?;
         let dev = root.join("target/dev");
         std::fs::create_dir_all(&dev)?;
@@ -193,7 +210,11 @@ impl Infra {
                         "NATS_URL={url} does not answer; starting a local server"
                     ));
                 }
-                infra.start_nats(&dev)?;
+                let port = match profile {
+                    Profile::Demo => DEMO_NATS_PORT,
+                    Profile::Test => free_port()?,
+                };
+                infra.start_nats(&dev, port)?;
             }
         }
 
@@ -215,23 +236,27 @@ impl Infra {
                         postgres_bin_dir().context("postgresql is still missing after install")?
                     }
                 };
-                infra.start_postgres(&bin, &dev)?;
+                let (port, data) = match profile {
+                    Profile::Demo => (DEMO_PG_PORT, dev.join("postgres")),
+                    Profile::Test => (free_port()?, dev.join("postgres-test")),
+                };
+                infra.start_postgres(&bin, &data, port)?;
             }
         }
         Ok(infra)
     }
 
-    fn start_nats(&mut self, dev: &Path) -> Result<()> {
-        let addr = format!("127.0.0.1:{OWN_NATS_PORT}");
+    fn start_nats(&mut self, dev: &Path, port: u16) -> Result<()> {
+        let addr = format!("127.0.0.1:{port}");
         if answers(&addr) {
             bail!(
-                "port {OWN_NATS_PORT} is taken by another process; stop it or set NATS_URL to a \
+                "port {port} is taken by another process; stop it or set NATS_URL to a \
                  running server"
             );
         }
         let log = dev.join("nats-server.log");
         let child = Command::new(&self.nats_server_bin)
-            .args(["-a", "127.0.0.1", "-p", &OWN_NATS_PORT.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-l")
             .arg(&log)
             .stdin(Stdio::null())
@@ -251,9 +276,9 @@ impl Infra {
         Ok(())
     }
 
-    fn start_postgres(&mut self, bin: &Path, dev: &Path) -> Result<()> {
-        let data = dev.join("postgres");
-        let addr = format!("127.0.0.1:{OWN_PG_PORT}");
+    fn start_postgres(&mut self, bin: &Path, data: &Path, port: u16) -> Result<()> {
+        let data = data.to_owned();
+        let addr = format!("127.0.0.1:{port}");
         // initdb and postgres refuse to run as root: run them as the postgres user then.
         let as_user = |program: &Path| -> Command {
             if is_root() {
@@ -302,12 +327,12 @@ impl Infra {
         }
         if answers(&addr) {
             bail!(
-                "port {OWN_PG_PORT} is taken by another process; stop it or set DATABASE_URL to \
+                "port {port} is taken by another process; stop it or set DATABASE_URL to \
                  a running server"
             );
         }
         let options = format!(
-            "-p {OWN_PG_PORT} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c fsync=off -c max_connections=200",
             data.display()
         );

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use crate::infra::{Infra, say};
+use crate::infra::{self, Infra, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
             ]),
         )?;
     }
-    let infra = Infra::up(&root)?;
+    let infra = Infra::up(&root, infra::Profile::Test)?;
     step(
         "cargo test",
         Command::new(&cargo)
