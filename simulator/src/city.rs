@@ -27,8 +27,8 @@ impl City {
         Point::new(lat, lng)
     }
 
-    /// A point drawn near a line of constant longitude through the centre (a border scenario
-    /// uses the boundary between two regions instead; see `Scenario::Border`).
+    /// A point drawn within `spread_m` of `anchor` along each axis (the border scenario's
+    /// pickups, around a point on a region boundary).
     pub fn point_near(&self, anchor: Point, spread_m: f64, rng: &mut impl Rng) -> Point {
         let north = (rng.random::<f64>() - 0.5) * 2.0 * spread_m;
         let east = (rng.random::<f64>() - 0.5) * 2.0 * spread_m;
