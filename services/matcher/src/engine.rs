@@ -792,7 +792,13 @@ mod tests {
         }));
         engine.on_tick().await;
         assert_eq!(engine.waiting(), 0);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The expiry is sent from a spawned task: let it run.
+        for _ in 0..100 {
+            if !fake.commands.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         assert!(
             fake.commands
                 .lock()

@@ -138,6 +138,7 @@ pub async fn run(
     // Readiness follows the connection; make sure the server has our subscriptions first.
     let _ = nats.flush().await;
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
+    let in_flight = limit.clone();
     tasks.spawn(serve(
         commands,
         nats.clone(),
@@ -192,8 +193,10 @@ pub async fn run(
     shutdown.cancelled().await;
     tracing::info!("trips service stopping");
     stop_intake.cancel();
-    // Commands in flight finish and their outbox rows are published before we go.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Commands in flight finish (every permit is back) and the outbox publishes what they
+    // wrote before we go; what a stuck command writes later waits in the outbox.
+    let all = u32::try_from(config.max_in_flight).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.acquire_many(all)).await;
     background.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
