@@ -90,6 +90,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         geo: Default::default(),
         token_secret: TOKEN_SECRET.to_vec(),
         limits: Default::default(),
+        dashboard: Default::default(),
     }
 }
 

@@ -55,6 +55,28 @@ struct Service {
     log: PathBuf,
 }
 
+/// A day's dispatcher token for the dashboard link.
+fn dispatcher_token(gateway: &Path) -> Result<String> {
+    let output = Command::new(gateway)
+        .args([
+            "token",
+            "--role",
+            "dispatcher",
+            "--sub",
+            "ops",
+            "--name",
+            "Operations",
+        ])
+        .env("TOKEN_SECRET", DEMO_SECRET)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("minting a dispatcher token")?;
+    if !output.status.success() {
+        bail!("minting a dispatcher token failed ({})", output.status);
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
 fn http_ok(addr: &str, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return false;
@@ -155,6 +177,7 @@ pub fn run(args: Args) -> Result<()> {
         bail!("building the services failed");
     }
     let bin = |name: &str| root.join("target").join(profile).join(name);
+    let dashboard = crate::web::build_dashboard(&root)?;
 
     let infra = Infra::up(&root, infra::Profile::Demo)?;
     let logs = root.join("target/dev/logs");
@@ -186,10 +209,27 @@ pub fn run(args: Args) -> Result<()> {
     )?);
     let gateway_ws = "127.0.0.1:8080";
     let gateway_http = "127.0.0.1:8081";
+    let dashboard_dir = dashboard.display().to_string();
+    let trips_api = format!("http://{trips_http}");
+    let map_center = format!("{},{}", CITY.0, CITY.1);
     services.push(start(
         "gateway",
         &bin("dispatch-gateway"),
-        &["serve", "--ws", gateway_ws, "--http", gateway_http],
+        &[
+            "serve",
+            "--ws",
+            gateway_ws,
+            "--http",
+            gateway_http,
+            "--dashboard-dir",
+            &dashboard_dir,
+            "--trips-api",
+            &trips_api,
+            "--map-center",
+            &map_center,
+            "--map-zoom",
+            "12.5",
+        ],
         &common,
         &logs,
     )?);
@@ -252,7 +292,11 @@ pub fn run(args: Args) -> Result<()> {
             "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
             args.drivers, args.riders, CITY
         ));
+        let token = dispatcher_token(&bin("dispatch-gateway"))?;
         say("the system is up:");
+        say(format!(
+            "  dispatcher dashboard   http://{gateway_http}/#token={token}"
+        ));
         say(format!("  client WebSocket       ws://{gateway_ws}/ws"));
         say(format!(
             "  gateway metrics        http://{gateway_http}/metrics"

@@ -10,6 +10,7 @@ mod bench;
 mod demo;
 mod infra;
 mod test;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -56,6 +56,8 @@ pub fn run(args: Args) -> Result<()> {
         )?;
     }
     let infra = Infra::up(&root, infra::Profile::Test)?;
+    let dashboard = crate::web::build_dashboard(&root)?;
+    let chromium = crate::web::ensure_chromium()?;
     step(
         "cargo test",
         Command::new(&cargo)
@@ -64,7 +66,9 @@ pub fn run(args: Args) -> Result<()> {
             .args(&args.cargo_test_args)
             .env("DISPATCH_TEST_DATABASE_URL", &infra.database_url)
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)
-            .env("DISPATCH_TEST_NATS_URL", &infra.nats_url),
+            .env("DISPATCH_TEST_NATS_URL", &infra.nats_url)
+            .env("DISPATCH_DASHBOARD_DIST", &dashboard)
+            .env("CHROMIUM_BIN", &chromium),
     )?;
     drop(infra);
     say("all tests passed");

@@ -5,6 +5,7 @@
 //! the per-connection limits, publishes positions on H3-partitioned subjects, forwards commands
 //! to the trips service with a deadline, and delivers to each client what NATS has for it.
 
+pub mod dashboard;
 pub mod meters;
 pub mod outbound;
 pub mod ratelimit;
@@ -101,6 +102,8 @@ pub struct Config {
     pub geo: GeoConfig,
     pub token_secret: Vec<u8>,
     pub limits: Limits,
+    /// The dispatcher's web page on the HTTP listener.
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// State shared by every connection.
@@ -135,7 +138,8 @@ fn check_upgrade(
     Ok(response)
 }
 
-/// Runs the gateway until `shutdown`: WebSockets on `ws`, operator endpoints on `http`.
+/// Runs the gateway until `shutdown`: WebSockets on `ws`; operator endpoints and the
+/// dispatcher's dashboard on `http`.
 pub async fn run(
     config: Config,
     ws: TcpListener,
@@ -159,7 +163,10 @@ pub async fn run(
     ));
 
     let http_stop = shutdown.clone();
-    let app = kit::http::operator_routes(readiness);
+    let app = kit::http::operator_routes(readiness).merge(dashboard::routes(
+        shared.config.dashboard.clone(),
+        ws.local_addr()?,
+    ));
     tasks.spawn(async move {
         let served = axum::serve(http, app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })

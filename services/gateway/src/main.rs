@@ -45,9 +45,26 @@ struct Serve {
     /// WebSocket listen address (clients connect to ws://ADDR/ws).
     #[arg(long, env = "GATEWAY_WS", default_value = "127.0.0.1:8080")]
     ws: SocketAddr,
-    /// Metrics and health endpoints.
+    /// Metrics, health endpoints and the dispatcher's dashboard.
     #[arg(long, env = "GATEWAY_HTTP", default_value = "127.0.0.1:8081")]
     http: SocketAddr,
+    /// The built dashboard (`dashboards/web/dist`), served at `/` on the HTTP address.
+    #[arg(long, env = "GATEWAY_DASHBOARD_DIR")]
+    dashboard_dir: Option<std::path::PathBuf>,
+    /// The trips service's HTTP API (`http://host:port`), proxied under `/api/` for the
+    /// dashboard.
+    #[arg(long, env = "GATEWAY_TRIPS_API")]
+    trips_api: Option<String>,
+    /// WebSocket URL the dashboard connects to, when clients reach the gateway through a
+    /// proxy; by default the page's host on the `--ws` port.
+    #[arg(long, env = "GATEWAY_PUBLIC_WS_URL")]
+    public_ws_url: Option<String>,
+    /// Where the dashboard's map opens, `LAT,LNG`.
+    #[arg(long, default_value = "52.52,13.405", value_parser = parse_point)]
+    map_center: protocol::Point,
+    /// The dashboard map's initial zoom.
+    #[arg(long, default_value_t = 12.0)]
+    map_zoom: f64,
     /// Connections held at once.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
@@ -72,6 +89,17 @@ struct MintToken {
     /// Validity in hours.
     #[arg(long, default_value_t = 24)]
     ttl_hours: i64,
+}
+
+fn parse_point(s: &str) -> Result<protocol::Point, String> {
+    let (lat, lng) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected LAT,LNG, got {s:?}"))?;
+    let parse = |v: &str| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}"));
+    let point = protocol::Point::new(parse(lat)?, parse(lng)?);
+    protocol::validate::latitude("map_center", point.lat).map_err(|e| e.to_string())?;
+    protocol::validate::longitude("map_center", point.lng).map_err(|e| e.to_string())?;
+    Ok(point)
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -133,6 +161,13 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         geo,
         token_secret: args.token_secret.into_bytes(),
         limits,
+        dashboard: gateway::dashboard::Dashboard {
+            assets: args.dashboard_dir,
+            trips_api: args.trips_api,
+            ws_url: args.public_ws_url,
+            center: args.map_center,
+            zoom: args.map_zoom,
+        },
     };
     let ws = tokio::net::TcpListener::bind(args.ws).await?;
     let http = tokio::net::TcpListener::bind(args.http).await?;

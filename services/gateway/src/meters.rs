@@ -26,3 +26,5 @@ pub const COMMAND_DURATION: &str = "gateway_command_duration_seconds";
 pub const QUEUE_DROPS: &str = "gateway_queue_drops_total";
 /// Frames sent to clients, by `kind`.
 pub const FRAMES_SENT: &str = "gateway_frames_sent_total";
+/// Dashboard API calls the trips service did not answer.
+pub const API_PROXY_FAILURES: &str = "gateway_api_proxy_failures_total";

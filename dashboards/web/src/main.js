@@ -1,0 +1,560 @@
+// The dispatcher's dashboard: a live map of the fleet fed by the gateway's WebSocket, the trip
+// history from the trips API, and the dispatcher's actions (cancel, assign).
+//
+// Everything a client supplied (ids, names, reasons) reaches the page through textContent or
+// map labels, never through innerHTML.
+
+import maplibregl from "maplibre-gl";
+import "maplibre-gl/dist/maplibre-gl.css";
+import { cellToBoundary } from "h3-js";
+import { feature } from "topojson-client";
+import countries from "world-atlas/countries-110m.json";
+import "./style.css";
+
+const PROTOCOL_VERSION = 1;
+/// A vehicle with no position for this long is drawn as stale, and dropped after `FORGET_MS`.
+const STALE_MS = 30_000;
+const FORGET_MS = 300_000;
+const ACTIVE = new Set(["requested", "offered", "accepted", "arrived", "in_progress"]);
+const OPEN = new Set(["requested", "offered"]);
+const STATUS_COLOURS = {
+  available: "#1a9850",
+  offered: "#f39c12",
+  on_trip: "#2166ac",
+  stale: "#999999",
+  offline: "#cccccc",
+};
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: null,
+  config: null,
+  socket: null,
+  connected: false,
+  nextId: 1,
+  pending: new Map(),
+  vehicles: new Map(),
+  cells: new Map(),
+  trips: new Map(),
+  selected: null,
+  route: [],
+  dirty: true,
+  listed: [],
+};
+
+function readToken() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const fromHash = hash.get("token");
+  if (fromHash) {
+    sessionStorage.setItem("dispatch-token", fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+    return fromHash;
+  }
+  return sessionStorage.getItem("dispatch-token");
+}
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message ?? "";
+}
+
+// ---- the connection to the gateway ----
+
+function setConnection(label, kind) {
+  const el = $("connection");
+  el.textContent = label;
+  el.dataset.state = kind;
+  el.className = `status status-${kind}`;
+}
+
+function send(message) {
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
+    return Promise.reject(new Error("not connected"));
+  }
+  const id = state.nextId++;
+  state.socket.send(JSON.stringify({ ...message, id }));
+  return new Promise((resolve, reject) => {
+    state.pending.set(id, { resolve, reject });
+    setTimeout(() => {
+      if (state.pending.delete(id)) reject(new Error("no answer from the server"));
+    }, 10_000);
+  });
+}
+
+let retryMs = 500;
+function connect() {
+  setConnection("connecting", "connecting");
+  const socket = new WebSocket(state.config.ws_url);
+  state.socket = socket;
+  socket.onopen = () => {
+    socket.send(JSON.stringify({ type: "hello", token: state.token, versions: [PROTOCOL_VERSION] }));
+  };
+  socket.onmessage = (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    onMessage(message);
+  };
+  socket.onclose = (event) => {
+    state.connected = false;
+    for (const { reject } of state.pending.values()) reject(new Error("connection closed"));
+    state.pending.clear();
+    if (event.code === 4001) {
+      setConnection("refused", "down");
+      sessionStorage.removeItem("dispatch-token");
+      showLogin(`The gateway refused the token: ${event.reason}`);
+      return;
+    }
+    setConnection("reconnecting", "down");
+    setTimeout(connect, retryMs);
+    retryMs = Math.min(retryMs * 2, 10_000);
+  };
+}
+
+function onMessage(message) {
+  switch (message.type) {
+    case "welcome":
+      if (message.role !== "dispatcher") {
+        state.socket.close(1000);
+        showLogin("This token is not a dispatcher's.");
+        return;
+      }
+      state.connected = true;
+      retryMs = 500;
+      setConnection("live", "up");
+      subscribeViewport();
+      break;
+    case "ack":
+    case "error": {
+      const waiter = message.id != null && state.pending.get(message.id);
+      if (waiter) {
+        state.pending.delete(message.id);
+        if (message.type === "ack") waiter.resolve(message);
+        else waiter.reject(new Error(`${message.code}: ${message.message}`));
+      }
+      break;
+    }
+    case "vehicles":
+      for (const v of message.vehicles) state.vehicles.set(v.driver_id, v);
+      state.cells.clear();
+      state.dirty = true;
+      break;
+    case "cell_aggregates":
+      for (const c of message.cells) state.cells.set(c.cell, c);
+      state.vehicles.clear();
+      state.dirty = true;
+      break;
+    case "trip_update":
+      onTrip(message.trip);
+      break;
+    default:
+      break;
+  }
+}
+
+function onTrip(trip) {
+  if (ACTIVE.has(trip.state)) state.trips.set(trip.trip_id, trip);
+  else state.trips.delete(trip.trip_id);
+  state.dirty = true;
+  const row = document.querySelector(`tr[data-trip-id="${CSS.escape(trip.trip_id)}"]`);
+  if (row) row.children[1].textContent = trip.state;
+  if (state.selected === trip.trip_id) showDetail(trip.trip_id);
+}
+
+// ---- the map ----
+
+let map;
+
+function emptyCollection() {
+  return { type: "FeatureCollection", features: [] };
+}
+
+function initMap() {
+  const land = feature(countries, countries.objects.countries);
+  map = new maplibregl.Map({
+    container: "map",
+    center: [state.config.center[1], state.config.center[0]],
+    zoom: state.config.zoom,
+    attributionControl: false,
+    style: {
+      version: 8,
+      sources: {
+        countries: { type: "geojson", data: land },
+        cells: { type: "geojson", data: emptyCollection() },
+        trips: { type: "geojson", data: emptyCollection() },
+        requests: { type: "geojson", data: emptyCollection() },
+        vehicles: { type: "geojson", data: emptyCollection() },
+        route: { type: "geojson", data: emptyCollection() },
+      },
+      layers: [
+        { id: "sea", type: "background", paint: { "background-color": "#dbe7f0" } },
+        { id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f4f1ea" } },
+        {
+          id: "borders",
+          type: "line",
+          source: "countries",
+          paint: { "line-color": "#b9b3a6", "line-width": 0.8 },
+        },
+        {
+          id: "cells",
+          type: "fill",
+          source: "cells",
+          paint: {
+            "fill-color": [
+              "interpolate",
+              ["linear"],
+              ["get", "pressure"],
+              0, "#1a9850",
+              1, "#fee08b",
+              3, "#d73027",
+            ],
+            "fill-opacity": ["min", 0.7, ["+", 0.15, ["/", ["get", "vehicles"], 40]]],
+            "fill-outline-color": "#666666",
+          },
+        },
+        {
+          id: "trips",
+          type: "line",
+          source: "trips",
+          paint: { "line-color": "#2166ac", "line-width": 2, "line-dasharray": [2, 1] },
+        },
+        {
+          id: "route",
+          type: "line",
+          source: "route",
+          filter: ["==", ["geometry-type"], "LineString"],
+          paint: { "line-color": "#762a83", "line-width": 4 },
+        },
+        {
+          id: "route-head",
+          type: "circle",
+          source: "route",
+          filter: ["==", ["geometry-type"], "Point"],
+          paint: { "circle-radius": 7, "circle-color": "#762a83", "circle-stroke-color": "#fff", "circle-stroke-width": 2 },
+        },
+        {
+          id: "requests",
+          type: "circle",
+          source: "requests",
+          paint: {
+            "circle-radius": 6,
+            "circle-color": "#ffffff",
+            "circle-stroke-color": "#d73027",
+            "circle-stroke-width": 3,
+          },
+        },
+        {
+          id: "vehicles",
+          type: "circle",
+          source: "vehicles",
+          paint: {
+            "circle-radius": ["interpolate", ["linear"], ["zoom"], 10, 3, 16, 7],
+            "circle-color": ["get", "colour"],
+            "circle-stroke-color": "#ffffff",
+            "circle-stroke-width": 1,
+          },
+        },
+      ],
+    },
+  });
+  map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
+  map.on("moveend", subscribeViewport);
+  map.on("click", "vehicles", (event) => {
+    const f = event.features[0];
+    const box = document.createElement("div");
+    box.textContent = `${f.properties.driver_id} · ${f.properties.status}`;
+    new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
+  });
+  map.on("click", "requests", (event) => selectTrip(event.features[0].properties.trip_id));
+  map.on("load", () => {
+    state.dirty = true;
+    requestAnimationFrame(render);
+  });
+}
+
+function subscribeViewport() {
+  if (!state.connected || !map) return;
+  const b = map.getBounds();
+  send({
+    type: "subscribe_viewport",
+    viewport: {
+      south: Math.max(-90, b.getSouth()),
+      west: Math.max(-180, b.getWest()),
+      north: Math.min(90, b.getNorth()),
+      east: Math.min(180, b.getEast()),
+    },
+    zoom: map.getZoom(),
+  }).catch((error) => setConnection(`live · ${error.message}`, "up"));
+}
+
+function vehicleStatus(v, now) {
+  if (now - v.ts > STALE_MS) return "stale";
+  return v.status;
+}
+
+function render() {
+  requestAnimationFrame(render);
+  if (!state.dirty || !map.isStyleLoaded()) return;
+  state.dirty = false;
+  const now = Date.now();
+  const vehicles = [];
+  const byStatus = {};
+  for (const [id, v] of state.vehicles) {
+    if (now - v.ts > FORGET_MS || v.status === "offline") {
+      state.vehicles.delete(id);
+      continue;
+    }
+    const status = vehicleStatus(v, now);
+    byStatus[status] = (byStatus[status] ?? 0) + 1;
+    vehicles.push({
+      type: "Feature",
+      geometry: { type: "Point", coordinates: [v.lng, v.lat] },
+      properties: { driver_id: v.driver_id, status, colour: STATUS_COLOURS[status] ?? "#000" },
+    });
+  }
+  map.getSource("vehicles").setData({ type: "FeatureCollection", features: vehicles });
+
+  const cells = [];
+  for (const c of state.cells.values()) {
+    let ring;
+    try {
+      ring = cellToBoundary(c.cell, true);
+    } catch {
+      continue;
+    }
+    cells.push({
+      type: "Feature",
+      geometry: { type: "Polygon", coordinates: [ring] },
+      properties: {
+        vehicles: c.vehicles,
+        pressure: c.open_requests / Math.max(1, c.available),
+      },
+    });
+  }
+  map.getSource("cells").setData({ type: "FeatureCollection", features: cells });
+
+  const requests = [];
+  const lines = [];
+  for (const t of state.trips.values()) {
+    const pickup = [t.pickup.lng, t.pickup.lat];
+    const dropoff = [t.dropoff.lng, t.dropoff.lat];
+    if (OPEN.has(t.state)) {
+      requests.push({
+        type: "Feature",
+        geometry: { type: "Point", coordinates: pickup },
+        properties: { trip_id: t.trip_id },
+      });
+    } else {
+      lines.push({
+        type: "Feature",
+        geometry: { type: "LineString", coordinates: [pickup, dropoff] },
+        properties: { trip_id: t.trip_id },
+      });
+    }
+  }
+  map.getSource("requests").setData({ type: "FeatureCollection", features: requests });
+  map.getSource("trips").setData({ type: "FeatureCollection", features: lines });
+
+  const summary = Object.entries(byStatus)
+    .map(([k, n]) => `${n} ${k.replace("_", " ")}`)
+    .join(" · ");
+  const cellSummary = cells.length ? `${cells.length} cells` : "";
+  $("counts").textContent = [summary, cellSummary, `${requests.length} open requests`, `${lines.length} active trips`]
+    .filter(Boolean)
+    .join(" · ");
+}
+
+// Age stale vehicles even when nothing new arrives.
+setInterval(() => {
+  state.dirty = true;
+}, 2_000);
+
+// ---- trips from the API ----
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+  const body = await response.json().catch(() => null);
+  if (response.status === 401) {
+    showLogin(body?.message ?? "unauthorised");
+    throw new Error("unauthorised");
+  }
+  if (!response.ok) throw new Error(body?.message ?? `HTTP ${response.status}`);
+  return body;
+}
+
+function formatTime(ms) {
+  return new Date(ms).toLocaleTimeString();
+}
+
+async function loadTrips(event) {
+  event?.preventDefault();
+  const form = new FormData($("filters"));
+  const query = new URLSearchParams({ limit: "100" });
+  for (const key of ["state", "driver_id", "rider_id"]) {
+    const value = String(form.get(key) ?? "").trim();
+    if (value) query.set(key, value);
+  }
+  for (const key of ["from", "to"]) {
+    const value = String(form.get(key) ?? "");
+    if (value) query.set(key, String(new Date(value).getTime()));
+  }
+  $("trips-error").textContent = "";
+  let trips;
+  try {
+    trips = await api(`api/trips?${query}`);
+  } catch (error) {
+    $("trips-error").textContent = error.message;
+    return;
+  }
+  state.listed = trips;
+  const body = $("trips").tBodies[0];
+  body.replaceChildren();
+  for (const trip of trips) {
+    if (ACTIVE.has(trip.state) && !state.trips.has(trip.trip_id)) onTrip(trip);
+    const row = document.createElement("tr");
+    row.dataset.tripId = trip.trip_id;
+    for (const text of [formatTime(trip.created_at), trip.state, trip.rider_id, trip.driver_id ?? ""]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    row.addEventListener("click", () => selectTrip(trip.trip_id));
+    body.append(row);
+  }
+}
+
+function selectTrip(tripId) {
+  state.selected = tripId;
+  for (const row of $("trips").tBodies[0].rows) {
+    row.classList.toggle("selected", row.dataset.tripId === tripId);
+  }
+  showDetail(tripId);
+}
+
+async function showDetail(tripId) {
+  let detail;
+  try {
+    detail = await api(`api/trips/${encodeURIComponent(tripId)}`);
+  } catch (error) {
+    $("action-result").textContent = error.message;
+    return;
+  }
+  if (state.selected !== tripId) return;
+  const { trip } = detail;
+  $("detail").hidden = false;
+  $("detail").dataset.tripId = trip.trip_id;
+  $("detail-id").textContent = trip.trip_id;
+  $("detail-state").textContent = trip.state;
+  $("detail-rider").textContent = trip.rider_id;
+  $("detail-driver").textContent = trip.driver_id ?? "none";
+  $("detail-driver-name").textContent = detail.driver_name ?? "";
+  $("detail-ended").textContent = trip.ended_by ? `${trip.ended_by}: ${trip.end_reason ?? ""}` : "";
+  $("cancel").disabled = !ACTIVE.has(trip.state);
+  $("assign").disabled = !OPEN.has(trip.state);
+  const timeline = $("timeline");
+  timeline.replaceChildren();
+  for (const e of detail.events) {
+    const item = document.createElement("li");
+    const who = e.actor_id ? `${e.actor} ${e.actor_id}` : e.actor;
+    item.textContent = `${formatTime(e.at)} ${e.from ?? "·"} → ${e.to} by ${who}${e.reason ? ` (${e.reason})` : ""}`;
+    timeline.append(item);
+  }
+  state.route = detail.route.map((p) => [p.lng, p.lat]);
+  drawRoute(state.route);
+}
+
+function drawRoute(points, head) {
+  const features = [];
+  if (points.length > 1) {
+    features.push({ type: "Feature", geometry: { type: "LineString", coordinates: points }, properties: {} });
+  }
+  if (head) features.push({ type: "Feature", geometry: { type: "Point", coordinates: head }, properties: {} });
+  map.getSource("route")?.setData({ type: "FeatureCollection", features });
+}
+
+function replayRoute() {
+  const points = state.route;
+  if (points.length < 2) {
+    $("action-result").textContent = "no route recorded for this trip";
+    return;
+  }
+  map.fitBounds(
+    points.reduce((b, p) => b.extend(p), new maplibregl.LngLatBounds(points[0], points[0])),
+    { padding: 60, maxZoom: 15 },
+  );
+  let i = 1;
+  const step = () => {
+    if (i > points.length) return;
+    drawRoute(points.slice(0, i), points[i - 1]);
+    i += 1;
+    setTimeout(step, Math.max(10, 3_000 / points.length));
+  };
+  step();
+}
+
+async function act(message, done) {
+  $("action-result").textContent = "…";
+  try {
+    await send(message);
+    $("action-result").textContent = done;
+  } catch (error) {
+    $("action-result").textContent = error.message;
+  }
+  if (state.selected) showDetail(state.selected);
+}
+
+// ---- start ----
+
+async function start() {
+  state.token = readToken();
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem("dispatch-token", $("token").value.trim());
+    location.reload();
+  });
+  $("logout").addEventListener("click", () => {
+    sessionStorage.removeItem("dispatch-token");
+    location.reload();
+  });
+  if (!state.token) {
+    showLogin();
+    return;
+  }
+  state.config = await (await fetch("dashboard-config.json")).json();
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  initMap();
+  connect();
+  $("filters").addEventListener("submit", loadTrips);
+  $("cancel").addEventListener("click", () =>
+    act({ type: "cancel_trip", trip_id: state.selected, reason: "cancelled by dispatcher" }, "cancelled"),
+  );
+  $("assign").addEventListener("click", () =>
+    act(
+      { type: "assign_driver", trip_id: state.selected, driver_id: $("assign-driver").value.trim() },
+      "assigned",
+    ),
+  );
+  $("replay").addEventListener("click", replayRoute);
+  await loadTrips();
+  setInterval(loadTrips, 5_000);
+}
+
+// For tests and the curious: what the page shows right now.
+window.dispatchDashboard = {
+  renderedVehicles: () => (map ? map.queryRenderedFeatures({ layers: ["vehicles"] }).length : 0),
+  renderedCells: () => (map ? map.queryRenderedFeatures({ layers: ["cells"] }).length : 0),
+  get map() {
+    return map;
+  },
+  state,
+};
+
+start();

@@ -1,0 +1,239 @@
+//! The dispatcher's web dashboard, served on the gateway's HTTP listener: the page's built
+//! assets (`dashboards/web/dist`), the page's settings at `/dashboard-config.json`, and the
+//! trips service's history API proxied under `/api/` so the page needs a single origin.
+//!
+//! The trips service checks the dispatcher token on every API call; the gateway only passes the
+//! `Authorization` header along.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use protocol::Point;
+use serde::Serialize;
+use tower_http::services::ServeDir;
+
+use crate::meters as m;
+
+/// What the dashboard needs; everything optional so a gateway without a page stays lean.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    /// The built page (`index.html` and `assets/`). Without it `/` explains how to build it.
+    pub assets: Option<PathBuf>,
+    /// Base URL of the trips service's HTTP API (`http://host:port`), proxied under `/api/`.
+    pub trips_api: Option<String>,
+    /// The WebSocket URL the page connects to. By default the host the page was loaded from,
+    /// on the gateway's WebSocket port.
+    pub ws_url: Option<String>,
+    /// Where the map opens.
+    pub center: Point,
+    pub zoom: f64,
+}
+
+impl Default for Dashboard {
+    fn default() -> Self {
+        Self {
+            assets: None,
+            trips_api: None,
+            ws_url: None,
+            center: Point::new(52.52, 13.405),
+            zoom: 12.0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DashState {
+    settings: Dashboard,
+    ws: SocketAddr,
+    http: reqwest::Client,
+}
+
+/// The page's settings, read by the page at start.
+#[derive(Debug, Serialize)]
+struct PageConfig {
+    ws_url: String,
+    center: [f64; 2],
+    zoom: f64,
+}
+
+async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl IntoResponse {
+    let ws_url = state.settings.ws_url.clone().unwrap_or_else(|| {
+        // The host the browser used for the page, on the WebSocket port.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http_host::Authority>().ok())
+            .map_or_else(|| state.ws.ip().to_string(), |a| a.host);
+        format!("ws://{host}:{}/ws", state.ws.port())
+    });
+    axum::Json(PageConfig {
+        ws_url,
+        center: [state.settings.center.lat, state.settings.center.lng],
+        zoom: state.settings.zoom,
+    })
+}
+
+mod http_host {
+    /// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
+    pub struct Authority {
+        pub host: String,
+    }
+
+    impl std::str::FromStr for Authority {
+        type Err = ();
+
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let host = if let Some(rest) = s.strip_prefix('[') {
+                format!("[{}]", rest.split_once(']').ok_or(())?.0)
+            } else {
+                s.split(':').next().unwrap_or_default().to_owned()
+            };
+            let valid = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
+            if valid { Ok(Self { host }) } else { Err(()) }
+        }
+    }
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "code": code, "message": message })),
+    )
+        .into_response()
+}
+
+/// Forwards a GET under `/api/` to the trips service with the caller's credentials.
+async fn proxy(State(state): State<DashState>, request: Request) -> Response {
+    let Some(base) = &state.settings.trips_api else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this gateway has no trips API configured",
+        );
+    };
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut forward = state
+        .http
+        .get(format!("{}{path_and_query}", base.trim_end_matches('/')));
+    if let Some(auth) = request.headers().get(header::AUTHORIZATION) {
+        forward = forward.header(header::AUTHORIZATION, auth.clone());
+    }
+    let answer = match forward.send().await {
+        Ok(answer) => answer,
+        Err(error) => {
+            metrics::counter!(m::API_PROXY_FAILURES).increment(1);
+            tracing::warn!(%error, "trips API unreachable");
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "unavailable",
+                "the trips service did not answer; try again",
+            );
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    match answer.bytes().await {
+        Ok(body) => {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            if let Some(content_type) = content_type {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Err(_) => json_error(
+            StatusCode::BAD_GATEWAY,
+            "unavailable",
+            "the trips service's answer was cut off",
+        ),
+    }
+}
+
+/// Content Security Policy for the page: only its own scripts, no inline script, so even text
+/// that slipped into the DOM as markup could not run.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                   img-src 'self' data: blob:; worker-src blob:; child-src blob:; \
+                   connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; \
+                   frame-ancestors 'none'";
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn not_built() -> (StatusCode, &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        "The dashboard is not built into this gateway. Build it with \
+         `npm ci && npm run build` in dashboards/web and start the gateway with \
+         --dashboard-dir dashboards/web/dist (cargo xtask demo does both).\n",
+    )
+}
+
+/// The dashboard's routes, to merge beside the operator endpoints. `ws` is the gateway's
+/// WebSocket listener.
+pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a plain HTTP client always builds");
+    let assets = settings.assets.clone();
+    let state = DashState { settings, ws, http };
+    let router = Router::new()
+        .route("/dashboard-config.json", get(page_config))
+        .route("/api/{*path}", get(proxy))
+        .with_state(state);
+    let router = match assets {
+        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        None => router.fallback(not_built),
+    };
+    router.layer(middleware::from_fn(security_headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_host::Authority;
+
+    #[test]
+    fn host_header_parts() {
+        let host = |s: &str| s.parse::<Authority>().map(|a| a.host);
+        assert_eq!(
+            host("example.org:8081").ok().as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(host("10.0.0.1").ok().as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("[::1]:8081").ok().as_deref(), Some("[::1]"));
+        assert!(host("evil\"host").is_err());
+        assert!(host("").is_err());
+    }
+}

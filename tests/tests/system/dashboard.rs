@@ -1,0 +1,261 @@
+//! The dispatcher's dashboard in a real browser (Debian's headless Chromium driven by
+//! playwright-core) against the whole stack fed by the simulator; and the dashboard's HTTP
+//! surface (config, API proxy, security headers) without a browser.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use protocol::client::{Role, ServerMessage};
+use protocol::{GeoConfig, Point};
+use serde_json::json;
+use simulator::{Scenario, Settings};
+use tests::client::{Client, token, token_with};
+use tests::services::{
+    TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_matcher, start_trips,
+    trips_config, wait_ready,
+};
+use tests::{NatsServer, TestDb, unique_prefix};
+use tokio_util::sync::CancellationToken;
+
+const CENTER: Point = Point::new(52.52, 13.405);
+/// Away from the simulated drivers, so the matcher offers this rider's trip to our driver.
+const QUIET_CORNER: Point = Point::new(52.52, 13.47);
+/// Markup a hostile client might put in its name; the page must show it as text.
+const MARKUP_NAME: &str = "<img src=x onerror=\"window.__injected=1\"><b>Bold</b> Driver";
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// The built page: `cargo xtask test` builds it and says where.
+fn dashboard_dist() -> PathBuf {
+    let dist = std::env::var_os("DISPATCH_DASHBOARD_DIST").map_or_else(
+        || workspace_root().join("dashboards/web/dist"),
+        PathBuf::from,
+    );
+    assert!(
+        dist.join("index.html").is_file(),
+        "the dashboard is not built at {}: run `cargo xtask test`, or `npm ci && npm run build` \
+         in dashboards/web",
+        dist.display()
+    );
+    dist
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browser() {
+    tests::init_logs();
+    let dist = dashboard_dist();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let regions = GeoConfig::default()
+        .regions_covering(CENTER, 8_000.0)
+        .unwrap();
+    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
+    matcher.settings.offer_ttl = Duration::from_secs(30);
+    let matcher = start_matcher(matcher).await;
+    wait_ready(matcher.http).await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.dashboard.assets = Some(dist);
+    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
+    config.dashboard.center = CENTER;
+    config.dashboard.zoom = 13.0;
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+
+    // The simulator drives a small city around the centre for as long as the browser needs.
+    let mut settings = Settings::new(&format!("ws://{}/ws", gateway.ws), TOKEN_SECRET, CENTER);
+    settings.drivers = 15;
+    settings.riders = 5;
+    settings.city.radius_m = 1_500.0;
+    settings.scenario = Scenario::Steady;
+    settings.duration = Duration::from_secs(600);
+    settings.drain = Duration::from_secs(5);
+    settings.request_rate = 0.5;
+    settings.speedup = 10.0;
+    settings.progress = false;
+    let stop_sim = CancellationToken::new();
+    let simulation = tokio::spawn(simulator::run_until(settings, stop_sim.clone()));
+
+    // A driver whose name is markup takes a trip in a quiet corner of the city.
+    let (mut driver, welcome) = Client::hello(
+        gateway.ws,
+        &token_with(Role::Driver, "marked-up", Some(MARKUP_NAME), 3600),
+        &[1],
+    )
+    .await;
+    assert!(matches!(welcome, ServerMessage::Welcome { .. }));
+    driver
+        .send_json(
+            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
+        )
+        .await;
+    driver.ack_for(1).await;
+    driver
+        .send_json(
+            &json!({"type": "location", "id": 2, "lat": QUIET_CORNER.lat, "lng": QUIET_CORNER.lng,
+            "ts": protocol::time::now_ms(), "seq": 1}),
+        )
+        .await;
+    driver.ack_for(2).await;
+    let mut rider = Client::connect(gateway.ws, Role::Rider, "rider-of-marked-up").await;
+    rider
+        .send_json(&json!({"type": "request_ride", "id": 1,
+            "pickup": {"lat": QUIET_CORNER.lat, "lng": QUIET_CORNER.lng + 0.001},
+            "dropoff": {"lat": 52.51, "lng": 13.48}, "idempotency_key": "browser-test"}))
+        .await;
+    let ServerMessage::Ack {
+        trip: Some(trip), ..
+    } = rider.ack_for(1).await
+    else {
+        panic!("no trip in the ride request's ack");
+    };
+    let offer = driver
+        .recv_until(|m| matches!(m, ServerMessage::Offer { .. }))
+        .await;
+    let ServerMessage::Offer { trip: offered, .. } = offer else {
+        unreachable!()
+    };
+    assert_eq!(offered.trip_id, trip.trip_id);
+    driver
+        .send_json(&json!({"type": "accept_offer", "id": 3, "trip_id": trip.trip_id}))
+        .await;
+    driver.ack_for(3).await;
+
+    // The browser does what a dispatcher would.
+    let screenshots = workspace_root().join("target/browser");
+    let script = workspace_root().join("dashboards/web/tests/dashboard.mjs");
+    let browser = tokio::process::Command::new("node")
+        .arg(&script)
+        .current_dir(workspace_root().join("dashboards/web"))
+        .env("DASHBOARD_URL", format!("http://{}/", gateway.running.http))
+        .env("DISPATCHER_TOKEN", token(Role::Dispatcher, "ops"))
+        .env("TRIP_ID", trip.trip_id.to_string())
+        .env("DRIVER_NAME", MARKUP_NAME)
+        .env("SCREENSHOT_DIR", &screenshots)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (cargo xtask test installs it)");
+    let output = tokio::time::timeout(Duration::from_secs(240), browser.wait_with_output())
+        .await
+        .expect("the browser test finished in time")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "browser test failed:\n{said}");
+    assert!(said.contains("\"vehicles_rendered\""), "{said}");
+    assert!(
+        std::fs::metadata(screenshots.join("dashboard.png"))
+            .unwrap()
+            .len()
+            > 10_000,
+        "the screenshot is empty"
+    );
+
+    // The cancel from the page is in PostgreSQL, by a dispatcher.
+    let pg = db.client().await;
+    let row = pg
+        .query_one(
+            "SELECT state, ended_by FROM trips WHERE trip_id = $1",
+            &[&trip.trip_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "cancelled");
+    assert_eq!(row.get::<_, String>(1), "dispatcher");
+    // The name is stored as the client sent it: the page, not the database, keeps it inert.
+    let name: String = pg
+        .query_one(
+            "SELECT name FROM drivers WHERE driver_id = 'marked-up'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, MARKUP_NAME);
+
+    stop_sim.cancel();
+    let report = simulation.await.unwrap().unwrap();
+    assert_eq!(report.double_assigned, 0, "{}", report.table());
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
+    let dist = dashboard_dist();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.dashboard.assets = Some(dist);
+    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
+    config.dashboard.center = CENTER;
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+    let base = format!("http://{}", gateway.running.http);
+    let http = reqwest::Client::new();
+
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("script-src 'self'"), "{policy}");
+    assert!(page.text().await.unwrap().contains("<div id=\"map\">"));
+
+    let settings: serde_json::Value = http
+        .get(format!("{base}/dashboard-config.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        settings["ws_url"],
+        format!("ws://127.0.0.1:{}/ws", gateway.ws.port())
+    );
+    assert_eq!(settings["center"], json!([CENTER.lat, CENTER.lng]));
+
+    // The API through the gateway: a dispatcher gets trips; anyone else is refused by the trips
+    // service, and the refusal reaches the caller unchanged.
+    let as_role = |role: Role| {
+        http.get(format!("{base}/api/trips?limit=5"))
+            .bearer_auth(token(role, "someone"))
+            .send()
+    };
+    let ok = as_role(Role::Dispatcher).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.json::<serde_json::Value>().await.unwrap().is_array());
+    assert_eq!(as_role(Role::Rider).await.unwrap().status(), 403);
+    let anonymous = http.get(format!("{base}/api/trips")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let bad = http
+        .get(format!(
+            "{base}/api/trips?state=%27%3B%20DROP%20TABLE%20trips%3B--"
+        ))
+        .bearer_auth(token(Role::Dispatcher, "ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // With the trips service gone, the page's API calls fail with a clear, retryable error.
+    trips.stop().await.unwrap();
+    let gone = as_role(Role::Dispatcher).await.unwrap();
+    assert_eq!(gone.status(), 502);
+    let body: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable");
+}
