@@ -146,6 +146,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    meters::register();
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
     let shared = Arc::new(Shared {

@@ -45,6 +45,16 @@ impl BusError {
 /// connection events and slow-consumer drops in `{service}_nats_events_total`.
 pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client> {
     let events = format!("{service}_nats_events_total");
+    let _ = crate::telemetry::metrics_handle();
+    metrics::describe_counter!(
+        events.clone(),
+        "NATS connection events (connected, disconnected, slow_consumer...), by event"
+    );
+    metrics::counter!(events.clone()).increment(0);
+    metrics::describe_histogram!(
+        "bus_request_duration_seconds",
+        "Time for a request over NATS to be answered"
+    );
     let client = ConnectOptions::new()
         .name(service)
         .retry_on_initial_connect()

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod cli;
 pub mod http;
+pub mod meters;
 pub mod telemetry;
 
 pub use bus::{Bus, BusError};

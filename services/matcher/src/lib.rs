@@ -120,6 +120,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!config.regions.is_empty(), "no regions to serve");
+    meters::register();
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "matcher").await?;
     let bus = Bus::new(nats.clone(), config.subjects.clone());

@@ -82,6 +82,7 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    meters::register();
     let readiness = Readiness::new(&["database", "nats"]);
     if config.migrate {
         // Wait for the database rather than exiting: it may start after us.

@@ -259,3 +259,88 @@ async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
     let body: serde_json::Value = gone.json().await.unwrap();
     assert_eq!(body["code"], "unavailable");
 }
+
+/// The metric names a PromQL expression reads: identifiers with a service's prefix.
+fn metrics_in(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| {
+            ["gateway_", "matcher_", "trips_", "bus_"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Metric names in a Prometheus text exposition.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_grafana_dashboards_query_is_exported() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let regions = GeoConfig::default()
+        .regions_covering(CENTER, 1_000.0)
+        .unwrap();
+    let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
+    wait_ready(matcher.http).await;
+    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
+    wait_ready(gateway.running.http).await;
+
+    // Before any traffic: every series a dashboard reads is there from the start.
+    let mut names = std::collections::BTreeSet::new();
+    for http in [trips.http, matcher.http, gateway.running.http] {
+        let text = reqwest::get(format!("http://{http}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        names.extend(exported(&text));
+    }
+    assert!(names.contains("gateway_connections"), "{names:?}");
+
+    let dir = workspace_root().join("dashboards/grafana");
+    let mut checked = 0;
+    for service in ["gateway", "matcher", "trips"] {
+        let path = dir.join(format!("{service}.json"));
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{service}: no panels");
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap_or_default();
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{service}/{title}: no queries");
+            for target in targets {
+                let expr = target["expr"].as_str().expect("a PromQL expression");
+                let used = metrics_in(expr);
+                assert!(
+                    !used.is_empty(),
+                    "{service}/{title}: {expr} reads no metric"
+                );
+                for metric in used {
+                    assert!(
+                        metric.starts_with(&format!("{service}_")) || metric.starts_with("bus_"),
+                        "{service}/{title}: {metric} belongs to another service"
+                    );
+                    assert!(
+                        names.contains(&metric),
+                        "{service}/{title}: {metric} is not exported; exported: {names:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 40, "only {checked} metric references checked");
+}
