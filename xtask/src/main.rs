@@ -5,10 +5,12 @@
 //! - `cargo xtask test`: formatting, lints and the whole test suite against real NATS and
 //!   PostgreSQL, brought up the same way.
 //! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
+//! - `cargo xtask supply-chain`: licenses and sources of every dependency, offline.
 
 mod bench;
 mod demo;
 mod infra;
+mod supply;
 mod test;
 mod web;
 
@@ -32,6 +34,8 @@ enum Command {
     Test(test::Args),
     /// Run the benchmarks against real NATS and PostgreSQL.
     Bench(bench::Args),
+    /// Check the licenses and sources of every dependency, offline (part of `test`).
+    SupplyChain,
 }
 
 /// The workspace root (the parent of this crate).
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::SupplyChain => supply::check(&workspace_root()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,6 +55,8 @@ pub fn run(args: Args) -> Result<()> {
             ]),
         )?;
     }
+    say("== supply chain (licenses and sources, offline)");
+    crate::supply::check(&root)?;
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let dashboard = crate::web::build_dashboard(&root)?;
     let chromium = crate::web::ensure_chromium()?;
