@@ -146,6 +146,9 @@ pub enum ClientMessage {
         trip_id: Uuid,
         driver_id: String,
     },
+    /// Any role: where a trip stands now, answered by an ack carrying it. Riders and drivers
+    /// see only trips they take part in; for others the answer is `not_found`.
+    GetTrip { id: MessageId, trip_id: Uuid },
 }
 
 impl ClientMessage {
@@ -162,7 +165,8 @@ impl ClientMessage {
             | Self::RequestRide { id, .. }
             | Self::CancelTrip { id, .. }
             | Self::SubscribeViewport { id, .. }
-            | Self::AssignDriver { id, .. } => Some(*id),
+            | Self::AssignDriver { id, .. }
+            | Self::GetTrip { id, .. } => Some(*id),
         }
     }
 
@@ -180,6 +184,7 @@ impl ClientMessage {
             Self::CancelTrip { .. } => "cancel_trip",
             Self::SubscribeViewport { .. } => "subscribe_viewport",
             Self::AssignDriver { .. } => "assign_driver",
+            Self::GetTrip { .. } => "get_trip",
         }
     }
 
@@ -276,6 +281,7 @@ impl ClientMessage {
                 Ok(())
             }
             Self::AssignDriver { driver_id, .. } => validate::id("driver_id", driver_id),
+            Self::GetTrip { .. } => Ok(()),
         }
     }
 }

@@ -94,6 +94,10 @@ fn client_examples() -> Vec<ClientMessage> {
             },
             zoom: 12.5,
         },
+        ClientMessage::GetTrip {
+            id: 10,
+            trip_id: trip_id(),
+        },
         ClientMessage::AssignDriver {
             id: 9,
             trip_id: trip_id(),
@@ -320,6 +324,10 @@ fn valid_message() -> impl Strategy<Value = ClientMessage> {
                 reason,
             }
         ),
+        (any::<u64>(), any::<u128>()).prop_map(|(id, trip)| ClientMessage::GetTrip {
+            id,
+            trip_id: Uuid::from_u128(trip),
+        }),
         (any::<u64>(), any::<u128>(), id_string()).prop_map(|(id, trip, driver_id)| {
             ClientMessage::AssignDriver {
                 id,

@@ -1,6 +1,7 @@
 //! A simulated driver: goes online, reports its position, answers offers, drives to the pickup
 //! and the dropoff and reports each stage, reconnecting with backoff when the link drops.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,19 @@ impl Task {
     }
 }
 
+/// Something the server must hear, in order and exactly as meant: an answer to an offer or a
+/// trip stage. Sent one at a time; retried while the server says to retry (repeats are
+/// idempotent on the server).
+#[derive(Debug, Clone)]
+struct Report {
+    kind: &'static str,
+    trip_id: Uuid,
+    stage: Option<&'static str>,
+}
+
+/// Wait before re-sending a report the server could not take.
+const REPORT_RETRY: Duration = Duration::from_millis(500);
+
 struct Driver {
     id: String,
     settings: Arc<Settings>,
@@ -73,6 +87,10 @@ struct Driver {
     task: Task,
     seq: u64,
     next_id: u64,
+    reports: VecDeque<Report>,
+    /// The message id of the report awaiting its answer.
+    in_flight: Option<u64>,
+    retry_at: Option<Instant>,
 }
 
 /// Runs one driver until `stop`.
@@ -97,6 +115,9 @@ pub async fn run(
         task: Task::Roaming { to },
         seq: 0,
         next_id: 1,
+        reports: VecDeque::new(),
+        in_flight: None,
+        retry_at: None,
     };
     let mut backoff = Backoff::default();
     let mut first = true;
@@ -130,6 +151,9 @@ impl Driver {
 
     /// One connection; `Ok` when told to stop, `Err` when the link failed.
     async fn session(&mut self, ws: &mut Ws, stop: &CancellationToken) -> anyhow::Result<()> {
+        // A report in flight when the link dropped may never have arrived: send it again.
+        self.in_flight = None;
+        self.retry_at = None;
         let id = self.id();
         let class = self.settings.vehicle_class;
         client::send(
@@ -193,8 +217,11 @@ impl Driver {
                 } else {
                     "decline_offer"
                 };
-                let id = self.id();
-                client::send(ws, json!({"type": kind, "id": id, "trip_id": trip.trip_id})).await?;
+                self.reports.push_back(Report {
+                    kind,
+                    trip_id: trip.trip_id,
+                    stage: None,
+                });
                 if accept {
                     self.stats
                         .pickup_distance_m
@@ -230,6 +257,25 @@ impl Driver {
             }
             _ => {}
         }
+        self.flush_reports(ws).await
+    }
+
+    /// Sends the next report when none awaits an answer.
+    async fn flush_reports(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
+        if self.in_flight.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let Some(report) = self.reports.front().cloned() else {
+            return Ok(());
+        };
+        let id = self.id();
+        let mut message = json!({"type": report.kind, "id": id, "trip_id": report.trip_id});
+        if let Some(stage) = report.stage {
+            message["stage"] = json!(stage);
+        }
+        client::send(ws, message).await?;
+        self.in_flight = Some(id);
+        self.retry_at = None;
         Ok(())
     }
 
@@ -238,13 +284,18 @@ impl Driver {
         self.task = Task::Roaming { to };
     }
 
-    async fn progress(&mut self, ws: &mut Ws, trip: &TripView, stage: &str) -> anyhow::Result<()> {
-        let id = self.id();
-        client::send(
-            ws,
-            json!({"type": "trip_progress", "id": id, "trip_id": trip.trip_id, "stage": stage}),
-        )
-        .await
+    async fn progress(
+        &mut self,
+        ws: &mut Ws,
+        trip: &TripView,
+        stage: &'static str,
+    ) -> anyhow::Result<()> {
+        self.reports.push_back(Report {
+            kind: "trip_progress",
+            trip_id: trip.trip_id,
+            stage: Some(stage),
+        });
+        self.flush_reports(ws).await
     }
 
     async fn on_message(&mut self, ws: &mut Ws, message: ServerMessage) -> anyhow::Result<()> {
@@ -286,14 +337,31 @@ impl Driver {
                     None => {}
                 }
             }
+            ServerMessage::Ack { id, .. } if Some(id) == self.in_flight => {
+                self.reports.pop_front();
+                self.in_flight = None;
+                self.flush_reports(ws).await?;
+            }
             ServerMessage::Error {
-                code, id: Some(_), ..
+                code, id: Some(id), ..
             } => {
-                if !code.is_retryable() && matches!(self.task, Task::ToPickup { .. }) {
+                bump(&self.stats.errors);
+                if Some(id) != self.in_flight {
+                    return Ok(());
+                }
+                self.in_flight = None;
+                if code.is_retryable() {
+                    self.retry_at = Some(Instant::now() + REPORT_RETRY);
+                    return Ok(());
+                }
+                let report = self.reports.pop_front();
+                if report.is_some_and(|r| r.kind == "accept_offer")
+                    && matches!(self.task, Task::ToPickup { .. })
+                {
                     // The accept failed (offer gone): back to roaming.
                     self.roam();
                 }
-                bump(&self.stats.errors);
+                self.flush_reports(ws).await?;
             }
             _ => {}
         }

@@ -30,6 +30,13 @@ pub struct Demand {
     pub cancel_after: Option<Duration>,
 }
 
+/// How long a rider keeps asking for a ride the server cannot take yet, and how often.
+const REQUEST_PATIENCE: Duration = Duration::from_secs(30);
+const REQUEST_RETRY: Duration = Duration::from_secs(1);
+
+/// A trip not heard of for this long is asked for.
+const QUIET_TRIP: Duration = Duration::from_secs(5);
+
 /// Trips asked for and not yet ended, shared by all riders (for the lost count).
 pub type Open = Arc<std::sync::Mutex<HashMap<Uuid, TripState>>>;
 
@@ -43,6 +50,12 @@ struct Ride {
     offered: bool,
     accepted: bool,
     picked_up: bool,
+    /// When the rider last heard of its trip.
+    last_news: Instant,
+    /// The server's view may have moved on without us (a resync lacked the trip): ask.
+    refresh: bool,
+    /// When to ask again for a ride the server could not take yet.
+    retry_at: Option<Instant>,
 }
 
 /// What all riders share.
@@ -150,12 +163,32 @@ async fn session(
                 offered: false,
                 accepted: false,
                 picked_up: false,
+                last_news: Instant::now(),
+                refresh: false,
+                retry_at: None,
             });
         }
         tokio::select! {
             // Riders with a trip under way keep following it after the stop, until it ends.
             _ = stop.cancelled(), if ride.is_none() => return Ok(()),
             _ = check.tick() => {
+                if let Some(r) = ride.as_mut()
+                    && r.retry_at.is_some_and(|at| Instant::now() >= at)
+                {
+                    r.retry_at = None;
+                    r.request_id = request(ws, next_id, &r.key, &r.demand).await?;
+                }
+                // Updates can be missed (a bus outage between the server's parts): a trip not
+                // heard of for a while, or missing from a resync, is asked for.
+                if let Some(r) = ride.as_mut()
+                    && let Some(trip_id) = r.trip_id
+                    && (r.refresh || r.last_news.elapsed() >= QUIET_TRIP)
+                {
+                    r.refresh = false;
+                    r.last_news = Instant::now();
+                    *next_id += 1;
+                    client::send(ws, json!({"type": "get_trip", "id": *next_id, "trip_id": trip_id})).await?;
+                }
                 if let Some(r) = ride.as_mut() {
                     let due = r.demand.cancel_after.is_some_and(|after| r.sent.elapsed() >= after);
                     if due && !r.picked_up
@@ -221,8 +254,13 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
         } if r.trip_id.is_none() && id == r.request_id => {
             tracing::warn!(%code, %message, "ride request refused");
             if code.is_retryable() {
-                // Not stored: give up on this ride; the demand is lost to the rider, not to us.
                 bump(&stats.errors);
+                if r.sent.elapsed() < REQUEST_PATIENCE {
+                    // Asked again with the same key: stored at most once, whatever happened.
+                    r.retry_at = Some(Instant::now() + REQUEST_RETRY);
+                    return;
+                }
+                // Not stored for too long: the demand is lost to the rider, not to the system.
             } else {
                 bump(&stats.refused);
             }
@@ -233,9 +271,16 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
         ServerMessage::SessionState { trips, .. } => {
             match trips.into_iter().find(|t| Some(t.trip_id) == r.trip_id) {
                 Some(trip) => trip,
-                None => return,
+                None => {
+                    // Not among the open trips: it may have ended while we were not listening.
+                    r.refresh = r.trip_id.is_some();
+                    return;
+                }
             }
         }
+        ServerMessage::Ack {
+            trip: Some(trip), ..
+        } if Some(trip.trip_id) == r.trip_id => trip,
         ServerMessage::DriverPosition { ts, trip_id, .. } if Some(trip_id) == r.trip_id => {
             stats
                 .location_latency_us
@@ -244,6 +289,7 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
         }
         _ => return,
     };
+    r.last_news = Instant::now();
     let elapsed_us = r.sent.elapsed().as_micros() as u64;
     if trip.state == TripState::Offered && !r.offered {
         r.offered = true;

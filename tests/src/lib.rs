@@ -11,6 +11,7 @@
 pub mod client;
 pub mod nats;
 pub mod pg;
+pub mod proxy;
 pub mod services;
 
 use std::future::Future;

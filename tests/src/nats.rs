@@ -149,6 +149,46 @@ impl NatsCluster {
         Self { nodes }
     }
 
+    /// Waits until every node delivers what is published on every other node: the routes have
+    /// formed.
+    pub async fn wait_routed(&self) {
+        use futures_util::StreamExt as _;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut clients = Vec::new();
+        for node in &self.nodes {
+            clients.push(
+                async_nats::connect(node.url())
+                    .await
+                    .expect("connecting to a node"),
+            );
+        }
+        for (i, receiver) in clients.iter().enumerate() {
+            let subject = format!("harness.routed.{i}");
+            let mut sub = receiver
+                .subscribe(subject.clone())
+                .await
+                .expect("subscribing");
+            receiver.flush().await.expect("flushing");
+            for (j, sender) in clients.iter().enumerate().filter(|(j, _)| *j != i) {
+                loop {
+                    assert!(
+                        Instant::now() < deadline,
+                        "node {j} does not route to node {i}"
+                    );
+                    sender
+                        .publish(subject.clone(), j.to_string().into())
+                        .await
+                        .expect("publishing");
+                    sender.flush().await.expect("flushing");
+                    let got = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+                    if matches!(got, Ok(Some(m)) if m.payload == j.to_string().as_bytes()) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Every node's client URL, comma-separated, as services take them.
     pub fn urls(&self) -> String {
         self.nodes

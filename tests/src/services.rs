@@ -21,6 +21,11 @@ pub struct Running {
 impl Running {
     /// Stops the service gracefully and waits for it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.halt().await
+    }
+
+    /// Stops the service gracefully and waits for it, in place.
+    pub async fn halt(&mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         match self.task.take() {
             Some(task) => tokio::time::timeout(Duration::from_secs(20), task)
@@ -96,10 +101,18 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
 
 /// Starts a gateway on ephemeral ports.
 pub async fn start_gateway(config: gateway::Config) -> Gateway {
-    let ws = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding ws");
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    start_gateway_at(config, any, any).await
+}
+
+/// Starts a gateway on the given addresses (to restart one where its clients expect it).
+pub async fn start_gateway_at(
+    config: gateway::Config,
+    ws: SocketAddr,
+    http: SocketAddr,
+) -> Gateway {
+    let ws = tokio::net::TcpListener::bind(ws).await.expect("binding ws");
+    let http = tokio::net::TcpListener::bind(http)
         .await
         .expect("binding http");
     let ws_addr = ws.local_addr().expect("local address");

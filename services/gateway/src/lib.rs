@@ -112,6 +112,8 @@ pub struct Shared {
     pub config: Config,
     pub nats: async_nats::Client,
     pub bus: Bus,
+    /// Bumped each time the NATS connection comes back; sessions then re-read their state.
+    pub resync: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Accepts or refuses a WebSocket upgrade: only on `/ws`, and only below the connection cap.
@@ -138,6 +140,33 @@ fn check_upgrade(
     Ok(response)
 }
 
+/// Bumps `resync` each time the NATS connection comes back after losing it: core NATS does
+/// not keep what was published while a subscriber was away, so every session re-reads its
+/// state from the trips service.
+async fn watch_reconnects(
+    nats: async_nats::Client,
+    resync: tokio::sync::watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut was_connected = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                let connected =
+                    nats.connection_state() == async_nats::connection::State::Connected;
+                if connected && !was_connected {
+                    tracing::info!("nats is back: sessions re-read their state");
+                    metrics::counter!(m::RESYNCS).increment(1);
+                    resync.send_modify(|n| *n += 1);
+                }
+                was_connected = connected;
+            }
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown`: WebSockets on `ws`; operator endpoints and the
 /// dispatcher's dashboard on `http`.
 pub async fn run(
@@ -149,12 +178,19 @@ pub async fn run(
     meters::register();
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
+    let (resync_sender, resync) = tokio::sync::watch::channel(0);
     let shared = Arc::new(Shared {
         bus: Bus::new(nats.clone(), config.subjects.clone()),
         nats: nats.clone(),
+        resync,
         config,
     });
     let tasks = TaskTracker::new();
+    tasks.spawn(watch_reconnects(
+        nats.clone(),
+        resync_sender,
+        shutdown.clone(),
+    ));
 
     tasks.spawn(kit::bus::track_readiness(
         nats.clone(),

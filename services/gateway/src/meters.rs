@@ -29,4 +29,6 @@ kit::meters! {
     counter FRAMES_SENT = "gateway_frames_sent_total";
     /// Dashboard API calls the trips service did not answer.
     counter API_PROXY_FAILURES = "gateway_api_proxy_failures_total";
+    /// Times the NATS connection came back and every session re-read its state.
+    counter RESYNCS = "gateway_resyncs_total";
 }

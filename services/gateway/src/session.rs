@@ -14,7 +14,7 @@ use protocol::bus::{
     CellCounts, Position, QueryReply, TripCommand, TripEvent, TripQuery, TripReply,
 };
 use protocol::client::{
-    self, CellAggregate, ClientMessage, Location, Role, ServerMessage, SessionLimits,
+    self, CellAggregate, ClientMessage, Location, MessageId, Role, ServerMessage, SessionLimits,
     VehicleStatus, VehicleView, close_code,
 };
 use protocol::time::{now_ms, now_us};
@@ -304,25 +304,34 @@ impl Session {
         &self.shared.config.subjects
     }
 
+    /// Opens the client's own feeds that are not open yet: its inbox, or a dispatcher's trip
+    /// feed. One that cannot be opened now (NATS away) is opened on the next resync.
+    async fn subscribe_feeds(&self, feeds: &mut Feeds) {
+        let nats = &self.shared.nats;
+        match self.role {
+            Role::Driver | Role::Rider if feeds.inbox.is_none() => {
+                feeds.inbox = nats
+                    .subscribe(self.subjects().user(self.role, &self.subject))
+                    .await
+                    .ok();
+            }
+            Role::Dispatcher if feeds.trips.is_none() => {
+                feeds.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
+            }
+            _ => {}
+        }
+    }
+
     async fn read_loop(
         self: Arc<Self>,
         stream: &mut futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
         shutdown: CancellationToken,
     ) {
         let limits = &self.shared.config.limits;
-        let nats = &self.shared.nats;
         let mut feeds = Feeds::default();
-        match self.role {
-            Role::Driver | Role::Rider => {
-                feeds.inbox = nats
-                    .subscribe(self.subjects().user(self.role, &self.subject))
-                    .await
-                    .ok();
-            }
-            Role::Dispatcher => {
-                feeds.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
-            }
-        }
+        let mut resync = self.shared.resync.clone();
+        resync.borrow_and_update();
+        self.subscribe_feeds(&mut feeds).await;
         tokio::spawn(self.clone().resume());
 
         let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
@@ -382,6 +391,12 @@ impl Session {
                     if self.out.is_closing() {
                         break;
                     }
+                }
+                Ok(()) = resync.changed() => {
+                    // NATS came back: what was published meanwhile is gone, so the client gets
+                    // its state afresh (and the feeds that could not be opened then, now).
+                    self.subscribe_feeds(&mut feeds).await;
+                    tokio::spawn(self.clone().resume());
                 }
                 message = next_of(&mut feeds.inbox) => {
                     if let Some(message) = message {
@@ -570,7 +585,7 @@ impl Session {
             ClientMessage::SubscribeViewport { .. } | ClientMessage::AssignDriver { .. } => {
                 self.role == Role::Dispatcher
             }
-            ClientMessage::CancelTrip { .. } => true,
+            ClientMessage::CancelTrip { .. } | ClientMessage::GetTrip { .. } => true,
         };
         if !allowed {
             metrics::counter!(m::FORBIDDEN, "kind" => message.kind()).increment(1);
@@ -781,9 +796,52 @@ impl Session {
         });
     }
 
+    /// Whether this client may see `trip`: its rider, its driver, or any dispatcher.
+    fn takes_part(&self, trip: &TripView) -> bool {
+        match self.role {
+            Role::Rider => trip.rider_id == self.subject,
+            Role::Driver => trip.driver_id.as_deref() == Some(self.subject.as_str()),
+            Role::Dispatcher => true,
+        }
+    }
+
+    /// Where a trip stands, for a client that may have missed its updates.
+    async fn get_trip(&self, id: MessageId, trip_id: Uuid) -> String {
+        let reply = self
+            .shared
+            .bus
+            .request::<_, QueryReply>(
+                self.subjects().trip_queries(),
+                &TripQuery::Trip { trip_id },
+                self.shared.config.limits.command_timeout,
+            )
+            .await;
+        match reply {
+            Ok(QueryReply::Trip(Some(trip))) if self.takes_part(&trip) => ServerMessage::Ack {
+                id,
+                trip: Some(trip),
+                changed: false,
+            }
+            .to_json(),
+            Ok(QueryReply::Trip(found)) => {
+                if found.is_some() {
+                    metrics::counter!(m::FORBIDDEN, "kind" => "get_trip").increment(1);
+                }
+                // Someone else's trip answers like a missing one: nothing to learn from it.
+                error_text(Some(id), ErrorCode::NotFound, "no such trip")
+            }
+            Ok(QueryReply::Error(error)) => error_text(Some(id), error.code, error.message),
+            Ok(_) => error_text(Some(id), ErrorCode::Internal, "unexpected reply"),
+            Err(error) => error_text(Some(id), error.code(), error.to_string()),
+        }
+    }
+
     /// Carries out a command and returns the answer for the client.
     async fn command(&self, message: ClientMessage) -> String {
         let id = message.id().expect("commands carry an id");
+        if let ClientMessage::GetTrip { trip_id, .. } = message {
+            return self.get_trip(id, trip_id).await;
+        }
         let me = self.subject.clone();
         let actor = match self.role {
             Role::Driver => Actor::Driver,
@@ -857,7 +915,8 @@ impl Session {
             },
             ClientMessage::Hello { .. }
             | ClientMessage::Location(_)
-            | ClientMessage::SubscribeViewport { .. } => {
+            | ClientMessage::SubscribeViewport { .. }
+            | ClientMessage::GetTrip { .. } => {
                 unreachable!("handled before commands")
             }
         };

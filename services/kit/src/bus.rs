@@ -41,6 +41,15 @@ impl BusError {
     }
 }
 
+/// The servers of a comma-separated list of NATS URLs (the client tries them all and learns
+/// the rest of a cluster from whichever answers).
+pub fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// Connects to NATS as `name`, retrying in the background until the server answers, counting
 /// connection events and slow-consumer drops in `{service}_nats_events_total`.
 pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client> {
@@ -80,7 +89,7 @@ pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client>
                 metrics::counter!(events, "event" => kind).increment(1);
             }
         })
-        .connect(url)
+        .connect(servers(url))
         .await?;
     Ok(client)
 }

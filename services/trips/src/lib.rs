@@ -76,6 +76,32 @@ impl Config {
     }
 }
 
+/// Keeps the `database` readiness condition true only while PostgreSQL answers a trivial query
+/// within a second, checked twice a second.
+async fn track_database(
+    pool: deadpool_postgres::Pool,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let check = async {
+            let client = pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(1), check)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        readiness.set("database", answered);
+    }
+}
+
 /// Runs the service until `shutdown` is cancelled, serving HTTP on `http`.
 pub async fn run(
     config: Config,
@@ -163,6 +189,11 @@ pub async fn run(
         nats.clone(),
         readiness.clone(),
         "nats",
+        background.clone(),
+    ));
+    tasks.spawn(track_database(
+        pool.clone(),
+        readiness.clone(),
         background.clone(),
     ));
     tasks.spawn(outbox::run(store.clone(), nats.clone(), background.clone()));
