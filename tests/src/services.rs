@@ -63,21 +63,26 @@ pub fn trips_config(database_url: &str, nats_url: &str, prefix: &str) -> trips::
     config
 }
 
-/// Starts the trips service.
+/// Starts the trips service and waits until it is ready.
 pub async fn start_trips(config: trips::Config) -> Running {
+    let running = launch_trips(config).await;
+    wait_ready(running.http).await;
+    running
+}
+
+/// Starts the trips service without waiting for it to be ready (its database may be away).
+pub async fn launch_trips(config: trips::Config) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding the http port");
     let http = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(trips::run(config, listener, shutdown.clone()));
-    let running = Running {
+    Running {
         http,
         shutdown,
         task: Some(task),
-    };
-    wait_ready(http).await;
-    running
+    }
 }
 
 /// A gateway running in this process.

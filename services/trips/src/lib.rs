@@ -132,7 +132,6 @@ pub async fn run(
         }
     }
     let pool = db::pool(&config.database_url, &config.pool)?;
-    readiness.set("database", true);
     let nats = kit::bus::connect(&config.nats_url, "trips").await?;
     let mut store = Store::new(
         pool.clone(),

@@ -2,8 +2,10 @@
 //! One binary with a module per area (run a subset with `cargo xtask test -- <name>`).
 
 mod dashboard;
+mod faults;
 mod gateway;
 mod harness;
+mod hostile;
 mod matcher;
 mod simulator;
 mod trips;

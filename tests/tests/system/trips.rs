@@ -12,7 +12,7 @@ use protocol::time::now_ms;
 use protocol::token::{self, Claims};
 use protocol::trip::{Actor, TripStage, TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Point, Subjects, codec};
-use tests::services::{Running, TOKEN_SECRET, start_trips, trips_config};
+use tests::services::{Running, TOKEN_SECRET, launch_trips, start_trips, trips_config};
 use tests::{NatsServer, TestDb, eventually, unique_prefix};
 use uuid::Uuid;
 
@@ -565,7 +565,7 @@ async fn commands_answer_unavailable_quickly_when_the_database_is_away() {
         "postgres://postgres@127.0.0.1:{}/none",
         tests::nats::free_port()
     );
-    let _trips = start_trips(trips_config(&dead, &nats.url(), &prefix)).await;
+    let trips = launch_trips(trips_config(&dead, &nats.url(), &prefix)).await;
     let bus = Bus::new(
         async_nats::connect(nats.url()).await.unwrap(),
         Subjects::new(&prefix).unwrap(),
@@ -584,6 +584,12 @@ async fn commands_answer_unavailable_quickly_when_the_database_is_away() {
     assert_eq!(code(&reply), Some(ErrorCode::Unavailable));
     assert!(reply.unwrap_err().code.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(10));
+    // And it says it is not ready.
+    let ready = reqwest::get(format!("http://{}/readyz", trips.http))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("database: waiting"));
 }
 
 #[tokio::test]
