@@ -49,10 +49,10 @@ const CITY_RADIUS_KM: f64 = 15.0;
 /// Where the simulated demand and drivers are, inside the city.
 const SIM_RADIUS_KM: f64 = 8.0;
 
-struct Service {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
+pub(crate) struct Service {
+    pub(crate) name: &'static str,
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
 }
 
 /// A day's dispatcher token for the dashboard link.
@@ -77,7 +77,23 @@ fn dispatcher_token(gateway: &Path) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-fn http_ok(addr: &str, path: &str) -> bool {
+/// The body of a successful GET, if any.
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+pub(crate) fn http_ok(addr: &str, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(addr) else {
         return false;
     };
@@ -91,7 +107,7 @@ fn http_ok(addr: &str, path: &str) -> bool {
     response.starts_with("HTTP/1.1 200")
 }
 
-fn start(
+pub(crate) fn start(
     name: &'static str,
     bin: &Path,
     args: &[&str],
@@ -122,7 +138,7 @@ impl Drop for Service {
     }
 }
 
-fn stop(mut service: Service) {
+pub(crate) fn stop(mut service: Service) {
     terminate(&mut service);
 }
 
@@ -363,14 +379,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The first service whose process has ended, if any.
-fn exited(services: &mut [Service]) -> Option<&Service> {
+pub(crate) fn exited(services: &mut [Service]) -> Option<&Service> {
     let index = services
         .iter_mut()
         .position(|s| s.child.try_wait().ok().flatten().is_some())?;
     Some(&services[index])
 }
 
-fn wait_ready(
+pub(crate) fn wait_ready(
     services: &mut [Service],
     endpoints: &[(&str, &str)],
     stop_requested: &AtomicBool,

@@ -6,10 +6,12 @@
 //!   PostgreSQL, brought up the same way.
 //! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
 //! - `cargo xtask supply-chain`: licenses and sources of every dependency, offline.
+//! - `cargo xtask soak`: hours of moderate load, failing on memory growth, errors or losses.
 
 mod bench;
 mod demo;
 mod infra;
+mod soak;
 mod supply;
 mod test;
 mod web;
@@ -36,6 +38,8 @@ enum Command {
     Bench(bench::Args),
     /// Check the licenses and sources of every dependency, offline (part of `test`).
     SupplyChain,
+    /// Run the system at moderate load for a long time, watching memory, latency and errors.
+    Soak(soak::Args),
 }
 
 /// The workspace root (the parent of this crate).
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::SupplyChain => supply::check(&workspace_root()),
+        Command::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
