@@ -7,9 +7,11 @@
 //! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
 //! - `cargo xtask supply-chain`: licenses and sources of every dependency, offline.
 //! - `cargo xtask soak`: hours of moderate load, failing on memory growth, errors or losses.
+//! - `cargo xtask fuzz`: the protocol fuzzer for as long as asked.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod infra;
 mod soak;
 mod supply;
@@ -40,6 +42,8 @@ enum Command {
     SupplyChain,
     /// Run the system at moderate load for a long time, watching memory, latency and errors.
     Soak(soak::Args),
+    /// Fuzz client frames, tokens and bus payloads for a while (a short run is part of `test`).
+    Fuzz(fuzz::Args),
 }
 
 /// The workspace root (the parent of this crate).
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::SupplyChain => supply::check(&workspace_root()),
         Command::Soak(args) => soak::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
