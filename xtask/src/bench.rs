@@ -10,7 +10,7 @@ use crate::infra::{self, Infra, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only the benchmarks whose names contain this (codec, trips, geo).
+    /// Run only the benchmarks whose names contain this (codec, trips, geo, matching).
     filter: Option<String>,
 }
 
@@ -85,7 +85,12 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
-    for (package, bench) in [("protocol", "codec"), ("tests", "trips"), ("tests", "geo")] {
+    for (package, bench) in [
+        ("protocol", "codec"),
+        ("tests", "trips"),
+        ("tests", "geo"),
+        ("tests", "matching"),
+    ] {
         if !wanted(bench) {
             continue;
         }

@@ -38,6 +38,13 @@ pub struct Args {
     /// Ride requests per second across the city.
     #[arg(long, default_value_t = 2.0)]
     request_rate: f64,
+    /// The matcher's strategy: `greedy` or `batched`. Two runs with the same `--seed` and
+    /// different strategies compare them (`cargo xtask bench matching` does it for you).
+    #[arg(long, default_value = "greedy")]
+    strategy: String,
+    /// Seed of the simulated city.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// The secret the demo's services sign and check tokens with.
@@ -219,7 +226,14 @@ pub fn run(args: Args) -> Result<()> {
     services.push(start(
         "matcher",
         &bin("dispatch-matcher"),
-        &["--area", &area, "--http", matcher_http],
+        &[
+            "--area",
+            &area,
+            "--http",
+            matcher_http,
+            "--strategy",
+            &args.strategy,
+        ],
         &common,
         &logs,
     )?);
@@ -289,6 +303,8 @@ pub fn run(args: Args) -> Result<()> {
             "--speedup".into(),
             "30".into(),
             "--quiet".into(),
+            "--seed".into(),
+            args.seed.to_string(),
         ];
         if let Some(path) = &args.report_json {
             sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);

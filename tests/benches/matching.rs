@@ -1,0 +1,119 @@
+//! Greedy against batched matching on the same seeded city at high utilisation: the whole
+//! system in one process (real nats-server and PostgreSQL), the simulator's clients over real
+//! WebSockets, once per strategy with identical settings and seed.
+//!
+//! Run with `cargo xtask bench matching` (or `cargo bench -p tests --bench matching` with
+//! `DISPATCH_TEST_DATABASE_URL` and `NATS_SERVER_BIN` set). Prints a table and writes
+//! `target/bench/matching.json`.
+
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
+use std::time::Duration;
+
+use matcher::assign::Strategy;
+use protocol::{GeoConfig, Point};
+use simulator::report::Report;
+use simulator::{Scenario, Settings};
+use tests::services::{
+    TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_matcher, start_trips,
+    trips_config, wait_ready,
+};
+use tests::{NatsServer, TestDb, unique_prefix};
+
+const CENTER: Point = Point::new(52.52, 13.405);
+const SEED: u64 = 7;
+
+/// More demand than the fleet can serve at once, so the strategies have choices to make.
+fn settings(url: &str) -> Settings {
+    let mut settings = Settings::new(url, TOKEN_SECRET, CENTER);
+    settings.seed = SEED;
+    settings.drivers = 60;
+    settings.riders = 120;
+    settings.city.radius_m = 4_000.0;
+    settings.scenario = Scenario::Steady;
+    settings.duration = Duration::from_secs(90);
+    settings.drain = Duration::from_secs(60);
+    settings.request_rate = 4.0;
+    settings.speedup = 20.0;
+    settings.accept_probability = 1.0;
+    settings.answer_delay = Duration::from_millis(200);
+    settings.cancel_probability = 0.0;
+    settings.progress = false;
+    settings.run_id = format!("matching-{SEED}");
+    settings
+}
+
+async fn run(strategy: Strategy) -> anyhow::Result<Report> {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let mut trips = trips_config(&db.url, &nats.url(), &prefix);
+    trips.store.search_timeout = Duration::from_secs(45);
+    let _trips = start_trips(trips).await;
+    let regions = GeoConfig::default().regions_covering(CENTER, 12_000.0)?;
+    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
+    matcher.settings.strategy = strategy;
+    let matcher = start_matcher(matcher).await;
+    wait_ready(matcher.http).await;
+    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
+    wait_ready(gateway.running.http).await;
+    simulator::run(settings(&format!("ws://{}/ws", gateway.ws))).await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for (name, strategy) in [("greedy", Strategy::Greedy), ("batched", Strategy::Batched)] {
+        println!("matching: {name}, seed {SEED} ...");
+        let report = run(strategy).await?;
+        println!("{}", report.table());
+        results.push((name, report));
+    }
+    let (greedy, batched) = (&results[0].1, &results[1].1);
+    let pickup_ratio = batched.mean_pickup_time_s / greedy.mean_pickup_time_s.max(1e-9);
+    println!();
+    println!(
+        "{:<10} {:>16} {:>16} {:>14} {:>14} {:>10}",
+        "strategy", "offer p50 (ms)", "offer p99 (ms)", "pickup (s)", "pickup ETA (s)", "served"
+    );
+    for (name, r) in &results {
+        println!(
+            "{:<10} {:>16.1} {:>16.1} {:>14.1} {:>14.1} {:>9.1}%",
+            name,
+            r.match_latency_ms.p50,
+            r.match_latency_ms.p99,
+            r.mean_pickup_time_s,
+            r.mean_pickup_eta_s,
+            r.service_rate * 100.0
+        );
+    }
+    println!(
+        "batched / greedy mean pickup time: {pickup_ratio:.3} ({:+.1}%)",
+        (pickup_ratio - 1.0) * 100.0
+    );
+    let json = serde_json::json!({
+        "seed": SEED,
+        "strategies": results.iter().map(|(name, r)| serde_json::json!({
+            "strategy": name,
+            "match_latency_ms": r.match_latency_ms,
+            "mean_pickup_time_s": r.mean_pickup_time_s,
+            "mean_pickup_eta_s": r.mean_pickup_eta_s,
+            "mean_pickup_distance_m": r.mean_pickup_distance_m,
+            "service_rate": r.service_rate,
+            "requests": r.requests,
+            "completed": r.completed,
+            "expired": r.expired,
+            "lost": r.lost,
+            "double_assigned": r.double_assigned,
+        })).collect::<Vec<_>>(),
+        "batched_over_greedy_pickup_time": pickup_ratio,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("matching.json"), serde_json::to_string_pretty(&json)?)?;
+    anyhow::ensure!(
+        results.iter().all(|(_, r)| r.lost == 0 && r.double_assigned == 0),
+        "a run lost or double-assigned requests"
+    );
+    Ok(())
+}
