@@ -94,9 +94,16 @@ pub struct Settings {
     pub border_point: Option<Point>,
     /// Makes this run's idempotency keys unique against earlier runs on the same database.
     pub run_id: String,
+    /// Source addresses to connect from, spread over the clients (empty: the system's choice).
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
+    /// The source address of client number `index`.
+    pub fn source(&self, index: usize) -> Option<std::net::IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()])
+    }
+
     /// Defaults for a small city around `center`.
     pub fn new(url: &str, token_secret: &[u8], center: Point) -> Self {
         Self {
@@ -125,6 +132,7 @@ impl Settings {
             progress: false,
             border_point: None,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            sources: Vec::new(),
         }
     }
 
@@ -176,7 +184,7 @@ async fn watch_fleet(settings: Arc<Settings>, stats: Arc<Stats>, stop: Cancellat
     };
     let mut backoff = client::Backoff::default();
     while !stop.is_cancelled() {
-        let Ok(mut ws) = client::connect(&settings.url, &token).await else {
+        let Ok(mut ws) = client::connect(&settings.url, &token, settings.source(0)).await else {
             backoff.wait().await;
             continue;
         };

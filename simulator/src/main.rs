@@ -72,6 +72,10 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Connect from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) to hold more than
+    /// about 64k connections to one gateway; the gateway must be on loopback.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    source_ips: u8,
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {
@@ -107,6 +111,25 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     settings.drain = args.drain;
     settings.city.radius_m = args.radius_km * 1000.0;
     settings.seed = args.seed;
+    if args.source_ips > 1 {
+        let host = args
+            .gateway
+            .parse::<tokio_tungstenite::tungstenite::http::Uri>()?
+            .host()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        anyhow::ensure!(
+            loopback,
+            "--source-ips needs a gateway on loopback, not {host}"
+        );
+        settings.sources = (1..=args.source_ips)
+            .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+            .collect();
+    }
     settings.request_rate = args.request_rate;
     settings.report_every = Duration::from_secs_f64(args.report_every_s);
     settings.speedup = args.speedup;

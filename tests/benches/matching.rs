@@ -110,9 +110,14 @@ async fn main() -> anyhow::Result<()> {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("matching.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("matching.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     anyhow::ensure!(
-        results.iter().all(|(_, r)| r.lost == 0 && r.double_assigned == 0),
+        results
+            .iter()
+            .all(|(_, r)| r.lost == 0 && r.double_assigned == 0),
         "a run lost or double-assigned requests"
     );
     Ok(())
