@@ -10,7 +10,8 @@ use crate::infra::{self, Infra, say};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only the benchmarks whose names contain this (codec, trips, geo, matching).
+    /// Run only the benchmarks whose names contain this (codec, trips, geo, matching, ingest,
+    /// connections).
     filter: Option<String>,
 }
 
@@ -85,11 +86,31 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
+    let gateway_bin = root.join("target/release/dispatch-gateway");
+    if wanted("connections") {
+        say("building the gateway (release) for the connections benchmark");
+        let built = Command::new(&cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "gateway",
+                "--bin",
+                "dispatch-gateway",
+            ])
+            .status()?;
+        if !built.success() {
+            bail!("building the gateway failed");
+        }
+    }
     for (package, bench) in [
         ("protocol", "codec"),
         ("tests", "trips"),
         ("tests", "geo"),
         ("tests", "matching"),
+        ("tests", "ingest"),
+        ("tests", "connections"),
     ] {
         if !wanted(bench) {
             continue;
@@ -101,11 +122,159 @@ pub fn run(args: Args) -> Result<()> {
             .env("DISPATCH_TEST_DATABASE_URL", &infra.database_url)
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)
             .env("REDIS_URL", &redis.url)
+            .env("GATEWAY_BIN", &gateway_bin)
             .status()?;
         if !status.success() {
             bail!("benchmark {bench} failed");
         }
     }
-    say("reports are in target/criterion/ and target/bench/");
+    let report = assemble(&root.join("target/bench"))?;
+    say(format!(
+        "report in target/bench/report.json (criterion's in target/criterion/):\n{report}"
+    ));
     Ok(())
+}
+
+/// One figure beside its baseline.
+fn compared(value: f64, baseline: f64, unit: &str) -> serde_json::Value {
+    serde_json::json!({
+        "value": value,
+        "baseline": baseline,
+        "ratio": value / baseline.max(f64::MIN_POSITIVE),
+        "unit": unit,
+    })
+}
+
+/// Gathers every benchmark's JSON under `dir` into `report.json`, each figure beside its
+/// baseline and their ratio; returns a printable table.
+fn assemble(dir: &Path) -> Result<String> {
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?).ok()
+    };
+    let number = |v: &serde_json::Value, path: &[&str]| -> f64 {
+        path.iter()
+            .fold(v, |v, key| &v[key])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let mut report = serde_json::Map::new();
+    let mut rows = Vec::new();
+    let mut row = |name: &str, figure: serde_json::Value| {
+        rows.push(format!(
+            "{:<44} {:>14.1} {:>14.1} {:>8.3} {}",
+            name,
+            figure["value"].as_f64().unwrap_or(f64::NAN),
+            figure["baseline"].as_f64().unwrap_or(f64::NAN),
+            figure["ratio"].as_f64().unwrap_or(f64::NAN),
+            figure["unit"].as_str().unwrap_or_default()
+        ));
+        figure
+    };
+    if let Some(ingest) = read("ingest") {
+        report.insert(
+            "ingest".into(),
+            serde_json::json!({
+                "lossless_updates": row(
+                    "ingest: lossless updates/s vs bare async-nats",
+                    compared(
+                        number(&ingest, &["lossless_updates_per_sec"]),
+                        number(&ingest, &["bare_nats_messages_per_sec"]),
+                        "per second",
+                    ),
+                ),
+                "latency_ms": ingest["latency"].clone(),
+            }),
+        );
+    }
+    if let Some(connections) = read("connections") {
+        report.insert(
+            "connections".into(),
+            serde_json::json!({
+                "held": connections["gateway"]["connections"].clone(),
+                "bytes_per_connection": row(
+                    "connections: gateway bytes/conn vs bare",
+                    compared(
+                        number(&connections, &["gateway", "bytes_per_connection"]),
+                        number(&connections, &["bare_tungstenite", "bytes_per_connection"]),
+                        "bytes",
+                    ),
+                ),
+            }),
+        );
+    }
+    if let Some(matching) = read("matching") {
+        let of = |i: usize, key: &str| number(&matching["strategies"][i], &[key]);
+        report.insert(
+            "matching".into(),
+            serde_json::json!({
+                "strategies": matching["strategies"].clone(),
+                "mean_pickup_time_s": row(
+                    "matching: pickup time s, batched vs greedy",
+                    compared(of(1, "mean_pickup_time_s"), of(0, "mean_pickup_time_s"), "s"),
+                ),
+                "service_rate": row(
+                    "matching: service rate, batched vs greedy",
+                    compared(of(1, "service_rate"), of(0, "service_rate"), "fraction"),
+                ),
+            }),
+        );
+    }
+    if let Some(geo) = read("geo") {
+        report.insert(
+            "geo".into(),
+            serde_json::json!({
+                "updates": row(
+                    "geo: index updates/s vs Redis GEOADD",
+                    compared(
+                        number(&geo, &["geo", "index_updates_per_sec"]),
+                        number(&geo, &["geo", "redis_updates_per_sec"]),
+                        "per second",
+                    ),
+                ),
+                "queries": row(
+                    "geo: nearest-10 queries/s vs Redis GEOSEARCH",
+                    compared(
+                        number(&geo, &["geo", "index_queries_per_sec"]),
+                        number(&geo, &["geo", "redis_queries_per_sec"]),
+                        "per second",
+                    ),
+                ),
+            }),
+        );
+    }
+    if let Some(trips) = read("trips") {
+        report.insert(
+            "trips".into(),
+            serde_json::json!({
+                "transitions": row(
+                    "trips: transitions/s vs plain inserts",
+                    compared(
+                        number(&trips, &["trips", "transitions_per_sec"]),
+                        number(&trips, &["trips", "plain_inserts_per_sec"]),
+                        "per second",
+                    ),
+                ),
+                "breadcrumbs": row(
+                    "trips: breadcrumb rows/s vs plain inserts",
+                    compared(
+                        number(&trips, &["trips", "breadcrumb_rows_per_sec"]),
+                        number(&trips, &["trips", "breadcrumb_plain_inserts_per_sec"]),
+                        "per second",
+                    ),
+                ),
+            }),
+        );
+    }
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+    )?;
+    let header = format!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "figure", "value", "baseline", "ratio"
+    );
+    Ok(std::iter::once(header)
+        .chain(rows)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }

@@ -1,0 +1,289 @@
+//! Idle connections held by one gateway process and its memory per connection, against a bare
+//! tokio-tungstenite server holding the same connections in the same run (the floor: a
+//! WebSocket and nothing else).
+//!
+//! Every connection is a rider that has said hello and been welcomed (authenticated, its inbox
+//! subscribed, its session state sent), then stays idle. Clients connect from several loopback
+//! source addresses, as `dispatch-sim --source-ips` does, to get past ~28k ephemeral ports per
+//! address. The gateway binary comes from `GATEWAY_BIN` (`cargo xtask bench` builds it) or
+//! `target/release/dispatch-gateway`; `BENCH_CONNECTIONS` sets the count (default 100,000).
+//! Prints a table and writes `target/bench/connections.json`.
+
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::client::Role;
+use tests::services::{TOKEN_SECRET, start_trips, trips_config};
+use tests::{NatsServer, TestDb, unique_prefix};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+const SOURCES: u8 = 8;
+/// Connections opened at once.
+const CONCURRENCY: usize = 256;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Lifts this process's open-file limit as far as allowed; children inherit it.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    let wanted = 1_048_576u64;
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return wanted;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    hard
+}
+
+/// The bare server: accepts WebSockets and holds them, nothing more. Runs in a child process
+/// (this same binary) so that its memory is its own.
+async fn bare_server(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        });
+    }
+}
+
+/// Opens `count` connections to `addr`, saying hello with `token_for(i)` when given and
+/// waiting for an answer; returns the open sockets.
+async fn open_many(
+    addr: SocketAddr,
+    count: usize,
+    token_for: Option<&(dyn Fn(usize) -> String + Sync)>,
+) -> Vec<tests::client::Ws> {
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(count);
+    let mut next = 0;
+    while next < count {
+        let batch: Vec<_> = (next..(next + CONCURRENCY).min(count))
+            .map(|i| {
+                let hello = token_for.map(|t| {
+                    serde_json::json!({"type": "hello", "token": t(i), "versions": [1]}).to_string()
+                });
+                tokio::spawn(async move {
+                    let source = IpAddr::from([127, 0, 0, 1 + (i % SOURCES as usize) as u8]);
+                    let socket = TcpSocket::new_v4().ok()?;
+                    socket.bind(SocketAddr::new(source, 0)).ok()?;
+                    let stream = socket.connect(addr).await.ok()?;
+                    let (mut ws, _) = tokio_tungstenite::client_async(
+                        format!("ws://{addr}/ws"),
+                        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+                    )
+                    .await
+                    .ok()?;
+                    if let Some(hello) = hello {
+                        ws.send(Message::text(hello)).await.ok()?;
+                        // The welcome.
+                        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                            Ok(Some(Ok(Message::Text(_)))) => {}
+                            _ => return None,
+                        }
+                    }
+                    Some(ws)
+                })
+            })
+            .collect();
+        next += batch.len();
+        for task in batch {
+            if let Ok(Some(ws)) = task.await {
+                open.push(ws);
+            }
+        }
+        if next % 10_000 < CONCURRENCY {
+            println!(
+                "  {} of {count} open ({:.0}/s)",
+                open.len(),
+                open.len() as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    open
+}
+
+/// Waits until the process's memory stops changing, and returns it.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid);
+        if now.abs_diff(last) < 256 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+struct Held {
+    connections: usize,
+    before_kib: u64,
+    after_kib: u64,
+}
+
+impl Held {
+    fn bytes_per_connection(&self) -> f64 {
+        (self.after_kib.saturating_sub(self.before_kib) as f64 * 1024.0)
+            / self.connections.max(1) as f64
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if let Ok(port) = std::env::var("BENCH_BARE_SERVER") {
+        bare_server(port.parse()?).await;
+        return Ok(());
+    }
+    let limit = raise_fd_limit();
+    let count: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100_000);
+    anyhow::ensure!(
+        (count as u64) * 2 + 1_000 < limit,
+        "{count} connections need more open files than the limit of {limit}"
+    );
+
+    // The floor: a bare WebSocket server in a process of its own.
+    let bare_port = free_port();
+    let bare = Command::new(std::env::current_exe()?)
+        .env("BENCH_BARE_SERVER", bare_port.to_string())
+        .stdin(Stdio::null())
+        .spawn()?;
+    let bare_addr: SocketAddr = format!("127.0.0.1:{bare_port}").parse()?;
+    while tokio::net::TcpStream::connect(bare_addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = settled_rss(bare.id()).await;
+    println!("bare tokio-tungstenite server: opening {count} connections");
+    let held = open_many(bare_addr, count, None).await;
+    let bare_held = Held {
+        connections: held.len(),
+        before_kib: before,
+        after_kib: settled_rss(bare.id()).await,
+    };
+    drop(held);
+    stop(bare);
+
+    // The gateway, with NATS and the trips service behind it.
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/dispatch-gateway"),
+        PathBuf::from,
+    );
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo xtask bench connections`, which builds it",
+        binary.display()
+    );
+    let (ws_port, http_port) = (free_port(), free_port());
+    let gateway = Command::new(&binary)
+        .args(["serve", "--ws", &format!("127.0.0.1:{ws_port}")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--max-connections", &(count + 1_000).to_string()])
+        .env("NATS_URL", nats.url())
+        .env("SUBJECT_PREFIX", &prefix)
+        .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET)?)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()?;
+    let gateway_addr: SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
+    tests::services::wait_ready(format!("127.0.0.1:{http_port}").parse()?).await;
+    let before = settled_rss(gateway.id()).await;
+    println!("gateway: opening {count} rider connections (hello, welcome, session state)");
+    let token = |i: usize| tests::client::token(Role::Rider, &format!("idle-rider-{i}"));
+    let held = open_many(gateway_addr, count, Some(&token)).await;
+    let gateway_held = Held {
+        connections: held.len(),
+        before_kib: before,
+        after_kib: settled_rss(gateway.id()).await,
+    };
+    // Still held and answering: one more rider gets through.
+    let probe = open_many(gateway_addr, 1, Some(&|_| token(count + 1))).await;
+    anyhow::ensure!(probe.len() == 1, "the gateway stopped answering");
+    drop(held);
+    stop(gateway);
+
+    println!();
+    println!(
+        "{:<28} {:>12} {:>14} {:>14} {:>16}",
+        "server", "connections", "RSS before MiB", "RSS after MiB", "bytes/connection"
+    );
+    for (name, h) in [
+        ("bare tokio-tungstenite", &bare_held),
+        ("dispatch-gateway", &gateway_held),
+    ] {
+        println!(
+            "{:<28} {:>12} {:>14.1} {:>14.1} {:>16.0}",
+            name,
+            h.connections,
+            h.before_kib as f64 / 1024.0,
+            h.after_kib as f64 / 1024.0,
+            h.bytes_per_connection()
+        );
+    }
+    let ratio = gateway_held.bytes_per_connection() / bare_held.bytes_per_connection().max(1.0);
+    println!("gateway / bare memory per connection: {ratio:.2}");
+    let json = serde_json::json!({
+        "connections_target": count,
+        "gateway": {
+            "connections": gateway_held.connections,
+            "rss_before_mib": gateway_held.before_kib as f64 / 1024.0,
+            "rss_after_mib": gateway_held.after_kib as f64 / 1024.0,
+            "bytes_per_connection": gateway_held.bytes_per_connection(),
+        },
+        "bare_tungstenite": {
+            "connections": bare_held.connections,
+            "rss_before_mib": bare_held.before_kib as f64 / 1024.0,
+            "rss_after_mib": bare_held.after_kib as f64 / 1024.0,
+            "bytes_per_connection": bare_held.bytes_per_connection(),
+        },
+        "ratio": ratio,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("connections.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(())
+}
