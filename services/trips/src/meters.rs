@@ -11,7 +11,7 @@ kit::meters! {
     counter OUTBOX_PUBLISHED = "trips_outbox_published_total";
     /// Outbox publish attempts that failed (the messages stay and are retried).
     counter OUTBOX_FAILURES = "trips_outbox_failures_total";
-    /// Messages waiting in the outbox after the last publish round.
+    /// Transitions whose messages wait in the outbox (checked every second).
     gauge OUTBOX_BACKLOG = "trips_outbox_backlog";
     /// Trips the sweeper re-published, expired or cancelled.
     counter SWEPT = "trips_swept_total";

@@ -19,8 +19,10 @@ const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
 const POLL: Duration = Duration::from_millis(250);
 /// How long a publish round may wait for NATS before giving up and retrying later.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the backlog gauge is updated.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Publishes one batch; returns how many messages left.
+/// Publishes one batch of transitions' messages; returns how many rows (transitions) left.
 pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -33,18 +35,22 @@ pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreErr
     }
     let rows = tx
         .query(
-            "SELECT id, subject, payload FROM outbox ORDER BY id LIMIT $1",
+            "SELECT id, subjects, payloads FROM outbox ORDER BY id LIMIT $1",
             &[&BATCH],
         )
         .await?;
     if rows.is_empty() {
         return Ok(0);
     }
+    let mut messages = 0;
     let publish = async {
         for row in &rows {
-            let subject: String = row.get(1);
-            let payload: Vec<u8> = row.get(2);
-            nats.publish(subject, payload.into()).await?;
+            let subjects: Vec<String> = row.get(1);
+            let payloads: Vec<Vec<u8>> = row.get(2);
+            for (subject, payload) in subjects.into_iter().zip(payloads) {
+                nats.publish(subject, payload.into()).await?;
+                messages += 1;
+            }
         }
         nats.flush().await?;
         Ok::<_, anyhow::Error>(())
@@ -66,14 +72,29 @@ pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreErr
     tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
         .await?;
     tx.commit().await?;
-    metrics::counter!(m::OUTBOX_PUBLISHED).increment(ids.len() as u64);
+    metrics::counter!(m::OUTBOX_PUBLISHED).increment(messages);
     Ok(ids.len())
+}
+
+/// Records how many transitions wait in the outbox.
+async fn measure_backlog(pool: &Pool) {
+    let Ok(client) = pool.get().await else {
+        return;
+    };
+    if let Ok(row) = client.query_one("SELECT count(*) FROM outbox", &[]).await {
+        metrics::gauge!(m::OUTBOX_BACKLOG).set(row.get::<_, i64>(0) as f64);
+    }
 }
 
 /// Publishes until `shutdown`, woken by commits and by a timer.
 pub async fn run(store: Store, nats: Client, shutdown: CancellationToken) {
     let ready = store.outbox_ready();
+    let mut measured = tokio::time::Instant::now();
     loop {
+        if measured.elapsed() >= BACKLOG_EVERY {
+            measured = tokio::time::Instant::now();
+            measure_backlog(store.pool()).await;
+        }
         loop {
             match publish_batch(store.pool(), &nats).await {
                 Ok(n) if n as i64 == BATCH => continue,

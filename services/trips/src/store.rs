@@ -358,9 +358,8 @@ impl Store {
                    SELECT $13, trip_id, NULL, 'requested', 'rider', $2, to_timestamp($11::int8 / 1000.0) \
                    FROM ins), \
                  outgoing AS ( \
-                   INSERT INTO outbox (subject, payload) \
-                   SELECT o.subject, o.payload FROM unnest($14::text[], $15::bytea[]) AS o(subject, payload) \
-                   WHERE EXISTS (SELECT 1 FROM ins)) \
+                   INSERT INTO outbox (subjects, payloads) SELECT $14::text[], $15::bytea[] \
+                   WHERE EXISTS (SELECT 1 FROM ins) AND cardinality($14::text[]) > 0) \
                  SELECT count(*) FROM ins",
             )
             .await?;
@@ -575,9 +574,8 @@ impl Store {
                    SELECT $10, trip_id, $11, $2, $12, $13, $3, $7, $14, $15, \
                      to_timestamp($9::int8 / 1000.0) FROM upd), \
                  outgoing AS ( \
-                   INSERT INTO outbox (subject, payload) \
-                   SELECT o.subject, o.payload FROM unnest($16::text[], $17::bytea[]) AS o(subject, payload) \
-                   WHERE EXISTS (SELECT 1 FROM upd)), \
+                   INSERT INTO outbox (subjects, payloads) SELECT $16::text[], $17::bytea[] \
+                   WHERE EXISTS (SELECT 1 FROM upd) AND cardinality($16::text[]) > 0), \
                  new_offer AS ( \
                    INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
                    SELECT trip_id, $18, to_timestamp($19::int8 / 1000.0), $20 FROM upd \
@@ -641,7 +639,8 @@ impl Store {
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
         tx.execute(
-                &tx.prepare_cached("INSERT INTO outbox (subject, payload) SELECT * FROM unnest($1::text[], $2::bytea[])").await?,
+            &tx.prepare_cached("INSERT INTO outbox (subjects, payloads) VALUES ($1, $2)")
+                .await?,
             &[&subjects, &payloads],
         )
         .await?;
