@@ -1,6 +1,7 @@
 //! Idle connections held by one gateway process and its memory per connection, against a bare
-//! tokio-tungstenite server holding the same connections in the same run (the floor: a
-//! WebSocket and nothing else).
+//! tokio-tungstenite server holding the same connections in the same run with the gateway's
+//! socket settings (4 KiB read buffer, no write buffer): the floor, a WebSocket and nothing
+//! else.
 //!
 //! Every connection is a rider that has said hello and been welcomed (authenticated, its inbox
 //! subscribed, its session state sent), then stays idle. Clients connect from several loopback
@@ -22,6 +23,7 @@ use tests::services::{TOKEN_SECRET, start_trips, trips_config};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 const SOURCES: u8 = 8;
 /// Connections opened at once.
@@ -69,7 +71,15 @@ async fn bare_server(port: u16) {
             continue;
         };
         tokio::spawn(async move {
-            if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+            // The gateway's socket settings, so the difference is the gateway's own state.
+            let config = WebSocketConfig::default()
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .max_message_size(Some(16 * 1024))
+                .max_frame_size(Some(16 * 1024));
+            if let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            {
                 while let Some(Ok(_)) = ws.next().await {}
             }
         });
