@@ -22,8 +22,11 @@ use protocol::bus::Position;
 use protocol::client::{Role, VehicleStatus};
 use protocol::{GeoConfig, Point, codec};
 use tests::client::{Client, Ws};
-use tests::services::{gateway_config, matcher_config, start_gateway, start_matcher, wait_ready};
-use tests::{NatsServer, unique_prefix};
+use tests::services::{
+    gateway_config, matcher_config, start_gateway, start_matcher, start_trips, trips_config,
+    wait_ready,
+};
+use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
 
 const CONNECTIONS: usize = 1_000;
@@ -172,6 +175,9 @@ async fn main() -> anyhow::Result<()> {
     println!("bare async-nats, one publisher to one subscriber: {bare:.0} messages/s");
 
     let prefix = unique_prefix();
+    // The trips service answers the drivers' session state at hello.
+    let db = TestDb::create().await;
+    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
     let regions = GeoConfig::default().regions_covering(CENTER, 20_000.0)?;
     let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
     wait_ready(matcher.http).await;

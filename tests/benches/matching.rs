@@ -23,18 +23,19 @@ use tests::{NatsServer, TestDb, unique_prefix};
 const CENTER: Point = Point::new(52.52, 13.405);
 const SEED: u64 = 7;
 
-/// More demand than the fleet can serve at once, so the strategies have choices to make.
-fn settings(url: &str) -> Settings {
+/// Demand for the fleet: `request_rate` of 1.5/s keeps about half of the 60 drivers busy, 3/s
+/// nearly all of them, so the strategies have choices to make.
+fn settings(url: &str, request_rate: f64) -> Settings {
     let mut settings = Settings::new(url, TOKEN_SECRET, CENTER);
     settings.seed = SEED;
     settings.drivers = 60;
-    settings.riders = 120;
+    settings.riders = 150;
     settings.city.radius_m = 4_000.0;
     settings.scenario = Scenario::Steady;
-    settings.duration = Duration::from_secs(90);
-    settings.drain = Duration::from_secs(60);
-    settings.request_rate = 4.0;
-    settings.speedup = 20.0;
+    settings.duration = Duration::from_secs(60);
+    settings.drain = Duration::from_secs(120);
+    settings.request_rate = request_rate;
+    settings.speedup = 40.0;
     settings.accept_probability = 1.0;
     settings.answer_delay = Duration::from_millis(200);
     settings.cancel_probability = 0.0;
@@ -43,7 +44,7 @@ fn settings(url: &str) -> Settings {
     settings
 }
 
-async fn run(strategy: Strategy) -> anyhow::Result<Report> {
+async fn run(strategy: Strategy, request_rate: f64) -> anyhow::Result<Report> {
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
@@ -57,43 +58,67 @@ async fn run(strategy: Strategy) -> anyhow::Result<Report> {
     wait_ready(matcher.http).await;
     let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
     wait_ready(gateway.running.http).await;
-    simulator::run(settings(&format!("ws://{}/ws", gateway.ws))).await
+    simulator::run(settings(&format!("ws://{}/ws", gateway.ws), request_rate)).await
 }
+
+/// Demand levels: (name, requests per second).
+const LOADS: &[(&str, f64)] = &[("moderate", 1.5), ("high", 3.0)];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
-    for (name, strategy) in [("greedy", Strategy::Greedy), ("batched", Strategy::Batched)] {
-        println!("matching: {name}, seed {SEED} ...");
-        let report = run(strategy).await?;
-        println!("{}", report.table());
-        results.push((name, report));
+    for &(load, rate) in LOADS {
+        for (name, strategy) in [("greedy", Strategy::Greedy), ("batched", Strategy::Batched)] {
+            println!("matching: {name}, {load} load ({rate} requests/s), seed {SEED} ...");
+            let report = run(strategy, rate).await?;
+            println!("{}", report.table());
+            results.push((load, name, report));
+        }
     }
-    let (greedy, batched) = (&results[0].1, &results[1].1);
-    let pickup_ratio = batched.mean_pickup_time_s / greedy.mean_pickup_time_s.max(1e-9);
     println!();
     println!(
-        "{:<10} {:>16} {:>16} {:>14} {:>14} {:>10}",
-        "strategy", "offer p50 (ms)", "offer p99 (ms)", "pickup (s)", "pickup ETA (s)", "served"
+        "{:<9} {:<8} {:>15} {:>15} {:>11} {:>15} {:>8} {:>5}",
+        "load",
+        "strategy",
+        "offer p50 (ms)",
+        "offer p99 (ms)",
+        "pickup (s)",
+        "pickup ETA (s)",
+        "served",
+        "lost"
     );
-    for (name, r) in &results {
+    for (load, name, r) in &results {
         println!(
-            "{:<10} {:>16.1} {:>16.1} {:>14.1} {:>14.1} {:>9.1}%",
+            "{:<9} {:<8} {:>15.1} {:>15.1} {:>11.1} {:>15.1} {:>7.1}% {:>5}",
+            load,
             name,
             r.match_latency_ms.p50,
             r.match_latency_ms.p99,
             r.mean_pickup_time_s,
             r.mean_pickup_eta_s,
-            r.service_rate * 100.0
+            r.service_rate * 100.0,
+            r.lost
         );
     }
+    let find = |load: &str, name: &str| {
+        &results
+            .iter()
+            .find(|(l, n, _)| *l == load && *n == name)
+            .expect("every run is there")
+            .2
+    };
+    let (greedy, batched) = (find("high", "greedy"), find("high", "batched"));
+    let pickup_ratio = batched.mean_pickup_time_s / greedy.mean_pickup_time_s.max(1e-9);
     println!(
-        "batched / greedy mean pickup time: {pickup_ratio:.3} ({:+.1}%)",
-        (pickup_ratio - 1.0) * 100.0
+        "high load, batched / greedy mean pickup time: {pickup_ratio:.3} ({:+.1}%), service rate {:.1}% / {:.1}%",
+        (pickup_ratio - 1.0) * 100.0,
+        batched.service_rate * 100.0,
+        greedy.service_rate * 100.0
     );
     let json = serde_json::json!({
         "seed": SEED,
-        "strategies": results.iter().map(|(name, r)| serde_json::json!({
+        "runs": results.iter().map(|(load, name, r)| serde_json::json!({
+            "load": load,
             "strategy": name,
             "match_latency_ms": r.match_latency_ms,
             "mean_pickup_time_s": r.mean_pickup_time_s,
@@ -106,7 +131,12 @@ async fn main() -> anyhow::Result<()> {
             "lost": r.lost,
             "double_assigned": r.double_assigned,
         })).collect::<Vec<_>>(),
-        "batched_over_greedy_pickup_time": pickup_ratio,
+        "high_load": {
+            "greedy": {"mean_pickup_time_s": greedy.mean_pickup_time_s, "service_rate": greedy.service_rate},
+            "batched": {"mean_pickup_time_s": batched.mean_pickup_time_s, "service_rate": batched.service_rate},
+            "batched_over_greedy_pickup_time": pickup_ratio,
+        },
+        "moderate_load_greedy_offer_p99_ms": find("moderate", "greedy").match_latency_ms.p99,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -117,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         results
             .iter()
-            .all(|(_, r)| r.lost == 0 && r.double_assigned == 0),
+            .all(|(_, _, r)| r.lost == 0 && r.double_assigned == 0),
         "a run lost or double-assigned requests"
     );
     Ok(())
