@@ -145,6 +145,39 @@ impl Client {
         answer
     }
 
+    /// The trip carried by the ack of message `id`, panicking on an error or an ack without one.
+    pub async fn ack_trip(&mut self, id: u64) -> protocol::trip::TripView {
+        match self.ack_for(id).await {
+            ServerMessage::Ack {
+                trip: Some(trip), ..
+            } => trip,
+            other => panic!("no trip in the answer to {id}: {other:?}"),
+        }
+    }
+
+    /// Says hello with `token` (a driver's), goes online with a standard car and reports one
+    /// position at `at`, waiting for each answer.
+    pub async fn driver_online_at(addr: SocketAddr, token: &str, at: protocol::Point) -> Self {
+        let (mut driver, welcome) = Self::hello(addr, token, &[1]).await;
+        assert!(
+            matches!(welcome, ServerMessage::Welcome { .. }),
+            "{welcome:?}"
+        );
+        driver
+            .send_json(&serde_json::json!({"type": "go_online", "id": 1,
+                "vehicle_class": "standard", "capacity": 4}))
+            .await;
+        driver.ack_for(1).await;
+        driver
+            .send_json(
+                &serde_json::json!({"type": "location", "id": 2, "lat": at.lat,
+                "lng": at.lng, "ts": protocol::time::now_ms(), "seq": 1}),
+            )
+            .await;
+        driver.ack_for(2).await;
+        driver
+    }
+
     /// Reads until the connection ends (within 15 s), returning how.
     pub async fn ended(&mut self) -> Ended {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -51,6 +51,16 @@ pub async fn wait_ready(http: SocketAddr) {
     .await;
 }
 
+/// Waits until the service at `http` answers `/readyz` with 503: it has noticed that
+/// something it depends on is gone.
+pub async fn wait_unready(http: SocketAddr) {
+    crate::eventually("service unready", Duration::from_secs(20), || async {
+        let ready = reqwest::get(format!("http://{http}/readyz")).await.ok()?;
+        (ready.status() == 503).then_some(())
+    })
+    .await;
+}
+
 /// Settings of a test trips service.
 pub fn trips_config(database_url: &str, nats_url: &str, prefix: &str) -> trips::Config {
     let mut config = trips::Config::new(

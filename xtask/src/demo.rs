@@ -62,6 +62,25 @@ pub(crate) struct Service {
     pub(crate) log: PathBuf,
 }
 
+/// Builds the services' binaries (release or debug); returns the directory holding them.
+pub(crate) fn build_services(root: &Path, release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    say(format!("building the services ({profile})"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build.current_dir(root).args(["build", "--bins"]);
+    for package in ["trips", "gateway", "matcher", "simulator"] {
+        build.args(["-p", package]);
+    }
+    if release {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        bail!("building the services failed");
+    }
+    Ok(root.join("target").join(profile))
+}
+
 /// A day's dispatcher token for the dashboard link.
 fn dispatcher_token(gateway: &Path) -> Result<String> {
     let output = Command::new(gateway)
@@ -177,29 +196,8 @@ pub fn run(args: Args) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
-    let profile = if args.debug { "debug" } else { "release" };
-    say(format!("building the services ({profile})"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build.current_dir(&root).args([
-        "build",
-        "--bins",
-        "-p",
-        "trips",
-        "-p",
-        "gateway",
-        "-p",
-        "matcher",
-        "-p",
-        "simulator",
-    ]);
-    if !args.debug {
-        build.arg("--release");
-    }
-    if !build.status()?.success() {
-        bail!("building the services failed");
-    }
-    let bin = |name: &str| root.join("target").join(profile).join(name);
+    let bin_dir = build_services(&root, !args.debug)?;
+    let bin = |name: &str| bin_dir.join(name);
     let dashboard = crate::web::build_dashboard(&root)?;
 
     let infra = Infra::up(&root, infra::Profile::Demo)?;

@@ -94,26 +94,8 @@ struct Sample {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    say("building the services (release)");
-    let built = std::process::Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--release", "--bins"])
-        .args([
-            "-p",
-            "trips",
-            "-p",
-            "gateway",
-            "-p",
-            "matcher",
-            "-p",
-            "simulator",
-        ])
-        .status()?;
-    if !built.success() {
-        bail!("building the services failed");
-    }
-    let bin = |name: &str| root.join("target/release").join(name);
+    let bin_dir = demo::build_services(&root, true)?;
+    let bin = |name: &str| bin_dir.join(name);
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let out = root.join("target/soak");
     std::fs::create_dir_all(&out)?;

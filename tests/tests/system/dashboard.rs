@@ -84,38 +84,19 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
     let simulation = tokio::spawn(simulator::run_until(settings, stop_sim.clone()));
 
     // A driver whose name is markup takes a trip in a quiet corner of the city.
-    let (mut driver, welcome) = Client::hello(
+    let mut driver = Client::driver_online_at(
         gateway.ws,
         &token_with(Role::Driver, "marked-up", Some(MARKUP_NAME), 3600),
-        &[1],
+        QUIET_CORNER,
     )
     .await;
-    assert!(matches!(welcome, ServerMessage::Welcome { .. }));
-    driver
-        .send_json(
-            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
-        )
-        .await;
-    driver.ack_for(1).await;
-    driver
-        .send_json(
-            &json!({"type": "location", "id": 2, "lat": QUIET_CORNER.lat, "lng": QUIET_CORNER.lng,
-            "ts": protocol::time::now_ms(), "seq": 1}),
-        )
-        .await;
-    driver.ack_for(2).await;
     let mut rider = Client::connect(gateway.ws, Role::Rider, "rider-of-marked-up").await;
     rider
         .send_json(&json!({"type": "request_ride", "id": 1,
             "pickup": {"lat": QUIET_CORNER.lat, "lng": QUIET_CORNER.lng + 0.001},
             "dropoff": {"lat": 52.51, "lng": 13.48}, "idempotency_key": "browser-test"}))
         .await;
-    let ServerMessage::Ack {
-        trip: Some(trip), ..
-    } = rider.ack_for(1).await
-    else {
-        panic!("no trip in the ride request's ack");
-    };
+    let trip = rider.ack_trip(1).await;
     let offer = driver
         .recv_until(|m| matches!(m, ServerMessage::Offer { .. }))
         .await;

@@ -11,16 +11,18 @@ use protocol::{GeoConfig, Point};
 use serde_json::json;
 use simulator::report::Report;
 use simulator::{Scenario, Settings};
-use tests::client::Client;
+use tests::client::{Client, token};
 use tests::proxy::{self, TcpProxy};
 use tests::services::{
     Gateway, Isolated, Running, TOKEN_SECRET, gateway_config, matcher_config, start_gateway,
-    start_gateway_at, start_trips, trips_config, wait_ready,
+    start_gateway_at, start_trips, trips_config, wait_ready, wait_unready,
 };
 use tests::{NatsCluster, NatsServer, TestDb, unique_prefix};
 use tokio::task::JoinHandle;
 
 const CENTER: Point = Point::new(52.52, 13.405);
+/// How long PostgreSQL is away in the database fault.
+const PG_OUTAGE: Duration = Duration::from_secs(10);
 /// Far enough from the simulated city that a probe driver there gets the probe rider's trip.
 const PROBE: Point = Point::new(52.52, 13.46);
 
@@ -167,21 +169,7 @@ impl City {
 
 /// A driver online at `at`, for probing the service directly.
 async fn probe_driver(gateway: SocketAddr, id: &str, at: Point) -> Client {
-    let mut driver = Client::connect(gateway, Role::Driver, id).await;
-    driver
-        .send_json(
-            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
-        )
-        .await;
-    driver.ack_for(1).await;
-    driver
-        .send_json(
-            &json!({"type": "location", "id": 2, "lat": at.lat, "lng": at.lng,
-            "ts": protocol::time::now_ms(), "seq": 1}),
-        )
-        .await;
-    driver.ack_for(2).await;
-    driver
+    Client::driver_online_at(gateway, &token(Role::Driver, id), at).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,12 +190,7 @@ async fn killing_one_of_two_matchers_under_load() {
             "pickup": {"lat": PROBE.lat, "lng": PROBE.lng + 0.0005},
             "dropoff": {"lat": PROBE.lat - 0.01, "lng": PROBE.lng}, "idempotency_key": "probe"}))
         .await;
-    let ServerMessage::Ack {
-        trip: Some(trip), ..
-    } = rider.ack_for(1).await
-    else {
-        panic!("no trip for the probe request");
-    };
+    let trip = rider.ack_trip(1).await;
     let offer = tokio::time::timeout(
         Duration::from_secs(2),
         driver.recv_until(|m| matches!(m, ServerMessage::Offer { .. })),
@@ -242,8 +225,9 @@ async fn restarting_nats_under_load() {
     city.under_load().await;
 
     nats.kill();
-    // The outage itself: two seconds without NATS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // NATS stays away until every service has noticed.
+    wait_unready(city.gateway.running.http).await;
+    wait_unready(city.trips.http).await;
     nats.restart();
     let restarted = Instant::now();
 
@@ -324,19 +308,9 @@ async fn postgres_unavailable_for_ten_seconds_under_load() {
         ),
         "{code:?}"
     );
-    tests::eventually(
-        "trips reports itself unready",
-        Duration::from_secs(10),
-        || async {
-            let ready = reqwest::get(format!("http://{trips_http}/readyz"))
-                .await
-                .ok()?;
-            (ready.status() == 503).then_some(())
-        },
-    )
-    .await;
-    // The rest of the ten seconds without a database.
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed())).await;
+    wait_unready(trips_http).await;
+    // The fault itself lasts PG_OUTAGE (the length under test, not a wait for anything).
+    tokio::time::sleep(PG_OUTAGE.saturating_sub(cut.elapsed())).await;
     proxy.restore();
     wait_ready(trips_http).await;
     // The same command, retried after recovery, succeeds.
@@ -345,12 +319,7 @@ async fn postgres_unavailable_for_ten_seconds_under_load() {
             "pickup": {"lat": PROBE.lat, "lng": PROBE.lng},
             "dropoff": {"lat": PROBE.lat - 0.01, "lng": PROBE.lng}, "idempotency_key": "during-outage"}))
         .await;
-    let ServerMessage::Ack {
-        trip: Some(trip), ..
-    } = rider.ack_for(2).await
-    else {
-        panic!("no trip after recovery");
-    };
+    let trip = rider.ack_trip(2).await;
     rider
         .send_json(&json!({"type": "cancel_trip", "id": 3, "trip_id": trip.trip_id}))
         .await;

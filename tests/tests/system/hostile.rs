@@ -83,13 +83,7 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     // Somebody minding their own business throughout.
     let mut bystander = Client::connect(ws, Role::Rider, "bystander").await;
     bystander.send_json(&ride(1, "bystander-1")).await;
-    let ServerMessage::Ack {
-        trip: Some(their_trip),
-        ..
-    } = bystander.ack_for(1).await
-    else {
-        panic!("no trip for the bystander");
-    };
+    let their_trip = bystander.ack_trip(1).await;
 
     // ---- tokens ----
     let forged = protocol::token::mint(
@@ -248,13 +242,7 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     .await;
     cases.pass("a driver asking for a trip it has no part in");
     // An offer to another driver cannot be taken, nor progressed, by this one.
-    let mut other = Client::connect(ws, Role::Driver, "d-other").await;
-    other
-        .send_json(
-            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
-        )
-        .await;
-    other.ack_for(1).await;
+    let _other = Client::driver_online_at(ws, &token(Role::Driver, "d-other"), BERLIN).await;
     let reply: TripReply = bus
         .request(
             bus.subjects.trip_commands(),
@@ -453,24 +441,14 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     refused(&mut rider, ride(24, SQL), 24, ErrorCode::InvalidField).await;
     cases.pass("SQL in an idempotency key");
     rider.send_json(&ride(25, "r-hostile-1")).await;
-    let ServerMessage::Ack {
-        trip: Some(own), ..
-    } = rider.ack_for(25).await
-    else {
-        panic!("no trip");
-    };
+    let own = rider.ack_trip(25).await;
     rider
         .send_json(&json!({"type": "cancel_trip", "id": 26, "trip_id": own.trip_id, "reason": SQL}))
         .await;
     rider.ack_for(26).await;
     cases.pass("SQL in a cancel reason (stored as text)");
     rider.send_json(&ride(27, "r-hostile-2")).await;
-    let ServerMessage::Ack {
-        trip: Some(second), ..
-    } = rider.ack_for(27).await
-    else {
-        panic!("no trip");
-    };
+    let second = rider.ack_trip(27).await;
     rider
         .send_json(
             &json!({"type": "cancel_trip", "id": 28, "trip_id": second.trip_id, "reason": SCRIPT}),
@@ -478,7 +456,7 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
         .await;
     rider.ack_for(28).await;
     cases.pass("HTML and script in a cancel reason (stored as text)");
-    let (mut named, welcome) = Client::hello(
+    let _named = Client::driver_online_at(
         ws,
         &token_with(
             Role::Driver,
@@ -486,16 +464,9 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
             Some(&format!("{SQL}{SCRIPT}")),
             3600,
         ),
-        &[1],
+        BERLIN,
     )
     .await;
-    assert!(matches!(welcome, ServerMessage::Welcome { .. }));
-    named
-        .send_json(
-            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
-        )
-        .await;
-    named.ack_for(1).await;
     cases.pass("SQL and script in a display name (stored as text)");
 
     // ---- HTTP ----
