@@ -50,6 +50,12 @@ pub struct TestDb {
 impl TestDb {
     /// Creates an empty database and applies the trips service's migrations.
     pub async fn create() -> Self {
+        Self::create_at(None).await
+    }
+
+    /// Creates an empty database and applies the trips service's migrations up to `version`
+    /// (all when `None`).
+    pub async fn create_at(version: Option<i32>) -> Self {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         admin()
             .await
@@ -60,7 +66,7 @@ impl TestDb {
             url: with_database(&admin_url(), &name),
             name,
         };
-        trips::db::migrate(&db.url)
+        trips::db::migrate_to(&db.url, version)
             .await
             .expect("migrating the test database");
         db

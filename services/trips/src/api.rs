@@ -234,7 +234,7 @@ async fn trip_detail(
     let events = client
         .query(
             "SELECT event_id, from_state, to_state, actor, actor_id, driver_id, reason, lat, lng, \
-             (extract(epoch from at) * 1000)::int8 FROM trip_events WHERE trip_id = $1 ORDER BY event_id",
+             (extract(epoch from at) * 1000)::int8 FROM trip_events WHERE trip_id = $1 ORDER BY version",
             &[&trip_id],
         )
         .await?

@@ -15,6 +15,12 @@ const MIGRATION_LOCK: i64 = 0x7269_6465_735f_6d67;
 
 /// Applies every pending migration to the database at `url`, one process at a time.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    migrate_to(url, None).await
+}
+
+/// Applies pending migrations up to and including `version` (all when `None`), one process at
+/// a time; upgrade tests start from an older schema with it.
+pub async fn migrate_to(url: &str, version: Option<i32>) -> anyhow::Result<()> {
     let (mut client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .context("connecting to PostgreSQL for migrations")?;
@@ -22,7 +28,11 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let report = embedded::migrations::runner()
+    let mut runner = embedded::migrations::runner();
+    if let Some(version) = version {
+        runner = runner.set_target(refinery::Target::Version(version));
+    }
+    let report = runner
         .run_async(&mut client)
         .await
         .context("applying migrations");

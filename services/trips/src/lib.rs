@@ -14,6 +14,7 @@ pub mod machine;
 pub mod meters;
 pub mod outbox;
 pub mod store;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;

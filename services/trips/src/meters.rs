@@ -5,6 +5,8 @@ kit::meters! {
     counter COMMANDS = "trips_commands_total";
     /// Time to carry out a command, by `command`.
     histogram COMMAND_DURATION = "trips_command_duration_seconds";
+    /// Transitions written by one statement.
+    histogram WRITE_BATCH = "trips_write_batch_size";
     /// Queries answered, by `query` and `outcome`.
     counter QUERIES = "trips_queries_total";
     /// Outbox messages published.

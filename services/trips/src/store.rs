@@ -1,6 +1,7 @@
-//! Commands and queries against PostgreSQL. Each command reads the trip, decides with
-//! [`crate::machine`], and writes in one statement guarded by the version it read: the trip,
-//! its event and its outgoing messages (the outbox) together or not at all.
+//! Commands and queries against PostgreSQL. Each command takes the trip (from this process's
+//! cache of trips it wrote or read, else from the database), decides with [`crate::machine`],
+//! and writes in one statement guarded by the version it decided on: the trip, its event and
+//! its outgoing messages (the outbox) together or not at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use crate::machine::{self, Change, Decision, DriverRecord, TripRecord};
 use crate::meters as m;
+use crate::writer::{Transition, Writer};
 
 /// The columns every trip query selects, in the order [`trip_from_row`] reads them.
 pub const TRIP_COLUMNS: &str = "trip_id, state, rider_id, driver_id, pickup_lat, pickup_lng, \
@@ -31,13 +33,6 @@ pub const TRIP_COLUMNS: &str = "trip_id, state, rider_id, driver_id, pickup_lat,
      version, ended_by, end_reason, excluded_drivers, \
      (extract(epoch from search_deadline) * 1000)::int8, \
      (extract(epoch from offer_expires_at) * 1000)::int8, dispatch_attempts";
-
-/// How many columns [`TRIP_COLUMNS`] selects; a column after them is at this index.
-const TRIP_COLUMN_COUNT: usize = 20;
-
-/// The id the next trip event gets, taken while the trip's row is locked, so that events of
-/// one trip are numbered in commit order and the outbox rows can carry it.
-const NEXT_EVENT_ID: &str = "nextval('trip_events_event_id_seq')";
 
 const HOLDING_STATES: &str = "('offered', 'accepted', 'arrived', 'in_progress')";
 
@@ -135,6 +130,13 @@ pub struct StoreSettings {
     pub search_timeout: Duration,
     /// Upper bound on one command, database waits included.
     pub command_timeout: Duration,
+    /// How many open trips this process remembers, so that a transition of one of them needs
+    /// no read first.
+    pub cached_trips: usize,
+    /// Tasks writing transitions, each with one connection while it writes.
+    pub writers: usize,
+    /// Most transitions written by one statement.
+    pub write_batch: usize,
 }
 
 impl Default for StoreSettings {
@@ -142,6 +144,9 @@ impl Default for StoreSettings {
         Self {
             search_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(3),
+            cached_trips: 100_000,
+            writers: 2,
+            write_batch: 64,
         }
     }
 }
@@ -150,6 +155,35 @@ impl Default for StoreSettings {
 struct Outgoing {
     subject: String,
     payload: Vec<u8>,
+}
+
+/// Trip event ids, handed out from blocks of the sequence: one `nextval` reserves the
+/// sequence's whole increment (64, migration V3), so a transition needs no round trip for its
+/// id. Within one process ids grow with each trip's versions; across processes they
+/// interleave, which is why a trip's events are ordered by version.
+#[derive(Debug, Default)]
+struct EventIds {
+    block: tokio::sync::Mutex<std::ops::Range<i64>>,
+}
+
+impl EventIds {
+    async fn next(&self, pool: &Pool) -> Result<i64, StoreError> {
+        let mut block = self.block.lock().await;
+        if block.is_empty() {
+            let client = pool.get().await?;
+            let reserve = client
+                .prepare_cached(
+                    "SELECT nextval('trip_events_event_id_seq'), seqincrement FROM pg_sequence \
+                     WHERE seqrelid = 'trip_events_event_id_seq'::regclass",
+                )
+                .await?;
+            let row = client.query_one(&reserve, &[]).await?;
+            let start: i64 = row.get(0);
+            let increment: i64 = row.get(1);
+            *block = start..start + increment.max(1);
+        }
+        Ok(block.next().expect("the block was refilled"))
+    }
 }
 
 /// Trip commands and queries.
@@ -162,17 +196,27 @@ pub struct Store {
     subjects: Subjects,
     settings: StoreSettings,
     outbox_ready: Arc<Notify>,
+    event_ids: Arc<EventIds>,
+    /// Open trips as this process last wrote or read them. An entry can be behind the
+    /// database (another replica changed the trip), never ahead: only a transition decided to
+    /// apply is trusted from it, because its write checks the version; anything else is
+    /// decided again on a fresh read.
+    trips: Arc<quick_cache::sync::Cache<Uuid, TripRecord>>,
+    writer: Writer,
 }
 
 impl Store {
     pub fn new(pool: Pool, geo: GeoConfig, subjects: Subjects, settings: StoreSettings) -> Self {
         Self {
+            writer: Writer::start(pool.clone(), settings.writers, settings.write_batch),
             pool,
             geo,
             area: None,
             subjects,
+            trips: Arc::new(quick_cache::sync::Cache::new(settings.cached_trips.max(1))),
             settings,
             outbox_ready: Arc::new(Notify::new()),
+            event_ids: Arc::default(),
         }
     }
 
@@ -280,6 +324,8 @@ impl Store {
                 }
             }
         }
+        // Taken before a connection: a new block of ids needs a connection of its own.
+        let event_id = self.event_ids.next(&self.pool).await?;
         let client = self.pool.get().await?;
         let find = client
             .prepare_cached(&format!(
@@ -299,21 +345,9 @@ impl Store {
                 changed: false,
             })
         };
-        let next_event = client
-            .prepare_cached(&format!("SELECT {NEXT_EVENT_ID}"))
-            .await?;
-        let find_params: &[&(dyn ToSql + Sync)] = &[&rider_id, &key];
-        // Sent together: one round trip (an unused event id is only a gap in the sequence).
-        let (found, next) = tokio::try_join!(
-            client.query_opt(&find, find_params),
-            client.query_one(&next_event, &[]),
-        )?;
-        if let Some(row) = found {
-            return existing(&row);
-        }
-        let event_id: i64 = next.get(0);
         // The whole new trip is known here, so one statement stores it with its event and
-        // outgoing messages; a concurrent create with the same key makes it store nothing.
+        // outgoing messages; an earlier create with the same key (a retry, or a concurrent
+        // one) makes it store nothing, and the stored trip is the answer.
         let now = now_ms();
         let search_ms = self.settings.search_timeout.as_millis() as i64;
         let trip = TripRecord {
@@ -354,9 +388,10 @@ impl Store {
                      to_timestamp($11::int8 / 1000.0), to_timestamp($11::int8 / 1000.0)) \
                    ON CONFLICT (rider_id, idempotency_key) DO NOTHING RETURNING trip_id), \
                  event AS ( \
-                   INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, actor_id, at) \
-                   SELECT $13, trip_id, NULL, 'requested', 'rider', $2, to_timestamp($11::int8 / 1000.0) \
-                   FROM ins), \
+                   INSERT INTO trip_events (event_id, trip_id, version, from_state, to_state, actor, \
+                     actor_id, at) \
+                   SELECT $13, trip_id, 1, NULL, 'requested', 'rider', $2, \
+                     to_timestamp($11::int8 / 1000.0) FROM ins), \
                  outgoing AS ( \
                    INSERT INTO outbox (subjects, payloads) SELECT $14::text[], $15::bytea[] \
                    WHERE EXISTS (SELECT 1 FROM ins) AND cardinality($14::text[]) > 0) \
@@ -387,12 +422,13 @@ impl Store {
             .await?
             .get(0);
         if stored == 1 {
+            let view = trip.view.clone();
+            self.trips.insert(view.trip_id, trip);
             return Ok(TripOutcome {
-                trip: Some(trip.view),
+                trip: Some(view),
                 changed: true,
             });
         }
-        // A concurrent create with the same key got there first: answer with its trip.
         match client.query_opt(&find, &[&rider_id, &key]).await? {
             Some(row) => existing(&row),
             None => Err(err(ErrorCode::Unavailable, "trip is being created; retry")),
@@ -454,9 +490,10 @@ impl Store {
         })
     }
 
-    /// Read, decide, write: the write is one statement guarded by the version read, so a
-    /// concurrent change makes it touch nothing, and the command is decided again on the
-    /// fresh state.
+    /// Take, decide, write: the write is one statement guarded by the version decided on, so
+    /// a concurrent change makes it touch nothing, and the command is decided again on a
+    /// fresh read. The trip is taken from the cache when this process has it; a decision not
+    /// to write (rejected, or already done) is only trusted on a fresh read.
     async fn transition(&self, command: TripCommand) -> Result<TripOutcome, StoreError> {
         let (trip_id, named_driver, position) = match &command {
             TripCommand::Offer {
@@ -476,29 +513,49 @@ impl Store {
                 unreachable!("handled by run")
             }
         };
-        let client = self.pool.get().await?;
-        let read = client
-            .prepare_cached(&format!(
-                "SELECT {TRIP_COLUMNS}, {NEXT_EVENT_ID} FROM trips WHERE trip_id = $1"
-            ))
-            .await?;
-        let read_driver = client
-            .prepare_cached(
-                "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
-            )
-            .await?;
+        let mut cached = self.trips.get(&trip_id);
         for _attempt in 0..8 {
-            let read_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
-            let (row, driver_row) =
-                tokio::try_join!(client.query_opt(&read, read_params), async {
-                    match named_driver {
-                        Some(driver_id) => client.query_opt(&read_driver, &[&driver_id]).await,
-                        None => Ok(None),
+            let fresh = cached.is_none();
+            let (row, driver_row) = if fresh || named_driver.is_some() {
+                let client = self.pool.get().await?;
+                let read = client
+                    .prepare_cached(&format!(
+                        "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"
+                    ))
+                    .await?;
+                let read_driver = client
+                    .prepare_cached(
+                        "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
+                    )
+                    .await?;
+                let read_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
+                tokio::try_join!(
+                    async {
+                        match fresh {
+                            true => client.query_opt(&read, read_params).await,
+                            false => Ok(None),
+                        }
+                    },
+                    async {
+                        match named_driver {
+                            Some(driver_id) => client.query_opt(&read_driver, &[&driver_id]).await,
+                            None => Ok(None),
+                        }
                     }
-                })?;
-            let row = row.ok_or_else(|| err(ErrorCode::NotFound, "no such trip"))?;
-            let trip = trip_from_row(&row);
-            let event_id: i64 = row.get(TRIP_COLUMN_COUNT);
+                )?
+            } else {
+                (None, None)
+            };
+            let trip = match cached.take() {
+                Some(trip) => trip,
+                None => {
+                    let Some(row) = row else {
+                        self.trips.remove(&trip_id);
+                        return Err(err(ErrorCode::NotFound, "no such trip"));
+                    };
+                    trip_from_row(&row)
+                }
+            };
             let driver = driver_row.map(|row| DriverRecord {
                 online: row.get(0),
                 vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
@@ -506,6 +563,9 @@ impl Store {
             });
             let now = now_ms();
             let change = match machine::decide(&trip, &command, driver.as_ref(), now) {
+                Decision::Apply(change) => change,
+                // The cached trip may be behind: decide again on what the database holds.
+                _ if !fresh => continue,
                 Decision::Reject(error) => return Err(error.into()),
                 Decision::AlreadyDone => {
                     return Ok(TripOutcome {
@@ -513,17 +573,48 @@ impl Store {
                         changed: false,
                     });
                 }
-                Decision::Apply(change) => change,
             };
             let mut after = trip.clone();
             machine::apply(&mut after, &change, now);
-            let out = self.transition_messages(&trip, &after, &change, event_id);
-            if self
-                .write(
-                    &client, &trip, &after, &change, event_id, position, now, out,
-                )
-                .await?
-            {
+            let event_id = self.event_ids.next(&self.pool).await?;
+            let messages = self
+                .transition_messages(&trip, &after, &change, event_id)
+                .into_iter()
+                .map(|o| (o.subject, o.payload))
+                .collect();
+            let transition = Transition {
+                trip_id,
+                version: trip.view.version,
+                from_state: trip.view.state.as_str(),
+                from_driver: trip.view.driver_id.clone(),
+                state: after.view.state.as_str(),
+                driver_id: after.view.driver_id.clone(),
+                excluded_drivers: after.excluded_drivers.clone(),
+                offer_expires_at: after.offer_expires_at,
+                ended_by: after.view.ended_by.map(Actor::as_str),
+                end_reason: after.view.end_reason.clone(),
+                at: now,
+                event_id,
+                actor: change.actor.as_str(),
+                actor_id: change.actor_id.clone(),
+                lat: position.map(|p| p.lat),
+                lng: position.map(|p| p.lng),
+                new_offer: change
+                    .new_offer
+                    .as_ref()
+                    .map(|(driver, expires_at, eta)| (driver.clone(), *expires_at, *eta as i32)),
+                closed_offer: change
+                    .closed_offer
+                    .as_ref()
+                    .map(|(driver, outcome)| (driver.clone(), outcome.as_str())),
+                messages,
+            };
+            // Whatever the write's outcome, the entry is no longer known to be current.
+            self.trips.remove(&trip_id);
+            if self.writer.write(transition).await? {
+                if !after.view.state.is_terminal() {
+                    self.trips.insert(trip_id, after.clone());
+                }
                 return Ok(TripOutcome {
                     trip: Some(after.view),
                     changed: true,
@@ -532,104 +623,6 @@ impl Store {
             // Someone else changed the trip in between: decide again on what it is now.
         }
         Err(err(ErrorCode::Conflict, "trip is changing too fast; retry"))
-    }
-
-    /// Writes a decided transition in one statement, if the trip is still at the version it
-    /// was read at. Returns whether it was.
-    #[allow(clippy::too_many_arguments)] // the parts of one transition
-    async fn write(
-        &self,
-        client: &impl GenericClient,
-        before: &TripRecord,
-        after: &TripRecord,
-        change: &Change,
-        event_id: i64,
-        position: Option<Point>,
-        now: i64,
-        out: Vec<Outgoing>,
-    ) -> Result<bool, StoreError> {
-        let stamp = match change.to {
-            TripState::Requested => "last_dispatched_at",
-            TripState::Offered => "offered_at",
-            TripState::Accepted => "accepted_at",
-            TripState::Arrived => "arrived_at",
-            TripState::InProgress => "started_at",
-            TripState::Completed => "completed_at",
-            TripState::Cancelled => "cancelled_at",
-            TripState::Expired => "expired_at",
-        };
-        let statement = client
-            .prepare_cached(&format!(
-                "WITH upd AS ( \
-                   UPDATE trips SET state = $2, driver_id = $3, excluded_drivers = $4, \
-                     offer_expires_at = to_timestamp($5::int8 / 1000.0), ended_by = $6, \
-                     end_reason = $7, version = version + 1, \
-                     updated_at = to_timestamp($9::int8 / 1000.0), \
-                     {stamp} = to_timestamp($9::int8 / 1000.0), \
-                     dispatch_attempts = dispatch_attempts + CASE WHEN $2 = 'requested' THEN 1 ELSE 0 END \
-                   WHERE trip_id = $1 AND version = $8 RETURNING trip_id), \
-                 event AS ( \
-                   INSERT INTO trip_events (event_id, trip_id, from_state, to_state, actor, actor_id, \
-                     driver_id, reason, lat, lng, at) \
-                   SELECT $10, trip_id, $11, $2, $12, $13, $3, $7, $14, $15, \
-                     to_timestamp($9::int8 / 1000.0) FROM upd), \
-                 outgoing AS ( \
-                   INSERT INTO outbox (subjects, payloads) SELECT $16::text[], $17::bytea[] \
-                   WHERE EXISTS (SELECT 1 FROM upd) AND cardinality($16::text[]) > 0), \
-                 new_offer AS ( \
-                   INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
-                   SELECT trip_id, $18, to_timestamp($19::int8 / 1000.0), $20 FROM upd \
-                   WHERE $18::text IS NOT NULL), \
-                 closed_offer AS ( \
-                   UPDATE offers SET outcome = $22, answered_at = to_timestamp($9::int8 / 1000.0) \
-                   WHERE trip_id = $1 AND driver_id = $21 AND outcome IS NULL \
-                     AND EXISTS (SELECT 1 FROM upd)) \
-                 SELECT count(*) FROM upd"
-            ))
-            .await?;
-        let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
-            out.into_iter().map(|o| (o.subject, o.payload)).unzip();
-        let (offer_driver, offer_expiry, offer_eta) = match &change.new_offer {
-            Some((driver, expires_at, eta)) => {
-                (Some(driver.as_str()), Some(*expires_at), Some(*eta as i32))
-            }
-            None => (None, None, None),
-        };
-        let (closed_driver, closed_outcome) = match &change.closed_offer {
-            Some((driver, outcome)) => (Some(driver.as_str()), Some(outcome.as_str())),
-            None => (None, None),
-        };
-        let written: i64 = client
-            .query_one(
-                &statement,
-                &[
-                    &before.view.trip_id,
-                    &after.view.state.as_str(),
-                    &after.view.driver_id,
-                    &after.excluded_drivers,
-                    &after.offer_expires_at,
-                    &after.view.ended_by.map(Actor::as_str),
-                    &after.view.end_reason,
-                    &before.view.version,
-                    &now,
-                    &event_id,
-                    &before.view.state.as_str(),
-                    &change.actor.as_str(),
-                    &change.actor_id,
-                    &position.map(|p| p.lat),
-                    &position.map(|p| p.lng),
-                    &subjects,
-                    &payloads,
-                    &offer_driver,
-                    &offer_expiry,
-                    &offer_eta,
-                    &closed_driver,
-                    &closed_outcome,
-                ],
-            )
-            .await?
-            .get(0);
-        Ok(written == 1)
     }
 
     async fn enqueue(&self, tx: &impl GenericClient, out: Vec<Outgoing>) -> Result<(), StoreError> {
@@ -904,13 +897,15 @@ impl Store {
                 &[&quiet_ms],
             )
             .await?;
-        let out: Vec<Outgoing> = rows
-            .iter()
-            .map(|row| self.ride_request(&trip_from_row(row)))
-            .collect();
+        let trips: Vec<TripRecord> = rows.iter().map(trip_from_row).collect();
+        let out: Vec<Outgoing> = trips.iter().map(|trip| self.ride_request(trip)).collect();
         let count = out.len();
         self.enqueue(&tx, out).await?;
         tx.commit().await?;
+        // The attempt counts moved without a version change: remember them as they are now.
+        for trip in trips {
+            self.trips.insert(trip.view.trip_id, trip);
+        }
         if count > 0 {
             metrics::counter!(m::REDISPATCHED).increment(count as u64);
             self.outbox_ready.notify_one();

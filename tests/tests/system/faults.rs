@@ -117,7 +117,7 @@ impl City {
         let open: Vec<String> = pg
             .query(
                 "SELECT t.trip_id::text || ' ' || t.state || ' rider ' || t.rider_id || ': ' || \
-                 (SELECT string_agg(e.to_state || ' by ' || e.actor, ', ' ORDER BY e.event_id) \
+                 (SELECT string_agg(e.to_state || ' by ' || e.actor, ', ' ORDER BY e.version) \
                   FROM trip_events e WHERE e.trip_id = t.trip_id) \
                  FROM trips t WHERE t.state NOT IN ('completed', 'cancelled', 'expired')",
                 &[],
@@ -137,7 +137,7 @@ impl City {
             .query_one(
                 "SELECT count(*) FROM trips t WHERE t.state IS DISTINCT FROM \
                  (SELECT to_state FROM trip_events e WHERE e.trip_id = t.trip_id \
-                  ORDER BY event_id DESC LIMIT 1)",
+                  ORDER BY version DESC LIMIT 1)",
                 &[],
             )
             .await
@@ -147,7 +147,7 @@ impl City {
         let broken_chains: i64 = pg
             .query_one(
                 "SELECT count(*) FROM (SELECT from_state, lag(to_state) OVER \
-                 (PARTITION BY trip_id ORDER BY event_id) AS previous FROM trip_events) e \
+                 (PARTITION BY trip_id ORDER BY version) AS previous FROM trip_events) e \
                  WHERE e.previous IS DISTINCT FROM e.from_state",
                 &[],
             )

@@ -324,7 +324,7 @@ async fn with_one_of_two_replicas_killed_mid_load_every_request_ends() {
             "SELECT t.trip_id::text || ' ' || t.state || ' (' || coalesce(t.end_reason, '') \
              || ') attempts ' || t.dispatch_attempts || ': ' || coalesce((SELECT string_agg( \
              coalesce(e.from_state, '-') || '>' || e.to_state || ':' || coalesce(e.driver_id, ''), \
-             ' ' ORDER BY e.event_id) FROM trip_events e WHERE e.trip_id = t.trip_id), '') \
+             ' ' ORDER BY e.version) FROM trip_events e WHERE e.trip_id = t.trip_id), '') \
              FROM trips t WHERE t.state <> 'completed'",
             &[],
         )

@@ -142,6 +142,16 @@ fn create(rider: &str, key: &str) -> TripCommand {
     }
 }
 
+/// A trips store of its own on `db`, as one more trips process would have.
+fn store_on(db: &TestDb, config: &trips::Config) -> trips::Store {
+    trips::Store::new(
+        trips::db::pool(&db.url, &config.pool).unwrap(),
+        config.geo,
+        config.subjects.clone(),
+        config.store.clone(),
+    )
+}
+
 fn code(reply: &TripReply) -> Option<ErrorCode> {
     reply.as_ref().err().map(|e| e.code)
 }
@@ -338,7 +348,7 @@ async fn a_trip_runs_its_course_with_events_in_order() {
         f.db.client()
             .await
             .query(
-                "SELECT to_state, actor FROM trip_events WHERE trip_id = $1 ORDER BY event_id",
+                "SELECT to_state, actor FROM trip_events WHERE trip_id = $1 ORDER BY version",
                 &[&id],
             )
             .await
@@ -441,6 +451,299 @@ async fn wrong_actors_and_invalid_transitions_write_nothing() {
     assert_eq!(trip.state, TripState::Cancelled);
     assert_eq!(trip.ended_by, Some(Actor::Rider));
     assert_eq!(trip.end_reason.as_deref(), Some("<b>late</b>"));
+}
+
+/// Two trips processes over one database, each with its own cache of trips: a cache that is
+/// behind never decides anything on its own, and a trip's history stays one chain in version
+/// order though its event ids come from two blocks.
+#[tokio::test]
+async fn replicas_with_stale_caches_keep_one_history() {
+    let db = TestDb::create().await;
+    let config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    let replica = || store_on(&db, &config);
+    let (a, b) = (replica(), replica());
+    let online = TripCommand::SetDriverStatus {
+        driver_id: "driver-1".into(),
+        online: true,
+        vehicle_class: Some(VehicleClass::Standard),
+        capacity: Some(4),
+        name: None,
+    };
+    assert!(a.execute(online).await.unwrap().changed);
+    let progress = |trip_id, stage| TripCommand::Progress {
+        trip_id,
+        driver_id: "driver-1".into(),
+        stage,
+        position: None,
+    };
+
+    // A remembers the trip as requested; B offers it.
+    let id = a
+        .execute(create("rider-1", "k"))
+        .await
+        .unwrap()
+        .trip
+        .unwrap()
+        .trip_id;
+    let offer = TripCommand::Offer {
+        trip_id: id,
+        driver_id: "driver-1".into(),
+        expires_at: now_ms() + 60_000,
+        pickup_eta_s: 60,
+    };
+    assert!(b.execute(offer).await.unwrap().changed);
+    // On A's cache there is no offer to accept: A reads again and accepts.
+    let accepted = a
+        .execute(TripCommand::AnswerOffer {
+            trip_id: id,
+            driver_id: "driver-1".into(),
+            accept: true,
+        })
+        .await
+        .unwrap();
+    assert!(accepted.changed, "accepted on the fresh trip");
+    assert_eq!(accepted.trip.unwrap().state, TripState::Accepted);
+    // B remembers it as offered: arriving is refused there, so B reads again.
+    let arrived = b.execute(progress(id, TripStage::Arrived)).await.unwrap();
+    assert!(arrived.changed);
+    // A remembers it as accepted; starting needs arrived.
+    assert!(
+        a.execute(progress(id, TripStage::Started))
+            .await
+            .unwrap()
+            .changed
+    );
+    // B remembers it as arrived, where a dispatcher's cancel applies too: its write finds the
+    // version moved, and the cancel is decided again on the trip under way.
+    let cancelled = b
+        .execute(TripCommand::Cancel {
+            trip_id: id,
+            actor: Actor::Dispatcher,
+            actor_id: "dispatcher-1".into(),
+            reason: Some("test".into()),
+        })
+        .await
+        .unwrap();
+    assert!(cancelled.changed);
+    let trip = cancelled.trip.unwrap();
+    assert_eq!((trip.state, trip.version), (TripState::Cancelled, 6));
+
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT version, event_id, coalesce(from_state, '-'), to_state FROM trip_events \
+                 WHERE trip_id = $1 ORDER BY version",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let chain: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(2), r.get(3)))
+        .collect();
+    let expected = [
+        (1, "-", "requested"),
+        (2, "requested", "offered"),
+        (3, "offered", "accepted"),
+        (4, "accepted", "arrived"),
+        (5, "arrived", "in_progress"),
+        (6, "in_progress", "cancelled"),
+    ];
+    assert_eq!(
+        chain,
+        expected.map(|(v, from, to)| (v, from.to_owned(), to.to_owned()))
+    );
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        !ids.is_sorted(),
+        "ids from two replicas' blocks interleave, so only the version orders events: {ids:?}"
+    );
+}
+
+/// Transitions decided while a write is in flight are written together, and one that cannot
+/// be written (its driver holds another trip) fails alone while the rest of its statement is
+/// written.
+#[tokio::test]
+async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
+    const TRIPS: usize = 20;
+    let db = TestDb::create().await;
+    let mut config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    config.store.writers = 1;
+    let store = store_on(&db, &config);
+    let online = |driver_id: String| TripCommand::SetDriverStatus {
+        driver_id,
+        online: true,
+        vehicle_class: Some(VehicleClass::Standard),
+        capacity: Some(4),
+        name: None,
+    };
+    let offer = |trip_id, driver_id: String| TripCommand::Offer {
+        trip_id,
+        driver_id,
+        expires_at: now_ms() + 60_000,
+        pickup_eta_s: 60,
+    };
+    // A driver busy with a trip of its own.
+    assert!(store.execute(online("busy".into())).await.unwrap().changed);
+    let held = store
+        .execute(create("rider-busy", "k"))
+        .await
+        .unwrap()
+        .trip
+        .unwrap();
+    assert!(
+        store
+            .execute(offer(held.trip_id, "busy".into()))
+            .await
+            .unwrap()
+            .changed
+    );
+
+    // Rounds of TRIPS offers sent at once, the last to the busy driver, until one statement
+    // has written several (they share a transaction id); each round must come out the same.
+    let pg = db.client().await;
+    eventually("offers written together", PATIENCE, || {
+        let (store, pg) = (store.clone(), &pg);
+        async move {
+            let round = Uuid::new_v4().simple().to_string();
+            let mut trip_ids = Vec::new();
+            for k in 0..TRIPS {
+                assert!(
+                    store
+                        .execute(online(format!("{round}-{k}")))
+                        .await
+                        .unwrap()
+                        .changed
+                );
+                let trip = store
+                    .execute(create(&format!("{round}-{k}"), "k"))
+                    .await
+                    .unwrap();
+                trip_ids.push(trip.trip.unwrap().trip_id);
+            }
+            let replies =
+                futures_util::future::join_all(trip_ids.iter().enumerate().map(|(k, &trip_id)| {
+                    let driver = match k {
+                        k if k == TRIPS - 1 => "busy".to_owned(),
+                        k => format!("{round}-{k}"),
+                    };
+                    store.execute(offer(trip_id, driver))
+                }))
+                .await;
+            let (bad, good) = replies.split_last().unwrap();
+            assert_eq!(code(bad), Some(ErrorCode::Conflict), "{bad:?}");
+            assert!(
+                good.iter().all(|r| r.as_ref().is_ok_and(|o| o.changed)),
+                "{good:?}"
+            );
+            let states: Vec<String> = pg
+                .query(
+                    "SELECT state FROM trips WHERE trip_id = ANY($1) ORDER BY state",
+                    &[&trip_ids],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(states.iter().filter(|s| *s == "offered").count(), TRIPS - 1);
+            assert_eq!(states.iter().filter(|s| *s == "requested").count(), 1);
+            let statements: i64 = pg
+                .query_one(
+                    "SELECT count(DISTINCT xmin::text) FROM trip_events \
+                     WHERE trip_id = ANY($1) AND to_state = 'offered'",
+                    &[&trip_ids],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (statements < (TRIPS - 1) as i64).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A database written before event ids came in blocks (schema version 2) keeps each trip's
+/// history through the upgrade: its events get versions in their old order, and the trip
+/// carries on from there.
+#[tokio::test]
+async fn upgrading_the_schema_keeps_each_trips_history_in_order() {
+    let db = TestDb::create_at(Some(2)).await;
+    let config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    let region = config.geo.region_of(PICKUP).unwrap().to_string();
+    let id = Uuid::new_v4();
+    let pg = db.client().await;
+    pg.batch_execute(
+        "INSERT INTO riders (rider_id) VALUES ('rider-1'); \
+         INSERT INTO drivers (driver_id, online, vehicle_class, capacity) \
+           VALUES ('driver-1', true, 'standard', 4); \
+         SELECT nextval('trip_events_event_id_seq') FROM generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "INSERT INTO trips (trip_id, rider_id, idempotency_key, state, driver_id, region, \
+           pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, search_deadline, offer_expires_at, \
+           version) \
+         VALUES ($1, 'rider-1', 'k', 'offered', 'driver-1', $2, $3, $4, $5, $6, \
+           now() + interval '2 minutes', now() + interval '1 minute', 2)",
+        &[
+            &id,
+            &region,
+            &PICKUP.lat,
+            &PICKUP.lng,
+            &DROPOFF.lat,
+            &DROPOFF.lng,
+        ],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "INSERT INTO trip_events (trip_id, from_state, to_state, actor, actor_id) VALUES \
+           ($1, NULL, 'requested', 'rider', 'rider-1'), \
+           ($1, 'requested', 'offered', 'system', 'matcher')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "INSERT INTO offers (trip_id, driver_id, expires_at) \
+         VALUES ($1, 'driver-1', now() + interval '1 minute')",
+        &[&id],
+    )
+    .await
+    .unwrap();
+
+    trips::db::migrate(&db.url).await.unwrap();
+    let store = store_on(&db, &config);
+    let accepted = store
+        .execute(TripCommand::AnswerOffer {
+            trip_id: id,
+            driver_id: "driver-1".into(),
+            accept: true,
+        })
+        .await
+        .unwrap();
+    assert!(accepted.changed);
+    let rows = pg
+        .query(
+            "SELECT version, event_id, to_state FROM trip_events WHERE trip_id = $1 \
+             ORDER BY version",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let states: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(2))).collect();
+    assert_eq!(
+        states,
+        [(1, "requested"), (2, "offered"), (3, "accepted")].map(|(v, s)| (v, s.to_owned()))
+    );
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(
+        ids.is_sorted(),
+        "the new event's id follows the old ones: {ids:?}"
+    );
 }
 
 #[tokio::test]
