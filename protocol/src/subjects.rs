@@ -132,6 +132,23 @@ impl Subjects {
         format!("{}.user.{}.{id}", self.prefix, role.as_str())
     }
 
+    /// Messages for every connected client; a gateway routes them to its sessions.
+    pub fn users_all(&self) -> String {
+        format!("{}.user.>", self.prefix)
+    }
+
+    /// The client a [`Self::user`] subject is for.
+    pub fn parse_user<'a>(&self, subject: &'a str) -> Option<(Role, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".user.")?;
+        let (role, id) = rest.split_once('.')?;
+        let role = [Role::Driver, Role::Rider]
+            .into_iter()
+            .find(|r| r.as_str() == role)?;
+        (!id.is_empty() && !id.contains('.')).then_some((role, id))
+    }
+
     /// Per-cell supply and demand counts of `region`.
     pub fn cell_counts(&self, region: CellIndex) -> String {
         format!("{}.agg.{region}", self.prefix)
@@ -189,6 +206,7 @@ mod tests {
             s.driver_status(),
             s.user(Role::Driver, "driver-7"),
             s.user(Role::Rider, "rider-7"),
+            s.users_all(),
             s.cell_counts(region),
             s.cell_counts_all(),
             s.breadcrumbs(),
@@ -198,6 +216,18 @@ mod tests {
             s.parse_location(&s.location(region, cell)),
             Some((region, cell))
         );
+        assert_eq!(
+            s.parse_user(&s.user(Role::Rider, "rider-7")),
+            Some((Role::Rider, "rider-7"))
+        );
+        for bad in [
+            "t1.user.rider",
+            "t1.user.dispatcher.d",
+            "t1.user.rider.a.b",
+            "t2.user.rider.r",
+        ] {
+            assert_eq!(s.parse_user(bad), None, "{bad}");
+        }
         assert_eq!(s.parse_location("t1.loc.nothex.x"), None);
         assert_eq!(s.parse_location("t2.loc.a.b"), None);
     }

@@ -6,6 +6,7 @@
 //! to the trips service with a deadline, and delivers to each client what NATS has for it.
 
 pub mod dashboard;
+pub mod inbox;
 pub mod meters;
 pub mod outbound;
 pub mod ratelimit;
@@ -114,6 +115,8 @@ pub struct Shared {
     pub bus: Bus,
     /// Bumped each time the NATS connection comes back; sessions then re-read their state.
     pub resync: tokio::sync::watch::Receiver<u64>,
+    /// Where each client's messages go.
+    pub inboxes: Arc<inbox::Inboxes>,
 }
 
 /// Accepts or refuses a WebSocket upgrade: only on `/ws`, and only below the connection cap.
@@ -183,9 +186,21 @@ pub async fn run(
         bus: Bus::new(nats.clone(), config.subjects.clone()),
         nats: nats.clone(),
         resync,
+        inboxes: Arc::default(),
         config,
     });
     let tasks = TaskTracker::new();
+    // Subscribed before the first client is let in, so no client's message is missed.
+    let messages = nats
+        .subscribe(shared.config.subjects.users_all())
+        .await
+        .context("subscribing to client messages")?;
+    tasks.spawn(inbox::route(
+        messages,
+        shared.config.subjects.clone(),
+        shared.inboxes.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(watch_reconnects(
         nats.clone(),
         resync_sender,
@@ -240,6 +255,9 @@ pub async fn run(
         let shared = shared.clone();
         let stop = shutdown.child_token();
         let handshake_timeout = limits.hello_timeout;
+        let tracker = tasks.clone();
+        // The handshake and the hello run in a task that ends after them; an accepted session
+        // goes on in a task of its own, so its memory is not sized for the states before it.
         tasks.spawn(async move {
             let full = permit.is_none();
             #[allow(clippy::result_large_err)] // tungstenite's callback signature
@@ -247,8 +265,16 @@ pub async fn run(
                 move |request: &Request, response: Response| check_upgrade(full, request, response);
             let handshake =
                 tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-            match tokio::time::timeout(handshake_timeout, handshake).await {
-                Ok(Ok(ws)) => session::run(ws, shared, stop).await,
+            match tokio::time::timeout(handshake_timeout, Box::pin(handshake)).await {
+                Ok(Ok(ws)) => {
+                    if let Some(session) = session::open(ws, shared, stop).await {
+                        tracker.spawn(async move {
+                            session.await;
+                            drop(permit);
+                        });
+                        return;
+                    }
+                }
                 Ok(Err(_)) | Err(_) => {
                     let outcome = if full {
                         "over_capacity"

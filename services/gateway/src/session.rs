@@ -29,12 +29,14 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::inbox::{Recipient, Registration};
 use crate::meters as m;
 use crate::outbound::{Key, Outbound};
 use crate::ratelimit::TokenBucket;
 use crate::{Shared, viewport};
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
 
 fn close_frame(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
@@ -102,8 +104,13 @@ struct Session {
     in_flight: AtomicUsize,
 }
 
-/// Runs a connection after the WebSocket handshake.
-pub async fn run(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Takes a connection through its hello after the WebSocket handshake. An accepted session is
+/// returned as the future that serves it; a refused one has been answered and closed.
+pub async fn open(
+    ws: WebSocketStream<TcpStream>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> Option<impl Future<Output = ()> + Send + use<>> {
     let (mut sink, mut stream) = ws.split();
     let limits = &shared.config.limits;
 
@@ -120,7 +127,7 @@ pub async fn run(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>, shutdown: 
             )
             .await;
         }
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(_) => {
             return refuse(
                 &mut sink,
@@ -211,20 +218,34 @@ pub async fn run(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>, shutdown: 
         .to_json(),
     );
     let writer = tokio::spawn(write_loop(sink, out.clone(), limits.write_timeout));
+    Some(serve(session, stream, writer, gauge, shutdown))
+}
+
+/// Serves an accepted session until it ends, then lets the writer finish.
+async fn serve(
+    session: Arc<Session>,
+    mut stream: Stream,
+    writer: tokio::task::JoinHandle<()>,
+    gauge: metrics::Gauge,
+    shutdown: CancellationToken,
+) {
+    let write_timeout = session.shared.config.limits.write_timeout;
     session.clone().read_loop(&mut stream, shutdown).await;
-    out.close(1000, "bye");
+    session.out.close(1000, "bye");
     // The writer sends what is queued and the close frame, or gives up after its timeout.
-    let _ = tokio::time::timeout(limits.write_timeout * 2, writer).await;
+    let _ = tokio::time::timeout(write_timeout * 2, writer).await;
     gauge.decrement(1.0);
 }
 
-async fn refuse(sink: &mut Sink, code: u16, reason: &str, outcome: &'static str) {
+/// Closes a connection that was not let in; never a session, whatever the caller's type.
+async fn refuse<T>(sink: &mut Sink, code: u16, reason: &str, outcome: &'static str) -> Option<T> {
     metrics::counter!(m::CONNECTION_ATTEMPTS, "outcome" => outcome).increment(1);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = sink.send(close_frame(code, reason)).await;
         let _ = sink.close().await;
     })
     .await;
+    None
 }
 
 async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration) {
@@ -278,7 +299,8 @@ async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration)
 /// The NATS subscriptions feeding one session.
 #[derive(Default)]
 struct Feeds {
-    inbox: Option<async_nats::Subscriber>,
+    /// This client's messages, routed by [`crate::inbox`].
+    inbox: Option<Registration>,
     trips: Option<async_nats::Subscriber>,
     cells: SelectAll<async_nats::Subscriber>,
     aggregates: SelectAll<async_nats::Subscriber>,
@@ -299,6 +321,12 @@ async fn next_in(all: &mut SelectAll<async_nats::Subscriber>) -> Option<async_na
     }
 }
 
+impl Recipient for Session {
+    fn deliver(&self, payload: bytes::Bytes) {
+        self.deliver_inbox(payload);
+    }
+}
+
 impl Session {
     fn subjects(&self) -> &protocol::Subjects {
         &self.shared.config.subjects
@@ -306,14 +334,16 @@ impl Session {
 
     /// Opens the client's own feeds that are not open yet: its inbox, or a dispatcher's trip
     /// feed. One that cannot be opened now (NATS away) is opened on the next resync.
-    async fn subscribe_feeds(&self, feeds: &mut Feeds) {
+    async fn subscribe_feeds(self: &Arc<Self>, feeds: &mut Feeds) {
         let nats = &self.shared.nats;
         match self.role {
             Role::Driver | Role::Rider if feeds.inbox.is_none() => {
-                feeds.inbox = nats
-                    .subscribe(self.subjects().user(self.role, &self.subject))
-                    .await
-                    .ok();
+                let me: Arc<dyn Recipient> = self.clone();
+                feeds.inbox = Some(self.shared.inboxes.register(
+                    self.role,
+                    &self.subject,
+                    Arc::downgrade(&me),
+                ));
             }
             Role::Dispatcher if feeds.trips.is_none() => {
                 feeds.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
@@ -322,11 +352,7 @@ impl Session {
         }
     }
 
-    async fn read_loop(
-        self: Arc<Self>,
-        stream: &mut futures_util::stream::SplitStream<WebSocketStream<TcpStream>>,
-        shutdown: CancellationToken,
-    ) {
+    async fn read_loop(self: Arc<Self>, stream: &mut Stream, shutdown: CancellationToken) {
         let limits = &self.shared.config.limits;
         let mut feeds = Feeds::default();
         let mut resync = self.shared.resync.clone();
@@ -387,7 +413,9 @@ impl Session {
                         continue;
                     }
                     strikes = 0;
-                    self.clone().handle(&text, &mut feeds).await;
+                    // Boxed: handling is brief, and inline its state would enlarge every idle
+                    // connection's.
+                    Box::pin(self.clone().handle(&text, &mut feeds)).await;
                     if self.out.is_closing() {
                         break;
                     }
@@ -397,11 +425,6 @@ impl Session {
                     // its state afresh (and the feeds that could not be opened then, now).
                     self.subscribe_feeds(&mut feeds).await;
                     tokio::spawn(self.clone().resume());
-                }
-                message = next_of(&mut feeds.inbox) => {
-                    if let Some(message) = message {
-                        self.deliver_inbox(message.payload);
-                    }
                 }
                 message = next_of(&mut feeds.trips) => {
                     if let Some(message) = message
