@@ -73,7 +73,7 @@ async fn bare_server(port: u16) {
         tokio::spawn(async move {
             // The gateway's socket settings, so the difference is the gateway's own state.
             let config = WebSocketConfig::default()
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(1024)
                 .write_buffer_size(0)
                 .max_message_size(Some(16 * 1024))
                 .max_frame_size(Some(16 * 1024));

@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod session;
 pub mod viewport;
 
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +67,8 @@ pub struct Limits {
     pub max_viewport_cells: usize,
     /// Most regions an aggregated viewport may cover.
     pub max_viewport_regions: usize,
-    /// Per-connection socket buffers, bytes.
+    /// Read buffer of each connection, bytes: every connection holds one, idle or not, so it
+    /// is sized for the small frames clients send; a bigger frame grows it as needed.
     pub read_buffer_bytes: usize,
 }
 
@@ -90,7 +92,7 @@ impl Default for Limits {
             detail_zoom: 11.0,
             max_viewport_cells: 400,
             max_viewport_regions: 1_024,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
         }
     }
 }
@@ -268,10 +270,9 @@ pub async fn run(
             match tokio::time::timeout(handshake_timeout, Box::pin(handshake)).await {
                 Ok(Ok(ws)) => {
                     if let Some(session) = session::open(ws, shared, stop).await {
-                        tracker.spawn(async move {
-                            session.await;
-                            drop(permit);
-                        });
+                        // (`map`, not an async block: awaiting a captured future would keep
+                        // two copies of its state in the task.)
+                        tracker.spawn(session.map(move |()| drop(permit)));
                         return;
                     }
                 }

@@ -233,7 +233,8 @@ async fn serve(
     session.clone().read_loop(&mut stream, shutdown).await;
     session.out.close(1000, "bye");
     // The writer sends what is queued and the close frame, or gives up after its timeout.
-    let _ = tokio::time::timeout(write_timeout * 2, writer).await;
+    // (Boxed, like every brief state here, so that an idle session's task stays small.)
+    let _ = Box::pin(tokio::time::timeout(write_timeout * 2, writer)).await;
     gauge.decrement(1.0);
 }
 
@@ -357,7 +358,7 @@ impl Session {
         let mut feeds = Feeds::default();
         let mut resync = self.shared.resync.clone();
         resync.borrow_and_update();
-        self.subscribe_feeds(&mut feeds).await;
+        Box::pin(self.subscribe_feeds(&mut feeds)).await;
         tokio::spawn(self.clone().resume());
 
         let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
@@ -423,7 +424,7 @@ impl Session {
                 Ok(()) = resync.changed() => {
                     // NATS came back: what was published meanwhile is gone, so the client gets
                     // its state afresh (and the feeds that could not be opened then, now).
-                    self.subscribe_feeds(&mut feeds).await;
+                    Box::pin(self.subscribe_feeds(&mut feeds)).await;
                     tokio::spawn(self.clone().resume());
                 }
                 message = next_of(&mut feeds.trips) => {
