@@ -209,6 +209,7 @@ fn assemble(dir: &Path) -> Result<String> {
             serde_json::json!({
                 "runs": matching["runs"].clone(),
                 "moderate_load_greedy_offer_p99_ms": matching["moderate_load_greedy_offer_p99_ms"].clone(),
+                "ample_supply_greedy_offer_p99_ms": matching["ample_supply_greedy_offer_p99_ms"].clone(),
                 "high_load_mean_pickup_time_s": row(
                     "matching, high load: pickup s, batched vs greedy",
                     compared(
