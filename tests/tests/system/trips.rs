@@ -92,16 +92,7 @@ impl Fixture {
     }
 
     async fn driver_online(&self, driver_id: &str) {
-        let outcome = self
-            .command(TripCommand::SetDriverStatus {
-                driver_id: driver_id.into(),
-                online: true,
-                vehicle_class: Some(VehicleClass::Standard),
-                capacity: Some(4),
-                name: None,
-            })
-            .await
-            .unwrap();
+        let outcome = self.command(online(driver_id)).await.unwrap();
         assert!(outcome.changed);
     }
 
@@ -114,13 +105,7 @@ impl Fixture {
     }
 
     async fn offer(&self, trip_id: Uuid, driver: &str, ttl_ms: i64) -> TripReply {
-        self.command(TripCommand::Offer {
-            trip_id,
-            driver_id: driver.into(),
-            expires_at: now_ms() + ttl_ms,
-            pickup_eta_s: 120,
-        })
-        .await
+        self.command(offer(trip_id, driver, ttl_ms)).await
     }
 
     async fn trip(&self, trip_id: Uuid) -> TripView {
@@ -150,6 +135,33 @@ fn store_on(db: &TestDb, config: &trips::Config) -> trips::Store {
         config.subjects.clone(),
         config.store.clone(),
     )
+}
+
+fn online(driver: &str) -> TripCommand {
+    TripCommand::SetDriverStatus {
+        driver_id: driver.into(),
+        online: true,
+        vehicle_class: Some(VehicleClass::Standard),
+        capacity: Some(4),
+        name: None,
+    }
+}
+
+fn offer(trip_id: Uuid, driver: &str, ttl_ms: i64) -> TripCommand {
+    TripCommand::Offer {
+        trip_id,
+        driver_id: driver.into(),
+        expires_at: now_ms() + ttl_ms,
+        pickup_eta_s: 120,
+    }
+}
+
+fn accept(trip_id: Uuid, driver: &str) -> TripCommand {
+    TripCommand::AnswerOffer {
+        trip_id,
+        driver_id: driver.into(),
+        accept: true,
+    }
 }
 
 fn code(reply: &TripReply) -> Option<ErrorCode> {
@@ -462,14 +474,7 @@ async fn replicas_with_stale_caches_keep_one_history() {
     let config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
     let replica = || store_on(&db, &config);
     let (a, b) = (replica(), replica());
-    let online = TripCommand::SetDriverStatus {
-        driver_id: "driver-1".into(),
-        online: true,
-        vehicle_class: Some(VehicleClass::Standard),
-        capacity: Some(4),
-        name: None,
-    };
-    assert!(a.execute(online).await.unwrap().changed);
+    assert!(a.execute(online("driver-1")).await.unwrap().changed);
     let progress = |trip_id, stage| TripCommand::Progress {
         trip_id,
         driver_id: "driver-1".into(),
@@ -485,22 +490,14 @@ async fn replicas_with_stale_caches_keep_one_history() {
         .trip
         .unwrap()
         .trip_id;
-    let offer = TripCommand::Offer {
-        trip_id: id,
-        driver_id: "driver-1".into(),
-        expires_at: now_ms() + 60_000,
-        pickup_eta_s: 60,
-    };
-    assert!(b.execute(offer).await.unwrap().changed);
+    assert!(
+        b.execute(offer(id, "driver-1", 60_000))
+            .await
+            .unwrap()
+            .changed
+    );
     // On A's cache there is no offer to accept: A reads again and accepts.
-    let accepted = a
-        .execute(TripCommand::AnswerOffer {
-            trip_id: id,
-            driver_id: "driver-1".into(),
-            accept: true,
-        })
-        .await
-        .unwrap();
+    let accepted = a.execute(accept(id, "driver-1")).await.unwrap();
     assert!(accepted.changed, "accepted on the fresh trip");
     assert_eq!(accepted.trip.unwrap().state, TripState::Accepted);
     // B remembers it as offered: arriving is refused there, so B reads again.
@@ -571,21 +568,8 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
     let mut config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
     config.store.writers = 1;
     let store = store_on(&db, &config);
-    let online = |driver_id: String| TripCommand::SetDriverStatus {
-        driver_id,
-        online: true,
-        vehicle_class: Some(VehicleClass::Standard),
-        capacity: Some(4),
-        name: None,
-    };
-    let offer = |trip_id, driver_id: String| TripCommand::Offer {
-        trip_id,
-        driver_id,
-        expires_at: now_ms() + 60_000,
-        pickup_eta_s: 60,
-    };
     // A driver busy with a trip of its own.
-    assert!(store.execute(online("busy".into())).await.unwrap().changed);
+    assert!(store.execute(online("busy")).await.unwrap().changed);
     let held = store
         .execute(create("rider-busy", "k"))
         .await
@@ -594,7 +578,7 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
         .unwrap();
     assert!(
         store
-            .execute(offer(held.trip_id, "busy".into()))
+            .execute(offer(held.trip_id, "busy", 60_000))
             .await
             .unwrap()
             .changed
@@ -611,7 +595,7 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
             for k in 0..TRIPS {
                 assert!(
                     store
-                        .execute(online(format!("{round}-{k}")))
+                        .execute(online(&format!("{round}-{k}")))
                         .await
                         .unwrap()
                         .changed
@@ -628,7 +612,7 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
                         k if k == TRIPS - 1 => "busy".to_owned(),
                         k => format!("{round}-{k}"),
                     };
-                    store.execute(offer(trip_id, driver))
+                    store.execute(offer(trip_id, &driver, 60_000))
                 }))
                 .await;
             let (bad, good) = replies.split_last().unwrap();
@@ -717,14 +701,7 @@ async fn upgrading_the_schema_keeps_each_trips_history_in_order() {
 
     trips::db::migrate(&db.url).await.unwrap();
     let store = store_on(&db, &config);
-    let accepted = store
-        .execute(TripCommand::AnswerOffer {
-            trip_id: id,
-            driver_id: "driver-1".into(),
-            accept: true,
-        })
-        .await
-        .unwrap();
+    let accepted = store.execute(accept(id, "driver-1")).await.unwrap();
     assert!(accepted.changed);
     let rows = pg
         .query(
