@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use protocol::bus::TripCommand;
 use protocol::time::now_ms;
-use protocol::trip::{TripStage, VehicleClass};
+use protocol::trip::TripStage;
 use protocol::{Point, Subjects};
 use tests::TestDb;
 use tokio::sync::Semaphore;
@@ -69,13 +69,7 @@ async fn main() {
     // own driver, CONCURRENCY at a time.
     for d in 0..TRIPS {
         store
-            .execute(TripCommand::SetDriverStatus {
-                driver_id: format!("d{d}"),
-                online: true,
-                vehicle_class: Some(VehicleClass::Standard),
-                capacity: Some(4),
-                name: None,
-            })
+            .execute(tests::driver_online(&format!("d{d}")))
             .await
             .unwrap();
     }

@@ -74,6 +74,17 @@ impl Patience {
 }
 
 /// Logs of the services under test go to stderr when `RUST_LOG` is set.
+/// The command that brings `driver` online with a standard four-seat vehicle.
+pub fn driver_online(driver: &str) -> protocol::bus::TripCommand {
+    protocol::bus::TripCommand::SetDriverStatus {
+        driver_id: driver.into(),
+        online: true,
+        vehicle_class: Some(protocol::trip::VehicleClass::Standard),
+        capacity: Some(4),
+        name: None,
+    }
+}
+
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
         kit::telemetry::init_tracing();

@@ -50,18 +50,7 @@ async fn trip(bus: &Bus, trip_id: Uuid) -> Option<TripView> {
 }
 
 async fn online(bus: &Bus, driver: &str) {
-    command(
-        bus,
-        TripCommand::SetDriverStatus {
-            driver_id: driver.into(),
-            online: true,
-            vehicle_class: Some(VehicleClass::Standard),
-            capacity: Some(4),
-            name: None,
-        },
-    )
-    .await
-    .unwrap();
+    command(bus, tests::driver_online(driver)).await.unwrap();
 }
 
 /// Publishes each driver's position every 200 ms, as gateways would, until `stop`.

@@ -10,10 +10,10 @@ use protocol::bus::{
 use protocol::client::{Role, ServerMessage};
 use protocol::time::now_ms;
 use protocol::token::{self, Claims};
-use protocol::trip::{Actor, TripStage, TripState, TripView, VehicleClass};
+use protocol::trip::{Actor, TripStage, TripState, TripView};
 use protocol::{ErrorCode, Point, Subjects, codec};
 use tests::services::{Running, TOKEN_SECRET, launch_trips, start_trips, trips_config};
-use tests::{NatsServer, TestDb, eventually, unique_prefix};
+use tests::{NatsServer, TestDb, driver_online as online, eventually, unique_prefix};
 use uuid::Uuid;
 
 const PICKUP: Point = Point::new(52.520_008, 13.404_954);
@@ -135,16 +135,6 @@ fn store_on(db: &TestDb, config: &trips::Config) -> trips::Store {
         config.subjects.clone(),
         config.store.clone(),
     )
-}
-
-fn online(driver: &str) -> TripCommand {
-    TripCommand::SetDriverStatus {
-        driver_id: driver.into(),
-        online: true,
-        vehicle_class: Some(VehicleClass::Standard),
-        capacity: Some(4),
-        name: None,
-    }
 }
 
 fn offer(trip_id: Uuid, driver: &str, ttl_ms: i64) -> TripCommand {
