@@ -183,6 +183,7 @@ fn assemble(dir: &Path) -> Result<String> {
                     ),
                 ),
                 "latency_ms": ingest["latency"].clone(),
+                "sends": ingest["sends"].clone(),
             }),
         );
     }
