@@ -199,9 +199,17 @@ async fn main() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .spawn()?;
     let bare_addr: SocketAddr = format!("127.0.0.1:{bare_port}").parse()?;
-    while tokio::net::TcpStream::connect(bare_addr).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tests::eventually(
+        "the bare server listening",
+        Duration::from_secs(10),
+        || async {
+            tokio::net::TcpStream::connect(bare_addr)
+                .await
+                .ok()
+                .map(drop)
+        },
+    )
+    .await;
     let before = settled_rss(bare.id()).await;
     println!("bare tokio-tungstenite server: opening {count} connections");
     let held = open_many(bare_addr, count, None).await;

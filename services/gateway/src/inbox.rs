@@ -20,13 +20,14 @@ pub trait Recipient: Send + Sync {
     fn deliver(&self, payload: bytes::Bytes);
 }
 
-type Key = (Role, String);
+type Sessions = HashMap<String, Vec<Weak<dyn Recipient>>>;
 
 /// Which sessions each client has on this gateway (usually one; briefly two while a client
-/// reconnects).
+/// reconnects), by role and id: looking a message's client up takes no allocation.
 #[derive(Default)]
 pub struct Inboxes {
-    sessions: Mutex<HashMap<Key, Vec<Weak<dyn Recipient>>>>,
+    drivers: Mutex<Sessions>,
+    riders: Mutex<Sessions>,
 }
 
 impl std::fmt::Debug for Inboxes {
@@ -40,19 +41,29 @@ impl std::fmt::Debug for Inboxes {
 /// Keeps a session registered; dropping it unregisters the session.
 pub struct Registration {
     inboxes: Arc<Inboxes>,
-    key: Key,
+    role: Role,
+    id: String,
     recipient: Weak<dyn Recipient>,
 }
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
-            .field("client", &self.key)
+            .field("role", &self.role)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
 
 impl Inboxes {
+    fn of(&self, role: Role) -> &Mutex<Sessions> {
+        match role {
+            Role::Driver => &self.drivers,
+            // Dispatchers have no inbox; they never register.
+            Role::Rider | Role::Dispatcher => &self.riders,
+        }
+    }
+
     /// Routes the messages for (`role`, `id`) to `recipient` until the registration is dropped.
     pub fn register(
         self: &Arc<Self>,
@@ -60,23 +71,26 @@ impl Inboxes {
         id: &str,
         recipient: Weak<dyn Recipient>,
     ) -> Registration {
-        let key = (role, id.to_owned());
-        self.sessions
+        self.of(role)
             .lock()
             .expect("inbox lock")
-            .entry(key.clone())
+            .entry(id.to_owned())
             .or_default()
             .push(recipient.clone());
         Registration {
             inboxes: self.clone(),
-            key,
+            role,
+            id: id.to_owned(),
             recipient,
         }
     }
 
     /// Clients with at least one session here.
     pub fn len(&self) -> usize {
-        self.sessions.lock().expect("inbox lock").len()
+        [Role::Driver, Role::Rider]
+            .map(|role| self.of(role).lock().expect("inbox lock").len())
+            .iter()
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -86,8 +100,8 @@ impl Inboxes {
     /// Hands a message to every session of the client it is for; returns how many got it.
     pub fn deliver(&self, role: Role, id: &str, payload: bytes::Bytes) -> usize {
         let recipients: Vec<Arc<dyn Recipient>> = {
-            let sessions = self.sessions.lock().expect("inbox lock");
-            match sessions.get(&(role, id.to_owned())) {
+            let sessions = self.of(role).lock().expect("inbox lock");
+            match sessions.get(id) {
                 Some(list) => list.iter().filter_map(Weak::upgrade).collect(),
                 None => return 0,
             }
@@ -101,11 +115,11 @@ impl Inboxes {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut sessions = self.inboxes.sessions.lock().expect("inbox lock");
-        if let Some(list) = sessions.get_mut(&self.key) {
+        let mut sessions = self.inboxes.of(self.role).lock().expect("inbox lock");
+        if let Some(list) = sessions.get_mut(&self.id) {
             list.retain(|r| !r.ptr_eq(&self.recipient) && r.strong_count() > 0);
             if list.is_empty() {
-                sessions.remove(&self.key);
+                sessions.remove(&self.id);
             }
         }
     }

@@ -19,7 +19,6 @@ use protocol::{ErrorCode, GeoConfig, Point, Subjects, codec};
 use tokio::sync::Notify;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::machine::{self, Change, Decision, DriverRecord, TripRecord};
@@ -516,51 +515,11 @@ impl Store {
         let mut cached = self.trips.get(&trip_id);
         for _attempt in 0..8 {
             let fresh = cached.is_none();
-            let (row, driver_row) = if fresh || named_driver.is_some() {
-                let client = self.pool.get().await?;
-                let read = client
-                    .prepare_cached(&format!(
-                        "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"
-                    ))
-                    .await?;
-                let read_driver = client
-                    .prepare_cached(
-                        "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
-                    )
-                    .await?;
-                let read_params: &[&(dyn ToSql + Sync)] = &[&trip_id];
-                tokio::try_join!(
-                    async {
-                        match fresh {
-                            true => client.query_opt(&read, read_params).await,
-                            false => Ok(None),
-                        }
-                    },
-                    async {
-                        match named_driver {
-                            Some(driver_id) => client.query_opt(&read_driver, &[&driver_id]).await,
-                            None => Ok(None),
-                        }
-                    }
-                )?
-            } else {
-                (None, None)
-            };
-            let trip = match cached.take() {
+            let (read, driver) = self.read(fresh.then_some(trip_id), named_driver).await?;
+            let trip = match cached.take().or(read) {
                 Some(trip) => trip,
-                None => {
-                    let Some(row) = row else {
-                        self.trips.remove(&trip_id);
-                        return Err(err(ErrorCode::NotFound, "no such trip"));
-                    };
-                    trip_from_row(&row)
-                }
+                None => return Err(err(ErrorCode::NotFound, "no such trip")),
             };
-            let driver = driver_row.map(|row| DriverRecord {
-                online: row.get(0),
-                vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
-                capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
-            });
             let now = now_ms();
             let change = match machine::decide(&trip, &command, driver.as_ref(), now) {
                 Decision::Apply(change) => change,
@@ -623,6 +582,48 @@ impl Store {
             // Someone else changed the trip in between: decide again on what it is now.
         }
         Err(err(ErrorCode::Conflict, "trip is changing too fast; retry"))
+    }
+
+    /// Reads the trip (when asked for) and the named driver, in one round trip.
+    async fn read(
+        &self,
+        trip_id: Option<Uuid>,
+        driver_id: Option<&str>,
+    ) -> Result<(Option<TripRecord>, Option<DriverRecord>), StoreError> {
+        if trip_id.is_none() && driver_id.is_none() {
+            return Ok((None, None));
+        }
+        let client = self.pool.get().await?;
+        let read_trip = client
+            .prepare_cached(&format!(
+                "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"
+            ))
+            .await?;
+        let read_driver = client
+            .prepare_cached(
+                "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
+            )
+            .await?;
+        let (trip, driver) = tokio::try_join!(
+            async {
+                match &trip_id {
+                    Some(id) => client.query_opt(&read_trip, &[id]).await,
+                    None => Ok(None),
+                }
+            },
+            async {
+                match driver_id {
+                    Some(id) => client.query_opt(&read_driver, &[&id]).await,
+                    None => Ok(None),
+                }
+            }
+        )?;
+        let driver = driver.map(|row| DriverRecord {
+            online: row.get(0),
+            vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
+            capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
+        });
+        Ok((trip.as_ref().map(trip_from_row), driver))
     }
 
     async fn enqueue(&self, tx: &impl GenericClient, out: Vec<Outgoing>) -> Result<(), StoreError> {
