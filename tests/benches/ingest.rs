@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::Message;
 const CONNECTIONS: usize = 1_000;
 const STEP: Duration = Duration::from_secs(4);
 const RATES: &[u64] = &[
-    5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000, 120_000, 160_000,
+    5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 90_000, 100_000, 120_000, 160_000,
 ];
 const BASELINE_MESSAGES: u64 = 1_000_000;
 const CENTER: Point = Point::new(52.52, 13.405);
@@ -177,6 +177,22 @@ async fn step(
     (clients, step)
 }
 
+/// Waits until nothing more arrives for a second (what an overloaded step left queued in
+/// sockets and buffers has drained), so the next step starts on an idle system.
+async fn settle(received: &AtomicU64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = received.load(Ordering::SeqCst);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = received.load(Ordering::SeqCst);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    println!("still receiving after 60 s; measuring anyway");
+}
+
 fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
     serde_json::json!({
         "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -278,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
     let mut at = serde_json::Map::new();
     for fraction in [0.5, 0.9] {
         let rate = (best * fraction) as u64;
+        settle(&received).await;
         let (back, result) = step(clients, &received, &latency, epoch, rate.max(1)).await;
         clients = back;
         println!(

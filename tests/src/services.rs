@@ -111,6 +111,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         token_secret: TOKEN_SECRET.to_vec(),
         limits: Default::default(),
         dashboard: Default::default(),
+        publishing: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod inbox;
 pub mod meters;
 pub mod outbound;
+pub mod publisher;
 pub mod ratelimit;
 pub mod session;
 pub mod viewport;
@@ -107,6 +108,26 @@ pub struct Config {
     pub limits: Limits,
     /// The dispatcher's web page on the HTTP listener.
     pub dashboard: dashboard::Dashboard,
+    pub publishing: Publishing,
+}
+
+/// How positions are gathered into batches on their way to NATS (see [`publisher`]).
+#[derive(Debug, Clone)]
+pub struct Publishing {
+    /// After publishing a batch, how long the next one gathers. Zero publishes each as soon
+    /// as the publishing task runs.
+    pub linger: Duration,
+    /// Publications held while NATS cannot take them; more are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for Publishing {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(1),
+            queue: 65_536,
+        }
+    }
 }
 
 /// State shared by every connection.
@@ -119,6 +140,8 @@ pub struct Shared {
     pub resync: tokio::sync::watch::Receiver<u64>,
     /// Where each client's messages go.
     pub inboxes: Arc<inbox::Inboxes>,
+    /// Where sessions hand their positions for NATS.
+    pub publisher: Arc<publisher::Publisher>,
 }
 
 /// Accepts or refuses a WebSocket upgrade: only on `/ws`, and only below the connection cap.
@@ -189,7 +212,19 @@ pub async fn run(
         nats: nats.clone(),
         resync,
         inboxes: Arc::default(),
+        publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
         config,
+    });
+    // Stopped after the sessions, so what they published on their way out still goes out.
+    let publishing_stop = CancellationToken::new();
+    let publishing = tokio::spawn({
+        let (publisher, nats, stop) = (
+            shared.publisher.clone(),
+            nats.clone(),
+            publishing_stop.clone(),
+        );
+        let linger = shared.config.publishing.linger;
+        async move { publisher.run(nats, linger, stop).await }
     });
     let tasks = TaskTracker::new();
     // Subscribed before the first client is let in, so no client's message is missed.
@@ -296,6 +331,8 @@ pub async fn run(
     {
         tracing::warn!("connections did not close within the grace period");
     }
+    publishing_stop.cancel();
+    let _ = publishing.await;
     nats.drain().await.context("draining nats")?;
     Ok(())
 }

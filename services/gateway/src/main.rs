@@ -71,6 +71,10 @@ struct Serve {
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = 20)]
     messages_per_sec: u32,
+    /// After publishing a batch of positions to NATS, how long the next batch gathers, in
+    /// microseconds (0: publish each at once).
+    #[arg(long, env = "GATEWAY_PUBLISH_LINGER_US", default_value_t = 1_000)]
+    publish_linger_us: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,6 +171,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             ws_url: args.public_ws_url,
             center: args.map_center,
             zoom: args.map_zoom,
+        },
+        publishing: gateway::Publishing {
+            linger: Duration::from_micros(args.publish_linger_us),
+            ..Default::default()
         },
     };
     let ws = tokio::net::TcpListener::bind(args.ws).await?;

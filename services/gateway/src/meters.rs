@@ -17,10 +17,10 @@ kit::meters! {
     counter FORBIDDEN = "gateway_forbidden_total";
     /// Positions published to NATS.
     counter POSITIONS_PUBLISHED = "gateway_positions_published_total";
-    /// Positions not published, by `reason` (stale, nats_down).
+    /// Positions not published, by `reason` (stale, nats_down, backlog).
     counter POSITIONS_DROPPED = "gateway_positions_dropped_total";
-    /// Time to hand a position to the NATS client.
-    histogram PUBLISH_DURATION = "gateway_publish_duration_seconds";
+    /// Publications handed to the NATS client together (see `publisher`).
+    histogram PUBLISH_BATCH = "gateway_publish_batch_size";
     /// Time to carry out a client command through the trips service, by `kind`.
     histogram COMMAND_DURATION = "gateway_command_duration_seconds";
     /// Outbound messages dropped or replaced for slow clients, by `kind` (coalesced, dropped).

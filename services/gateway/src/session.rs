@@ -694,19 +694,11 @@ impl Session {
             received_us: now_us(),
         };
         let payload: bytes::Bytes = codec::encode(&position).into();
-        let started = Instant::now();
         let subjects = self.subjects();
-        let mut published = shared
-            .nats
-            .publish(subjects.location(region, cell), payload.clone())
-            .await
-            .is_ok();
+        let publisher = &shared.publisher;
+        let mut published = publisher.publish(subjects.location(region, cell), payload.clone());
         if let Some((trip_id, rider_id, _)) = on_trip {
-            published &= shared
-                .nats
-                .publish(subjects.breadcrumbs(), payload)
-                .await
-                .is_ok();
+            published &= publisher.publish(subjects.breadcrumbs(), payload);
             let for_rider = ServerMessage::DriverPosition {
                 trip_id: *trip_id,
                 driver_id: self.subject.clone(),
@@ -715,16 +707,11 @@ impl Session {
                 heading: location.heading,
                 ts: location.ts,
             };
-            published &= shared
-                .nats
-                .publish(
-                    subjects.user(Role::Rider, rider_id),
-                    for_rider.to_json().into(),
-                )
-                .await
-                .is_ok();
+            published &= publisher.publish(
+                subjects.user(Role::Rider, rider_id),
+                for_rider.to_json().into(),
+            );
         }
-        metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed());
         if published {
             metrics::counter!(m::POSITIONS_PUBLISHED).increment(1);
             if let Some(id) = location.id {
@@ -738,7 +725,14 @@ impl Session {
                 );
             }
         } else {
-            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
+            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "backlog").increment(1);
+            if location.id.is_some() {
+                self.out.control(error_text(
+                    location.id,
+                    ErrorCode::Unavailable,
+                    "the gateway is behind with publishing; this position was dropped",
+                ));
+            }
         }
     }
 

@@ -28,15 +28,23 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Batch size buckets, items: 1 to 4,096.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder, installed on first use. Histograms whose names end in
-/// `_seconds` are exported as Prometheus histograms with [`LATENCY_BUCKETS`].
+/// `_seconds` are exported as Prometheus histograms with [`LATENCY_BUCKETS`], those ending in
+/// `_batch_size` with [`BATCH_BUCKETS`].
 pub fn metrics_handle() -> PrometheusHandle {
     RECORDER
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS)
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");

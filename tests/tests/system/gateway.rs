@@ -384,6 +384,129 @@ async fn positions_are_published_on_their_cell_subject_and_stale_ones_dropped() 
     assert_eq!(first.capacity, 4);
 }
 
+/// The sequence numbers of the next `n` positions a subscription receives.
+async fn next_seqs(sub: &mut async_nats::Subscriber, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        let message = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} positions arrived: {seqs:?}", seqs.len()))
+            .expect("the subscription is open");
+        seqs.push(codec::decode::<Position>(&message.payload).unwrap().seq);
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn the_publisher_sends_what_gathered_in_one_batch_in_order_and_the_rest_when_stopped() {
+    use gateway::publisher::Publisher;
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut sub = client.subscribe("p.>").await.unwrap();
+    client.flush().await.unwrap();
+    let payload = |seq: u64| -> bytes::Bytes {
+        codec::encode(&Position {
+            driver_id: format!("d{}", seq % 7),
+            lat: BERLIN.lat,
+            lng: BERLIN.lng,
+            heading: None,
+            speed: None,
+            accuracy: None,
+            ts: now_ms(),
+            seq,
+            status: VehicleStatus::Available,
+            vehicle_class: None,
+            capacity: 4,
+            trip_id: None,
+            received_us: 0,
+        })
+        .into()
+    };
+
+    let publisher = std::sync::Arc::new(Publisher::new(150));
+    for seq in 0..100 {
+        assert!(publisher.publish(format!("p.{}", seq % 3), payload(seq)));
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    // A linger longer than the test: after the first batch, nothing goes out until the stop.
+    let running = tokio::spawn({
+        let (publisher, client, stop) = (publisher.clone(), client.clone(), stop.clone());
+        async move {
+            publisher
+                .run(client, Duration::from_secs(3_600), stop)
+                .await
+        }
+    });
+    let seqs = next_seqs(&mut sub, 100).await;
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "in the order published");
+    assert_eq!(
+        publisher.batches(),
+        1,
+        "what was queued went out in one batch"
+    );
+
+    // While the publisher lingers: queued, bounded, and not yet sent.
+    for seq in 100..250 {
+        assert!(publisher.publish(format!("p.{}", seq % 3), payload(seq)));
+    }
+    assert!(
+        !publisher.publish("p.0".into(), payload(250)),
+        "a full queue refuses"
+    );
+    assert_eq!(publisher.batches(), 1);
+
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, running)
+        .await
+        .expect("the publisher stops")
+        .unwrap();
+    assert_eq!(
+        next_seqs(&mut sub, 150).await,
+        (100..250).collect::<Vec<_>>(),
+        "what was queued at the stop went out, in order, in one more batch"
+    );
+    assert_eq!(publisher.batches(), 2);
+}
+
+#[tokio::test]
+async fn a_gateway_behind_with_publishing_refuses_positions_and_publishes_the_accepted_on_shutdown()
+{
+    // One publication may wait, and after the first the publisher lingers past the test.
+    let stack = Stack::start_with(|c| {
+        c.publishing.queue = 1;
+        c.publishing.linger = Duration::from_secs(3_600);
+    })
+    .await;
+    let mut positions = stack
+        .bus
+        .client
+        .subscribe(stack.bus.subjects.location_all())
+        .await
+        .unwrap();
+    stack.bus.client.flush().await.unwrap();
+    let mut driver = stack.driver("d1").await;
+    driver.send_json(&location(1, BERLIN, Some(1))).await;
+    driver.ack_for(1).await;
+    assert_eq!(
+        next_seqs(&mut positions, 1).await,
+        vec![1],
+        "the first position goes out at once"
+    );
+
+    driver.send_json(&location(2, BERLIN, Some(2))).await;
+    driver.ack_for(2).await;
+    driver.send_json(&location(3, BERLIN, Some(3))).await;
+    assert_eq!(driver.error_for(3).await, ErrorCode::Unavailable);
+
+    let Stack { gateway, .. } = stack;
+    gateway.running.stop().await.unwrap();
+    assert_eq!(
+        next_seqs(&mut positions, 1).await,
+        vec![2],
+        "the accepted position went out at shutdown"
+    );
+}
+
 #[tokio::test]
 async fn a_ride_from_request_to_completion_with_live_driver_position() {
     let stack = Stack::start().await;
