@@ -252,35 +252,13 @@ async fn refuse<T>(sink: &mut Sink, code: u16, reason: &str, outcome: &'static s
 async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration) {
     loop {
         let batch = out.next_batch().await;
-        let send = async {
-            for text in batch.control {
-                sink.feed(Message::Text(text)).await?;
-                metrics::counter!(m::FRAMES_SENT, "kind" => "control").increment(1);
-            }
-            for text in batch.latest {
-                sink.feed(Message::Text(text)).await?;
-                metrics::counter!(m::FRAMES_SENT, "kind" => "latest").increment(1);
-            }
-            for chunk in batch.vehicles.chunks(500) {
-                let frame = ServerMessage::Vehicles {
-                    vehicles: chunk.to_vec(),
-                };
-                sink.feed(Message::text(frame.to_json())).await?;
-                metrics::counter!(m::FRAMES_SENT, "kind" => "vehicles").increment(1);
-            }
-            if batch.ping {
-                sink.feed(Message::Ping(Default::default())).await?;
-            }
-            if let Some(close) = &batch.close {
-                metrics::counter!(m::CLOSES, "reason" => close.reason).increment(1);
-                sink.feed(close_frame(close.code, close.reason)).await?;
-            }
-            sink.flush().await
-        };
-        match tokio::time::timeout(write_timeout, send).await {
-            Ok(Ok(())) if batch.close.is_none() => {}
+        let closing = batch.close.is_some();
+        // Boxed: writing is brief, and inline its state (the frames' futures, the timeout)
+        // would enlarge every idle connection's writer.
+        match Box::pin(tokio::time::timeout(write_timeout, write_batch(&mut sink, batch))).await {
+            Ok(Ok(())) if !closing => {}
             Ok(Ok(())) => {
-                let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+                let _ = Box::pin(tokio::time::timeout(write_timeout, sink.close())).await;
                 return;
             }
             Ok(Err(_)) => {
@@ -295,6 +273,37 @@ async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration)
             }
         }
     }
+}
+
+/// Writes one batch from the outbound queue, in order: control messages, the latest states,
+/// vehicles, a ping, the close frame.
+async fn write_batch(
+    sink: &mut Sink,
+    batch: crate::outbound::Batch,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for text in batch.control {
+        sink.feed(Message::Text(text)).await?;
+        metrics::counter!(m::FRAMES_SENT, "kind" => "control").increment(1);
+    }
+    for text in batch.latest {
+        sink.feed(Message::Text(text)).await?;
+        metrics::counter!(m::FRAMES_SENT, "kind" => "latest").increment(1);
+    }
+    for chunk in batch.vehicles.chunks(500) {
+        let frame = ServerMessage::Vehicles {
+            vehicles: chunk.to_vec(),
+        };
+        sink.feed(Message::text(frame.to_json())).await?;
+        metrics::counter!(m::FRAMES_SENT, "kind" => "vehicles").increment(1);
+    }
+    if batch.ping {
+        sink.feed(Message::Ping(Default::default())).await?;
+    }
+    if let Some(close) = &batch.close {
+        metrics::counter!(m::CLOSES, "reason" => close.reason).increment(1);
+        sink.feed(close_frame(close.code, close.reason)).await?;
+    }
+    sink.flush().await
 }
 
 /// The NATS subscriptions feeding one session.
