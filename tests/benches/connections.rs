@@ -1,7 +1,8 @@
 //! Idle connections held by one gateway process and its memory per connection, against a bare
 //! tokio-tungstenite server holding the same connections in the same run with the gateway's
-//! socket settings (4 KiB read buffer, no write buffer): the floor, a WebSocket and nothing
-//! else.
+//! socket settings (1 KiB read buffer, no write buffer): the floor, a WebSocket and nothing
+//! else. Beside memory, the CPU each server spends holding its idle connections for
+//! `IDLE_WINDOW`.
 //!
 //! Every connection is a rider that has said hello and been welcomed (authenticated, its inbox
 //! subscribed, its session state sent), then stays idle. Clients connect from several loopback
@@ -28,6 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 const SOURCES: u8 = 8;
 /// Connections opened at once.
 const CONCURRENCY: usize = 256;
+/// How long the CPU of a server holding idle connections is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -142,6 +145,28 @@ async fn open_many(
     open
 }
 
+/// CPU time the process has used, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    // utime and stime, the 14th and 15th fields, in clock ticks of 1/100 s (after the command
+    // name, which is in parentheses and may hold spaces).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The share of one core the process uses over `IDLE_WINDOW`, percent.
+async fn idle_cpu_percent(pid: u32) -> f64 {
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    (cpu_seconds(pid) - before) / IDLE_WINDOW.as_secs_f64() * 100.0
+}
+
 /// Waits until the process's memory stops changing, and returns it.
 async fn settled_rss(pid: u32) -> u64 {
     let mut last = rss_kib(pid);
@@ -160,6 +185,7 @@ struct Held {
     connections: usize,
     before_kib: u64,
     after_kib: u64,
+    idle_cpu_percent: f64,
 }
 
 impl Held {
@@ -217,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
         connections: held.len(),
         before_kib: before,
         after_kib: settled_rss(bare.id()).await,
+        idle_cpu_percent: idle_cpu_percent(bare.id()).await,
     };
     drop(held);
     stop(bare);
@@ -256,6 +283,7 @@ async fn main() -> anyhow::Result<()> {
         connections: held.len(),
         before_kib: before,
         after_kib: settled_rss(gateway.id()).await,
+        idle_cpu_percent: idle_cpu_percent(gateway.id()).await,
     };
     // Still held and answering: one more rider gets through.
     let probe = open_many(gateway_addr, 1, Some(&|_| token(count + 1))).await;
@@ -265,20 +293,26 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<28} {:>12} {:>14} {:>14} {:>16}",
-        "server", "connections", "RSS before MiB", "RSS after MiB", "bytes/connection"
+        "{:<28} {:>12} {:>14} {:>14} {:>16} {:>14}",
+        "server",
+        "connections",
+        "RSS before MiB",
+        "RSS after MiB",
+        "bytes/connection",
+        "idle CPU %"
     );
     for (name, h) in [
         ("bare tokio-tungstenite", &bare_held),
         ("dispatch-gateway", &gateway_held),
     ] {
         println!(
-            "{:<28} {:>12} {:>14.1} {:>14.1} {:>16.0}",
+            "{:<28} {:>12} {:>14.1} {:>14.1} {:>16.0} {:>14.1}",
             name,
             h.connections,
             h.before_kib as f64 / 1024.0,
             h.after_kib as f64 / 1024.0,
-            h.bytes_per_connection()
+            h.bytes_per_connection(),
+            h.idle_cpu_percent
         );
     }
     let ratio = gateway_held.bytes_per_connection() / bare_held.bytes_per_connection().max(1.0);
@@ -290,12 +324,14 @@ async fn main() -> anyhow::Result<()> {
             "rss_before_mib": gateway_held.before_kib as f64 / 1024.0,
             "rss_after_mib": gateway_held.after_kib as f64 / 1024.0,
             "bytes_per_connection": gateway_held.bytes_per_connection(),
+            "idle_cpu_percent": gateway_held.idle_cpu_percent,
         },
         "bare_tungstenite": {
             "connections": bare_held.connections,
             "rss_before_mib": bare_held.before_kib as f64 / 1024.0,
             "rss_after_mib": bare_held.after_kib as f64 / 1024.0,
             "bytes_per_connection": bare_held.bytes_per_connection(),
+            "idle_cpu_percent": bare_held.idle_cpu_percent,
         },
         "ratio": ratio,
     });

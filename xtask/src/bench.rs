@@ -200,6 +200,10 @@ fn assemble(dir: &Path) -> Result<String> {
                         "bytes",
                     ),
                 ),
+                "idle_cpu_percent": {
+                    "gateway": connections["gateway"]["idle_cpu_percent"].clone(),
+                    "bare_tungstenite": connections["bare_tungstenite"]["idle_cpu_percent"].clone(),
+                },
             }),
         );
     }

@@ -35,6 +35,9 @@ use crate::outbound::{Key, Outbound};
 use crate::ratelimit::TokenBucket;
 use crate::{Shared, viewport};
 
+/// After the close frame, how long the client's answer to it is waited for.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
 
@@ -217,7 +220,12 @@ pub async fn open(
         }
         .to_json(),
     );
-    let writer = tokio::spawn(write_loop(sink, out.clone(), limits.write_timeout));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out.clone(),
+        limits.write_timeout,
+        limits.control_deadline,
+    ));
     Some(serve(session, stream, writer, gauge, shutdown))
 }
 
@@ -225,16 +233,34 @@ pub async fn open(
 async fn serve(
     session: Arc<Session>,
     mut stream: Stream,
-    writer: tokio::task::JoinHandle<()>,
+    mut writer: tokio::task::JoinHandle<()>,
     gauge: metrics::Gauge,
     shutdown: CancellationToken,
 ) {
     let write_timeout = session.shared.config.limits.write_timeout;
-    session.clone().read_loop(&mut stream, shutdown).await;
+    session
+        .clone()
+        .read_loop(&mut stream, &mut writer, shutdown)
+        .await;
     session.out.close(1000, "bye");
-    // The writer sends what is queued and the close frame, or gives up after its timeout.
+    // The writer sends what is queued and the close frame, or gives up after its timeout;
+    // then the client's last frames (its pongs, its own close frame) are read, so that closing
+    // the socket does not reset it under the client before it has read the close frame.
     // (Boxed, like every brief state here, so that an idle session's task stays small.)
-    let _ = Box::pin(tokio::time::timeout(write_timeout * 2, writer)).await;
+    Box::pin(async {
+        if !writer.is_finished() {
+            let _ = tokio::time::timeout(write_timeout * 2, writer).await;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(frame)) = stream.next().await {
+                if frame.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    })
+    .await;
     gauge.decrement(1.0);
 }
 
@@ -249,23 +275,50 @@ async fn refuse<T>(sink: &mut Sink, code: u16, reason: &str, outcome: &'static s
     None
 }
 
-async fn write_loop(mut sink: Sink, out: Arc<Outbound>, write_timeout: Duration) {
+/// Drains the connection's outbound queue to its socket. A client that does not take a batch
+/// within `write_timeout`, or leaves a control message queued behind it for longer than
+/// `control_deadline`, is closed as a slow consumer. Only a writer in the middle of a write
+/// can fall behind (otherwise it takes what is queued at once), so only then does it check.
+async fn write_loop(
+    mut sink: Sink,
+    out: Arc<Outbound>,
+    write_timeout: Duration,
+    control_deadline: Duration,
+) {
     loop {
         let batch = out.next_batch().await;
         let closing = batch.close.is_some();
-        // Boxed: writing is brief, and inline its state (the frames' futures, the timeout)
+        // Boxed: writing is brief, and inline its state (the frames' futures, the timers)
         // would enlarge every idle connection's writer.
-        match Box::pin(tokio::time::timeout(write_timeout, write_batch(&mut sink, batch))).await {
-            Ok(Ok(())) if !closing => {}
-            Ok(Ok(())) => {
+        let written = Box::pin(async {
+            let write = tokio::time::timeout(write_timeout, write_batch(&mut sink, batch));
+            let check = tokio::time::sleep(Duration::from_secs(1).min(control_deadline));
+            tokio::pin!(write, check);
+            loop {
+                tokio::select! {
+                    written = &mut write => break written.ok(),
+                    () = &mut check => {
+                        if out.oldest_control_age().is_some_and(|age| age > control_deadline) {
+                            break None;
+                        }
+                        let next = tokio::time::Instant::now() + Duration::from_secs(1).min(control_deadline);
+                        check.as_mut().reset(next);
+                    }
+                }
+            }
+        })
+        .await;
+        match written {
+            Some(Ok(())) if !closing => {}
+            Some(Ok(())) => {
                 let _ = Box::pin(tokio::time::timeout(write_timeout, sink.close())).await;
                 return;
             }
-            Ok(Err(_)) => {
+            Some(Err(_)) => {
                 out.close(1011, "write failed");
                 return;
             }
-            Err(_) => {
+            None => {
                 // The client does not read: give up on it.
                 metrics::counter!(m::CLOSES, "reason" => "write_timeout").increment(1);
                 out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
@@ -362,7 +415,14 @@ impl Session {
         }
     }
 
-    async fn read_loop(self: Arc<Self>, stream: &mut Stream, shutdown: CancellationToken) {
+    /// Reads the client's frames and its feeds until the client leaves, the session is closed,
+    /// or the writer gives up on the client.
+    async fn read_loop(
+        self: Arc<Self>,
+        stream: &mut Stream,
+        writer: &mut tokio::task::JoinHandle<()>,
+        shutdown: CancellationToken,
+    ) {
         let limits = &self.shared.config.limits;
         let mut feeds = Feeds::default();
         let mut resync = self.shared.resync.clone();
@@ -373,16 +433,19 @@ impl Session {
         let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
         let mut strikes = 0u32;
         let mut last_seen = Instant::now();
-        // Checks idleness and slowness often; pings every ping interval.
-        let mut tick = tokio::time::interval(Duration::from_secs(1).min(limits.ping_interval));
         let mut last_ping = Instant::now();
-        tick.tick().await;
+        // The session's only timer: it wakes when a ping is due or the connection may have
+        // gone idle, so an idle connection costs a wake-up per ping interval.
+        let housekeeping = tokio::time::sleep(limits.ping_interval.min(limits.idle_timeout));
+        tokio::pin!(housekeeping);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.out.close(1001, "server going away");
                     break;
                 }
+                // A slow or gone client: the writer closed the connection.
+                _ = &mut *writer => break,
                 frame = stream.next() => {
                     last_seen = Instant::now();
                     let text = match frame {
@@ -460,12 +523,8 @@ impl Session {
                             self.out.latest(Key::Aggregates(counts.region), ServerMessage::CellAggregates { resolution: counts.resolution, cells }.to_json());
                         }
                 }
-                _ = tick.tick() => {
-                    if self.out.oldest_control_age().is_some_and(|age| age > limits.control_deadline) {
-                        self.out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
-                        break;
-                    }
-                    if last_seen.elapsed() > limits.idle_timeout {
+                () = &mut housekeeping => {
+                    if last_seen.elapsed() >= limits.idle_timeout {
                         metrics::counter!(m::CLOSES, "reason" => "idle").increment(1);
                         self.out.close(1001, "idle timeout");
                         break;
@@ -474,6 +533,8 @@ impl Session {
                         last_ping = Instant::now();
                         self.out.ping();
                     }
+                    let next = (last_ping + limits.ping_interval).min(last_seen + limits.idle_timeout);
+                    housekeeping.as_mut().reset(next.into());
                 }
             }
             if self.out.is_closing() {

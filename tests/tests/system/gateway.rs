@@ -13,6 +13,7 @@ use serde_json::json;
 use tests::client::{Client, Ended, token, token_with};
 use tests::services::{Gateway, Running, gateway_config, start_gateway, start_trips, trips_config};
 use tests::{NatsServer, Patience, TestDb, unique_prefix};
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 const BERLIN: Point = Point::new(52.520_008, 13.404_954);
@@ -783,6 +784,51 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_is_not() {
     );
     fast.send_json(&request_ride(1, "k")).await;
     fast.ack_for(1).await;
+}
+
+/// How many connections the gateways in this process have closed as idle.
+async fn idle_closes(http: std::net::SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("gateway_closes_total") && l.contains(r#"reason="idle""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_as_idle() {
+    let stack = Stack::start_with(|c| {
+        c.limits.ping_interval = Duration::from_millis(200);
+        c.limits.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let http = stack.gateway.running.http;
+    let mut client = Client::connect(stack.gateway.ws, Role::Rider, "r1").await;
+    // Reading answers each ping with a pong (the library does so), which counts as activity:
+    // fifteen pings span three idle timeouts.
+    let mut pings = 0;
+    while pings < 15 {
+        match tokio::time::timeout(PATIENCE, client.ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                panic!("closed after {pings} pings though it answered them: {frame:?}")
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no ping: {other:?}"),
+        }
+    }
+    // Silent now (nothing read, so no pong goes back): closed as idle.
+    let before = idle_closes(http).await;
+    tests::eventually("an idle close", PATIENCE, || async {
+        (idle_closes(http).await > before).then_some(())
+    })
+    .await;
+    assert_eq!(client.ended().await, Ended::Closed(Some(1001)));
 }
 
 #[tokio::test]
