@@ -283,9 +283,7 @@ async fn bad_frames_get_errors_or_close_codes_and_others_carry_on() {
     let mut binary = Client::connect(addr, Role::Driver, "bin").await;
     binary
         .ws
-        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
-            0u8, 159, 146, 150,
-        ]))
+        .send(Message::binary(vec![0u8, 159, 146, 150]))
         .await
         .unwrap();
     assert_eq!(binary.ended().await, Ended::Closed(Some(1003)));
@@ -308,9 +306,7 @@ async fn flooding_past_the_rate_limit_is_refused_then_closed() {
     for seq in 0..300 {
         if flood
             .ws
-            .send(tokio_tungstenite::tungstenite::Message::text(
-                location(seq, BERLIN, None).to_string(),
-            ))
+            .send(Message::text(location(seq, BERLIN, None).to_string()))
             .await
             .is_err()
         {
