@@ -114,8 +114,8 @@ pub struct Config {
 /// How positions are gathered into batches on their way to NATS (see [`publisher`]).
 #[derive(Debug, Clone)]
 pub struct Publishing {
-    /// After publishing a batch, how long the next one gathers. Zero publishes each as soon
-    /// as the publishing task runs.
+    /// Batches of positions go to NATS at most one per `linger`; a position after a quiet
+    /// spell goes at once. Zero publishes each batch as soon as the publishing task runs.
     pub linger: Duration,
     /// Publications held while NATS cannot take them; more are dropped and counted.
     pub queue: usize,

@@ -71,8 +71,8 @@ struct Serve {
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = 20)]
     messages_per_sec: u32,
-    /// After publishing a batch of positions to NATS, how long the next batch gathers, in
-    /// microseconds (0: publish each at once).
+    /// Positions go to NATS in batches, at most one per this many microseconds (0: each batch
+    /// as soon as it can).
     #[arg(long, env = "GATEWAY_PUBLISH_LINGER_US", default_value_t = 1_000)]
     publish_linger_us: u64,
 }

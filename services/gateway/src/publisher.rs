@@ -2,8 +2,8 @@
 //!
 //! Sessions hand their positions (and what follows from them: breadcrumbs, a rider's view of
 //! its driver) to one [`Publisher`] per gateway, which never blocks them. One task publishes
-//! what has gathered, then waits `linger` before taking the next batch: the first publication
-//! after a quiet spell goes out at once, and those that follow within `linger` go out together.
+//! what has gathered, at most one batch per `linger`: a publication after a quiet spell goes
+//! out at once, and those that follow within `linger` of a batch go out together after it.
 //! Under load they reach NATS, and go on from NATS to the matchers, many to a write instead of
 //! a write (and a wake-up of each process on the way) each, which halves the NATS server's
 //! work per position (BENCHMARKS.md). Order is kept: one queue, one task.
@@ -61,16 +61,30 @@ impl Publisher {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Publishes what is queued until `stop`, then what is left.
+    /// Publishes what is queued until `stop`, then what is left. Batches go out at most one
+    /// per `linger`: a publication after a quiet spell goes at once, one within `linger` of
+    /// the last batch waits for the rest of it.
     pub async fn run(&self, nats: async_nats::Client, linger: Duration, stop: CancellationToken) {
         let mut batch = Vec::new();
+        let mut last_batch: Option<tokio::time::Instant> = None;
         loop {
             let stopping = tokio::select! {
                 _ = self.ready.notified() => false,
                 _ = stop.cancelled() => true,
             };
+            if let Some(last) = last_batch
+                && !stopping
+                && !linger.is_zero()
+            {
+                // Let the batch gather; what comes meanwhile joins it.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + linger) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
             std::mem::swap(&mut batch, &mut *self.queue.lock().expect("publisher lock"));
             if !batch.is_empty() {
+                last_batch = Some(tokio::time::Instant::now());
                 self.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::histogram!(m::PUBLISH_BATCH).record(batch.len() as f64);
             }
@@ -81,13 +95,6 @@ impl Publisher {
             }
             if stopping {
                 return;
-            }
-            // Let the next batch gather; a publication meanwhile has left a permit in `ready`.
-            if !linger.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(linger) => {}
-                    _ = stop.cancelled() => {}
-                }
             }
         }
     }
