@@ -11,7 +11,6 @@ use std::time::Instant;
 use matcher::index::Index;
 use protocol::Point;
 use protocol::bus::Position;
-use protocol::client::VehicleStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -33,19 +32,8 @@ fn random_point(rng: &mut StdRng) -> Point {
 
 fn position(id: &str, point: Point, seq: u64) -> Position {
     Position {
-        driver_id: id.to_owned(),
-        lat: point.lat,
-        lng: point.lng,
-        heading: None,
-        speed: None,
-        accuracy: None,
         ts: seq as i64,
-        seq,
-        status: VehicleStatus::Available,
-        vehicle_class: None,
-        capacity: 4,
-        trip_id: None,
-        received_us: 0,
+        ..tests::position(id, point, seq)
     }
 }
 

@@ -85,6 +85,25 @@ pub fn driver_online(driver: &str) -> protocol::bus::TripCommand {
     }
 }
 
+/// An available driver's position at `point`, as a gateway publishes it (reported now).
+pub fn position(driver_id: &str, point: protocol::Point, seq: u64) -> protocol::bus::Position {
+    protocol::bus::Position {
+        driver_id: driver_id.to_owned(),
+        lat: point.lat,
+        lng: point.lng,
+        heading: None,
+        speed: None,
+        accuracy: None,
+        ts: protocol::time::now_ms(),
+        seq,
+        status: protocol::client::VehicleStatus::Available,
+        vehicle_class: None,
+        capacity: 4,
+        trip_id: None,
+        received_us: 0,
+    }
+}
+
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
         kit::telemetry::init_tracing();

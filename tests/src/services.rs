@@ -42,6 +42,17 @@ impl Drop for Running {
     }
 }
 
+/// What the service at `http` exports on `/metrics` (every service in a test process shares
+/// one recorder, so this is the whole process's metrics).
+pub async fn metrics_text(http: SocketAddr) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .expect("the metrics are text")
+}
+
 /// Waits until the service at `http` answers `/readyz` with 200.
 pub async fn wait_ready(http: SocketAddr) {
     crate::eventually("service ready", Duration::from_secs(20), || async {

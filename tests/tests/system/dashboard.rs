@@ -279,13 +279,7 @@ async fn every_metric_the_grafana_dashboards_query_is_exported() {
     // Before any traffic: every series a dashboard reads is there from the start.
     let mut names = std::collections::BTreeSet::new();
     for http in [trips.http, matcher.http, gateway.running.http] {
-        let text = reqwest::get(format!("http://{http}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        names.extend(exported(&text));
+        names.extend(exported(&tests::services::metrics_text(http).await));
     }
     assert!(names.contains("gateway_connections"), "{names:?}");
 

@@ -402,22 +402,7 @@ async fn the_publisher_sends_what_gathered_in_one_batch_in_order_and_the_rest_wh
     let mut sub = client.subscribe("p.>").await.unwrap();
     client.flush().await.unwrap();
     let payload = |seq: u64| -> bytes::Bytes {
-        codec::encode(&Position {
-            driver_id: format!("d{}", seq % 7),
-            lat: BERLIN.lat,
-            lng: BERLIN.lng,
-            heading: None,
-            speed: None,
-            accuracy: None,
-            ts: now_ms(),
-            seq,
-            status: VehicleStatus::Available,
-            vehicle_class: None,
-            capacity: 4,
-            trip_id: None,
-            received_us: 0,
-        })
-        .into()
+        codec::encode(&tests::position(&format!("d{}", seq % 7), BERLIN, seq)).into()
     };
 
     let publisher = std::sync::Arc::new(Publisher::new(150));
@@ -784,13 +769,9 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_is_not() {
 
 /// How many connections the gateways in this process have closed as idle.
 async fn idle_closes(http: std::net::SocketAddr) -> u64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+    tests::services::metrics_text(http)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("gateway_closes_total") && l.contains(r#"reason="idle""#))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
@@ -901,12 +882,7 @@ async fn health_and_metrics_endpoints() {
         (ready.status() == 200).then_some(())
     })
     .await;
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tests::services::metrics_text(http).await;
     assert!(metrics.contains("gateway_connections"), "{metrics}");
     assert!(metrics.contains("gateway_messages_total"));
     let _ = Position::point;

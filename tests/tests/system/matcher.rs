@@ -7,8 +7,7 @@ use futures_util::StreamExt;
 use h3o::{CellIndex, LatLng};
 use kit::Bus;
 use protocol::bus::{CellCounts, Position, QueryReply, TripCommand, TripQuery, TripReply};
-use protocol::client::{ServerMessage, VehicleStatus};
-use protocol::time::now_ms;
+use protocol::client::ServerMessage;
 use protocol::trip::{TripStage, TripState, TripView, VehicleClass};
 use protocol::{GeoConfig, Point, Subjects, codec};
 use tests::services::{Isolated, matcher_config, start_matcher, start_trips, trips_config};
@@ -66,19 +65,8 @@ fn report_positions(bus: Bus, drivers: Vec<(String, Point)>, stop: CancellationT
             for (id, point) in &drivers {
                 let (region, cell) = geo.locate(*point).unwrap();
                 let position = Position {
-                    driver_id: id.clone(),
-                    lat: point.lat,
-                    lng: point.lng,
-                    heading: None,
-                    speed: None,
-                    accuracy: None,
-                    ts: now_ms(),
-                    seq,
-                    status: VehicleStatus::Available,
                     vehicle_class: Some(VehicleClass::Standard),
-                    capacity: 4,
-                    trip_id: None,
-                    received_us: 0,
+                    ..tests::position(id, *point, seq)
                 };
                 let _ = bus
                     .publish(bus.subjects.location(region, cell), &position)
