@@ -290,7 +290,9 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let permit = permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
-        let stop = shutdown.child_token();
+        // The gateway's own token, not a child: a child is a node of its own in the token's
+        // tree, some 200 bytes a connection, and no session is ever stopped alone.
+        let stop = shutdown.clone();
         let handshake_timeout = limits.hello_timeout;
         let tracker = tasks.clone();
         // The handshake and the hello run in a task that ends after them; an accepted session
