@@ -179,10 +179,12 @@ impl Outbound {
                     || inner.close.is_some()
                 {
                     inner.control_since = None;
+                    // Taken whole, not drained: an idle connection's queue then holds no
+                    // buffer from its last burst.
                     return Batch {
-                        control: inner.control.drain(..).collect(),
-                        latest: inner.latest.drain().map(|(_, v)| v).collect(),
-                        vehicles: inner.vehicles.drain().map(|(_, v)| v).collect(),
+                        control: std::mem::take(&mut inner.control).into(),
+                        latest: std::mem::take(&mut inner.latest).into_values().collect(),
+                        vehicles: std::mem::take(&mut inner.vehicles).into_values().collect(),
                         ping: std::mem::take(&mut inner.ping),
                         close: inner.close.take(),
                     };
