@@ -780,16 +780,16 @@ async fn idle_closes(http: std::net::SocketAddr) -> u64 {
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_and_a_silent_one_is_closed_as_idle() {
     let stack = Stack::start_with(|c| {
-        c.limits.ping_interval = Duration::from_millis(200);
-        c.limits.idle_timeout = Duration::from_secs(1);
+        c.limits.ping_interval = Duration::from_millis(250);
+        c.limits.idle_timeout = Duration::from_secs(2);
     })
     .await;
     let http = stack.gateway.running.http;
     let mut client = Client::connect(stack.gateway.ws, Role::Rider, "r1").await;
     // Reading answers each ping with a pong (the library does so), which counts as activity:
-    // fifteen pings span three idle timeouts.
+    // sixteen pings span two idle timeouts.
     let mut pings = 0;
-    while pings < 15 {
+    while pings < 16 {
         match tokio::time::timeout(PATIENCE, client.ws.next()).await {
             Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
             Ok(Some(Ok(Message::Close(frame)))) => {
