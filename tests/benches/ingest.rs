@@ -177,20 +177,18 @@ async fn step(
     (clients, step)
 }
 
-/// Waits until nothing more arrives for a second (what an overloaded step left queued in
+/// Waits until nothing has arrived for a second (what an overloaded step left queued in
 /// sockets and buffers has drained), so the next step starts on an idle system.
-async fn settle(received: &AtomicU64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = received.load(Ordering::SeqCst);
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = received.load(Ordering::SeqCst);
-        if now == last {
-            return;
-        }
-        last = now;
-    }
-    println!("still receiving after 60 s; measuring anyway");
+async fn settle(last_arrival_us: &AtomicU64, epoch: Instant) {
+    tests::eventually(
+        "the last step's updates to drain",
+        Duration::from_secs(60),
+        || async {
+            let quiet = micros(epoch).saturating_sub(last_arrival_us.load(Ordering::SeqCst));
+            (quiet >= 1_000_000).then_some(())
+        },
+    )
+    .await;
 }
 
 fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
@@ -224,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
     // What the matchers receive, timed on the benchmark's clock.
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
+    let last_arrival_us = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
@@ -231,7 +230,8 @@ async fn main() -> anyhow::Result<()> {
     let mut positions = listener.subscribe(format!("{prefix}.loc.>")).await?;
     listener.flush().await?;
     {
-        let (received, latency) = (received.clone(), latency.clone());
+        let (received, latency, last_arrival_us) =
+            (received.clone(), latency.clone(), last_arrival_us.clone());
         tokio::spawn(async move {
             while let Some(message) = positions.next().await {
                 let now = micros(epoch);
@@ -242,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
                         .record(now.saturating_sub(p.seq).max(1));
                 }
                 received.fetch_add(1, Ordering::Relaxed);
+                last_arrival_us.store(now, Ordering::Relaxed);
             }
         });
     }
@@ -294,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
     let mut at = serde_json::Map::new();
     for fraction in [0.5, 0.9] {
         let rate = (best * fraction) as u64;
-        settle(&received).await;
+        settle(&last_arrival_us, epoch).await;
         let (back, result) = step(clients, &received, &latency, epoch, rate.max(1)).await;
         clients = back;
         println!(

@@ -15,7 +15,7 @@ kit::meters! {
     counter REJECTS = "gateway_rejects_total";
     /// Role violations (a message the client's role may not send), by `kind`.
     counter FORBIDDEN = "gateway_forbidden_total";
-    /// Positions published to NATS.
+    /// Positions accepted for publishing to NATS (see `publisher`).
     counter POSITIONS_PUBLISHED = "gateway_positions_published_total";
     /// Positions not published, by `reason` (stale, nats_down, backlog).
     counter POSITIONS_DROPPED = "gateway_positions_dropped_total";

@@ -292,7 +292,8 @@ async fn write_loop(
         // would enlarge every idle connection's writer.
         let written = Box::pin(async {
             let write = tokio::time::timeout(write_timeout, write_batch(&mut sink, batch));
-            let check = tokio::time::sleep(Duration::from_secs(1).min(control_deadline));
+            let every = Duration::from_secs(1).min(control_deadline);
+            let check = tokio::time::sleep(every);
             tokio::pin!(write, check);
             loop {
                 tokio::select! {
@@ -301,8 +302,7 @@ async fn write_loop(
                         if out.oldest_control_age().is_some_and(|age| age > control_deadline) {
                             break None;
                         }
-                        let next = tokio::time::Instant::now() + Duration::from_secs(1).min(control_deadline);
-                        check.as_mut().reset(next);
+                        check.as_mut().reset(tokio::time::Instant::now() + every);
                     }
                 }
             }
