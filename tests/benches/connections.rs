@@ -1,6 +1,6 @@
 //! Idle connections held by one gateway process and its memory per connection, against a bare
 //! tokio-tungstenite server holding the same connections in the same run with the gateway's
-//! socket settings (1 KiB read buffer, no write buffer): the floor, a WebSocket and nothing
+//! socket settings (256-byte read buffer, no write buffer): the floor, a WebSocket and nothing
 //! else. Beside memory, the CPU each server spends holding its idle connections for
 //! `IDLE_WINDOW`.
 //!
@@ -76,7 +76,7 @@ async fn bare_server(port: u16) {
         tokio::spawn(async move {
             // The gateway's socket settings, so the difference is the gateway's own state.
             let config = WebSocketConfig::default()
-                .read_buffer_size(1024)
+                .read_buffer_size(256)
                 .write_buffer_size(0)
                 .max_message_size(Some(16 * 1024))
                 .max_frame_size(Some(16 * 1024));

@@ -93,7 +93,7 @@ impl Default for Limits {
             detail_zoom: 11.0,
             max_viewport_cells: 400,
             max_viewport_regions: 1_024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
         }
     }
 }

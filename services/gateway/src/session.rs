@@ -1,13 +1,15 @@
 //! One client connection, from hello to close.
 //!
-//! The session task reads the client's frames and its NATS subscriptions; a writer task drains
-//! the connection's [`Outbound`] queue to the socket. Commands to the trips service run as
+//! The session task reads the client's frames and its NATS subscriptions and, polled beside
+//! them, the writer drains the connection's [`Outbound`] queue to the socket. Commands to the trips service run as
 //! their own tasks (a few per connection at most), so a slow reply never stalls reading.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::{SelectAll, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use protocol::bus::{
@@ -220,27 +222,36 @@ pub async fn open(
         }
         .to_json(),
     );
-    let writer = tokio::spawn(write_loop(
-        sink,
-        out.clone(),
-        limits.write_timeout,
-        limits.control_deadline,
-    ));
-    Some(serve(session, stream, writer, gauge, shutdown))
+    Some(serve(session, stream, sink, gauge, shutdown))
 }
 
 /// Serves an accepted session until it ends, then lets the writer finish.
+///
+/// The writer runs in the session's task, polled beside the reading, rather than in a task of
+/// its own, which would cost every idle connection some 640 bytes more. Nothing the reading
+/// awaits takes long (positions go to the publisher's queue, commands run in tasks of their
+/// own; only a dispatcher's subscriptions wait for the NATS client), so the writer is never
+/// held up for long, and while it waits for a slow client the reading goes on.
 async fn serve(
     session: Arc<Session>,
     mut stream: Stream,
-    mut writer: tokio::task::JoinHandle<()>,
+    sink: Sink,
     gauge: metrics::Gauge,
     shutdown: CancellationToken,
 ) {
-    let write_timeout = session.shared.config.limits.write_timeout;
+    let limits = &session.shared.config.limits;
+    let write_timeout = limits.write_timeout;
+    // (Made here, not passed in: an argument future would be kept twice in this one's state.)
+    let writer = write_loop(
+        sink,
+        session.out.clone(),
+        write_timeout,
+        limits.control_deadline,
+    );
+    let mut writer = std::pin::pin!(writer.fuse());
     session
         .clone()
-        .read_loop(&mut stream, &mut writer, shutdown)
+        .read_loop(&mut stream, writer.as_mut(), shutdown)
         .await;
     session.out.close(1000, "bye");
     // The writer sends what is queued and the close frame, or gives up after its timeout;
@@ -248,7 +259,7 @@ async fn serve(
     // the socket does not reset it under the client before it has read the close frame.
     // (Boxed, like every brief state here, so that an idle session's task stays small.)
     Box::pin(async {
-        if !writer.is_finished() {
+        if !writer.is_terminated() {
             let _ = tokio::time::timeout(write_timeout * 2, writer).await;
         }
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -365,8 +376,11 @@ struct Feeds {
     /// This client's messages, routed by [`crate::inbox`].
     inbox: Option<Registration>,
     trips: Option<async_nats::Subscriber>,
-    cells: SelectAll<async_nats::Subscriber>,
-    aggregates: SelectAll<async_nats::Subscriber>,
+    /// A dispatcher's viewport: vehicles cell by cell, or counts region by region. `None` until
+    /// the first viewport, since an empty `SelectAll` already allocates (some 300 bytes a
+    /// session) and most sessions are drivers' and riders'.
+    cells: Option<SelectAll<async_nats::Subscriber>>,
+    aggregates: Option<SelectAll<async_nats::Subscriber>>,
 }
 
 async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
@@ -376,11 +390,12 @@ async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats:
     }
 }
 
-async fn next_in(all: &mut SelectAll<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    if all.is_empty() {
-        std::future::pending().await
-    } else {
-        all.next().await
+async fn next_in(
+    all: &mut Option<SelectAll<async_nats::Subscriber>>,
+) -> Option<async_nats::Message> {
+    match all {
+        Some(all) if !all.is_empty() => all.next().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -417,10 +432,10 @@ impl Session {
 
     /// Reads the client's frames and its feeds until the client leaves, the session is closed,
     /// or the writer gives up on the client.
-    async fn read_loop(
+    async fn read_loop<W: Future<Output = ()>>(
         self: Arc<Self>,
         stream: &mut Stream,
-        writer: &mut tokio::task::JoinHandle<()>,
+        mut writer: Pin<&mut Fuse<W>>,
         shutdown: CancellationToken,
     ) {
         let limits = &self.shared.config.limits;
@@ -445,7 +460,7 @@ impl Session {
                     break;
                 }
                 // A slow or gone client: the writer closed the connection.
-                _ = &mut *writer => break,
+                () = writer.as_mut() => break,
                 frame = stream.next() => {
                     last_seen = Instant::now();
                     let text = match frame {
@@ -809,8 +824,8 @@ impl Session {
     async fn viewport(&self, id: u64, viewport: client::Viewport, zoom: f32, feeds: &mut Feeds) {
         let config = &self.shared.config;
         let nats = &self.shared.nats;
-        feeds.cells = SelectAll::new();
-        feeds.aggregates = SelectAll::new();
+        feeds.cells = None;
+        feeds.aggregates = None;
         let detailed = if zoom >= config.limits.detail_zoom {
             viewport::cells(
                 &viewport,
@@ -822,12 +837,13 @@ impl Session {
         };
         match detailed {
             Some(cells) => {
+                let all = feeds.cells.insert(SelectAll::new());
                 for cell in cells {
                     let subject = self
                         .subjects()
                         .location(config.geo.region_of_cell(cell), cell);
                     if let Ok(sub) = nats.subscribe(subject).await {
-                        feeds.cells.push(sub);
+                        all.push(sub);
                     }
                 }
             }
@@ -844,9 +860,10 @@ impl Session {
                     ));
                     return;
                 };
+                let all = feeds.aggregates.insert(SelectAll::new());
                 for region in regions {
                     if let Ok(sub) = nats.subscribe(self.subjects().cell_counts(region)).await {
-                        feeds.aggregates.push(sub);
+                        all.push(sub);
                     }
                 }
             }
