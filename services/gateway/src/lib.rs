@@ -130,14 +130,24 @@ impl Default for Publishing {
     }
 }
 
+/// What every session listens for besides its client, in one watch so that an idle session
+/// waits on one signal rather than two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signal {
+    /// Bumped each time the NATS connection comes back; sessions then re-read their state.
+    pub reconnects: u64,
+    /// The gateway is stopping: sessions close with 1001.
+    pub stopping: bool,
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
     pub nats: async_nats::Client,
     pub bus: Bus,
-    /// Bumped each time the NATS connection comes back; sessions then re-read their state.
-    pub resync: tokio::sync::watch::Receiver<u64>,
+    /// What every session listens for besides its client.
+    pub signal: tokio::sync::watch::Receiver<Signal>,
     /// Where each client's messages go.
     pub inboxes: Arc<inbox::Inboxes>,
     /// Where sessions hand their positions for NATS.
@@ -168,26 +178,29 @@ fn check_upgrade(
     Ok(response)
 }
 
-/// Bumps `resync` each time the NATS connection comes back after losing it: core NATS does
-/// not keep what was published while a subscriber was away, so every session re-reads its
-/// state from the trips service.
-async fn watch_reconnects(
+/// Signals every session: a reconnect each time the NATS connection comes back after losing
+/// it (core NATS does not keep what was published while a subscriber was away, so every
+/// session re-reads its state from the trips service), and `stopping` on `stop`.
+async fn signal_sessions(
     nats: async_nats::Client,
-    resync: tokio::sync::watch::Sender<u64>,
+    signal: tokio::sync::watch::Sender<Signal>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut was_connected = true;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                signal.send_modify(|s| s.stopping = true);
+                break;
+            }
             _ = tick.tick() => {
                 let connected =
                     nats.connection_state() == async_nats::connection::State::Connected;
                 if connected && !was_connected {
                     tracing::info!("nats is back: sessions re-read their state");
                     metrics::counter!(m::RESYNCS).increment(1);
-                    resync.send_modify(|n| *n += 1);
+                    signal.send_modify(|s| s.reconnects += 1);
                 }
                 was_connected = connected;
             }
@@ -206,11 +219,11 @@ pub async fn run(
     meters::register();
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
-    let (resync_sender, resync) = tokio::sync::watch::channel(0);
+    let (signal_sender, signal) = tokio::sync::watch::channel(Signal::default());
     let shared = Arc::new(Shared {
         bus: Bus::new(nats.clone(), config.subjects.clone()),
         nats: nats.clone(),
-        resync,
+        signal,
         inboxes: Arc::default(),
         publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
         config,
@@ -238,9 +251,9 @@ pub async fn run(
         shared.inboxes.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(watch_reconnects(
+    tasks.spawn(signal_sessions(
         nats.clone(),
-        resync_sender,
+        signal_sender,
         shutdown.clone(),
     ));
 
@@ -290,9 +303,6 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let permit = permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
-        // The gateway's own token, not a child: a child is a node of its own in the token's
-        // tree, some 200 bytes a connection, and no session is ever stopped alone.
-        let stop = shutdown.clone();
         let handshake_timeout = limits.hello_timeout;
         let tracker = tasks.clone();
         // The handshake and the hello run in a task that ends after them; an accepted session
@@ -306,7 +316,7 @@ pub async fn run(
                 tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
             match tokio::time::timeout(handshake_timeout, Box::pin(handshake)).await {
                 Ok(Ok(ws)) => {
-                    if let Some(session) = session::open(ws, shared, stop).await {
+                    if let Some(session) = session::open(ws, shared).await {
                         // (`map`, not an async block: awaiting a captured future would keep
                         // two copies of its state in the task.)
                         tracker.spawn(session.map(move |()| drop(permit)));

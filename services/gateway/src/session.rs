@@ -7,6 +7,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{Fuse, FusedFuture, FutureExt};
@@ -28,7 +29,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::inbox::{Recipient, Registration};
@@ -114,7 +114,6 @@ struct Session {
 pub async fn open(
     ws: WebSocketStream<TcpStream>,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
 ) -> Option<impl Future<Output = ()> + Send + use<>> {
     let (mut sink, mut stream) = ws.split();
     let limits = &shared.config.limits;
@@ -222,7 +221,7 @@ pub async fn open(
         }
         .to_json(),
     );
-    Some(serve(session, stream, sink, gauge, shutdown))
+    Some(serve(session, stream, sink, gauge))
 }
 
 /// Serves an accepted session until it ends, then lets the writer finish.
@@ -232,47 +231,52 @@ pub async fn open(
 /// awaits takes long (positions go to the publisher's queue, commands run in tasks of their
 /// own; only a dispatcher's subscriptions wait for the NATS client), so the writer is never
 /// held up for long, and while it waits for a slow client the reading goes on.
-async fn serve(
+///
+/// (Like [`write_loop`], a function returning an async block, so that its arguments are not
+/// kept twice.)
+#[allow(clippy::manual_async_fn)] // an async fn keeps its arguments twice
+fn serve(
     session: Arc<Session>,
     mut stream: Stream,
     sink: Sink,
     gauge: metrics::Gauge,
-    shutdown: CancellationToken,
-) {
-    let limits = &session.shared.config.limits;
-    let write_timeout = limits.write_timeout;
-    // (Made here, not passed in: an argument future would be kept twice in this one's state.)
-    let writer = write_loop(
-        sink,
-        session.out.clone(),
-        write_timeout,
-        limits.control_deadline,
-    );
-    let mut writer = std::pin::pin!(writer.fuse());
-    session
-        .clone()
-        .read_loop(&mut stream, writer.as_mut(), shutdown)
-        .await;
-    session.out.close(1000, "bye");
-    // The writer sends what is queued and the close frame, or gives up after its timeout;
-    // then the client's last frames (its pongs, its own close frame) are read, so that closing
-    // the socket does not reset it under the client before it has read the close frame.
-    // (Boxed, like every brief state here, so that an idle session's task stays small.)
-    Box::pin(async {
-        if !writer.is_terminated() {
-            let _ = tokio::time::timeout(write_timeout * 2, writer).await;
-        }
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            while let Some(Ok(frame)) = stream.next().await {
-                if frame.is_close() {
-                    break;
-                }
+) -> impl Future<Output = ()> {
+    async move {
+        let limits = &session.shared.config.limits;
+        let write_timeout = limits.write_timeout;
+        // (Made here, not passed in: an argument future would be kept twice in this one's state.)
+        let writer = write_loop(
+            sink,
+            session.out.clone(),
+            write_timeout,
+            limits.control_deadline,
+        );
+        let mut writer = std::pin::pin!(writer.fuse());
+        session
+            .clone()
+            .read_loop(&mut stream, writer.as_mut())
+            .await;
+        session.out.close(1000, "bye");
+        // The writer sends what is queued and the close frame, or gives up after its timeout;
+        // then the client's last frames (its pongs, its own close frame) are read, so that closing
+        // the socket does not reset it under the client before it has read the close frame.
+        // (Boxed, like every brief state here, so that an idle session's task stays small.)
+        Box::pin(async {
+            if !writer.is_terminated() {
+                let _ = tokio::time::timeout(write_timeout * 2, writer).await;
             }
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(frame)) = stream.next().await {
+                    if frame.is_close() {
+                        break;
+                    }
+                }
+            })
+            .await;
         })
         .await;
-    })
-    .await;
-    gauge.decrement(1.0);
+        gauge.decrement(1.0);
+    }
 }
 
 /// Closes a connection that was not let in; never a session, whatever the caller's type.
@@ -290,51 +294,90 @@ async fn refuse<T>(sink: &mut Sink, code: u16, reason: &str, outcome: &'static s
 /// within `write_timeout`, or leaves a control message queued behind it for longer than
 /// `control_deadline`, is closed as a slow consumer. Only a writer in the middle of a write
 /// can fall behind (otherwise it takes what is queued at once), so only then does it check.
-async fn write_loop(
+///
+/// (A function returning an async block rather than an async fn: an async fn's arguments are
+/// kept twice in its state, once as passed and once as moved into its body.)
+fn write_loop(
     mut sink: Sink,
     out: Arc<Outbound>,
     write_timeout: Duration,
     control_deadline: Duration,
-) {
-    loop {
-        let batch = out.next_batch().await;
-        let closing = batch.close.is_some();
-        // Boxed: writing is brief, and inline its state (the frames' futures, the timers)
-        // would enlarge every idle connection's writer.
-        let written = Box::pin(async {
-            let write = tokio::time::timeout(write_timeout, write_batch(&mut sink, batch));
-            let every = Duration::from_secs(1).min(control_deadline);
-            let check = tokio::time::sleep(every);
-            tokio::pin!(write, check);
-            loop {
-                tokio::select! {
-                    written = &mut write => break written.ok(),
-                    () = &mut check => {
-                        if out.oldest_control_age().is_some_and(|age| age > control_deadline) {
-                            break None;
-                        }
-                        check.as_mut().reset(tokio::time::Instant::now() + every);
-                    }
+) -> impl Future<Output = ()> {
+    let check_every = Duration::from_secs(1).min(control_deadline);
+    async move {
+        loop {
+            // Only the socket half, the queue and a pointer to the write in progress are kept
+            // across the awaits: the batch and the write's state (its frames' futures, its timers)
+            // are boxed, and the batch is gone from here (the block ends) before the write is
+            // awaited. So an idle writer, polled in every idle connection's task, stays small.
+            let write = {
+                let batch = out.next_batch().await;
+                Box::pin(write_within(
+                    &mut sink,
+                    &out,
+                    batch,
+                    write_timeout,
+                    control_deadline,
+                    check_every,
+                ))
+            };
+            match write.await {
+                Written::More => {}
+                Written::Closing => break,
+                Written::GaveUp => return,
+            }
+        }
+        let _ = Box::pin(tokio::time::timeout(write_timeout, sink.close())).await;
+    }
+}
+
+/// How writing a batch went.
+enum Written {
+    /// Written; more may follow.
+    More,
+    /// The close frame was written: the writer closes the socket and ends.
+    Closing,
+    /// The write failed or the client fell behind; the queue is closed with the reason.
+    GaveUp,
+}
+
+/// Writes one batch within `write_timeout`, giving up early if a control message has been
+/// queued behind it for longer than `control_deadline` (checked every `check_every`).
+async fn write_within(
+    sink: &mut Sink,
+    out: &Outbound,
+    batch: crate::outbound::Batch,
+    write_timeout: Duration,
+    control_deadline: Duration,
+    check_every: Duration,
+) -> Written {
+    let closing = batch.close.is_some();
+    let write = tokio::time::timeout(write_timeout, write_batch(sink, batch));
+    let check = tokio::time::sleep(check_every);
+    tokio::pin!(write, check);
+    let written = loop {
+        tokio::select! {
+            written = &mut write => break written.ok(),
+            () = &mut check => {
+                if out.oldest_control_age().is_some_and(|age| age > control_deadline) {
+                    break None;
                 }
+                check.as_mut().reset(tokio::time::Instant::now() + check_every);
             }
-        })
-        .await;
-        match written {
-            Some(Ok(())) if !closing => {}
-            Some(Ok(())) => {
-                let _ = Box::pin(tokio::time::timeout(write_timeout, sink.close())).await;
-                return;
-            }
-            Some(Err(_)) => {
-                out.close(1011, "write failed");
-                return;
-            }
-            None => {
-                // The client does not read: give up on it.
-                metrics::counter!(m::CLOSES, "reason" => "write_timeout").increment(1);
-                out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
-                return;
-            }
+        }
+    };
+    match written {
+        Some(Ok(())) if closing => Written::Closing,
+        Some(Ok(())) => Written::More,
+        Some(Err(_)) => {
+            out.close(1011, "write failed");
+            Written::GaveUp
+        }
+        None => {
+            // The client does not read: give up on it.
+            metrics::counter!(m::CLOSES, "reason" => "write_timeout").increment(1);
+            out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
+            Written::GaveUp
         }
     }
 }
@@ -375,28 +418,53 @@ async fn write_batch(
 struct Feeds {
     /// This client's messages, routed by [`crate::inbox`].
     inbox: Option<Registration>,
+    /// A dispatcher's feeds. Boxed, and `None` for drivers and riders: they are most sessions,
+    /// and these would cost each some 400 bytes (an empty `SelectAll` already allocates).
+    view: Option<Box<ViewFeeds>>,
+}
+
+/// A dispatcher's feeds: every trip's events, and the viewport's vehicles cell by cell or
+/// counts region by region.
+#[derive(Default)]
+struct ViewFeeds {
     trips: Option<async_nats::Subscriber>,
-    /// A dispatcher's viewport: vehicles cell by cell, or counts region by region. `None` until
-    /// the first viewport, since an empty `SelectAll` already allocates (some 300 bytes a
-    /// session) and most sessions are drivers' and riders'.
-    cells: Option<SelectAll<async_nats::Subscriber>>,
-    aggregates: Option<SelectAll<async_nats::Subscriber>>,
+    cells: SelectAll<async_nats::Subscriber>,
+    aggregates: SelectAll<async_nats::Subscriber>,
 }
 
-async fn next_of(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match sub {
-        Some(sub) => sub.next().await,
-        None => std::future::pending().await,
-    }
+/// A message from one of a dispatcher's feeds.
+enum ViewMessage {
+    Trip(async_nats::Message),
+    Vehicle(async_nats::Message),
+    Counts(async_nats::Message),
 }
 
-async fn next_in(
-    all: &mut Option<SelectAll<async_nats::Subscriber>>,
-) -> Option<async_nats::Message> {
-    match all {
-        Some(all) if !all.is_empty() => all.next().await,
-        _ => std::future::pending().await,
-    }
+/// The next message from a dispatcher's feeds; never, for a session without them. One select
+/// branch for all three, so that every other session's select holds one future fewer.
+async fn next_view(view: &mut Option<Box<ViewFeeds>>) -> ViewMessage {
+    let Some(view) = view else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        if let Some(trips) = &mut view.trips {
+            match trips.poll_next_unpin(cx) {
+                Poll::Ready(Some(message)) => return Poll::Ready(ViewMessage::Trip(message)),
+                // Ended (the NATS client closed it): opened again on the next resync.
+                Poll::Ready(None) => view.trips = None,
+                Poll::Pending => {}
+            }
+        }
+        // An empty `SelectAll` is ready with `None`: nothing to wait for until a viewport adds
+        // subscriptions, which happens in the session's own loop.
+        if let Poll::Ready(Some(message)) = view.cells.poll_next_unpin(cx) {
+            return Poll::Ready(ViewMessage::Vehicle(message));
+        }
+        if let Poll::Ready(Some(message)) = view.aggregates.poll_next_unpin(cx) {
+            return Poll::Ready(ViewMessage::Counts(message));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 impl Recipient for Session {
@@ -423,8 +491,11 @@ impl Session {
                     Arc::downgrade(&me),
                 ));
             }
-            Role::Dispatcher if feeds.trips.is_none() => {
-                feeds.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
+            Role::Dispatcher => {
+                let view = feeds.view.get_or_insert_with(Box::default);
+                if view.trips.is_none() {
+                    view.trips = nats.subscribe(self.subjects().trip_events_all()).await.ok();
+                }
             }
             _ => {}
         }
@@ -432,128 +503,134 @@ impl Session {
 
     /// Reads the client's frames and its feeds until the client leaves, the session is closed,
     /// or the writer gives up on the client.
-    async fn read_loop<W: Future<Output = ()>>(
+    ///
+    /// (A function returning an async block, so that its arguments are not kept twice.)
+    #[allow(clippy::manual_async_fn)] // an async fn keeps its arguments twice
+    fn read_loop<'a, W: Future<Output = ()>>(
         self: Arc<Self>,
-        stream: &mut Stream,
-        mut writer: Pin<&mut Fuse<W>>,
-        shutdown: CancellationToken,
-    ) {
-        let limits = &self.shared.config.limits;
-        let mut feeds = Feeds::default();
-        let mut resync = self.shared.resync.clone();
-        resync.borrow_and_update();
-        Box::pin(self.subscribe_feeds(&mut feeds)).await;
-        tokio::spawn(self.clone().resume());
+        stream: &'a mut Stream,
+        mut writer: Pin<&'a mut Fuse<W>>,
+    ) -> impl Future<Output = ()> + 'a {
+        async move {
+            let limits = &self.shared.config.limits;
+            let mut feeds = Feeds::default();
+            let mut signal = self.shared.signal.clone();
+            if signal.borrow_and_update().stopping {
+                // Let in as the gateway stops: the loop's first turn closes it.
+                signal.mark_changed();
+            }
+            Box::pin(self.subscribe_feeds(&mut feeds)).await;
+            tokio::spawn(self.clone().resume());
 
-        let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
-        let mut strikes = 0u32;
-        let mut last_seen = Instant::now();
-        let mut last_ping = Instant::now();
-        // The session's only timer: it wakes when a ping is due or the connection may have
-        // gone idle, so an idle connection costs a wake-up per ping interval.
-        let housekeeping = tokio::time::sleep(limits.ping_interval.min(limits.idle_timeout));
-        tokio::pin!(housekeeping);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    self.out.close(1001, "server going away");
+            let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
+            let mut strikes = 0u32;
+            let mut last_seen = Instant::now();
+            let mut last_ping = Instant::now();
+            // The session's only timer: it wakes when a ping is due or the connection may have
+            // gone idle, so an idle connection costs a wake-up per ping interval.
+            let housekeeping = tokio::time::sleep(limits.ping_interval.min(limits.idle_timeout));
+            tokio::pin!(housekeeping);
+            loop {
+                tokio::select! {
+                    // A slow or gone client: the writer closed the connection.
+                    () = writer.as_mut() => break,
+                    frame = stream.next() => {
+                        last_seen = Instant::now();
+                        let text = match frame {
+                            None => break,
+                            Some(Err(error)) => {
+                                use tokio_tungstenite::tungstenite::Error;
+                                match error {
+                                    Error::Capacity(_) => {
+                                        metrics::counter!(m::REJECTS, "reason" => "too_large").increment(1);
+                                        self.out.close(1009, "message too big");
+                                    }
+                                    Error::Protocol(_) | Error::Utf8(_) => self.out.close(1002, "protocol error"),
+                                    _ => {}
+                                }
+                                break;
+                            }
+                            Some(Ok(Message::Text(text))) => text,
+                            Some(Ok(Message::Binary(_))) => {
+                                metrics::counter!(m::REJECTS, "reason" => "binary").increment(1);
+                                self.out.control(error_text(None, ErrorCode::InvalidMessage, "binary frames are not accepted; send JSON text"));
+                                self.out.close(1003, "binary frames are not accepted");
+                                break;
+                            }
+                            Some(Ok(Message::Close(_))) => break,
+                            Some(Ok(_)) => continue, // pings are answered by the library; pongs keep us alive
+                        };
+                        if !bucket.allow() {
+                            strikes += 1;
+                            if strikes == 1 || strikes.is_multiple_of(50) {
+                                self.out.control(error_text(None, ErrorCode::RateLimited, format!("more than {} messages per second", limits.messages_per_sec)));
+                            } else {
+                                metrics::counter!(m::REJECTS, "reason" => "rate_limited").increment(1);
+                            }
+                            if strikes >= limits.max_strikes {
+                                self.out.close(close_code::RATE_LIMITED, "rate limit exceeded");
+                                break;
+                            }
+                            continue;
+                        }
+                        strikes = 0;
+                        // Boxed: handling is brief, and inline its state would enlarge every idle
+                        // connection's.
+                        Box::pin(self.clone().handle(&text, &mut feeds)).await;
+                        if self.out.is_closing() {
+                            break;
+                        }
+                    }
+                    Ok(()) = signal.changed() => {
+                        if signal.borrow_and_update().stopping {
+                            self.out.close(1001, "server going away");
+                            break;
+                        }
+                        // NATS came back: what was published meanwhile is gone, so the client gets
+                        // its state afresh (and the feeds that could not be opened then, now).
+                        Box::pin(self.subscribe_feeds(&mut feeds)).await;
+                        tokio::spawn(self.clone().resume());
+                    }
+                    message = next_view(&mut feeds.view) => match message {
+                        ViewMessage::Trip(message) => {
+                            if let Ok(event) = codec::decode::<TripEvent>(&message.payload) {
+                                self.out.latest(Key::Trip(event.trip.trip_id), ServerMessage::TripUpdate { trip: event.trip }.to_json());
+                            }
+                    }
+                        ViewMessage::Vehicle(message) => {
+                            if let Ok(p) = codec::decode::<Position>(&message.payload) {
+                                self.out.vehicle(VehicleView { driver_id: p.driver_id, lat: p.lat, lng: p.lng, heading: p.heading, status: p.status, ts: p.ts });
+                            }
+                    }
+                        ViewMessage::Counts(message) => {
+                            if let Ok(counts) = codec::decode::<CellCounts>(&message.payload) {
+                                let cells = counts.cells.iter().map(|c| CellAggregate {
+                                    cell: format!("{:x}", c.cell),
+                                    vehicles: c.vehicles,
+                                    available: c.available,
+                                    open_requests: c.open_requests,
+                                }).collect();
+                                self.out.latest(Key::Aggregates(counts.region), ServerMessage::CellAggregates { resolution: counts.resolution, cells }.to_json());
+                            }
+                    }
+                    },
+                    () = &mut housekeeping => {
+                        if last_seen.elapsed() >= limits.idle_timeout {
+                            metrics::counter!(m::CLOSES, "reason" => "idle").increment(1);
+                            self.out.close(1001, "idle timeout");
+                            break;
+                        }
+                        if last_ping.elapsed() >= limits.ping_interval {
+                            last_ping = Instant::now();
+                            self.out.ping();
+                        }
+                        let next = (last_ping + limits.ping_interval).min(last_seen + limits.idle_timeout);
+                        housekeeping.as_mut().reset(next.into());
+                    }
+                }
+                if self.out.is_closing() {
                     break;
                 }
-                // A slow or gone client: the writer closed the connection.
-                () = writer.as_mut() => break,
-                frame = stream.next() => {
-                    last_seen = Instant::now();
-                    let text = match frame {
-                        None => break,
-                        Some(Err(error)) => {
-                            use tokio_tungstenite::tungstenite::Error;
-                            match error {
-                                Error::Capacity(_) => {
-                                    metrics::counter!(m::REJECTS, "reason" => "too_large").increment(1);
-                                    self.out.close(1009, "message too big");
-                                }
-                                Error::Protocol(_) | Error::Utf8(_) => self.out.close(1002, "protocol error"),
-                                _ => {}
-                            }
-                            break;
-                        }
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Binary(_))) => {
-                            metrics::counter!(m::REJECTS, "reason" => "binary").increment(1);
-                            self.out.control(error_text(None, ErrorCode::InvalidMessage, "binary frames are not accepted; send JSON text"));
-                            self.out.close(1003, "binary frames are not accepted");
-                            break;
-                        }
-                        Some(Ok(Message::Close(_))) => break,
-                        Some(Ok(_)) => continue, // pings are answered by the library; pongs keep us alive
-                    };
-                    if !bucket.allow() {
-                        strikes += 1;
-                        if strikes == 1 || strikes.is_multiple_of(50) {
-                            self.out.control(error_text(None, ErrorCode::RateLimited, format!("more than {} messages per second", limits.messages_per_sec)));
-                        } else {
-                            metrics::counter!(m::REJECTS, "reason" => "rate_limited").increment(1);
-                        }
-                        if strikes >= limits.max_strikes {
-                            self.out.close(close_code::RATE_LIMITED, "rate limit exceeded");
-                            break;
-                        }
-                        continue;
-                    }
-                    strikes = 0;
-                    // Boxed: handling is brief, and inline its state would enlarge every idle
-                    // connection's.
-                    Box::pin(self.clone().handle(&text, &mut feeds)).await;
-                    if self.out.is_closing() {
-                        break;
-                    }
-                }
-                Ok(()) = resync.changed() => {
-                    // NATS came back: what was published meanwhile is gone, so the client gets
-                    // its state afresh (and the feeds that could not be opened then, now).
-                    Box::pin(self.subscribe_feeds(&mut feeds)).await;
-                    tokio::spawn(self.clone().resume());
-                }
-                message = next_of(&mut feeds.trips) => {
-                    if let Some(message) = message
-                        && let Ok(event) = codec::decode::<TripEvent>(&message.payload) {
-                            self.out.latest(Key::Trip(event.trip.trip_id), ServerMessage::TripUpdate { trip: event.trip }.to_json());
-                        }
-                }
-                message = next_in(&mut feeds.cells) => {
-                    if let Some(message) = message
-                        && let Ok(p) = codec::decode::<Position>(&message.payload) {
-                            self.out.vehicle(VehicleView { driver_id: p.driver_id, lat: p.lat, lng: p.lng, heading: p.heading, status: p.status, ts: p.ts });
-                        }
-                }
-                message = next_in(&mut feeds.aggregates) => {
-                    if let Some(message) = message
-                        && let Ok(counts) = codec::decode::<CellCounts>(&message.payload) {
-                            let cells = counts.cells.iter().map(|c| CellAggregate {
-                                cell: format!("{:x}", c.cell),
-                                vehicles: c.vehicles,
-                                available: c.available,
-                                open_requests: c.open_requests,
-                            }).collect();
-                            self.out.latest(Key::Aggregates(counts.region), ServerMessage::CellAggregates { resolution: counts.resolution, cells }.to_json());
-                        }
-                }
-                () = &mut housekeeping => {
-                    if last_seen.elapsed() >= limits.idle_timeout {
-                        metrics::counter!(m::CLOSES, "reason" => "idle").increment(1);
-                        self.out.close(1001, "idle timeout");
-                        break;
-                    }
-                    if last_ping.elapsed() >= limits.ping_interval {
-                        last_ping = Instant::now();
-                        self.out.ping();
-                    }
-                    let next = (last_ping + limits.ping_interval).min(last_seen + limits.idle_timeout);
-                    housekeeping.as_mut().reset(next.into());
-                }
-            }
-            if self.out.is_closing() {
-                break;
             }
         }
     }
@@ -824,8 +901,9 @@ impl Session {
     async fn viewport(&self, id: u64, viewport: client::Viewport, zoom: f32, feeds: &mut Feeds) {
         let config = &self.shared.config;
         let nats = &self.shared.nats;
-        feeds.cells = None;
-        feeds.aggregates = None;
+        let view = feeds.view.get_or_insert_with(Box::default);
+        view.cells = SelectAll::new();
+        view.aggregates = SelectAll::new();
         let detailed = if zoom >= config.limits.detail_zoom {
             viewport::cells(
                 &viewport,
@@ -837,13 +915,12 @@ impl Session {
         };
         match detailed {
             Some(cells) => {
-                let all = feeds.cells.insert(SelectAll::new());
                 for cell in cells {
                     let subject = self
                         .subjects()
                         .location(config.geo.region_of_cell(cell), cell);
                     if let Ok(sub) = nats.subscribe(subject).await {
-                        all.push(sub);
+                        view.cells.push(sub);
                     }
                 }
             }
@@ -860,10 +937,9 @@ impl Session {
                     ));
                     return;
                 };
-                let all = feeds.aggregates.insert(SelectAll::new());
                 for region in regions {
                     if let Ok(sub) = nats.subscribe(self.subjects().cell_counts(region)).await {
-                        all.push(sub);
+                        view.aggregates.push(sub);
                     }
                 }
             }
