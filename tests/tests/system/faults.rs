@@ -184,7 +184,11 @@ async fn killing_one_of_two_matchers_under_load() {
 
     city.matchers[0].kill();
     let killed = Instant::now();
-    // A new request right after the kill is offered by the surviving replica within 2 s.
+    // A new request right after the kill is offered by the surviving replica: at once when
+    // NATS already knows the killed one is gone (about 10 ms after the kill), or, when the
+    // request reached the killed replica's subscription in the moment before, once the trips
+    // service's sweeper publishes the quiet request again (`quiet_after`, 2 s here, checked
+    // every second). Either way within 5 s.
     rider
         .send_json(&json!({"type": "request_ride", "id": 1,
             "pickup": {"lat": PROBE.lat, "lng": PROBE.lng + 0.0005},
@@ -192,11 +196,11 @@ async fn killing_one_of_two_matchers_under_load() {
         .await;
     let trip = rider.ack_trip(1).await;
     let offer = tokio::time::timeout(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         driver.recv_until(|m| matches!(m, ServerMessage::Offer { .. })),
     )
     .await
-    .expect("the surviving matcher offered the probe request within 2 s of the kill");
+    .expect("the surviving matcher offered the probe request within 5 s of the kill");
     let ServerMessage::Offer { trip: offered, .. } = offer else {
         unreachable!()
     };
