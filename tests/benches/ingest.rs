@@ -37,7 +37,8 @@ use tokio_tungstenite::tungstenite::Message;
 const CONNECTIONS: usize = 1_000;
 const STEP: Duration = Duration::from_secs(4);
 const RATES: &[u64] = &[
-    5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 90_000, 100_000, 120_000, 160_000,
+    5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 90_000, 100_000, 110_000, 120_000,
+    160_000,
 ];
 const BASELINE_MESSAGES: u64 = 1_000_000;
 const CENTER: Point = Point::new(52.52, 13.405);
