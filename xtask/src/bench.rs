@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::chart::{self, Chart, Series};
 use crate::infra::{self, Infra, say};
+use crate::targets;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -130,7 +132,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let report = assemble(&root.join("target/bench"))?;
     say(format!(
-        "report in target/bench/report.json (criterion's in target/criterion/):\n{report}"
+        "report in target/bench/report.json, with a page and plot in report.html \
+         (criterion's in target/criterion/):\n{report}"
     ));
     Ok(())
 }
@@ -160,14 +163,14 @@ fn assemble(dir: &Path) -> Result<String> {
     let mut report = serde_json::Map::new();
     let mut rows = Vec::new();
     let mut row = |name: &str, figure: serde_json::Value| {
-        rows.push(format!(
-            "{:<44} {:>14.1} {:>14.1} {:>8.3} {}",
-            name,
-            figure["value"].as_f64().unwrap_or(f64::NAN),
-            figure["baseline"].as_f64().unwrap_or(f64::NAN),
-            figure["ratio"].as_f64().unwrap_or(f64::NAN),
-            figure["unit"].as_str().unwrap_or_default()
-        ));
+        let number = |key: &str| figure[key].as_f64().unwrap_or(f64::NAN);
+        rows.push(vec![
+            name.to_owned(),
+            format!("{:.1}", number("value")),
+            format!("{:.1}", number("baseline")),
+            format!("{:.3}", number("ratio")),
+            figure["unit"].as_str().unwrap_or_default().to_owned(),
+        ]);
         figure
     };
     if let Some(ingest) = read("ingest") {
@@ -204,6 +207,7 @@ fn assemble(dir: &Path) -> Result<String> {
                     "gateway": connections["gateway"]["idle_cpu_percent"].clone(),
                     "bare_tungstenite": connections["bare_tungstenite"]["idle_cpu_percent"].clone(),
                 },
+                "open_file_limit": connections["open_file_limit"].clone(),
             }),
         );
     }
@@ -280,16 +284,168 @@ fn assemble(dir: &Path) -> Result<String> {
             }),
         );
     }
+    let mut report = serde_json::Value::Object(report);
+    let verdicts = targets::judge_all(&report);
+    report["targets"] = targets::to_json(&verdicts);
     std::fs::write(
         dir.join("report.json"),
-        serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
+        serde_json::to_string_pretty(&report)?,
     )?;
+    let ingest_chart = read("ingest").map(|ingest| ingest_chart(&ingest));
+    if let Some(svg) = &ingest_chart {
+        std::fs::write(dir.join("ingest.svg"), svg)?;
+    }
     let header = format!(
         "{:<44} {:>14} {:>14} {:>8}",
         "figure", "value", "baseline", "ratio"
     );
-    Ok(std::iter::once(header)
-        .chain(rows)
+    let verdict_rows: Vec<Vec<String>> = verdicts
+        .iter()
+        .map(|v| {
+            let outcome = match &v.outcome {
+                targets::Outcome::NotMeasured(why) => format!("not measured: {why}"),
+                other => other.as_str().to_owned(),
+            };
+            vec![v.aim.to_owned(), v.measured.clone(), outcome]
+        })
+        .collect();
+    let figures = std::iter::once(header)
+        .chain(rows.iter().map(|r| {
+            format!(
+                "{:<44} {:>14} {:>14} {:>8} {}",
+                r[0], r[1], r[2], r[3], r[4]
+            )
+        }))
         .collect::<Vec<_>>()
-        .join("\n"))
+        .join("\n");
+    std::fs::write(
+        dir.join("report.html"),
+        chart::page(
+            "cargo xtask bench",
+            &[
+                "<h2>Aims</h2>".to_owned(),
+                chart::table(&["aim", "measured", "outcome"], &verdict_rows),
+                "<h2>Figures beside their baselines</h2>".to_owned(),
+                chart::table(&["figure", "value", "baseline", "ratio", "unit"], &rows),
+                ingest_chart.unwrap_or_default(),
+            ],
+        ),
+    )?;
+    let aims = verdict_rows
+        .iter()
+        .map(|r| format!("{:<72} {:<14} {}", r[0], r[1], r[2]))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(format!(
+        "{figures}\n\n{:<72} {:<14} outcome\n{aims}",
+        "aim", "measured"
+    ))
+}
+
+/// The ingest ladder as a chart: latency quantiles by offered rate, the 10 ms aim beside them.
+fn ingest_chart(ingest: &serde_json::Value) -> String {
+    let steps = ingest["steps"].as_array().cloned().unwrap_or_default();
+    let quantile = |q: &str| {
+        steps
+            .iter()
+            .filter_map(|s| Some((s["offered_per_sec"].as_f64()?, s["latency_ms"][q].as_f64()?)))
+            .collect::<Vec<_>>()
+    };
+    let rates: Vec<f64> = steps
+        .iter()
+        .filter_map(|s| s["offered_per_sec"].as_f64())
+        .collect();
+    let span = rates
+        .first()
+        .zip(rates.last())
+        .map(|(&a, &b)| vec![(a, 10.0), (b, 10.0)])
+        .unwrap_or_default();
+    let lost_from = steps
+        .iter()
+        .find(|s| s["lost"].as_u64().is_some_and(|lost| lost > 0))
+        .and_then(|s| s["offered_per_sec"].as_f64());
+    let title = match lost_from {
+        Some(rate) => {
+            format!("Position latency end to end by offered rate (updates lost from {rate:.0}/s)")
+        }
+        None => "Position latency end to end by offered rate".to_owned(),
+    };
+    Chart::new(title, "updates/s", "ms")
+        .with(Series::new("p50", "#1b9e77", quantile("p50")))
+        .with(Series::new("p99", "#d95f02", quantile("p99")))
+        .with(Series::new("p999", "#7570b3", quantile("p999")))
+        .with(Series::new("p99 aim (10 ms)", "#999999", span).dashed())
+        .svg()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_report_gathers_every_figure_judges_the_aims_and_plots_the_ingest_ladder() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, value: serde_json::Value| {
+            std::fs::write(dir.join(format!("{name}.json")), value.to_string()).unwrap();
+        };
+        let step = |rate: f64, lost: u64, p99: f64| {
+            json!({"offered_per_sec": rate, "lost": lost,
+                   "latency_ms": {"p50": 1.0, "p99": p99, "p999": p99 * 2.0}})
+        };
+        write(
+            "ingest",
+            json!({
+                "lossless_updates_per_sec": 100_287.0,
+                "bare_nats_messages_per_sec": 1_252_999.0,
+                "sends": "spread",
+                "latency": {"at_50_percent": {"rate_per_sec": 50_143, "lost": 0,
+                            "latency_ms": {"p50": 2.29, "p99": 3.73, "p999": 4.79}}},
+                "steps": [step(5_014.0, 0, 3.0), step(100_287.0, 0, 8.1), step(120_378.0, 29_316, 31.1)],
+            }),
+        );
+        write(
+            "connections",
+            json!({
+                "open_file_limit": 20_000,
+                "gateway": {"connections": 18_000, "bytes_per_connection": 3_968.0, "idle_cpu_percent": 1.4},
+                "bare_tungstenite": {"connections": 18_000, "bytes_per_connection": 2_977.0, "idle_cpu_percent": 0.0},
+            }),
+        );
+        let table = assemble(&dir).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["ingest"]["lossless_updates"]["value"], 100_287.0);
+        assert_eq!(report["connections"]["open_file_limit"], 20_000);
+        let outcomes: Vec<&str> = report["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["outcome"].as_str().unwrap())
+            .collect();
+        // Ingest (2), memory met; connections capped by the limit; matching not run (3).
+        assert_eq!(
+            outcomes,
+            [
+                "met",
+                "met",
+                "not measured",
+                "not measured",
+                "met",
+                "not measured",
+                "not measured"
+            ]
+        );
+        assert!(table.contains("ingest: lossless updates/s vs bare async-nats"));
+        assert!(table.contains("open-file limit is 20000"));
+        let svg = std::fs::read_to_string(dir.join("ingest.svg")).unwrap();
+        assert!(svg.contains("updates lost from 120378/s"));
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        let page = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert!(page.contains("<svg") && page.contains("at most 4 KiB of gateway memory"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -10,11 +10,13 @@
 //! - `cargo xtask fuzz`: the protocol fuzzer for as long as asked.
 
 mod bench;
+mod chart;
 mod demo;
 mod fuzz;
 mod infra;
 mod soak;
 mod supply;
+mod targets;
 mod test;
 mod web;
 

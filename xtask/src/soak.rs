@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
+use crate::chart::{self, Chart, Series};
 use crate::demo::{self, Service};
 use crate::infra::{self, Infra, say};
 
@@ -361,56 +362,30 @@ fn memory_growth(samples: &[Sample]) -> BTreeMap<&'static str, (f64, f64)> {
     out
 }
 
-/// Memory and latency over time as two SVG line charts in one page.
+/// Memory and latency over time as two line charts in one page.
 fn plot(samples: &[Sample]) -> String {
     let chart = |title: &str, unit: &str, pick: &dyn Fn(&Sample, &str) -> Option<f64>| {
-        let (w, h, pad) = (720.0, 260.0, 50.0);
-        let t_max = samples.last().map_or(1.0, |s| s.t_s).max(1.0);
-        let y_max = samples
-            .iter()
-            .flat_map(|s| ["trips", "matcher", "gateway"].map(|n| pick(s, n).unwrap_or(0.0)))
-            .fold(0.0f64, f64::max)
-            .max(1e-9)
-            * 1.1;
-        let mut svg = format!(
-            r##"<h2>{title}</h2><svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg"><rect width="{w}" height="{h}" fill="white" stroke="#ccc"/><text x="5" y="15" font-size="11">{y_max:.1} {unit}</text><text x="5" y="{}" font-size="11">0</text><text x="{}" y="{}" font-size="11">{t_max:.0} s</text>"##,
-            h - pad + 4.0,
-            w - pad,
-            h - 5.0
-        );
+        let mut chart = Chart::new(title, "s", unit);
         for (name, colour) in [
             ("trips", "#1b9e77"),
             ("matcher", "#d95f02"),
             ("gateway", "#7570b3"),
         ] {
-            let points: Vec<String> = samples
+            let points = samples
                 .iter()
-                .filter_map(|s| {
-                    pick(s, name).map(|v| {
-                        format!(
-                            "{:.1},{:.1}",
-                            pad + (w - 2.0 * pad) * s.t_s / t_max,
-                            h - pad - (h - 2.0 * pad) * v / y_max
-                        )
-                    })
-                })
+                .filter_map(|s| pick(s, name).map(|v| (s.t_s, v)))
                 .collect();
-            svg.push_str(&format!(
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/><text x="{}" y="{}" font-size="12" fill="{colour}">{name}</text>"#,
-                points.join(" "),
-                w - 45.0,
-                match name { "trips" => 30.0, "matcher" => 45.0, _ => 60.0 }
-            ));
+            chart = chart.with(Series::new(name, colour, points));
         }
-        svg.push_str("</svg>");
-        svg
+        chart.svg()
     };
-    format!(
-        "<!doctype html><meta charset=utf-8><title>Soak</title><h1>Soak run</h1>{}{}",
-        chart("Resident memory", "MiB", &|s, n| s.rss_mib.get(n).copied()),
-        chart("Mean latency per interval", "ms", &|s, n| s
-            .latency_ms
-            .get(n)
-            .copied()),
+    chart::page(
+        "Soak run",
+        &[
+            chart("Resident memory", "MiB", &|s, n| s.rss_mib.get(n).copied()),
+            chart("Mean latency per interval", "ms", &|s, n| {
+                s.latency_ms.get(n).copied()
+            }),
+        ],
     )
 }

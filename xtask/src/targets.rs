@@ -1,0 +1,243 @@
+//! The capacity aims of BENCHMARKS.md, judged on the report `cargo xtask bench` assembles: each
+//! met, missed, or not measured (and why), so a run says plainly where the system stands.
+
+use serde_json::Value;
+
+/// How one aim came out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Met,
+    Missed,
+    /// Not measured in this run: its benchmark was not run, or this machine cannot run it.
+    NotMeasured(String),
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::Missed => "missed",
+            Self::NotMeasured(_) => "not measured",
+        }
+    }
+}
+
+/// One aim and what the run measured for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub aim: &'static str,
+    /// The measured figure, or empty when there is none.
+    pub measured: String,
+    pub outcome: Outcome,
+}
+
+/// The number at `path` in `report`, if the run produced it.
+fn at(report: &Value, path: &[&str]) -> Option<f64> {
+    path.iter()
+        .try_fold(report, |v, key| v.get(key))?
+        .as_f64()
+        .filter(|v| v.is_finite())
+}
+
+/// Met when `ok(value)`; not measured when the benchmark left no figure.
+fn judge(
+    aim: &'static str,
+    value: Option<f64>,
+    show: impl Fn(f64) -> String,
+    ok: impl Fn(f64) -> bool,
+) -> Verdict {
+    match value {
+        Some(v) => Verdict {
+            aim,
+            measured: show(v),
+            outcome: if ok(v) { Outcome::Met } else { Outcome::Missed },
+        },
+        None => Verdict {
+            aim,
+            measured: String::new(),
+            outcome: Outcome::NotMeasured("its benchmark was not run".into()),
+        },
+    }
+}
+
+/// Connections one gateway should hold.
+pub const CONNECTIONS: f64 = 100_000.0;
+
+/// Every aim, judged on an assembled report (the shape of `target/bench/report.json`).
+pub fn judge_all(report: &Value) -> Vec<Verdict> {
+    let lossless = at(report, &["ingest", "lossless_updates", "value"]);
+    let p99_half = at(
+        report,
+        &["ingest", "latency_ms", "at_50_percent", "latency_ms", "p99"],
+    );
+    let offer_p99 = at(report, &["matching", "ample_supply_greedy_offer_p99_ms"]);
+    let held = at(report, &["connections", "held"]);
+    let fd_limit = at(report, &["connections", "open_file_limit"]);
+    let bytes = at(report, &["connections", "bytes_per_connection", "value"]);
+    let pickup = |key: &str| at(report, &["matching", "high_load_mean_pickup_time_s", key]);
+    let served = |key: &str| at(report, &["matching", "high_load_service_rate", key]);
+    let pickup_ratio = pickup("value")
+        .zip(pickup("baseline"))
+        .map(|(batched, greedy)| batched / greedy);
+    let served_difference = served("value")
+        .zip(served("baseline"))
+        .map(|(batched, greedy)| batched - greedy);
+
+    let mut connections = judge(
+        "one gateway holds 100,000 concurrent connections",
+        held,
+        |v| format!("{v:.0} held"),
+        |v| v >= CONNECTIONS,
+    );
+    if let (Some(held), Some(limit)) = (held, fd_limit)
+        && held < CONNECTIONS
+        && limit < CONNECTIONS + 1_000.0
+    {
+        connections.outcome = Outcome::NotMeasured(format!(
+            "this machine's open-file limit is {limit:.0} per process (ulimit -Hn), so one \
+             gateway can hold at most {held:.0} here"
+        ));
+    }
+    vec![
+        judge(
+            "at least 100,000 position updates/s end to end, none lost",
+            lossless,
+            |v| format!("{v:.0}/s"),
+            |v| v >= 100_000.0,
+        ),
+        judge(
+            "position latency p99 at most 10 ms at half the lossless rate",
+            p99_half,
+            |v| format!("{v:.2} ms"),
+            |v| v <= 10.0,
+        ),
+        judge(
+            "request to offer p99 at most 25 ms with the greedy strategy",
+            offer_p99,
+            |v| format!("{v:.2} ms"),
+            |v| v <= 25.0,
+        ),
+        connections,
+        judge(
+            "at most 4 KiB of gateway memory per idle connection",
+            bytes,
+            |v| format!("{v:.0} bytes"),
+            |v| v <= 4_096.0,
+        ),
+        judge(
+            "batched matching lowers mean pickup time by at least 10% at high load",
+            pickup_ratio,
+            |v| format!("{:.1}% lower", (1.0 - v) * 100.0),
+            |v| v <= 0.9,
+        ),
+        judge(
+            "batched matching serves no smaller share of requests at high load",
+            served_difference,
+            |v| format!("{:+.1} points", v * 100.0),
+            |v| v >= 0.0,
+        ),
+    ]
+}
+
+/// The verdicts as report.json carries them.
+pub fn to_json(verdicts: &[Verdict]) -> Value {
+    verdicts
+        .iter()
+        .map(|v| {
+            let why = match &v.outcome {
+                Outcome::NotMeasured(why) => Value::String(why.clone()),
+                _ => Value::Null,
+            };
+            serde_json::json!({
+                "aim": v.aim,
+                "measured": v.measured,
+                "outcome": v.outcome.as_str(),
+                "why": why,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn report(lossless: f64, p99: f64, held: f64, limit: f64, pickup: (f64, f64)) -> Value {
+        json!({
+            "ingest": {
+                "lossless_updates": {"value": lossless, "baseline": 1.2e6},
+                "latency_ms": {"at_50_percent": {"latency_ms": {"p50": 2.0, "p99": p99}}},
+            },
+            "connections": {
+                "held": held,
+                "open_file_limit": limit,
+                "bytes_per_connection": {"value": 3_968.0, "baseline": 2_977.0},
+            },
+            "matching": {
+                "ample_supply_greedy_offer_p99_ms": 9.6,
+                "high_load_mean_pickup_time_s": {"value": pickup.0, "baseline": pickup.1},
+                "high_load_service_rate": {"value": 1.0, "baseline": 1.0},
+            },
+        })
+    }
+
+    fn outcome(verdicts: &[Verdict], aim_starts: &str) -> Outcome {
+        verdicts
+            .iter()
+            .find(|v| v.aim.starts_with(aim_starts))
+            .unwrap_or_else(|| panic!("no aim starting {aim_starts:?}"))
+            .outcome
+            .clone()
+    }
+
+    #[test]
+    fn figures_on_the_right_side_of_every_aim_are_met() {
+        let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
+        assert_eq!(verdicts.len(), 7);
+        for v in &verdicts {
+            assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
+        }
+        assert_eq!(verdicts[0].measured, "100287/s");
+        assert_eq!(outcome(&verdicts, "batched matching lowers"), Outcome::Met);
+        assert!(verdicts[5].measured.starts_with("39.4% lower"));
+    }
+
+    #[test]
+    fn figures_on_the_wrong_side_are_missed() {
+        let verdicts = judge_all(&report(99_961.0, 10.5, 100_000.0, 1e6, (200.0, 210.0)));
+        assert_eq!(outcome(&verdicts, "at least 100,000"), Outcome::Missed);
+        assert_eq!(outcome(&verdicts, "position latency"), Outcome::Missed);
+        assert_eq!(
+            outcome(&verdicts, "batched matching lowers"),
+            Outcome::Missed
+        );
+        assert_eq!(outcome(&verdicts, "request to offer"), Outcome::Met);
+    }
+
+    #[test]
+    fn connections_capped_by_the_open_file_limit_are_not_measured_and_say_why() {
+        let verdicts = judge_all(&report(100_287.0, 3.73, 18_000.0, 20_000.0, (1.0, 2.0)));
+        let Outcome::NotMeasured(why) = outcome(&verdicts, "one gateway holds") else {
+            panic!("capped connections should not count as met or missed");
+        };
+        assert!(why.contains("20000") && why.contains("18000"), "{why}");
+        // With room for them, holding fewer is a miss, not an excuse.
+        let verdicts = judge_all(&report(100_287.0, 3.73, 18_000.0, 1e6, (1.0, 2.0)));
+        assert_eq!(outcome(&verdicts, "one gateway holds"), Outcome::Missed);
+    }
+
+    #[test]
+    fn a_benchmark_that_did_not_run_is_not_measured() {
+        let verdicts = judge_all(&json!({"geo": {}}));
+        assert!(
+            verdicts
+                .iter()
+                .all(|v| matches!(v.outcome, Outcome::NotMeasured(_)) && v.measured.is_empty())
+        );
+        let json = to_json(&verdicts);
+        assert_eq!(json[0]["outcome"], "not measured");
+        assert_eq!(json[0]["why"], "its benchmark was not run");
+    }
+}
