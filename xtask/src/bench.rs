@@ -15,6 +15,9 @@ pub struct Args {
     /// Run only the benchmarks whose names contain this (codec, trips, geo, matching, ingest,
     /// connections).
     filter: Option<String>,
+    /// Run nothing: gather what the last runs left in target/bench into the report and page.
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// Port of the Redis xtask starts when `REDIS_URL` does not answer.
@@ -84,6 +87,9 @@ impl Drop for Redis {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
+    if args.report_only {
+        return report(&root.join("target/bench"));
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let redis = Redis::up(&root.join("target/dev"))?;
@@ -130,10 +136,14 @@ pub fn run(args: Args) -> Result<()> {
             bail!("benchmark {bench} failed");
         }
     }
-    let report = assemble(&root.join("target/bench"))?;
+    report(&root.join("target/bench"))
+}
+
+fn report(dir: &Path) -> Result<()> {
+    let table = assemble(dir)?;
     say(format!(
         "report in target/bench/report.json, with a page and plot in report.html \
-         (criterion's in target/criterion/):\n{report}"
+         (criterion's in target/criterion/):\n{table}"
     ));
     Ok(())
 }
@@ -370,7 +380,8 @@ fn ingest_chart(ingest: &serde_json::Value) -> String {
         }
         None => "Position latency end to end by offered rate".to_owned(),
     };
-    Chart::new(title, "updates/s", "ms")
+    Chart::new(title, "offered updates/s", "ms")
+        .log_y()
         .with(Series::new("p50", "#1b9e77", quantile("p50")))
         .with(Series::new("p99", "#d95f02", quantile("p99")))
         .with(Series::new("p999", "#7570b3", quantile("p999")))

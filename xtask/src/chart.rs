@@ -36,14 +36,17 @@ pub struct Chart {
     pub title: String,
     pub x_unit: String,
     pub y_unit: String,
+    log_y: bool,
     pub series: Vec<Series>,
 }
 
-const WIDTH: f64 = 720.0;
-const HEIGHT: f64 = 280.0;
+const WIDTH: f64 = 760.0;
+const HEIGHT: f64 = 300.0;
 const PAD: f64 = 50.0;
-/// Gridlines across the y axis, besides zero.
-const GRID: u32 = 4;
+/// Room on the right for the legend.
+const LEGEND: f64 = 130.0;
+/// About how many steps a linear axis is cut into.
+const STEPS: u32 = 5;
 
 /// Text for SVG: the chart's own labels, escaped all the same.
 fn escape(text: &str) -> String {
@@ -53,14 +56,93 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A value for an axis label: no decimals once it is large.
+/// A tick's label: thousands as `k`, fewer decimals as values grow.
 fn label(value: f64) -> String {
-    if value.abs() >= 100.0 {
+    if value.abs() >= 10_000.0 && value % 1_000.0 == 0.0 {
+        format!("{:.0}k", value / 1_000.0)
+    } else if value.abs() >= 100.0 || value.fract() == 0.0 {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")
     } else {
         format!("{value:.2}")
+    }
+}
+
+/// A round step (1, 2, 2.5 or 5 times a power of ten) that cuts `span` into about `steps`.
+fn round_step(span: f64, steps: u32) -> f64 {
+    let raw = span / f64::from(steps);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&step| step >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * magnitude)
+}
+
+/// How values map onto one axis, and where its ticks go.
+#[derive(Debug, Clone, Copy)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    /// Logarithmic: ticks at 1, 2 and 5 times each power of ten.
+    log: bool,
+    step: f64,
+}
+
+impl Axis {
+    /// From `lo` to `hi`, widened to round steps.
+    fn linear(lo: f64, hi: f64) -> Self {
+        let step = round_step((hi - lo).max(1e-9), STEPS);
+        Self {
+            lo: (lo / step).floor() * step,
+            hi: ((hi / step).ceil() * step).max(lo + step),
+            log: false,
+            step,
+        }
+    }
+
+    /// From `lo` to `hi` (both above zero), widened to powers of ten.
+    fn log(lo: f64, hi: f64) -> Self {
+        let lo = 10f64.powf(lo.log10().floor());
+        let hi = 10f64.powf(hi.log10().ceil()).max(lo * 10.0);
+        Self {
+            lo,
+            hi,
+            log: true,
+            step: 0.0,
+        }
+    }
+
+    /// Where `value` falls, from 0 at `lo` to 1 at `hi`.
+    fn place(&self, value: f64) -> f64 {
+        if self.log {
+            (value.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (value - self.lo) / (self.hi - self.lo)
+        }
+    }
+
+    fn ticks(&self) -> Vec<f64> {
+        if self.log {
+            let mut ticks = Vec::new();
+            let mut decade = self.lo;
+            while decade <= self.hi * (1.0 + 1e-9) {
+                for m in [1.0, 2.0, 5.0] {
+                    let tick = decade * m;
+                    if tick <= self.hi * (1.0 + 1e-9) {
+                        ticks.push(tick);
+                    }
+                }
+                decade *= 10.0;
+            }
+            ticks
+        } else {
+            let count = ((self.hi - self.lo) / self.step).round() as u32;
+            (0..=count)
+                .map(|i| self.lo + self.step * f64::from(i))
+                .collect()
+        }
     }
 }
 
@@ -74,6 +156,7 @@ impl Chart {
             title: title.into(),
             x_unit: x_unit.into(),
             y_unit: y_unit.into(),
+            log_y: false,
             series: Vec::new(),
         }
     }
@@ -83,83 +166,108 @@ impl Chart {
         self
     }
 
-    /// The chart as one `<svg>` element. The y axis starts at zero; the x axis spans the
-    /// points. Non-finite points are left out.
+    /// A logarithmic y axis, for figures that span decades (latency under rising load).
+    pub fn log_y(mut self) -> Self {
+        self.log_y = true;
+        self
+    }
+
+    /// The chart as one `<svg>` element. A linear y axis starts at zero; the x axis spans the
+    /// points, both widened to round steps. Points that cannot be drawn (not numbers, or not
+    /// above zero on a log axis) are left out.
     pub fn svg(&self) -> String {
-        let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
+        let log_y = self.log_y;
+        let drawable =
+            move |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0);
         let points = || {
             self.series
                 .iter()
                 .flat_map(|s| s.points.iter())
-                .filter(|p| finite(p))
+                .filter(|p| drawable(p))
         };
-        let x_min = points().map(|p| p.0).fold(f64::INFINITY, f64::min);
-        let x_max = points().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
-        let (x_min, x_max) = if x_min.is_finite() {
-            (x_min, x_max)
+        let x_lo = points().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        let x_hi = points().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+        let (x_lo, x_hi) = if x_lo.is_finite() {
+            (x_lo, x_hi)
         } else {
             (0.0, 1.0)
         };
-        let x_span = (x_max - x_min).max(1e-9);
-        let y_max = points().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.1;
-        let x_at = |x: f64| PAD + (WIDTH - 2.0 * PAD) * (x - x_min) / x_span;
-        let y_at = |y: f64| HEIGHT - PAD - (HEIGHT - 2.0 * PAD) * y / y_max;
+        let x_axis = Axis::linear(x_lo, x_hi);
+        let y_hi = points().map(|p| p.1).fold(0.0f64, f64::max);
+        let y_axis = if log_y {
+            let y_lo = points().map(|p| p.1).fold(f64::INFINITY, f64::min);
+            if y_lo.is_finite() {
+                Axis::log(y_lo, y_hi)
+            } else {
+                Axis::log(1.0, 10.0)
+            }
+        } else {
+            Axis::linear(0.0, y_hi.max(1e-9))
+        };
+        let (left, right, top, bottom) = (PAD, WIDTH - LEGEND, 35.0, HEIGHT - PAD);
+        let x_at = |x: f64| left + (right - left) * x_axis.place(x);
+        let y_at = |y: f64| bottom - (bottom - top) * y_axis.place(y);
 
         let mut svg = String::new();
         let _ = write!(
             svg,
-            r##"<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif"><rect width="{WIDTH}" height="{HEIGHT}" fill="white" stroke="#ccc"/><text x="{PAD}" y="20" font-size="14">{}</text>"##,
+            r##"<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif"><rect width="{WIDTH}" height="{HEIGHT}" fill="white" stroke="#ccc"/><text x="{left}" y="20" font-size="14">{}</text>"##,
             escape(&self.title)
         );
-        for i in 0..=GRID {
-            let y = y_max * f64::from(i) / f64::from(GRID);
+        for y in y_axis.ticks() {
             let _ = write!(
                 svg,
-                r##"<line x1="{PAD}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
-                WIDTH - PAD,
-                PAD - 4.0,
+                r##"<line x1="{left}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
+                left - 4.0,
                 y_at(y) + 4.0,
                 label(y),
-                y = y_at(y),
+                at = y_at(y),
+            );
+        }
+        for x in x_axis.ticks() {
+            let _ = write!(
+                svg,
+                r##"<line x1="{at:.1}" x2="{at:.1}" y1="{bottom}" y2="{}" stroke="#999"/><text x="{at:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"##,
+                bottom + 4.0,
+                bottom + 16.0,
+                label(x),
+                at = x_at(x),
             );
         }
         let _ = write!(
             svg,
-            r##"<text x="6" y="{:.1}" font-size="11" transform="rotate(-90 12 {:.1})">{}</text><text x="{PAD}" y="{}" font-size="11">{}</text><text x="{}" y="{}" font-size="11" text-anchor="end">{} {}</text>"##,
-            HEIGHT / 2.0,
-            HEIGHT / 2.0,
+            r##"<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#999"/><text x="12" y="{mid:.1}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mid:.1})">{}{}</text><text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{}</text>"##,
             escape(&self.y_unit),
-            HEIGHT - PAD + 16.0,
-            label(x_min),
-            WIDTH - PAD,
-            HEIGHT - PAD + 16.0,
-            label(x_max),
+            if log_y { " (log scale)" } else { "" },
+            (left + right) / 2.0,
+            bottom + 34.0,
             escape(&self.x_unit),
+            mid = (top + bottom) / 2.0,
         );
         for (i, series) in self.series.iter().enumerate() {
-            let line: Vec<String> = series
+            let line: Vec<(f64, f64)> = series
                 .points
                 .iter()
-                .filter(|p| finite(p))
-                .map(|&(x, y)| format!("{:.1},{:.1}", x_at(x), y_at(y)))
+                .filter(|p| drawable(p))
+                .map(|&(x, y)| (x_at(x), y_at(y)))
                 .collect();
             let dash = if series.dashed {
                 r#" stroke-dasharray="6 4""#
             } else {
                 ""
             };
+            let points: Vec<String> = line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             let _ = write!(
                 svg,
                 r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
-                line.join(" "),
+                points.join(" "),
                 c = series.colour,
             );
             if !series.dashed {
-                for point in &line {
-                    let (x, y) = point.split_once(',').unwrap_or_default();
+                for (x, y) in &line {
                     let _ = write!(
                         svg,
-                        r#"<circle cx="{x}" cy="{y}" r="2.5" fill="{}"/>"#,
+                        r#"<circle cx="{x:.1}" cy="{y:.1}" r="2.5" fill="{}"/>"#,
                         series.colour
                     );
                 }
@@ -167,8 +275,8 @@ impl Chart {
             let _ = write!(
                 svg,
                 r#"<text x="{}" y="{}" font-size="12" fill="{}">{}</text>"#,
-                PAD + 8.0,
-                PAD + 4.0 + 15.0 * i as f64,
+                right + 12.0,
+                top + 10.0 + 16.0 * i as f64,
                 series.colour,
                 escape(&series.name),
             );
@@ -233,8 +341,9 @@ mod tests {
         assert!(!svg.contains("<by rate>"));
         assert!(svg.contains(">p50</text>") && svg.contains(">aim</text>"));
         assert!(svg.contains("stroke-dasharray"));
-        // The first point sits on the left edge, the last on the right; y is scaled to 110% of
-        // the highest value (10 ms), so 1 ms sits near the bottom.
+        // The x axis spans 1,000 to 2,000 exactly (round already), so the first point sits on
+        // the left edge and the last on the right; y runs from 0 to 10 ms, so 1 ms sits a tenth
+        // of the way up.
         let polyline = svg
             .split("points=\"")
             .nth(1)
@@ -250,14 +359,50 @@ mod tests {
             })
             .collect();
         assert_eq!(xy[0].0, PAD);
-        assert_eq!(xy[1].0, WIDTH - PAD);
-        let bottom = HEIGHT - PAD;
-        let expected = bottom - (HEIGHT - 2.0 * PAD) * 1.0 / 11.0;
+        assert_eq!(xy[1].0, WIDTH - LEGEND);
+        let (top, bottom) = (35.0, HEIGHT - PAD);
+        let expected = bottom - (bottom - top) * 0.1;
         assert!(
             (xy[0].1 - expected).abs() < 0.1,
             "{} vs {expected}",
             xy[0].1
         );
+    }
+
+    #[test]
+    fn axes_are_cut_in_round_steps() {
+        assert_eq!(round_step(110_138.0 - 5_012.0, 5), 25_000.0);
+        assert_eq!(round_step(10.0, 5), 2.0);
+        assert_eq!(round_step(0.7, 5), 0.2);
+        let x = Axis::linear(5_012.0, 110_138.0);
+        assert_eq!((x.lo, x.hi), (0.0, 125_000.0));
+        assert_eq!(x.ticks().len(), 6);
+        let y = Axis::log(1.34, 154.75);
+        assert_eq!((y.lo, y.hi), (1.0, 1_000.0));
+        assert_eq!(
+            y.ticks(),
+            [
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1_000.0
+            ]
+        );
+        assert!((y.place(10.0) - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(label(120_000.0), "120k");
+        assert_eq!(label(2.5), "2.50");
+        assert_eq!(label(20.0), "20");
+    }
+
+    #[test]
+    fn a_log_chart_leaves_out_what_it_cannot_place() {
+        let svg = Chart::new("t", "x", "ms")
+            .log_y()
+            .with(Series::new(
+                "s",
+                "#000",
+                vec![(0.0, 0.0), (1.0, 2.0), (2.0, 300.0)],
+            ))
+            .svg();
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(svg.contains("ms (log scale)") && !svg.contains("inf") && !svg.contains("NaN"));
     }
 
     #[test]
