@@ -214,6 +214,10 @@ async fn main() -> anyhow::Result<()> {
     // Clients here and the server in its own process each need a descriptor per connection,
     // besides a thousand or so for everything else.
     let most = (limit.saturating_sub(2_000) / 1_000 * 1_000) as usize;
+    anyhow::ensure!(
+        most > 0,
+        "the open-file limit here is {limit} (ulimit -Hn): too low to hold even 1,000 connections"
+    );
     let count: usize = match std::env::var("BENCH_CONNECTIONS") {
         Ok(wanted) => {
             let count = wanted

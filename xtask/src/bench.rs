@@ -140,6 +140,12 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn report(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "no benchmark results in {}: run `cargo xtask bench` first",
+            dir.display()
+        );
+    }
     let table = assemble(dir)?;
     say(format!(
         "report in target/bench/report.json, with a page and plot in report.html \
@@ -183,15 +189,16 @@ fn assemble(dir: &Path) -> Result<String> {
         ]);
         figure
     };
-    if let Some(ingest) = read("ingest") {
+    let ingest = read("ingest");
+    if let Some(ingest) = &ingest {
         report.insert(
             "ingest".into(),
             serde_json::json!({
                 "lossless_updates": row(
                     "ingest: lossless updates/s vs bare async-nats",
                     compared(
-                        number(&ingest, &["lossless_updates_per_sec"]),
-                        number(&ingest, &["bare_nats_messages_per_sec"]),
+                        number(ingest, &["lossless_updates_per_sec"]),
+                        number(ingest, &["bare_nats_messages_per_sec"]),
                         "per second",
                     ),
                 ),
@@ -301,7 +308,7 @@ fn assemble(dir: &Path) -> Result<String> {
         dir.join("report.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    let ingest_chart = read("ingest").map(|ingest| ingest_chart(&ingest));
+    let ingest_chart = ingest.as_ref().map(ingest_chart);
     if let Some(svg) = &ingest_chart {
         std::fs::write(dir.join("ingest.svg"), svg)?;
     }
@@ -354,7 +361,7 @@ fn assemble(dir: &Path) -> Result<String> {
 
 /// The ingest ladder as a chart: latency quantiles by offered rate, the 10 ms aim beside them.
 fn ingest_chart(ingest: &serde_json::Value) -> String {
-    let steps = ingest["steps"].as_array().cloned().unwrap_or_default();
+    let steps = ingest["steps"].as_array().map_or(&[][..], Vec::as_slice);
     let quantile = |q: &str| {
         steps
             .iter()
