@@ -302,6 +302,21 @@ impl DecodeError {
             Self::Invalid(err) => err.code(),
         }
     }
+
+    /// What the client is told: written for people, without the JSON parser's own text
+    /// (which [`Display`](std::fmt::Display) keeps, for logs).
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Malformed(error) => match error.classify() {
+                serde_json::error::Category::Data => "not a message this server knows: check \
+                     its type and that every field is present and of the right kind (see the \
+                     protocol's JSON Schema)"
+                    .to_owned(),
+                _ => "not valid JSON".to_owned(),
+            },
+            Self::Invalid(error) => error.to_string(),
+        }
+    }
 }
 
 /// Decodes and validates one text frame from a client.

@@ -4,6 +4,7 @@
 //! - [`bus`]: the payloads services exchange on NATS, encoded with [`codec`].
 //! - [`subjects`]: every NATS subject, built from typed parts under a configurable prefix.
 //! - [`geo`]: points and the H3 partitioning (region and cell of a point, halo cells).
+//! - [`rights`]: what each role may send, and what its commands become on the bus.
 //! - [`token`]: the signed tokens clients present at connect.
 //! - [`validate`]: the checks that decoding applies, each failure a typed [`ValidationError`].
 //!
@@ -15,6 +16,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod geo;
+pub mod rights;
 pub mod subjects;
 pub mod time;
 pub mod token;

@@ -8,7 +8,7 @@
 //! | `{p}.trips.query` | [`bus::TripQuery`] | gateway, matchers | trips, queue group; replies [`bus::QueryReply`] |
 //! | `{p}.evt.{region}` | [`bus::TripEvent`] | trips (outbox) | matchers, gateways (dispatcher feed) |
 //! | `{p}.drivers.status` | [`bus::DriverStatus`] | trips (outbox) | matchers |
-//! | `{p}.user.{role}.{id}` | [`bus::UserMessage`] | trips, matchers, gateways | the gateway holding that client |
+//! | `{p}.user.{role}.{id}` | JSON text of a [`client::ServerMessage`] | trips (outbox), gateways (a rider's view of its driver) | the gateway holding that client |
 //! | `{p}.agg.{region}` | [`bus::CellCounts`] | matchers | gateways (zoomed-out dispatcher views) |
 //! | `{p}.crumbs` | [`bus::Position`] | gateway, for drivers on a trip | trips (route breadcrumbs) |
 //!
@@ -20,7 +20,7 @@
 //! [`bus::QueryReply`]: crate::bus::QueryReply
 //! [`bus::TripEvent`]: crate::bus::TripEvent
 //! [`bus::DriverStatus`]: crate::bus::DriverStatus
-//! [`bus::UserMessage`]: crate::bus::UserMessage
+//! [`client::ServerMessage`]: crate::client::ServerMessage
 //! [`bus::CellCounts`]: crate::bus::CellCounts
 
 use h3o::CellIndex;
@@ -154,21 +154,9 @@ impl Subjects {
         format!("{}.agg.{region}", self.prefix)
     }
 
-    /// Per-cell counts of every region.
-    pub fn cell_counts_all(&self) -> String {
-        format!("{}.agg.*", self.prefix)
-    }
-
     /// Positions of drivers on a trip, recorded as the trip's route.
     pub fn breadcrumbs(&self) -> String {
         format!("{}.crumbs", self.prefix)
-    }
-
-    /// Splits a location subject back into its region and cell.
-    pub fn parse_location(&self, subject: &str) -> Option<(CellIndex, CellIndex)> {
-        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".loc.")?;
-        let (region, cell) = rest.split_once('.')?;
-        Some((region.parse().ok()?, cell.parse().ok()?))
     }
 }
 
@@ -208,14 +196,9 @@ mod tests {
             s.user(Role::Rider, "rider-7"),
             s.users_all(),
             s.cell_counts(region),
-            s.cell_counts_all(),
             s.breadcrumbs(),
         ];
         insta::assert_snapshot!(all.join("\n"));
-        assert_eq!(
-            s.parse_location(&s.location(region, cell)),
-            Some((region, cell))
-        );
         assert_eq!(
             s.parse_user(&s.user(Role::Rider, "rider-7")),
             Some((Role::Rider, "rider-7"))
@@ -228,7 +211,5 @@ mod tests {
         ] {
             assert_eq!(s.parse_user(bad), None, "{bad}");
         }
-        assert_eq!(s.parse_location("t1.loc.nothex.x"), None);
-        assert_eq!(s.parse_location("t2.loc.a.b"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! the per-connection limits, publishes positions on H3-partitioned subjects, forwards commands
 //! to the trips service with a deadline, and delivers to each client what NATS has for it.
 
+pub mod config;
 pub mod dashboard;
 pub mod inbox;
 pub mod meters;
@@ -12,7 +13,11 @@ pub mod outbound;
 pub mod publisher;
 pub mod ratelimit;
 pub mod session;
+pub mod shared;
 pub mod viewport;
+
+pub use config::{Config, Limits, Publishing};
+pub use shared::{Shared, Signal};
 
 use futures_util::FutureExt;
 use std::sync::Arc;
@@ -20,7 +25,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kit::{Bus, Readiness};
-use protocol::{GeoConfig, Subjects};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -30,129 +34,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::meters as m;
-
-/// Limits applied to every connection.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Connections held at once; more are refused with HTTP 503.
-    pub max_connections: usize,
-    /// Largest message or frame accepted, bytes; larger closes the connection with 1009.
-    pub max_message_bytes: usize,
-    /// Sustained messages per second per connection.
-    pub messages_per_sec: u32,
-    /// Messages a connection may send in a burst.
-    pub burst: u32,
-    /// Rate-limited messages in a row after which the connection is closed.
-    pub max_strikes: u32,
-    /// Time allowed for the WebSocket handshake and for the hello message.
-    pub hello_timeout: Duration,
-    /// A connection that sends nothing (not even a pong) for this long is closed.
-    pub idle_timeout: Duration,
-    pub ping_interval: Duration,
-    /// A client that does not take a write within this long is closed.
-    pub write_timeout: Duration,
-    /// Control messages (acks, errors, offers, trip updates) queued per connection before it
-    /// is closed as a slow consumer.
-    pub control_queue: usize,
-    /// A control message still unsent after this long closes the connection as a slow consumer.
-    pub control_deadline: Duration,
-    /// Coalesced entries (vehicles, positions, trips) held per connection.
-    pub coalesced_queue: usize,
-    /// Deadline for a command through the trips service.
-    pub command_timeout: Duration,
-    /// Commands awaiting an answer per connection.
-    pub max_commands_in_flight: usize,
-    /// Dispatcher zoom from which individual vehicles are shown rather than cell counts.
-    pub detail_zoom: f32,
-    /// Most cells a detailed viewport may cover.
-    pub max_viewport_cells: usize,
-    /// Most regions an aggregated viewport may cover.
-    pub max_viewport_regions: usize,
-    /// Read buffer of each connection, bytes: every connection holds one, idle or not, so it
-    /// is sized for the small frames clients send; a bigger frame grows it as needed.
-    pub read_buffer_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 100_000,
-            max_message_bytes: 16 * 1024,
-            messages_per_sec: 20,
-            burst: 40,
-            max_strikes: 200,
-            hello_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
-            write_timeout: Duration::from_secs(10),
-            control_queue: 1_024,
-            control_deadline: Duration::from_secs(5),
-            coalesced_queue: 5_000,
-            command_timeout: Duration::from_secs(5),
-            max_commands_in_flight: 8,
-            detail_zoom: 11.0,
-            max_viewport_cells: 400,
-            max_viewport_regions: 1_024,
-            read_buffer_bytes: 256,
-        }
-    }
-}
-
-/// Everything the gateway needs to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub nats_url: String,
-    pub subjects: Subjects,
-    pub geo: GeoConfig,
-    pub token_secret: Vec<u8>,
-    pub limits: Limits,
-    /// The dispatcher's web page on the HTTP listener.
-    pub dashboard: dashboard::Dashboard,
-    pub publishing: Publishing,
-}
-
-/// How positions are gathered into batches on their way to NATS (see [`publisher`]).
-#[derive(Debug, Clone)]
-pub struct Publishing {
-    /// Batches of positions go to NATS at most one per `linger`; a position after a quiet
-    /// spell goes at once. Zero publishes each batch as soon as the publishing task runs.
-    pub linger: Duration,
-    /// Publications held while NATS cannot take them; more are dropped and counted.
-    pub queue: usize,
-}
-
-impl Default for Publishing {
-    fn default() -> Self {
-        Self {
-            linger: Duration::from_millis(1),
-            queue: 65_536,
-        }
-    }
-}
-
-/// What every session listens for besides its client, in one watch so that an idle session
-/// waits on one signal rather than two.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Signal {
-    /// Bumped each time the NATS connection comes back; sessions then re-read their state.
-    pub reconnects: u64,
-    /// The gateway is stopping: sessions close with 1001.
-    pub stopping: bool,
-}
-
-/// State shared by every connection.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub nats: async_nats::Client,
-    pub bus: Bus,
-    /// What every session listens for besides its client.
-    pub signal: tokio::sync::watch::Receiver<Signal>,
-    /// Where each client's messages go.
-    pub inboxes: Arc<inbox::Inboxes>,
-    /// Where sessions hand their positions for NATS.
-    pub publisher: Arc<publisher::Publisher>,
-}
 
 /// Accepts or refuses a WebSocket upgrade: only on `/ws`, and only below the connection cap.
 #[allow(clippy::result_large_err)] // the signature is tungstenite's handshake callback
@@ -220,7 +101,9 @@ pub async fn run(
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
     let (signal_sender, signal) = tokio::sync::watch::channel(Signal::default());
+    let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
+        tasks: tasks.clone(),
         bus: Bus::new(nats.clone(), config.subjects.clone()),
         nats: nats.clone(),
         signal,
@@ -239,7 +122,6 @@ pub async fn run(
         let linger = shared.config.publishing.linger;
         async move { publisher.run(nats, linger, stop).await }
     });
-    let tasks = TaskTracker::new();
     // Subscribed before the first client is let in, so no client's message is missed.
     let messages = nats
         .subscribe(shared.config.subjects.users_all())
@@ -264,19 +146,11 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let http_stop = shutdown.clone();
     let app = kit::http::operator_routes(readiness).merge(dashboard::routes(
         shared.config.dashboard.clone(),
         ws.local_addr()?,
     ));
-    tasks.spawn(async move {
-        let served = axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server failed");
-        }
-    });
+    tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
 
     let limits = shared.config.limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -304,7 +178,6 @@ pub async fn run(
         let permit = permits.clone().try_acquire_owned().ok();
         let shared = shared.clone();
         let handshake_timeout = limits.hello_timeout;
-        let tracker = tasks.clone();
         // The handshake and the hello run in a task that ends after them; an accepted session
         // goes on in a task of its own, so its memory is not sized for the states before it.
         tasks.spawn(async move {
@@ -316,6 +189,7 @@ pub async fn run(
                 tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
             match tokio::time::timeout(handshake_timeout, Box::pin(handshake)).await {
                 Ok(Ok(ws)) => {
+                    let tracker = shared.tasks.clone();
                     if let Some(session) = session::open(ws, shared).await {
                         // (`map`, not an async block: awaiting a captured future would keep
                         // two copies of its state in the task.)
@@ -336,6 +210,7 @@ pub async fn run(
         });
     }
     tracing::info!("gateway stopping: closing client connections");
+    // Sessions close with 1001; commands in flight get their answers (or time out) first.
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
         .await

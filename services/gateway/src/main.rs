@@ -39,9 +39,8 @@ enum Command {
 struct Serve {
     #[command(flatten)]
     bus: kit::cli::BusArgs,
-    /// Secret that signs client tokens, at least 16 bytes.
-    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    #[command(flatten)]
+    token: kit::cli::TokenArgs,
     /// WebSocket listen address (clients connect to ws://ADDR/ws).
     #[arg(long, env = "GATEWAY_WS", default_value = "127.0.0.1:8080")]
     ws: SocketAddr,
@@ -79,8 +78,8 @@ struct Serve {
 
 #[derive(Debug, clap::Args)]
 struct MintToken {
-    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    #[command(flatten)]
+    token: kit::cli::TokenArgs,
     /// driver, rider or dispatcher.
     #[arg(long, value_parser = parse_role)]
     role: Role,
@@ -122,13 +121,14 @@ async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
     match Args::parse().command {
         Command::Token(args) => {
+            let secret = kit::cli::or_exit(args.token.validate());
             let claims = Claims {
                 role: args.role,
                 sub: args.sub,
                 exp: protocol::time::now_ms() / 1000 + args.ttl_hours * 3600,
                 name: args.name,
             };
-            match token::mint(args.token_secret.as_bytes(), &claims) {
+            match token::mint(&secret, &claims) {
                 Ok(token) => println!("{token}"),
                 Err(error) => {
                     tracing::error!(%error, "cannot mint token");
@@ -142,17 +142,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Serve) -> anyhow::Result<()> {
-    let (subjects, geo) = match args.bus.validate() {
-        Ok(parts) => parts,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "invalid configuration");
-            std::process::exit(kit::EXIT_BAD_CONFIG);
-        }
-    };
-    if args.token_secret.len() < 16 {
-        tracing::error!("TOKEN_SECRET must be at least 16 bytes");
-        std::process::exit(kit::EXIT_BAD_CONFIG);
-    }
+    let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
+    let token_secret = kit::cli::or_exit(args.token.validate());
     let limits = gateway::Limits {
         max_connections: args.max_connections,
         messages_per_sec: args.messages_per_sec,
@@ -163,7 +154,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         nats_url: args.bus.nats_url,
         subjects,
         geo,
-        token_secret: args.token_secret.into_bytes(),
+        token_secret,
         limits,
         dashboard: gateway::dashboard::Dashboard {
             assets: args.dashboard_dir,
@@ -186,14 +177,6 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         "dispatch-gateway starting"
     );
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        kit::shutdown_signal().await;
-        signal.cancel();
-        // A second signal, or a drain that takes too long, ends the process.
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        tracing::warn!("graceful shutdown took too long");
-        std::process::exit(1);
-    });
+    kit::shutdown::on_signal(shutdown.clone(), Duration::from_secs(30));
     gateway::run(config, ws, http, shutdown).await
 }

@@ -19,6 +19,9 @@ kit::meters! {
     counter POSITIONS_PUBLISHED = "gateway_positions_published_total";
     /// Positions not published, by `reason` (stale, nats_down, backlog).
     counter POSITIONS_DROPPED = "gateway_positions_dropped_total";
+    /// What follows from a position on a trip and was dropped (the publishing queue was full),
+    /// by `what` (breadcrumb, rider); the position itself was published.
+    counter FOLLOW_UPS_DROPPED = "gateway_position_follow_ups_dropped_total";
     /// Publications handed to the NATS client together (see `publisher`).
     histogram PUBLISH_BATCH = "gateway_publish_batch_size";
     /// Time to carry out a client command through the trips service, by `kind`.

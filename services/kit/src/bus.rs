@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event};
-use protocol::bus::CommandError;
+use protocol::bus::{CommandError, QueryReply, TripCommand, TripQuery, TripReply};
 use protocol::{ErrorCode, Subjects, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,8 +36,17 @@ impl BusError {
         }
     }
 
+    /// What a caller, and through it a client, is told: the code and a message written for
+    /// people. The detail (subjects, the NATS client's own error) goes to the log only.
     pub fn into_command_error(self) -> CommandError {
-        CommandError::new(self.code(), self.to_string())
+        tracing::warn!(error = %self, "request over the bus failed");
+        let message = match &self {
+            Self::NoResponders(_) => "the service is not running right now; retry shortly",
+            Self::Timeout(_) => "the service did not answer in time; retry",
+            Self::Nats(_) => "the bus is unavailable; retry shortly",
+            Self::Malformed(_) => "internal error",
+        };
+        CommandError::new(self.code(), message)
     }
 }
 
@@ -138,6 +147,21 @@ impl Bus {
         };
         metrics::histogram!("bus_request_duration_seconds").record(started.elapsed());
         Ok(codec::decode(&reply.payload)?)
+    }
+
+    /// Sends `command` to the trips service; a bus failure becomes the reply's error.
+    pub async fn command(&self, command: &TripCommand, timeout: Duration) -> TripReply {
+        self.request::<_, TripReply>(self.subjects.trip_commands(), command, timeout)
+            .await
+            .map_err(BusError::into_command_error)
+            .and_then(|reply| reply)
+    }
+
+    /// Asks the trips service `query`; a bus failure becomes [`QueryReply::Error`].
+    pub async fn query(&self, query: &TripQuery, timeout: Duration) -> QueryReply {
+        self.request::<_, QueryReply>(self.subjects.trip_queries(), query, timeout)
+            .await
+            .unwrap_or_else(|error| QueryReply::Error(error.into_command_error()))
     }
 }
 

@@ -7,6 +7,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Named readiness conditions; the service is ready when all are true.
 #[derive(Debug, Clone, Default)]
@@ -68,4 +70,15 @@ pub fn operator_routes(readiness: Readiness) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(readiness)
+}
+
+/// Serves `app` on `listener` until `stop`, letting requests in progress finish; a failure is
+/// logged, since the service goes on without its HTTP endpoints rather than stopping.
+pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "http server failed");
+    }
 }

@@ -7,9 +7,12 @@
 //! offers nobody answered and searches that ran out of time.
 
 pub mod assign;
+pub mod counts;
 pub mod engine;
+pub mod holdings;
 pub mod index;
 pub mod meters;
+pub mod serving;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -75,11 +78,7 @@ struct BusLink {
 
 impl engine::Link for BusLink {
     async fn command(&self, command: TripCommand) -> TripReply {
-        self.bus
-            .request::<_, TripReply>(self.bus.subjects.trip_commands(), &command, self.timeout)
-            .await
-            .map_err(kit::BusError::into_command_error)
-            .and_then(|reply| reply)
+        self.bus.command(&command, self.timeout).await
     }
 
     async fn publish_counts(&self, region: CellIndex, counts: CellCounts) {
@@ -141,7 +140,7 @@ pub async fn run(
         inputs.clone(),
     );
     let stop_engine = CancellationToken::new();
-    tasks.spawn(engine.run(receiver, Duration::from_millis(20), stop_engine.clone()));
+    let engine = tokio::spawn(engine.run(receiver, Duration::from_millis(20), stop_engine.clone()));
 
     // Positions of the regions and their halos; every replica sees them all.
     let subjects = &config.subjects;
@@ -213,22 +212,24 @@ pub async fn run(
     let rebuild_stop = shutdown.clone();
     let timeout = config.command_timeout;
     tasks.spawn(async move {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = kit::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let query = TripQuery::Drivers { regions: names };
         loop {
-            let query = TripQuery::Drivers { regions: names.clone() };
-            match rebuild_bus.request::<_, QueryReply>(rebuild_bus.subjects.trip_queries(), &query, timeout).await {
-                Ok(QueryReply::Drivers(drivers)) => {
+            match rebuild_bus.query(&query, timeout).await {
+                QueryReply::Drivers(drivers) => {
                     tracing::info!(busy = drivers.len(), "loaded busy drivers");
                     let _ = rebuild_inputs.send(engine::Input::Busy(drivers)).await;
                     break;
                 }
-                other => tracing::warn!(reply = ?other.map(|_| ()), "busy drivers not loaded yet; retrying"),
+                QueryReply::Error(error) => {
+                    tracing::warn!(code = error.code.as_str(), "busy drivers not loaded yet; retrying");
+                }
+                other => tracing::warn!(reply = ?other, "unexpected reply to the drivers query; retrying"),
             }
             tokio::select! {
                 _ = rebuild_stop.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+                () = backoff.wait() => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     });
     drop(inputs);
@@ -240,21 +241,21 @@ pub async fn run(
         shutdown.clone(),
     ));
     let app = kit::http::operator_routes(readiness);
-    let http_stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server failed");
-        }
-    });
+    tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
 
     shutdown.cancelled().await;
     tracing::info!("matcher stopping");
-    // Stop taking requests; what this replica held is re-published by the trips sweeper.
-    nats.drain().await.context("draining nats")?;
+    // The engine stops and waits for its commands in flight, which still have the bus; what
+    // this replica held is re-published by the trips sweeper. Then no more requests are
+    // taken (the drain ends the subscriptions and their forwarding tasks).
     stop_engine.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), engine)
+        .await
+        .is_err()
+    {
+        tracing::warn!("commands in flight did not finish within the grace period");
+    }
+    nats.drain().await.context("draining nats")?;
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
         .await

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use h3o::CellIndex;
-use protocol::Point;
+use protocol::area::ServiceArea;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -50,57 +49,34 @@ struct Args {
     http: SocketAddr,
 }
 
-fn regions(args: &Args, geo: &protocol::GeoConfig) -> anyhow::Result<Vec<CellIndex>> {
-    let mut regions = Vec::new();
-    for hex in args.regions.iter().filter(|s| !s.is_empty()) {
-        let cell: CellIndex = hex
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{hex:?} is not an H3 cell"))?;
-        anyhow::ensure!(
-            cell.resolution() == geo.region_res,
-            "{hex} is not at the region resolution"
-        );
-        regions.push(cell);
-    }
-    if let Some(area) = &args.area {
-        let parts: Vec<f64> = area
-            .split(',')
-            .map(|p| p.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| anyhow::anyhow!("--area takes LAT,LNG,RADIUS_KM"))?;
-        let [lat, lng, radius_km] = parts[..] else {
-            anyhow::bail!("--area takes LAT,LNG,RADIUS_KM");
-        };
-        anyhow::ensure!(
-            radius_km > 0.0 && radius_km <= 500.0,
-            "area radius must be between 0 and 500 km"
-        );
-        regions.extend(geo.regions_covering(Point::new(lat, lng), radius_km * 1000.0)?);
-    }
-    anyhow::ensure!(
-        !regions.is_empty(),
-        "no regions to serve: give --regions or --area"
-    );
-    regions.sort();
-    regions.dedup();
-    Ok(regions)
+/// Reads the service area file named by `--service-area`, if any.
+fn service_area(args: &Args) -> anyhow::Result<Option<ServiceArea>> {
+    let Some(path) = &args.service_area else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+    Ok(Some(ServiceArea::from_geojson(
+        &text,
+        h3o::Resolution::Eight,
+    )?))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
     let args = Args::parse();
-    let validated = args
-        .bus
-        .validate()
-        .and_then(|(subjects, geo)| Ok((subjects, geo, regions(&args, &geo)?)));
-    let (subjects, geo, regions) = match validated {
-        Ok(parts) => parts,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "invalid configuration");
-            std::process::exit(kit::EXIT_BAD_CONFIG);
-        }
-    };
+    let (subjects, geo, regions) =
+        kit::cli::or_exit(args.bus.validate().and_then(|(subjects, geo)| {
+            let area = service_area(&args)?;
+            let regions = matcher::serving::regions(
+                &args.regions,
+                args.area.as_deref(),
+                area.as_ref(),
+                &geo,
+            )?;
+            Ok((subjects, geo, regions))
+        }));
     let mut config = matcher::Config::new(&args.bus.nats_url, subjects, regions);
     config.geo = geo;
     config.halo_rings = args.halo_rings;
@@ -111,10 +87,6 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http.local_addr()?, regions = config.regions.len(), "dispatch-matcher starting");
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        kit::shutdown_signal().await;
-        signal.cancel();
-    });
+    kit::shutdown::on_signal(shutdown.clone(), Duration::from_secs(30));
     matcher::run(config, http, shutdown).await
 }

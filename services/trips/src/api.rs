@@ -14,8 +14,9 @@ use protocol::{ErrorCode, token, validate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::StoreError;
 use crate::meters as m;
-use crate::store::{StoreError, TRIP_COLUMNS, trip_from_row};
+use crate::rows::{TRIP_COLUMNS, trip_from_row};
 
 #[derive(Clone)]
 struct ApiState {

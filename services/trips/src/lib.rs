@@ -10,10 +10,15 @@
 pub mod api;
 pub mod breadcrumbs;
 pub mod db;
+pub mod error;
 pub mod machine;
+pub mod messages;
 pub mod meters;
 pub mod outbox;
+mod queries;
+pub mod rows;
 pub mod store;
+pub mod sweep;
 mod writer;
 
 use std::sync::Arc;
@@ -29,7 +34,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use store::{Store, StoreSettings, SweepSettings};
+pub use error::StoreError;
+pub use store::{Store, StoreSettings};
+pub use sweep::SweepSettings;
 
 /// Everything the service needs to run.
 #[derive(Debug, Clone)]
@@ -113,7 +120,7 @@ pub async fn run(
     let readiness = Readiness::new(&["database", "nats"]);
     if config.migrate {
         // Wait for the database rather than exiting: it may start after us.
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = kit::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match db::migrate(&config.database_url).await {
                 Ok(()) => break,
@@ -124,9 +131,8 @@ pub async fn run(
                     );
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+                        () = backoff.wait() => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => return Err(error),
             }
@@ -196,9 +202,14 @@ pub async fn run(
         readiness.clone(),
         background.clone(),
     ));
-    tasks.spawn(outbox::run(store.clone(), nats.clone(), background.clone()));
+    tasks.spawn(outbox::run(
+        pool.clone(),
+        store.outbox_ready(),
+        nats.clone(),
+        background.clone(),
+    ));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
-    tasks.spawn(sweeper(
+    tasks.spawn(sweep::run(
         store.clone(),
         config.sweep.clone(),
         stop_intake.clone(),
@@ -211,15 +222,7 @@ pub async fn run(
 
     let app = api::routes(pool.clone(), &config.token_secret)
         .merge(kit::http::operator_routes(readiness));
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(http, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server failed");
-        }
-    });
+    tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
     tracing::info!(prefix = config.subjects.prefix(), "trips service running");
 
     shutdown.cancelled().await;
@@ -308,22 +311,6 @@ async fn serve(
         });
     }
     let _ = subscription.unsubscribe().await;
-}
-
-async fn sweeper(store: Store, settings: SweepSettings, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(settings.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        match store.sweep(&settings).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(trips = n, "sweeper moved trips along"),
-            Err(error) => tracing::warn!(%error, "sweep failed"),
-        }
-    }
 }
 
 async fn retention(pool: deadpool_postgres::Pool, keep: Duration, stop: CancellationToken) {

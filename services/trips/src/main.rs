@@ -3,7 +3,7 @@
 //! Run with:
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1/postgres NATS_URL=nats://127.0.0.1:4222 \
-//! TOKEN_SECRET=dev-secret dispatch-trips --http 127.0.0.1:8082
+//! TOKEN_SECRET=dev-secret-0123456789 dispatch-trips --http 127.0.0.1:8082
 //! ```
 
 use std::net::SocketAddr;
@@ -23,9 +23,9 @@ struct Args {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Secret that signs client tokens (the history API takes dispatcher tokens).
-    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
-    token_secret: String,
+    /// The secret that signs client tokens (the history API takes dispatcher tokens).
+    #[command(flatten)]
+    token: kit::cli::TokenArgs,
     /// Address of the HTTP API, metrics and health endpoints.
     #[arg(long, env = "TRIPS_HTTP", default_value = "127.0.0.1:8082")]
     http: SocketAddr,
@@ -50,23 +50,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
     let args = Args::parse();
-    let (subjects, geo) = match args.bus.validate() {
-        Ok(parts) => parts,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "invalid configuration");
-            std::process::exit(kit::EXIT_BAD_CONFIG);
-        }
-    };
-    if args.token_secret.len() < 16 {
-        tracing::error!("TOKEN_SECRET must be at least 16 bytes");
-        std::process::exit(kit::EXIT_BAD_CONFIG);
-    }
-    let mut config = trips::Config::new(
-        &args.database_url,
-        &args.bus.nats_url,
-        subjects,
-        args.token_secret.as_bytes(),
-    );
+    let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
+    let secret = kit::cli::or_exit(args.token.validate());
+    let mut config = trips::Config::new(&args.database_url, &args.bus.nats_url, subjects, &secret);
     config.geo = geo;
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
@@ -74,29 +60,19 @@ async fn main() -> anyhow::Result<()> {
     config.migrate = !args.no_migrate;
     if let Some(path) = &args.service_area {
         let area = std::fs::read_to_string(path)
-            .map_err(anyhow::Error::from)
+            .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))
             .and_then(|text| {
                 Ok(protocol::area::ServiceArea::from_geojson(
                     &text,
                     h3o::Resolution::Eight,
                 )?)
             });
-        match area {
-            Ok(area) => config.service_area = Some(std::sync::Arc::new(area)),
-            Err(error) => {
-                tracing::error!(path = %path.display(), error = format!("{error:#}"), "invalid service area");
-                std::process::exit(kit::EXIT_BAD_CONFIG);
-            }
-        }
+        config.service_area = Some(std::sync::Arc::new(kit::cli::or_exit(area)));
     }
 
     let http = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http.local_addr()?, "dispatch-trips starting");
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        kit::shutdown_signal().await;
-        signal.cancel();
-    });
+    kit::shutdown::on_signal(shutdown.clone(), Duration::from_secs(30));
     trips::run(config, http, shutdown).await
 }

@@ -4,14 +4,16 @@
 //! commit order; rows are deleted in the same transaction after NATS has flushed them, so a
 //! crash at any point means re-publishing, never losing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
 use deadpool_postgres::Pool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::StoreError;
 use crate::meters as m;
-use crate::store::{Store, StoreError};
 
 const BATCH: i64 = 500;
 const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
@@ -86,17 +88,16 @@ async fn measure_backlog(pool: &Pool) {
     }
 }
 
-/// Publishes until `shutdown`, woken by commits and by a timer.
-pub async fn run(store: Store, nats: Client, shutdown: CancellationToken) {
-    let ready = store.outbox_ready();
+/// Publishes until `shutdown`, woken through `ready` by commits and by a timer.
+pub async fn run(pool: Pool, ready: Arc<Notify>, nats: Client, shutdown: CancellationToken) {
     let mut measured = tokio::time::Instant::now();
     loop {
         if measured.elapsed() >= BACKLOG_EVERY {
             measured = tokio::time::Instant::now();
-            measure_backlog(store.pool()).await;
+            measure_backlog(&pool).await;
         }
         loop {
-            match publish_batch(store.pool(), &nats).await {
+            match publish_batch(&pool, &nats).await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => break,
                 Err(error) => {
@@ -113,5 +114,5 @@ pub async fn run(store: Store, nats: Client, shutdown: CancellationToken) {
         }
     }
     // Publish what the last commands wrote before going.
-    let _ = publish_batch(store.pool(), &nats).await;
+    let _ = publish_batch(&pool, &nats).await;
 }

@@ -6,121 +6,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{GenericClient, Pool, PoolError};
+use deadpool_postgres::{GenericClient, Pool};
 use protocol::area::ServiceArea;
-use protocol::bus::{
-    CommandError, DriverRecord as BusDriver, DriverStatus, QueryReply, RideRequest, TripCommand,
-    TripEvent, TripOutcome, TripQuery, TripReply,
-};
-use protocol::client::{DriverState, Role, ServerMessage};
+use protocol::bus::{CommandError, DriverStatus, TripCommand, TripOutcome, TripReply};
 use protocol::time::now_ms;
 use protocol::trip::{Actor, TripState, TripView, VehicleClass};
-use protocol::{ErrorCode, GeoConfig, Point, Subjects, codec};
+use protocol::{ErrorCode, GeoConfig, Point, Subjects};
 use tokio::sync::Notify;
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use crate::machine::{self, Change, Decision, DriverRecord, TripRecord};
+use crate::error::{StoreError, err};
+use crate::machine::{self, Decision, DriverRecord, TripRecord};
+use crate::messages::{self, Outgoing};
 use crate::meters as m;
+use crate::rows::{DRIVER_COLUMNS, DriverColumns, TRIP_COLUMNS, trip_from_row};
 use crate::writer::{Transition, Writer};
-
-/// The columns every trip query selects, in the order [`trip_from_row`] reads them.
-pub const TRIP_COLUMNS: &str = "trip_id, state, rider_id, driver_id, pickup_lat, pickup_lng, \
-     dropoff_lat, dropoff_lng, vehicle_class, min_capacity, region, \
-     (extract(epoch from requested_at) * 1000)::int8, (extract(epoch from updated_at) * 1000)::int8, \
-     version, ended_by, end_reason, excluded_drivers, \
-     (extract(epoch from search_deadline) * 1000)::int8, \
-     (extract(epoch from offer_expires_at) * 1000)::int8, dispatch_attempts";
-
-const HOLDING_STATES: &str = "('offered', 'accepted', 'arrived', 'in_progress')";
-
-fn actor_from(s: &str) -> Option<Actor> {
-    [
-        Actor::Rider,
-        Actor::Driver,
-        Actor::Dispatcher,
-        Actor::System,
-    ]
-    .into_iter()
-    .find(|a| a.as_str() == s)
-}
-
-/// Reads a trip selected with [`TRIP_COLUMNS`].
-pub fn trip_from_row(row: &Row) -> TripRecord {
-    let state: &str = row.get(1);
-    let class: Option<&str> = row.get(8);
-    let min_capacity: Option<i16> = row.get(9);
-    let ended_by: Option<&str> = row.get(14);
-    TripRecord {
-        view: TripView {
-            trip_id: row.get(0),
-            state: TripState::parse(state).expect("the schema restricts states"),
-            rider_id: row.get(2),
-            driver_id: row.get(3),
-            pickup: Point::new(row.get(4), row.get(5)),
-            dropoff: Point::new(row.get(6), row.get(7)),
-            vehicle_class: class.and_then(VehicleClass::parse),
-            min_capacity: min_capacity.map(|c| c as u16),
-            region: row.get(10),
-            created_at: row.get(11),
-            updated_at: row.get(12),
-            version: row.get(13),
-            ended_by: ended_by.and_then(actor_from),
-            end_reason: row.get(15),
-        },
-        excluded_drivers: row.get(16),
-        search_deadline: row.get(17),
-        offer_expires_at: row.get(18),
-        dispatch_attempts: row.get(19),
-    }
-}
-
-/// Why a command failed inside the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Command(#[from] CommandError),
-    #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
-    Pool(#[from] PoolError),
-}
-
-impl StoreError {
-    /// What the caller is told.
-    pub fn into_command_error(self) -> CommandError {
-        match self {
-            Self::Command(err) => err,
-            Self::Db(err) => {
-                if let Some(db) = err.as_db_error() {
-                    if *db.code() == SqlState::UNIQUE_VIOLATION
-                        && db.constraint() == Some("trips_one_active_trip_per_driver")
-                    {
-                        return CommandError::new(
-                            ErrorCode::Conflict,
-                            "driver already holds another trip",
-                        );
-                    }
-                    if *db.code() == SqlState::QUERY_CANCELED
-                        || db.code().code().starts_with("08")
-                        || db.code().code().starts_with("57")
-                    {
-                        return CommandError::new(ErrorCode::Unavailable, "database unavailable");
-                    }
-                    tracing::error!(error = %err, "database error");
-                    return CommandError::new(ErrorCode::Internal, "internal error");
-                }
-                CommandError::new(ErrorCode::Unavailable, "database unavailable")
-            }
-            Self::Pool(_) => CommandError::new(ErrorCode::Unavailable, "database unavailable"),
-        }
-    }
-}
-
-fn err(code: ErrorCode, message: &str) -> StoreError {
-    StoreError::Command(CommandError::new(code, message))
-}
 
 /// Behaviour of the store.
 #[derive(Debug, Clone)]
@@ -148,12 +49,6 @@ impl Default for StoreSettings {
             write_batch: 64,
         }
     }
-}
-
-/// A message to publish after commit.
-struct Outgoing {
-    subject: String,
-    payload: Vec<u8>,
 }
 
 /// Trip event ids, handed out from blocks of the sequence: one `nextval` reserves the
@@ -188,19 +83,19 @@ impl EventIds {
 /// Trip commands and queries.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: Pool,
+    pub(crate) pool: Pool,
     geo: GeoConfig,
     /// Where pickups and dropoffs are accepted; anywhere when absent.
     area: Option<Arc<ServiceArea>>,
-    subjects: Subjects,
-    settings: StoreSettings,
-    outbox_ready: Arc<Notify>,
+    pub(crate) subjects: Subjects,
+    pub(crate) settings: StoreSettings,
+    pub(crate) outbox_ready: Arc<Notify>,
     event_ids: Arc<EventIds>,
     /// Open trips as this process last wrote or read them. An entry can be behind the
     /// database (another replica changed the trip), never ahead: only a transition decided to
     /// apply is trusted from it, because its write checks the version; anything else is
     /// decided again on a fresh read.
-    trips: Arc<quick_cache::sync::Cache<Uuid, TripRecord>>,
+    pub(crate) trips: Arc<quick_cache::sync::Cache<Uuid, TripRecord>>,
     writer: Writer,
 }
 
@@ -371,8 +266,8 @@ impl Store {
             offer_expires_at: None,
             dispatch_attempts: 1,
         };
-        let mut out = self.event_messages(&trip, None, Actor::Rider, event_id);
-        out.push(self.ride_request(&trip));
+        let mut out = messages::event_messages(&self.subjects, &trip, None, Actor::Rider, event_id);
+        out.push(messages::ride_request(&self.subjects, &trip));
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
         let insert = client
@@ -473,14 +368,8 @@ impl Store {
                 capacity,
                 at: now_ms(),
             };
-            self.enqueue(
-                &tx,
-                vec![Outgoing {
-                    subject: self.subjects.driver_status(),
-                    payload: codec::encode(&status),
-                }],
-            )
-            .await?;
+            let out = vec![messages::driver_status(&self.subjects, &status)];
+            self.enqueue(&tx, out).await?;
         }
         tx.commit().await?;
         Ok(TripOutcome {
@@ -536,11 +425,11 @@ impl Store {
             let mut after = trip.clone();
             machine::apply(&mut after, &change, now);
             let event_id = self.event_ids.next(&self.pool).await?;
-            let messages = self
-                .transition_messages(&trip, &after, &change, event_id)
-                .into_iter()
-                .map(|o| (o.subject, o.payload))
-                .collect();
+            let messages =
+                messages::transition_messages(&self.subjects, &trip, &after, &change, event_id)
+                    .into_iter()
+                    .map(|o| (o.subject, o.payload))
+                    .collect();
             let transition = Transition {
                 trip_id,
                 version: trip.view.version,
@@ -600,9 +489,9 @@ impl Store {
             ))
             .await?;
         let read_driver = client
-            .prepare_cached(
-                "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {DRIVER_COLUMNS} FROM drivers WHERE driver_id = $1"
+            ))
             .await?;
         let (trip, driver) = tokio::try_join!(
             async {
@@ -618,15 +507,15 @@ impl Store {
                 }
             }
         )?;
-        let driver = driver.map(|row| DriverRecord {
-            online: row.get(0),
-            vehicle_class: row.get::<_, Option<&str>>(1).and_then(VehicleClass::parse),
-            capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
-        });
+        let driver = driver.map(|row| DriverColumns::read(&row, 0).record());
         Ok((trip.as_ref().map(trip_from_row), driver))
     }
 
-    async fn enqueue(&self, tx: &impl GenericClient, out: Vec<Outgoing>) -> Result<(), StoreError> {
+    pub(crate) async fn enqueue(
+        &self,
+        tx: &impl GenericClient,
+        out: Vec<Outgoing>,
+    ) -> Result<(), StoreError> {
         if out.is_empty() {
             return Ok(());
         }
@@ -639,301 +528,5 @@ impl Store {
         )
         .await?;
         Ok(())
-    }
-
-    fn to_user(&self, role: Role, id: &str, message: &ServerMessage) -> Outgoing {
-        Outgoing {
-            subject: self.subjects.user(role, id),
-            payload: message.to_json().into_bytes(),
-        }
-    }
-
-    /// The request matchers receive for a trip waiting for a driver.
-    fn ride_request(&self, trip: &TripRecord) -> Outgoing {
-        let region =
-            protocol::geo::parse_cell(&trip.view.region).expect("stored regions are cells");
-        Outgoing {
-            subject: self.subjects.ride_requests(region),
-            payload: codec::encode(&RideRequest {
-                trip: trip.view.clone(),
-                excluded_drivers: trip.excluded_drivers.clone(),
-                deadline: trip.search_deadline,
-                attempt: trip.dispatch_attempts.max(1) as u32,
-            }),
-        }
-    }
-
-    /// The event for dashboards and matchers and the update for the rider.
-    fn event_messages(
-        &self,
-        trip: &TripRecord,
-        from: Option<TripState>,
-        actor: Actor,
-        event_id: i64,
-    ) -> Vec<Outgoing> {
-        let event = TripEvent {
-            event_id,
-            trip: trip.view.clone(),
-            from,
-            actor,
-            at: trip.view.updated_at,
-        };
-        vec![
-            Outgoing {
-                subject: self.subjects.trip_events(&trip.view.region),
-                payload: codec::encode(&event),
-            },
-            self.to_user(
-                Role::Rider,
-                &trip.view.rider_id,
-                &ServerMessage::TripUpdate {
-                    trip: trip.view.clone(),
-                },
-            ),
-        ]
-    }
-
-    fn transition_messages(
-        &self,
-        before: &TripRecord,
-        after: &TripRecord,
-        change: &Change,
-        event_id: i64,
-    ) -> Vec<Outgoing> {
-        let mut out = self.event_messages(after, Some(before.view.state), change.actor, event_id);
-        let update = ServerMessage::TripUpdate {
-            trip: after.view.clone(),
-        };
-        if let Some(driver_id) = &after.view.driver_id {
-            let message = match &change.new_offer {
-                Some((_, expires_at, eta)) => ServerMessage::Offer {
-                    trip: after.view.clone(),
-                    expires_at: *expires_at,
-                    pickup_eta_s: *eta,
-                },
-                None => update.clone(),
-            };
-            out.push(self.to_user(Role::Driver, driver_id, &message));
-        }
-        // A driver that lost the trip (declined, expired, superseded) hears of it too.
-        if let Some(previous) = &before.view.driver_id
-            && after.view.driver_id.as_ref() != Some(previous)
-        {
-            out.push(self.to_user(Role::Driver, previous, &update));
-        }
-        if after.view.state == TripState::Requested {
-            out.push(self.ride_request(after));
-        }
-        out
-    }
-
-    /// Answers a query.
-    pub async fn query(&self, query: TripQuery) -> QueryReply {
-        match tokio::time::timeout(self.settings.command_timeout, self.answer(query)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => QueryReply::Error(e.into_command_error()),
-            Err(_) => QueryReply::Error(CommandError::new(
-                ErrorCode::Unavailable,
-                "database did not answer in time",
-            )),
-        }
-    }
-
-    async fn answer(&self, query: TripQuery) -> Result<QueryReply, StoreError> {
-        let client = self.pool.get().await?;
-        match query {
-            TripQuery::SessionState { role, id } => {
-                let (column, driver) = match role {
-                    Role::Dispatcher => {
-                        return Ok(QueryReply::SessionState {
-                            driver: None,
-                            trips: vec![],
-                        });
-                    }
-                    Role::Rider => ("rider_id", None),
-                    Role::Driver => {
-                        let driver = client
-                            .query_opt(
-                                "SELECT online, vehicle_class, capacity FROM drivers WHERE driver_id = $1",
-                                &[&id],
-                            )
-                            .await?
-                            .map(|row| DriverState {
-                                online: row.get(0),
-                                vehicle_class: row
-                                    .get::<_, Option<&str>>(1)
-                                    .and_then(VehicleClass::parse),
-                                capacity: row.get::<_, Option<i16>>(2).map(|c| c as u16),
-                            });
-                        ("driver_id", driver)
-                    }
-                };
-                let rows = client
-                    .query(
-                        &format!(
-                            "SELECT {TRIP_COLUMNS} FROM trips WHERE {column} = $1 \
-                             AND state NOT IN ('completed', 'cancelled', 'expired') \
-                             ORDER BY requested_at DESC LIMIT 20"
-                        ),
-                        &[&id],
-                    )
-                    .await?;
-                Ok(QueryReply::SessionState {
-                    driver,
-                    trips: rows.iter().map(|r| trip_from_row(r).view).collect(),
-                })
-            }
-            TripQuery::Trip { trip_id } => {
-                let row = client
-                    .query_opt(
-                        &format!("SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"),
-                        &[&trip_id],
-                    )
-                    .await?;
-                Ok(QueryReply::Trip(row.map(|r| trip_from_row(&r).view)))
-            }
-            TripQuery::Drivers { regions } => {
-                let rows = client
-                    .query(
-                        &format!(
-                            "SELECT t.driver_id, d.online, d.vehicle_class, d.capacity, t.trip_id \
-                             FROM trips t JOIN drivers d USING (driver_id) \
-                             WHERE t.state IN {HOLDING_STATES} AND t.region = ANY($1)"
-                        ),
-                        &[&regions],
-                    )
-                    .await?;
-                Ok(QueryReply::Drivers(
-                    rows.iter()
-                        .map(|row| BusDriver {
-                            driver_id: row.get(0),
-                            online: row.get(1),
-                            vehicle_class: row
-                                .get::<_, Option<&str>>(2)
-                                .and_then(VehicleClass::parse),
-                            capacity: row.get::<_, Option<i16>>(3).map(|c| c as u16),
-                            active_trip: row.get(4),
-                        })
-                        .collect(),
-                ))
-            }
-        }
-    }
-
-    /// Re-publishes requests that went quiet, expires offers and searches that ran out, and
-    /// cancels trips abandoned mid-way. Returns how many trips it touched.
-    pub async fn sweep(&self, settings: &SweepSettings) -> Result<usize, StoreError> {
-        let mut touched = 0;
-        let client = self.pool.get().await?;
-        let grace_ms = settings.offer_grace.as_millis() as i64;
-        let expired_offers = client
-            .query(
-                "SELECT trip_id, driver_id FROM trips WHERE state = 'offered' \
-                 AND offer_expires_at < now() - make_interval(secs => $1::int8 / 1000.0) LIMIT 500",
-                &[&grace_ms],
-            )
-            .await?;
-        let searches_over = client
-            .query(
-                "SELECT trip_id FROM trips WHERE state = 'requested' AND search_deadline < now() LIMIT 500",
-                &[],
-            )
-            .await?;
-        let abandoned_ms = settings.abandoned_after.as_millis() as i64;
-        let abandoned = client
-            .query(
-                "SELECT trip_id FROM trips WHERE state IN ('accepted', 'arrived', 'in_progress') \
-                 AND updated_at < now() - make_interval(secs => $1::int8 / 1000.0) LIMIT 500",
-                &[&abandoned_ms],
-            )
-            .await?;
-        drop(client);
-        for row in expired_offers {
-            let reply = self
-                .execute(TripCommand::ExpireOffer {
-                    trip_id: row.get(0),
-                    driver_id: row.get(1),
-                })
-                .await;
-            touched += usize::from(reply.is_ok_and(|o| o.changed));
-        }
-        for row in searches_over {
-            let reply = self
-                .execute(TripCommand::Expire {
-                    trip_id: row.get(0),
-                    reason: "no driver found before the search deadline".into(),
-                })
-                .await;
-            touched += usize::from(reply.is_ok_and(|o| o.changed));
-        }
-        for row in abandoned {
-            let reply = self
-                .execute(TripCommand::Cancel {
-                    trip_id: row.get(0),
-                    actor: Actor::System,
-                    actor_id: "sweeper".into(),
-                    reason: Some("trip abandoned: no progress reported".into()),
-                })
-                .await;
-            touched += usize::from(reply.is_ok_and(|o| o.changed));
-        }
-        touched += self.redispatch_quiet(settings.quiet_after).await?;
-        metrics::counter!(m::SWEPT).increment(touched as u64);
-        Ok(touched)
-    }
-
-    async fn redispatch_quiet(&self, quiet_after: Duration) -> Result<usize, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let quiet_ms = quiet_after.as_millis() as i64;
-        let rows = tx
-            .query(
-                &format!(
-                    "UPDATE trips SET last_dispatched_at = now(), dispatch_attempts = dispatch_attempts + 1 \
-                     WHERE trip_id IN (SELECT trip_id FROM trips WHERE state = 'requested' \
-                       AND last_dispatched_at < now() - make_interval(secs => $1::int8 / 1000.0) \
-                       AND search_deadline > now() LIMIT 500 FOR UPDATE SKIP LOCKED) \
-                     RETURNING {TRIP_COLUMNS}"
-                ),
-                &[&quiet_ms],
-            )
-            .await?;
-        let trips: Vec<TripRecord> = rows.iter().map(trip_from_row).collect();
-        let out: Vec<Outgoing> = trips.iter().map(|trip| self.ride_request(trip)).collect();
-        let count = out.len();
-        self.enqueue(&tx, out).await?;
-        tx.commit().await?;
-        // The attempt counts moved without a version change: remember them as they are now.
-        for trip in trips {
-            self.trips.insert(trip.view.trip_id, trip);
-        }
-        if count > 0 {
-            metrics::counter!(m::REDISPATCHED).increment(count as u64);
-            self.outbox_ready.notify_one();
-        }
-        Ok(count)
-    }
-}
-
-/// When the sweeper steps in.
-#[derive(Debug, Clone)]
-pub struct SweepSettings {
-    pub interval: Duration,
-    /// A request not re-published for this long is published again.
-    pub quiet_after: Duration,
-    /// An offer past its expiry by this much is expired by the sweeper (matchers normally do).
-    pub offer_grace: Duration,
-    /// A trip under way without any transition for this long is cancelled.
-    pub abandoned_after: Duration,
-}
-
-impl Default for SweepSettings {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            quiet_after: Duration::from_secs(5),
-            offer_grace: Duration::from_secs(2),
-            abandoned_after: Duration::from_secs(4 * 3600),
-        }
     }
 }

@@ -19,8 +19,8 @@ use protocol::bus::CommandError;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::error::StoreError;
 use crate::meters as m;
-use crate::store::StoreError;
 
 /// One decided transition, as written: the trip's guard (what it was decided on) and
 /// everything the transition changes or appends.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use kit::Bus;
-use protocol::bus::{CellCount, CellCounts, Position, TripCommand, TripReply};
+use protocol::bus::{CellCount, CellCounts, Position, TripCommand};
 use protocol::client::{Role, ServerMessage, VehicleStatus, close_code};
 use protocol::time::now_ms;
 use protocol::trip::TripState;
@@ -68,21 +68,13 @@ impl Stack {
 
     /// Plays the matcher: offers the trip to the driver through the trips service.
     async fn offer(&self, trip_id: Uuid, driver: &str) {
-        let reply: TripReply = self
-            .bus
-            .request(
-                self.bus.subjects.trip_commands(),
-                &TripCommand::Offer {
-                    trip_id,
-                    driver_id: driver.into(),
-                    expires_at: now_ms() + 30_000,
-                    pickup_eta_s: 60,
-                },
-                PATIENCE,
-            )
-            .await
-            .unwrap();
-        reply.unwrap();
+        let offer = TripCommand::Offer {
+            trip_id,
+            driver_id: driver.into(),
+            expires_at: now_ms() + 30_000,
+            pickup_eta_s: 60,
+        };
+        self.bus.command(&offer, PATIENCE).await.unwrap();
     }
 }
 

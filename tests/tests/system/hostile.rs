@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use kit::Bus;
-use protocol::bus::{TripCommand, TripReply};
+use protocol::bus::TripCommand;
 use protocol::client::{Role, ServerMessage, close_code};
 use protocol::time::now_ms;
 use protocol::{ErrorCode, Point, Subjects};
@@ -243,20 +243,13 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     cases.pass("a driver asking for a trip it has no part in");
     // An offer to another driver cannot be taken, nor progressed, by this one.
     let _other = Client::driver_online_at(ws, &token(Role::Driver, "d-other"), BERLIN).await;
-    let reply: TripReply = bus
-        .request(
-            bus.subjects.trip_commands(),
-            &TripCommand::Offer {
-                trip_id: their_trip.trip_id,
-                driver_id: "d-other".into(),
-                expires_at: now_ms() + 60_000,
-                pickup_eta_s: 60,
-            },
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    reply.unwrap();
+    let offer = TripCommand::Offer {
+        trip_id: their_trip.trip_id,
+        driver_id: "d-other".into(),
+        expires_at: now_ms() + 60_000,
+        pickup_eta_s: 60,
+    };
+    bus.command(&offer, Duration::from_secs(10)).await.unwrap();
     driver
         .send_json(&json!({"type": "accept_offer", "id": 10, "trip_id": their_trip.trip_id}))
         .await;

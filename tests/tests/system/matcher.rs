@@ -24,26 +24,15 @@ fn center(cell: CellIndex) -> Point {
 }
 
 async fn command(bus: &Bus, command: TripCommand) -> TripReply {
-    bus.request(
-        bus.subjects.trip_commands(),
-        &command,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| e.into_command_error())
-    .and_then(|r: TripReply| r)
+    bus.command(&command, Duration::from_secs(10)).await
 }
 
 async fn trip(bus: &Bus, trip_id: Uuid) -> Option<TripView> {
     match bus
-        .request(
-            bus.subjects.trip_queries(),
-            &TripQuery::Trip { trip_id },
-            Duration::from_secs(5),
-        )
+        .query(&TripQuery::Trip { trip_id }, Duration::from_secs(5))
         .await
     {
-        Ok(QueryReply::Trip(trip)) => trip,
+        QueryReply::Trip(trip) => trip,
         _ => None,
     }
 }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use h3o::CellIndex;
 use protocol::bus::{
-    CellCount, CellCounts, DriverRecord, DriverStatus, Position, RideRequest, TripCommand,
-    TripEvent, TripReply,
+    CellCounts, DriverRecord, DriverStatus, Position, RideRequest, TripCommand, TripEvent,
+    TripReply,
 };
 use protocol::client::VehicleStatus;
 use protocol::time::now_ms;
@@ -22,9 +22,12 @@ use protocol::trip::TripState;
 use protocol::{ErrorCode, GeoConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::assign::{self, Candidates, EtaModel, Strategy};
+use crate::counts;
+use crate::holdings::Holdings;
 use crate::index::{Driver, Index, Update};
 use crate::meters as m;
 
@@ -128,9 +131,8 @@ pub struct Engine<L: Link> {
     regions: HashSet<CellIndex>,
     index: Index,
     eta: Arc<dyn EtaModel>,
-    /// Drivers holding a trip (offered or under way), and the reverse.
-    busy: HashMap<String, Uuid>,
-    holder: HashMap<Uuid, String>,
+    /// Drivers holding a trip (offered or under way).
+    holdings: Holdings,
     waiting: HashMap<Uuid, Waiting>,
     /// Drivers this engine is claiming or has offered a trip to.
     reserved: HashSet<String>,
@@ -139,6 +141,8 @@ pub struct Engine<L: Link> {
     cooling: HashMap<String, Instant>,
     link: L,
     results: mpsc::Sender<Input>,
+    /// The commands in flight (claims, expiries): the engine's stop waits for them.
+    tasks: TaskTracker,
     last_round: Instant,
     last_evict: Instant,
     last_counts: Instant,
@@ -168,21 +172,17 @@ impl<L: Link> Engine<L> {
             regions,
             index: Index::new(index_res),
             eta,
-            busy: HashMap::new(),
-            holder: HashMap::new(),
+            holdings: Holdings::default(),
             waiting: HashMap::new(),
             reserved: HashSet::new(),
             cooling: HashMap::new(),
             link,
             results,
+            tasks: TaskTracker::new(),
             last_round: now,
             last_evict: now,
             last_counts: now,
         }
-    }
-
-    pub fn index(&self) -> &Index {
-        &self.index
     }
 
     /// Requests waiting for a driver.
@@ -209,6 +209,13 @@ impl<L: Link> Engine<L> {
                 _ = ticker.tick() => self.on_tick().await,
             }
         }
+        self.finish().await;
+    }
+
+    /// Waits for the commands in flight (their answers are no longer read).
+    pub async fn finish(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     pub fn on_input(&mut self, input: Input) {
@@ -234,8 +241,7 @@ impl<L: Link> Engine<L> {
             Input::Busy(drivers) => {
                 for driver in drivers {
                     if let Some(trip) = driver.active_trip {
-                        self.busy.insert(driver.driver_id.clone(), trip);
-                        self.holder.insert(trip, driver.driver_id);
+                        self.holdings.hold(driver.driver_id, trip);
                     }
                 }
             }
@@ -293,15 +299,12 @@ impl<L: Link> Engine<L> {
 
     fn on_event(&mut self, event: TripEvent) {
         let trip = &event.trip;
-        // Who is busy.
-        if let Some(previous) = self.holder.remove(&trip.trip_id) {
-            self.busy.remove(&previous);
-        }
+        // Who is busy: every replica learns it from the events, whoever made the change.
+        self.holdings.release_trip(&trip.trip_id);
         if trip.state.holds_driver()
             && let Some(driver) = &trip.driver_id
         {
-            self.busy.insert(driver.clone(), trip.trip_id);
-            self.holder.insert(trip.trip_id, driver.clone());
+            self.holdings.hold(driver.clone(), trip.trip_id);
             let status = if trip.state == TripState::Offered {
                 VehicleStatus::Offered
             } else {
@@ -309,7 +312,10 @@ impl<L: Link> Engine<L> {
             };
             self.index.set_status(driver, status);
         }
-        // What becomes of a request this engine works on.
+        // What becomes of a request this engine works on. Our own offer reaches us twice, by
+        // the claim's reply and by this event, in either order: the reply moves the request
+        // on (it is the only path that carries a failed claim), and the event, which every
+        // replica needs for the line above, leaves a request of ours in its offer phase as it is.
         let Some(waiting) = self.waiting.get(&trip.trip_id) else {
             return;
         };
@@ -428,7 +434,7 @@ impl<L: Link> Engine<L> {
         for (trip_id, driver_id) in expire_offers {
             let link = self.link.clone();
             let results = self.results.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let reply = link
                     .command(TripCommand::ExpireOffer { trip_id, driver_id })
                     .await;
@@ -439,7 +445,7 @@ impl<L: Link> Engine<L> {
             self.waiting.remove(&trip_id);
             metrics::counter!(m::SEARCHES_EXPIRED).increment(1);
             let link = self.link.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let reason = "no driver found before the search deadline".to_owned();
                 let _ = link.command(TripCommand::Expire { trip_id, reason }).await;
             });
@@ -463,7 +469,7 @@ impl<L: Link> Engine<L> {
     fn eligible(&self, driver: &Driver, waiting: &Waiting, now: Instant) -> bool {
         let trip = &waiting.request.trip;
         driver.status == VehicleStatus::Available
-            && !self.busy.contains_key(&driver.id)
+            && !self.holdings.is_busy(&driver.id)
             && self
                 .cooling
                 .get(&driver.id)
@@ -517,7 +523,7 @@ impl<L: Link> Engine<L> {
             searching = table.len(),
             with_candidates = table.iter().filter(|c| !c.is_empty()).count(),
             indexed = self.index.len(),
-            busy = self.busy.len(),
+            busy = self.holdings.len(),
             reserved = self.reserved.len(),
             "matching round"
         );
@@ -537,7 +543,7 @@ impl<L: Link> Engine<L> {
             }
             let link = self.link.clone();
             let results = self.results.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let command = TripCommand::Offer {
                     trip_id,
                     driver_id: driver.clone(),
@@ -557,70 +563,30 @@ impl<L: Link> Engine<L> {
     }
 
     async fn publish_counts(&self) {
-        let mut per_region: HashMap<CellIndex, HashMap<CellIndex, CellCount>> = HashMap::new();
-        let mut drivers = Vec::new();
-        for driver in self.index.iter() {
+        let vehicles = self.index.iter().filter_map(|driver| {
             if driver.status == VehicleStatus::Offline {
-                continue;
+                return None;
             }
-            let Some(cell) = driver.cell.parent(self.geo.cell_res) else {
-                continue;
-            };
+            let cell = driver.cell.parent(self.geo.cell_res)?;
             let available =
-                driver.status == VehicleStatus::Available && !self.busy.contains_key(&driver.id);
-            drivers.push((cell, available));
-        }
-        let requests: Vec<CellIndex> = self
+                driver.status == VehicleStatus::Available && !self.holdings.is_busy(&driver.id);
+            Some((cell, available))
+        });
+        let requests = self
             .waiting
             .values()
-            .filter_map(|w| self.geo.cell_of(w.request.trip.pickup).ok())
-            .collect();
-        for (cell, available) in drivers {
-            if let Some(count) = count_of(&mut per_region, &self.geo, &self.regions, cell) {
-                count.vehicles += 1;
-                count.available += u32::from(available);
-            }
-        }
-        for cell in requests {
-            if let Some(count) = count_of(&mut per_region, &self.geo, &self.regions, cell) {
-                count.open_requests += 1;
-            }
-        }
+            .filter_map(|w| self.geo.cell_of(w.request.trip.pickup).ok());
+        let per_region = counts::per_region(&self.geo, &self.regions, vehicles, requests);
         for (region, cells) in per_region {
             let counts = CellCounts {
                 region: region.into(),
                 resolution: self.geo.cell_res.into(),
-                cells: cells.into_values().collect(),
+                cells,
                 at: now_ms(),
             };
             self.link.publish_counts(region, counts).await;
         }
     }
-}
-
-/// The count of `cell`, created empty, if the cell lies in a served region.
-fn count_of<'a>(
-    per_region: &'a mut HashMap<CellIndex, HashMap<CellIndex, CellCount>>,
-    geo: &GeoConfig,
-    regions: &HashSet<CellIndex>,
-    cell: CellIndex,
-) -> Option<&'a mut CellCount> {
-    let region = geo.region_of_cell(cell);
-    if !regions.contains(&region) {
-        return None;
-    }
-    Some(
-        per_region
-            .entry(region)
-            .or_default()
-            .entry(cell)
-            .or_insert(CellCount {
-                cell: cell.into(),
-                vehicles: 0,
-                available: 0,
-                open_requests: 0,
-            }),
-    )
 }
 
 fn strategy_label(strategy: Strategy) -> &'static str {
@@ -631,227 +597,4 @@ fn strategy_label(strategy: Strategy) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::bus::{CommandError, TripOutcome};
-    use protocol::trip::TripView;
-    use protocol::{Point, Subjects};
-    use std::sync::Mutex;
-
-    const BERLIN: Point = Point::new(52.52, 13.405);
-
-    /// Answers every command as a trips service would for an always-free driver, and records it.
-    #[derive(Debug, Clone, Default)]
-    struct Fake {
-        commands: Arc<Mutex<Vec<TripCommand>>>,
-    }
-
-    impl Link for Fake {
-        async fn command(&self, command: TripCommand) -> TripReply {
-            self.commands.lock().unwrap().push(command.clone());
-            match command {
-                TripCommand::Offer {
-                    trip_id, driver_id, ..
-                } => {
-                    let mut trip = trip(trip_id);
-                    trip.state = TripState::Offered;
-                    trip.driver_id = Some(driver_id);
-                    Ok(TripOutcome {
-                        trip: Some(trip),
-                        changed: true,
-                    })
-                }
-                TripCommand::ExpireOffer { trip_id, .. } => Ok(TripOutcome {
-                    trip: Some(trip(trip_id)),
-                    changed: true,
-                }),
-                _ => Err(CommandError::new(ErrorCode::Internal, "unexpected")),
-            }
-        }
-        async fn publish_counts(&self, _: CellIndex, _: CellCounts) {}
-    }
-
-    fn trip(trip_id: Uuid) -> TripView {
-        TripView {
-            trip_id,
-            state: TripState::Requested,
-            rider_id: "r".into(),
-            driver_id: None,
-            pickup: BERLIN,
-            dropoff: Point::new(52.5, 13.45),
-            vehicle_class: None,
-            min_capacity: None,
-            region: String::new(),
-            created_at: 0,
-            updated_at: 0,
-            version: 1,
-            ended_by: None,
-            end_reason: None,
-        }
-    }
-
-    fn driver_at(id: &str, point: Point) -> Position {
-        Position {
-            driver_id: id.into(),
-            lat: point.lat,
-            lng: point.lng,
-            heading: None,
-            speed: None,
-            accuracy: None,
-            ts: now_ms(),
-            seq: 1,
-            status: VehicleStatus::Available,
-            vehicle_class: None,
-            capacity: 4,
-            trip_id: None,
-            received_us: 0,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unanswered_offer_is_expired_after_its_ttl() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let fake = Fake::default();
-        let settings = Settings {
-            offer_ttl: Duration::from_secs(10),
-            ..Default::default()
-        };
-        let geo = GeoConfig::default();
-        let regions = [geo.region_of(BERLIN).unwrap()].into();
-        let _ = Subjects::default();
-        let mut engine = Engine::new(
-            settings,
-            geo,
-            regions,
-            h3o::Resolution::Eight,
-            Arc::new(assign::StraightLine::default()),
-            fake.clone(),
-            tx,
-        );
-        engine.on_input(Input::Position(driver_at("d1", Point::new(52.521, 13.405))));
-        let trip_id = Uuid::new_v4();
-        engine.on_input(Input::Request(RideRequest {
-            trip: trip(trip_id),
-            excluded_drivers: vec![],
-            deadline: now_ms() + 600_000,
-            attempt: 1,
-        }));
-        // Greedy claims at once.
-        let claimed = rx.recv().await.unwrap();
-        assert!(matches!(&claimed, Input::Claimed { driver, .. } if driver == "d1"));
-        engine.on_input(claimed);
-        // The driver says nothing; nothing happens before the offer's time is up.
-        tokio::time::advance(Duration::from_secs(9)).await;
-        engine.on_tick().await;
-        assert!(
-            !fake
-                .commands
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|c| matches!(c, TripCommand::ExpireOffer { .. }))
-        );
-        tokio::time::advance(Duration::from_secs(2)).await;
-        engine.on_tick().await;
-        let expired = rx.recv().await.unwrap();
-        assert!(matches!(expired, Input::OfferExpired { .. }));
-        assert!(
-            fake.commands.lock().unwrap().iter().any(
-                |c| matches!(c, TripCommand::ExpireOffer { driver_id, .. } if driver_id == "d1")
-            )
-        );
-        engine.on_input(expired);
-        assert_eq!(
-            engine.waiting(),
-            0,
-            "the re-published request decides what comes next"
-        );
-        assert!(engine.reserved.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_search_without_drivers_expires_at_its_deadline() {
-        let (tx, _rx) = mpsc::channel(16);
-        let fake = Fake::default();
-        let geo = GeoConfig::default();
-        let mut engine = Engine::new(
-            Settings::default(),
-            geo,
-            HashSet::new(),
-            h3o::Resolution::Eight,
-            Arc::new(assign::StraightLine::default()),
-            fake.clone(),
-            tx,
-        );
-        let trip_id = Uuid::new_v4();
-        engine.on_input(Input::Request(RideRequest {
-            trip: trip(trip_id),
-            excluded_drivers: vec![],
-            deadline: now_ms() - 1,
-            attempt: 1,
-        }));
-        engine.on_tick().await;
-        assert_eq!(engine.waiting(), 0);
-        // The expiry is sent from a spawned task: let it run.
-        for _ in 0..100 {
-            if !fake.commands.lock().unwrap().is_empty() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(
-            fake.commands
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|c| matches!(c, TripCommand::Expire { trip_id: t, .. } if *t == trip_id))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn excluded_busy_and_unfit_drivers_are_never_offered() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let fake = Fake::default();
-        let geo = GeoConfig::default();
-        let mut engine = Engine::new(
-            Settings::default(),
-            geo,
-            HashSet::new(),
-            h3o::Resolution::Eight,
-            Arc::new(assign::StraightLine::default()),
-            fake,
-            tx,
-        );
-        engine.on_input(Input::Position(driver_at(
-            "near-excluded",
-            Point::new(52.5201, 13.405),
-        )));
-        engine.on_input(Input::Position(driver_at(
-            "near-busy",
-            Point::new(52.5202, 13.405),
-        )));
-        let mut van = driver_at("near-small", Point::new(52.5203, 13.405));
-        van.capacity = 2;
-        engine.on_input(Input::Position(van));
-        engine.on_input(Input::Position(driver_at("far", Point::new(52.54, 13.405))));
-        engine.on_input(Input::Busy(vec![DriverRecord {
-            driver_id: "near-busy".into(),
-            online: true,
-            vehicle_class: None,
-            capacity: Some(4),
-            active_trip: Some(Uuid::new_v4()),
-        }]));
-        let mut wanted = trip(Uuid::new_v4());
-        wanted.min_capacity = Some(3);
-        engine.on_input(Input::Request(RideRequest {
-            trip: wanted,
-            excluded_drivers: vec!["near-excluded".into()],
-            deadline: now_ms() + 60_000,
-            attempt: 2,
-        }));
-        let Input::Claimed { driver, .. } = rx.recv().await.unwrap() else {
-            panic!()
-        };
-        assert_eq!(driver, "far");
-    }
-}
+mod tests;

@@ -1,0 +1,294 @@
+//! A driver's part of a session: what the gateway knows of the driver's situation, and its
+//! positions, checked, labelled and handed to the [`Publisher`] for its cell's subject (and,
+//! on a trip, for the route's breadcrumbs and the rider's view of its driver).
+
+use bytes::Bytes;
+use protocol::bus::Position;
+use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
+use protocol::time::now_us;
+use protocol::trip::{TripState, TripView, VehicleClass};
+use protocol::{ErrorCode, GeoConfig, Subjects, codec};
+use uuid::Uuid;
+
+use super::{Session, error_text};
+use crate::meters as m;
+use crate::publisher::Publisher;
+
+/// What the gateway knows of a driver's situation, to label its positions and route them.
+#[derive(Debug, Default)]
+pub(super) struct DriverSession {
+    pub online: bool,
+    pub vehicle_class: Option<VehicleClass>,
+    pub capacity: u16,
+    /// The trip the driver is offered or carrying out (with its rider and state), and the
+    /// version last seen of it.
+    pub trip: Option<(Uuid, String, TripState)>,
+    pub trip_version: i64,
+    last_seq: Option<u64>,
+    last_ts: i64,
+}
+
+impl DriverSession {
+    fn status(&self) -> VehicleStatus {
+        match (&self.trip, self.online) {
+            (Some((_, _, TripState::Offered)), _) => VehicleStatus::Offered,
+            (Some(_), _) => VehicleStatus::OnTrip,
+            (None, true) => VehicleStatus::Available,
+            (None, false) => VehicleStatus::Offline,
+        }
+    }
+
+    /// Follows a trip this driver takes part in.
+    pub fn observe(&mut self, trip: &TripView, me: &str) {
+        let current = self
+            .trip
+            .as_ref()
+            .is_some_and(|(id, ..)| *id == trip.trip_id);
+        if current && trip.version < self.trip_version {
+            // Updates reach us by several paths (command replies, the inbox): older ones lose.
+            return;
+        }
+        let mine = trip.driver_id.as_deref() == Some(me);
+        if mine && trip.state.holds_driver() {
+            self.trip = Some((trip.trip_id, trip.rider_id.clone(), trip.state));
+            self.trip_version = trip.version;
+        } else if current {
+            self.trip = None;
+        }
+    }
+}
+
+/// What became of one position's publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Published {
+    /// On its cell's subject, for matchers and dispatchers: what the position is for.
+    pub location: bool,
+    /// On a trip: for the route's breadcrumbs, and for the rider. `None` off a trip.
+    pub breadcrumb: Option<bool>,
+    pub rider: Option<bool>,
+}
+
+/// Hands `position` to `publisher`: on its cell's subject, and on a trip (`rider` is the
+/// trip's rider) as a breadcrumb and as the rider's view of its driver.
+pub(super) fn publish_position(
+    publisher: &Publisher,
+    subjects: &Subjects,
+    geo: &GeoConfig,
+    position: &Position,
+    rider: Option<&str>,
+) -> Result<Published, protocol::ValidationError> {
+    let (region, cell) = geo.locate(protocol::Point::new(position.lat, position.lng))?;
+    let payload: Bytes = codec::encode(position).into();
+    let location = publisher.publish(subjects.location(region, cell), payload.clone());
+    let Some(rider) = rider else {
+        return Ok(Published {
+            location,
+            breadcrumb: None,
+            rider: None,
+        });
+    };
+    let breadcrumb = publisher.publish(subjects.breadcrumbs(), payload);
+    let for_rider = ServerMessage::DriverPosition {
+        trip_id: position.trip_id.expect("a position on a trip names it"),
+        driver_id: position.driver_id.clone(),
+        lat: position.lat,
+        lng: position.lng,
+        heading: position.heading,
+        ts: position.ts,
+    };
+    let rider = publisher.publish(
+        subjects.user(Role::Rider, rider),
+        for_rider.to_json().into(),
+    );
+    Ok(Published {
+        location,
+        breadcrumb: Some(breadcrumb),
+        rider: Some(rider),
+    })
+}
+
+impl Session {
+    /// A driver's position report: dropped if older than the last one taken, or while NATS is
+    /// away; otherwise published, and acknowledged when the driver asked for an ack.
+    pub(super) fn location(&self, location: Location) {
+        let shared = &self.shared;
+        if let Err(error) = shared.config.geo.locate(location.point()) {
+            let told = error_text(location.id, error.code(), error.to_string());
+            self.out.control(told);
+            return;
+        }
+        let (status, class, capacity, trip) = {
+            let mut state = self.driver.lock().expect("driver lock");
+            let stale = state.last_seq.is_some_and(|seq| location.seq <= seq)
+                || location.ts < state.last_ts;
+            if stale {
+                drop(state);
+                metrics::counter!(m::POSITIONS_DROPPED, "reason" => "stale").increment(1);
+                if location.id.is_some() {
+                    self.out.control(error_text(
+                        location.id,
+                        ErrorCode::StaleUpdate,
+                        "older than an update already accepted",
+                    ));
+                }
+                return;
+            }
+            state.last_seq = Some(location.seq);
+            state.last_ts = location.ts;
+            (
+                state.status(),
+                state.vehicle_class,
+                state.capacity,
+                state.trip.clone(),
+            )
+        };
+        if shared.nats.connection_state() != async_nats::connection::State::Connected {
+            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
+            if location.id.is_some() {
+                self.out.control(error_text(
+                    location.id,
+                    ErrorCode::Unavailable,
+                    "bus unavailable; positions are dropped until it returns",
+                ));
+            }
+            return;
+        }
+        // Offered is not yet on the trip: the rider sees its driver once it accepts.
+        let on_trip = trip.filter(|(_, _, state)| *state != TripState::Offered);
+        let position = Position {
+            driver_id: self.sender.id.clone(),
+            lat: location.lat,
+            lng: location.lng,
+            heading: location.heading,
+            speed: location.speed,
+            accuracy: location.accuracy,
+            ts: location.ts,
+            seq: location.seq,
+            status,
+            vehicle_class: class,
+            capacity,
+            trip_id: on_trip.as_ref().map(|(id, ..)| *id),
+            received_us: now_us(),
+        };
+        let published = publish_position(
+            &shared.publisher,
+            &shared.config.subjects,
+            &shared.config.geo,
+            &position,
+            on_trip.as_ref().map(|(_, rider, _)| rider.as_str()),
+        )
+        .expect("located above");
+        for (what, taken) in [
+            ("breadcrumb", published.breadcrumb),
+            ("rider", published.rider),
+        ] {
+            if taken == Some(false) {
+                metrics::counter!(m::FOLLOW_UPS_DROPPED, "what" => what).increment(1);
+            }
+        }
+        // The answer is about the position itself, which the matchers and dashboards got or
+        // not; a lost breadcrumb or rider's view is counted above and replaced by the next one.
+        if published.location {
+            metrics::counter!(m::POSITIONS_PUBLISHED).increment(1);
+            if let Some(id) = location.id {
+                self.out.control(
+                    ServerMessage::Ack {
+                        id,
+                        trip: None,
+                        changed: true,
+                    }
+                    .to_json(),
+                );
+            }
+        } else {
+            metrics::counter!(m::POSITIONS_DROPPED, "reason" => "backlog").increment(1);
+            if location.id.is_some() {
+                self.out.control(error_text(
+                    location.id,
+                    ErrorCode::Unavailable,
+                    "the gateway is behind with publishing; this position was dropped",
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Point;
+
+    fn position(trip_id: Option<Uuid>) -> Position {
+        let at = Point::new(52.52, 13.405);
+        Position {
+            driver_id: "d1".into(),
+            lat: at.lat,
+            lng: at.lng,
+            heading: None,
+            speed: None,
+            accuracy: None,
+            ts: 1,
+            seq: 1,
+            status: VehicleStatus::OnTrip,
+            vehicle_class: None,
+            capacity: 4,
+            trip_id,
+            received_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_position_that_reached_its_cell_is_published_though_its_follow_ups_were_not() {
+        // Room for one publication: the position takes it, breadcrumb and rider find it full.
+        let publisher = Publisher::new(1);
+        let subjects = Subjects::new("t").unwrap();
+        let published = publish_position(
+            &publisher,
+            &subjects,
+            &GeoConfig::default(),
+            &position(Some(Uuid::from_u128(1))),
+            Some("r1"),
+        )
+        .unwrap();
+        assert_eq!(
+            published,
+            Published {
+                location: true,
+                breadcrumb: Some(false),
+                rider: Some(false),
+            }
+        );
+    }
+
+    #[test]
+    fn off_a_trip_only_the_cell_subject_is_published() {
+        let publisher = Publisher::new(8);
+        let subjects = Subjects::new("t").unwrap();
+        let published = publish_position(
+            &publisher,
+            &subjects,
+            &GeoConfig::default(),
+            &position(None),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            published,
+            Published {
+                location: true,
+                breadcrumb: None,
+                rider: None,
+            }
+        );
+        let full = Publisher::new(0);
+        let dropped = publish_position(
+            &full,
+            &subjects,
+            &GeoConfig::default(),
+            &position(None),
+            None,
+        )
+        .unwrap();
+        assert!(!dropped.location);
+    }
+}

@@ -1,0 +1,273 @@
+//! The engine's offer cycle on paused time, against a fake trips service.
+
+use super::*;
+use protocol::Point;
+use protocol::bus::{CommandError, TripOutcome};
+use protocol::trip::TripView;
+use std::sync::Mutex;
+
+const BERLIN: Point = Point::new(52.52, 13.405);
+
+/// Answers every command as a trips service would for an always-free driver, and records it.
+#[derive(Debug, Clone, Default)]
+struct Fake {
+    commands: Arc<Mutex<Vec<TripCommand>>>,
+}
+
+impl Link for Fake {
+    async fn command(&self, command: TripCommand) -> TripReply {
+        self.commands.lock().unwrap().push(command.clone());
+        match command {
+            TripCommand::Offer {
+                trip_id, driver_id, ..
+            } => {
+                let mut trip = trip(trip_id);
+                trip.state = TripState::Offered;
+                trip.driver_id = Some(driver_id);
+                Ok(TripOutcome {
+                    trip: Some(trip),
+                    changed: true,
+                })
+            }
+            TripCommand::ExpireOffer { trip_id, .. } => Ok(TripOutcome {
+                trip: Some(trip(trip_id)),
+                changed: true,
+            }),
+            _ => Err(CommandError::new(ErrorCode::Internal, "unexpected")),
+        }
+    }
+    async fn publish_counts(&self, _: CellIndex, _: CellCounts) {}
+}
+
+fn trip(trip_id: Uuid) -> TripView {
+    TripView {
+        trip_id,
+        state: TripState::Requested,
+        rider_id: "r".into(),
+        driver_id: None,
+        pickup: BERLIN,
+        dropoff: Point::new(52.5, 13.45),
+        vehicle_class: None,
+        min_capacity: None,
+        region: String::new(),
+        created_at: 0,
+        updated_at: 0,
+        version: 1,
+        ended_by: None,
+        end_reason: None,
+    }
+}
+
+fn driver_at(id: &str, point: Point) -> Position {
+    Position {
+        driver_id: id.into(),
+        lat: point.lat,
+        lng: point.lng,
+        heading: None,
+        speed: None,
+        accuracy: None,
+        ts: now_ms(),
+        seq: 1,
+        status: VehicleStatus::Available,
+        vehicle_class: None,
+        capacity: 4,
+        trip_id: None,
+        received_us: 0,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_offer_is_expired_after_its_ttl() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let fake = Fake::default();
+    let settings = Settings {
+        offer_ttl: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let geo = GeoConfig::default();
+    let regions = [geo.region_of(BERLIN).unwrap()].into();
+    let mut engine = Engine::new(
+        settings,
+        geo,
+        regions,
+        h3o::Resolution::Eight,
+        Arc::new(assign::StraightLine::default()),
+        fake.clone(),
+        tx,
+    );
+    engine.on_input(Input::Position(driver_at("d1", Point::new(52.521, 13.405))));
+    let trip_id = Uuid::new_v4();
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(trip_id),
+        excluded_drivers: vec![],
+        deadline: now_ms() + 600_000,
+        attempt: 1,
+    }));
+    // Greedy claims at once.
+    let claimed = rx.recv().await.unwrap();
+    assert!(matches!(&claimed, Input::Claimed { driver, .. } if driver == "d1"));
+    engine.on_input(claimed);
+    // The driver says nothing; nothing happens before the offer's time is up.
+    tokio::time::advance(Duration::from_secs(9)).await;
+    engine.on_tick().await;
+    assert!(
+        !fake
+            .commands
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| matches!(c, TripCommand::ExpireOffer { .. }))
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    engine.on_tick().await;
+    let expired = rx.recv().await.unwrap();
+    assert!(matches!(expired, Input::OfferExpired { .. }));
+    assert!(
+        fake.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| matches!(c, TripCommand::ExpireOffer { driver_id, .. } if driver_id == "d1"))
+    );
+    engine.on_input(expired);
+    assert_eq!(
+        engine.waiting(),
+        0,
+        "the re-published request decides what comes next"
+    );
+    assert!(engine.reserved.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_search_without_drivers_expires_at_its_deadline() {
+    let (tx, _rx) = mpsc::channel(16);
+    let fake = Fake::default();
+    let geo = GeoConfig::default();
+    let mut engine = Engine::new(
+        Settings::default(),
+        geo,
+        HashSet::new(),
+        h3o::Resolution::Eight,
+        Arc::new(assign::StraightLine::default()),
+        fake.clone(),
+        tx,
+    );
+    let trip_id = Uuid::new_v4();
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(trip_id),
+        excluded_drivers: vec![],
+        deadline: now_ms() - 1,
+        attempt: 1,
+    }));
+    engine.on_tick().await;
+    assert_eq!(engine.waiting(), 0);
+    // The expiry is sent from a spawned task: let it run.
+    for _ in 0..100 {
+        if !fake.commands.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        fake.commands
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| matches!(c, TripCommand::Expire { trip_id: t, .. } if *t == trip_id))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn excluded_busy_and_unfit_drivers_are_never_offered() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let fake = Fake::default();
+    let geo = GeoConfig::default();
+    let mut engine = Engine::new(
+        Settings::default(),
+        geo,
+        HashSet::new(),
+        h3o::Resolution::Eight,
+        Arc::new(assign::StraightLine::default()),
+        fake,
+        tx,
+    );
+    engine.on_input(Input::Position(driver_at(
+        "near-excluded",
+        Point::new(52.5201, 13.405),
+    )));
+    engine.on_input(Input::Position(driver_at(
+        "near-busy",
+        Point::new(52.5202, 13.405),
+    )));
+    let mut van = driver_at("near-small", Point::new(52.5203, 13.405));
+    van.capacity = 2;
+    engine.on_input(Input::Position(van));
+    engine.on_input(Input::Position(driver_at("far", Point::new(52.54, 13.405))));
+    engine.on_input(Input::Busy(vec![DriverRecord {
+        driver_id: "near-busy".into(),
+        online: true,
+        vehicle_class: None,
+        capacity: Some(4),
+        active_trip: Some(Uuid::new_v4()),
+    }]));
+    let mut wanted = trip(Uuid::new_v4());
+    wanted.min_capacity = Some(3);
+    engine.on_input(Input::Request(RideRequest {
+        trip: wanted,
+        excluded_drivers: vec!["near-excluded".into()],
+        deadline: now_ms() + 60_000,
+        attempt: 2,
+    }));
+    let Input::Claimed { driver, .. } = rx.recv().await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(driver, "far");
+}
+
+/// Answers offers only after a while, as a trips service under load would.
+#[derive(Debug, Clone, Default)]
+struct Slow {
+    answered: Arc<Mutex<Vec<TripCommand>>>,
+}
+
+impl Link for Slow {
+    async fn command(&self, command: TripCommand) -> TripReply {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let reply = Fake::default().command(command.clone()).await;
+        self.answered.lock().unwrap().push(command);
+        reply
+    }
+    async fn publish_counts(&self, _: CellIndex, _: CellCounts) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_waits_for_the_claims_in_flight() {
+    let (tx, _rx) = mpsc::channel(16);
+    let slow = Slow::default();
+    let mut engine = Engine::new(
+        Settings::default(),
+        GeoConfig::default(),
+        HashSet::new(),
+        h3o::Resolution::Eight,
+        Arc::new(assign::StraightLine::default()),
+        slow.clone(),
+        tx,
+    );
+    engine.on_input(Input::Position(driver_at("d1", Point::new(52.521, 13.405))));
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(Uuid::new_v4()),
+        excluded_drivers: vec![],
+        deadline: now_ms() + 60_000,
+        attempt: 1,
+    }));
+    assert!(
+        slow.answered.lock().unwrap().is_empty(),
+        "the claim is in flight"
+    );
+    engine.finish().await;
+    let answered = slow.answered.lock().unwrap();
+    assert!(
+        matches!(answered.as_slice(), [TripCommand::Offer { driver_id, .. }] if driver_id == "d1"),
+        "{answered:?}"
+    );
+}

@@ -1,0 +1,224 @@
+//! What a transition publishes, built as pure functions of the trip before and after: the
+//! event for matchers and dashboards, the messages for the rider's and driver's inboxes, and
+//! the request again for matchers when the trip is back to searching. They are written to the
+//! outbox by the statement that writes the transition, and published after commit.
+
+use protocol::bus::{DriverStatus, RideRequest, TripEvent};
+use protocol::client::{Role, ServerMessage};
+use protocol::trip::{Actor, TripState};
+use protocol::{Subjects, codec};
+
+use crate::machine::{Change, TripRecord};
+
+/// A message to publish after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub subject: String,
+    pub payload: Vec<u8>,
+}
+
+/// A server message for one client's inbox.
+pub fn to_user(subjects: &Subjects, role: Role, id: &str, message: &ServerMessage) -> Outgoing {
+    Outgoing {
+        subject: subjects.user(role, id),
+        payload: message.to_json().into_bytes(),
+    }
+}
+
+/// The request matchers receive for a trip waiting for a driver.
+pub fn ride_request(subjects: &Subjects, trip: &TripRecord) -> Outgoing {
+    let region = protocol::geo::parse_cell(&trip.view.region).expect("stored regions are cells");
+    Outgoing {
+        subject: subjects.ride_requests(region),
+        payload: codec::encode(&RideRequest {
+            trip: trip.view.clone(),
+            excluded_drivers: trip.excluded_drivers.clone(),
+            deadline: trip.search_deadline,
+            attempt: trip.dispatch_attempts.max(1) as u32,
+        }),
+    }
+}
+
+/// The event for dashboards and matchers and the update for the rider.
+pub fn event_messages(
+    subjects: &Subjects,
+    trip: &TripRecord,
+    from: Option<TripState>,
+    actor: Actor,
+    event_id: i64,
+) -> Vec<Outgoing> {
+    let event = TripEvent {
+        event_id,
+        trip: trip.view.clone(),
+        from,
+        actor,
+        at: trip.view.updated_at,
+    };
+    vec![
+        Outgoing {
+            subject: subjects.trip_events(&trip.view.region),
+            payload: codec::encode(&event),
+        },
+        to_user(
+            subjects,
+            Role::Rider,
+            &trip.view.rider_id,
+            &ServerMessage::TripUpdate {
+                trip: trip.view.clone(),
+            },
+        ),
+    ]
+}
+
+/// A transition's messages: its event, the rider's update, the driver's offer or update,
+/// an update for a driver who lost the trip, and the request again when it is back to
+/// searching.
+pub fn transition_messages(
+    subjects: &Subjects,
+    before: &TripRecord,
+    after: &TripRecord,
+    change: &Change,
+    event_id: i64,
+) -> Vec<Outgoing> {
+    let mut out = event_messages(
+        subjects,
+        after,
+        Some(before.view.state),
+        change.actor,
+        event_id,
+    );
+    let update = ServerMessage::TripUpdate {
+        trip: after.view.clone(),
+    };
+    if let Some(driver_id) = &after.view.driver_id {
+        let message = match &change.new_offer {
+            Some((_, expires_at, eta)) => ServerMessage::Offer {
+                trip: after.view.clone(),
+                expires_at: *expires_at,
+                pickup_eta_s: *eta,
+            },
+            None => update.clone(),
+        };
+        out.push(to_user(subjects, Role::Driver, driver_id, &message));
+    }
+    // A driver that lost the trip (declined, expired, superseded) hears of it too.
+    if let Some(previous) = &before.view.driver_id
+        && after.view.driver_id.as_ref() != Some(previous)
+    {
+        out.push(to_user(subjects, Role::Driver, previous, &update));
+    }
+    if after.view.state == TripState::Requested {
+        out.push(ride_request(subjects, after));
+    }
+    out
+}
+
+/// A driver's new status, for matchers.
+pub fn driver_status(subjects: &Subjects, status: &DriverStatus) -> Outgoing {
+    Outgoing {
+        subject: subjects.driver_status(),
+        payload: codec::encode(status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{self, Decision, DriverRecord};
+    use protocol::Point;
+    use protocol::bus::TripCommand;
+    use protocol::trip::{TripView, VehicleClass};
+    use uuid::Uuid;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn offered_to(driver: &str) -> TripRecord {
+        let pickup = Point::new(52.52, 13.405);
+        let region = protocol::GeoConfig::default().region_of(pickup).unwrap();
+        TripRecord {
+            view: TripView {
+                trip_id: Uuid::from_u128(9),
+                state: TripState::Offered,
+                rider_id: "r1".into(),
+                driver_id: Some(driver.into()),
+                pickup,
+                dropoff: Point::new(52.5, 13.45),
+                vehicle_class: None,
+                min_capacity: None,
+                region: region.to_string(),
+                created_at: NOW,
+                updated_at: NOW,
+                version: 2,
+                ended_by: None,
+                end_reason: None,
+            },
+            excluded_drivers: vec![],
+            search_deadline: NOW + 60_000,
+            offer_expires_at: Some(NOW + 15_000),
+            dispatch_attempts: 1,
+        }
+    }
+
+    fn after(before: &TripRecord, command: &TripCommand) -> (TripRecord, Change) {
+        let driver = DriverRecord {
+            online: true,
+            vehicle_class: Some(VehicleClass::Standard),
+            capacity: Some(4),
+        };
+        let Decision::Apply(change) = machine::decide(before, command, Some(&driver), NOW) else {
+            panic!("{command:?} applies");
+        };
+        let mut after = before.clone();
+        machine::apply(&mut after, &change, NOW);
+        (after, change)
+    }
+
+    fn subjects_of(out: &[Outgoing]) -> Vec<&str> {
+        out.iter().map(|o| o.subject.as_str()).collect()
+    }
+
+    #[test]
+    fn a_declined_offer_tells_the_rider_the_driver_and_the_matchers() {
+        let subjects = Subjects::new("t").unwrap();
+        let before = offered_to("d1");
+        let decline = TripCommand::AnswerOffer {
+            trip_id: before.view.trip_id,
+            driver_id: "d1".into(),
+            accept: false,
+        };
+        let (after, change) = after(&before, &decline);
+        let out = transition_messages(&subjects, &before, &after, &change, 41);
+        let region = &before.view.region;
+        assert_eq!(
+            subjects_of(&out),
+            [
+                format!("t.evt.{region}").as_str(),
+                "t.user.rider.r1",
+                "t.user.driver.d1",
+                format!("t.req.{region}").as_str(),
+            ]
+        );
+        let event: TripEvent = codec::decode(&out[0].payload).unwrap();
+        assert_eq!((event.event_id, event.from), (41, Some(TripState::Offered)));
+        let request: RideRequest = codec::decode(&out[3].payload).unwrap();
+        assert_eq!(request.excluded_drivers, ["d1"]);
+    }
+
+    #[test]
+    fn an_accepted_offer_tells_the_driver_with_an_update_not_an_offer() {
+        let subjects = Subjects::new("t").unwrap();
+        let before = offered_to("d1");
+        let accept = TripCommand::AnswerOffer {
+            trip_id: before.view.trip_id,
+            driver_id: "d1".into(),
+            accept: true,
+        };
+        let (after, change) = after(&before, &accept);
+        let out = transition_messages(&subjects, &before, &after, &change, 42);
+        assert_eq!(out.len(), 3, "{:?}", subjects_of(&out));
+        let to_driver: ServerMessage = serde_json::from_slice(&out[2].payload).unwrap();
+        assert!(
+            matches!(to_driver, ServerMessage::TripUpdate { trip } if trip.state == TripState::Accepted)
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! What committed is published: after a crash, by the sweeper, and quick refusals while the database is away.
+
+use super::*;
+
+#[tokio::test]
+async fn a_crash_between_commit_and_publish_still_publishes() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let config = trips_config(&db.url, &nats.url(), &prefix);
+    // A store with no publisher: the command commits, then the "process" is gone.
+    let pool = trips::db::pool(&db.url, &config.pool).unwrap();
+    let store = trips::Store::new(
+        pool.clone(),
+        config.geo,
+        config.subjects.clone(),
+        config.store.clone(),
+    );
+    let trip = store
+        .execute(create("rider-1", "k"))
+        .await
+        .unwrap()
+        .trip
+        .unwrap();
+    drop(store);
+    pool.close();
+    let waiting: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT coalesce(sum(cardinality(subjects)), 0)::int8 FROM outbox",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        waiting >= 3,
+        "event, rider update and ride request wait in the outbox"
+    );
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = client
+        .subscribe(config.subjects.trip_events_all())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let _trips = start_trips(config).await;
+    let event: TripEvent = next(&mut events).await;
+    assert_eq!(event.trip.trip_id, trip.trip_id);
+    assert_eq!(event.trip.state, TripState::Requested);
+    eventually("outbox emptied", PATIENCE, || async {
+        let n: i64 = db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_sweeper_reverts_expired_offers_and_expires_searches() {
+    let f = Fixture::start_with(|c| {
+        c.store.search_timeout = Duration::from_secs(3);
+        c.sweep.interval = Duration::from_millis(100);
+        c.sweep.offer_grace = Duration::from_millis(100);
+        c.sweep.quiet_after = Duration::from_millis(500);
+    })
+    .await;
+    let region = protocol::GeoConfig::default().region_of(PICKUP).unwrap();
+    let mut requests = f
+        .bus
+        .client
+        .subscribe(f.subjects().ride_requests(region))
+        .await
+        .unwrap();
+    f.bus.client.flush().await.unwrap();
+    f.driver_online("driver-1").await;
+    let id = f.create("rider-1", "k").await.trip_id;
+    f.offer(id, "driver-1", 200).await.unwrap();
+
+    // Nobody answers: the offer reverts and the driver is excluded.
+    eventually("offer reverted", PATIENCE, || async {
+        let trip = f.trip(id).await;
+        (trip.state == TripState::Requested && trip.version > 2).then_some(())
+    })
+    .await;
+    // The quiet request is re-published with the exclusion, more than once.
+    let mut attempts = Vec::new();
+    while attempts.len() < 3 {
+        let request: RideRequest = next(&mut requests).await;
+        attempts.push((request.attempt, request.excluded_drivers.clone()));
+    }
+    assert!(
+        attempts
+            .iter()
+            .any(|(_, excluded)| excluded == &["driver-1".to_owned()]),
+        "{attempts:?}"
+    );
+    // The search deadline passes: expired, by the system, with a reason.
+    let trip = eventually("trip expired", PATIENCE, || async {
+        let trip = f.trip(id).await;
+        (trip.state == TripState::Expired).then_some(trip)
+    })
+    .await;
+    assert_eq!(trip.ended_by, Some(Actor::System));
+    assert!(trip.end_reason.unwrap().contains("deadline"));
+}
+
+#[tokio::test]
+async fn commands_answer_unavailable_quickly_when_the_database_is_away() {
+    let nats = NatsServer::start();
+    let prefix = unique_prefix();
+    let dead = format!(
+        "postgres://postgres@127.0.0.1:{}/none",
+        tests::nats::free_port()
+    );
+    let trips = launch_trips(trips_config(&dead, &nats.url(), &prefix)).await;
+    let bus = Bus::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        Subjects::new(&prefix).unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let reply: TripReply = eventually("a reply", PATIENCE, || async {
+        bus.request(
+            bus.subjects.trip_commands(),
+            &create("rider-1", "k"),
+            Duration::from_secs(10),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    assert_eq!(code(&reply), Some(ErrorCode::Unavailable));
+    assert!(reply.unwrap_err().code.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // And it says it is not ready.
+    let ready = reqwest::get(format!("http://{}/readyz", trips.http))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("database: waiting"));
+}
