@@ -231,6 +231,12 @@ fn malformed_frames_are_refused_with_invalid_message() {
     ] {
         let err = client::decode(frame, NOW).expect_err(frame);
         assert_eq!(err.code(), ErrorCode::InvalidMessage, "{frame}: {err}");
+        // What the client reads is ours, not the JSON parser's (which names lines, columns
+        // and Rust's idea of the fields).
+        let told = err.client_message();
+        for internal in ["line ", "column", "`", "expected", "missing field"] {
+            assert!(!told.contains(internal), "{frame}: {told}");
+        }
     }
     let nested = "[".repeat(10_000) + &"]".repeat(10_000);
     assert_eq!(

@@ -5,6 +5,7 @@
 //! [`run`] ramps connections up at a bounded rate, drives the scenario for its duration, stops
 //! new demand, lets open trips finish (the drain), and returns a [`Report`].
 
+pub mod chart;
 pub mod city;
 pub mod client;
 pub mod driver;

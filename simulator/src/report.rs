@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::chart::{self, Chart, Series};
 use crate::stats::{Recorder, Sample, Stats, get};
 use crate::{Scenario, Settings};
 
@@ -182,78 +183,6 @@ impl Report {
     }
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// An SVG line chart of `points` (x, y), `w` by `h` pixels.
-fn line_chart(title: &str, points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
-    let (w, h, pad) = (640.0, 240.0, 40.0);
-    let max_x = points.iter().map(|p| p.0).fold(1e-9, f64::max);
-    let max_y = points.iter().map(|p| p.1).fold(1e-9, f64::max);
-    let path: Vec<String> = points
-        .iter()
-        .map(|(x, y)| {
-            format!(
-                "{:.1},{:.1}",
-                pad + x / max_x * (w - 2.0 * pad),
-                h - pad - y / max_y * (h - 2.0 * pad)
-            )
-        })
-        .collect();
-    format!(
-        r##"<figure><figcaption>{}</figcaption><svg width="{w}" height="{h}" role="img">
-<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#888"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#888"/>
-<polyline fill="none" stroke="#2a6df4" stroke-width="2" points="{}"/>
-<text x="{r}" y="{t}" text-anchor="end" font-size="11">{} (max {:.1})</text>
-<text x="{pad}" y="{y0}" font-size="11">{} (max {:.1})</text></svg></figure>"##,
-        escape(title),
-        path.join(" "),
-        escape(x_label),
-        max_x,
-        escape(y_label),
-        max_y,
-        b = h - pad,
-        r = w - pad,
-        t = h - 8.0,
-        y0 = pad - 8.0,
-    )
-}
-
-/// A bar chart of a latency distribution over power-of-two buckets (microseconds).
-fn distribution_chart(title: &str, buckets: &[(u64, u64)]) -> String {
-    let (w, h, pad) = (640.0, 240.0, 40.0);
-    let max = buckets.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
-    let bar = (w - 2.0 * pad) / buckets.len().max(1) as f64;
-    let bars: String = buckets
-        .iter()
-        .enumerate()
-        .map(|(i, (upper, count))| {
-            let height = *count as f64 / max * (h - 2.0 * pad);
-            format!(
-                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#2a6df4"><title>up to {:.2} ms: {count}</title></rect>
-<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{:.2}</text>"##,
-                pad + i as f64 * bar,
-                h - pad - height,
-                (bar - 2.0).max(1.0),
-                height,
-                *upper as f64 / 1000.0,
-                pad + (i as f64 + 0.5) * bar,
-                h - pad + 12.0,
-                *upper as f64 / 1000.0,
-            )
-        })
-        .collect();
-    format!(
-        r#"<figure><figcaption>{}</figcaption><svg width="{w}" height="{h}" role="img">{bars}
-<text x="{pad}" y="{t}" font-size="11">bucket upper bound, ms</text></svg></figure>"#,
-        escape(title),
-        t = h - 4.0,
-    )
-}
-
 /// A self-contained HTML page (no scripts, no network) with the summary and plots.
 pub fn html(report: &Report) -> String {
     let throughput: Vec<(f64, f64)> = report
@@ -271,27 +200,29 @@ pub fn html(report: &Report) -> String {
         .iter()
         .map(|s| (s.t_s, s.completed as f64))
         .collect();
-    format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>Simulation report</title>
-<style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f4f4f4;padding:1em}}figure{{margin:1em 0}}</style></head>
-<body><h1>Simulation report</h1><pre>{}</pre>{}{}{}{}</body></html>"#,
-        escape(&report.table()),
-        distribution_chart(
-            "Location latency distribution",
-            &report.location_distribution_us
-        ),
-        line_chart(
-            "Position updates per second",
-            &throughput,
-            "seconds",
-            "updates/s"
-        ),
-        line_chart("Open trips", &open, "seconds", "trips"),
-        line_chart(
-            "Completed trips (cumulative)",
-            &completed,
-            "seconds",
-            "trips"
-        ),
+    let distribution: Vec<(String, f64)> = report
+        .location_distribution_us
+        .iter()
+        .map(|(upper_us, count)| (format!("{:.2}", *upper_us as f64 / 1000.0), *count as f64))
+        .collect();
+    let line = |title: &str, y_unit: &str, points: Vec<(f64, f64)>| {
+        Chart::new(title, "seconds since the start", y_unit)
+            .with(Series::new(y_unit, "#2a6df4", points))
+            .svg()
+    };
+    chart::page(
+        "Simulation report",
+        &[
+            format!("<pre>{}</pre>", chart::escape(&report.table())),
+            chart::bars(
+                "Location latency distribution",
+                "bucket upper bound, ms",
+                "position reports",
+                &distribution,
+            ),
+            line("Position updates per second", "updates/s", throughput),
+            line("Open trips", "trips", open),
+            line("Completed trips (cumulative)", "trips", completed),
+        ],
     )
 }

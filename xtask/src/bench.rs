@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::chart::{self, Chart, Series};
 use crate::infra::{self, Infra, say};
 use crate::targets;
+use simulator::chart::{self, Chart, Series};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

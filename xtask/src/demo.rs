@@ -1,7 +1,5 @@
 //! `cargo xtask demo`: infrastructure, every service and the simulated city, until Ctrl-C.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -103,34 +101,33 @@ fn dispatcher_token(gateway: &Path) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// The body of a successful GET, if any.
+/// The body of a successful GET of `http://{addr}{path}`, if any.
 pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    if !response.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
+    http_agent(Duration::from_secs(5))
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .ok()?
+        .into_body()
+        .read_to_string()
+        .ok()
 }
 
+/// Whether `http://{addr}{path}` answers 200.
 pub(crate) fn http_ok(addr: &str, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
+    http_agent(Duration::from_secs(1))
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .is_ok()
+}
+
+/// A client for the services' own endpoints: no proxy, a deadline, an error for any status but
+/// success.
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .proxy(None)
+        .build()
+        .new_agent()
 }
 
 pub(crate) fn start(

@@ -10,7 +10,6 @@
 //! - `cargo xtask fuzz`: the protocol fuzzer for as long as asked.
 
 mod bench;
-mod chart;
 mod demo;
 mod fuzz;
 mod infra;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::chart::{self, Chart, Series};
 use crate::demo::{self, Service};
 use crate::infra::{self, Infra, say};
+use simulator::chart::{self, Chart, Series};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

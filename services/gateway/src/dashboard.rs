@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -67,11 +68,7 @@ struct PageConfig {
 async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl IntoResponse {
     let ws_url = state.settings.ws_url.clone().unwrap_or_else(|| {
         // The host the browser used for the page, on the WebSocket port.
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http_host::Authority>().ok())
-            .map_or_else(|| state.ws.ip().to_string(), |a| a.host);
+        let host = page_host(&headers).unwrap_or_else(|| state.ws.ip().to_string());
         format!("ws://{host}:{}/ws", state.ws.port())
     });
     axum::Json(PageConfig {
@@ -81,28 +78,11 @@ async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl
     })
 }
 
-mod http_host {
-    /// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`).
-    pub struct Authority {
-        pub host: String,
-    }
-
-    impl std::str::FromStr for Authority {
-        type Err = ();
-
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let host = if let Some(rest) = s.strip_prefix('[') {
-                format!("[{}]", rest.split_once(']').ok_or(())?.0)
-            } else {
-                s.split(':').next().unwrap_or_default().to_owned()
-            };
-            let valid = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c));
-            if valid { Ok(Self { host }) } else { Err(()) }
-        }
-    }
+/// The host part of the request's `Host` header (`name`, `name:port`, `[v6]:port`), if it is
+/// a valid authority.
+fn page_host(headers: &HeaderMap) -> Option<String> {
+    let authority: Authority = headers.get(header::HOST)?.to_str().ok()?.parse().ok()?;
+    Some(authority.host().to_owned()).filter(|host| !host.is_empty())
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -222,18 +202,20 @@ pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
 
 #[cfg(test)]
 mod tests {
-    use super::http_host::Authority;
+    use super::*;
 
     #[test]
     fn host_header_parts() {
-        let host = |s: &str| s.parse::<Authority>().map(|a| a.host);
-        assert_eq!(
-            host("example.org:8081").ok().as_deref(),
-            Some("example.org")
-        );
-        assert_eq!(host("10.0.0.1").ok().as_deref(), Some("10.0.0.1"));
-        assert_eq!(host("[::1]:8081").ok().as_deref(), Some("[::1]"));
-        assert!(host("evil\"host").is_err());
-        assert!(host("").is_err());
+        let host = |s: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, s.parse().unwrap());
+            page_host(&headers)
+        };
+        assert_eq!(host("example.org:8081").as_deref(), Some("example.org"));
+        assert_eq!(host("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("[::1]:8081").as_deref(), Some("[::1]"));
+        assert_eq!(host("evil\"host"), None);
+        assert_eq!(host(""), None);
+        assert_eq!(page_host(&HeaderMap::new()), None);
     }
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use kit::Readiness;
-use protocol::bus::{TripCommand, TripQuery};
-use protocol::{GeoConfig, Subjects, codec};
+use protocol::bus::{CommandError, QueryReply, TripCommand, TripQuery, TripReply};
+use protocol::{ErrorCode, GeoConfig, Subjects, codec};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -278,30 +278,19 @@ async fn serve(
         let store = store.clone();
         let nats = nats.clone();
         tasks.spawn(async move {
+            let malformed = |what: &'static str, error: codec::CodecError| {
+                metrics::counter!(meters::MALFORMED, "subject" => what).increment(1);
+                tracing::warn!(%error, what, "malformed bus payload");
+                CommandError::new(ErrorCode::InvalidMessage, "malformed payload")
+            };
             let reply = match handler {
                 Handler::Command => match codec::decode::<TripCommand>(&message.payload) {
                     Ok(command) => codec::encode(&store.execute(command).await),
-                    Err(error) => {
-                        metrics::counter!(meters::MALFORMED, "subject" => "command").increment(1);
-                        codec::encode(&protocol::bus::TripReply::Err(
-                            protocol::bus::CommandError::new(
-                                protocol::ErrorCode::InvalidMessage,
-                                error.to_string(),
-                            ),
-                        ))
-                    }
+                    Err(error) => codec::encode(&TripReply::Err(malformed("command", error))),
                 },
                 Handler::Query => match codec::decode::<TripQuery>(&message.payload) {
                     Ok(query) => codec::encode(&store.query(query).await),
-                    Err(error) => {
-                        metrics::counter!(meters::MALFORMED, "subject" => "query").increment(1);
-                        codec::encode(&protocol::bus::QueryReply::Error(
-                            protocol::bus::CommandError::new(
-                                protocol::ErrorCode::InvalidMessage,
-                                error.to_string(),
-                            ),
-                        ))
-                    }
+                    Err(error) => codec::encode(&QueryReply::Error(malformed("query", error))),
                 },
             };
             if let Err(error) = nats.publish(reply_to, reply.into()).await {

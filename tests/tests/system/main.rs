@@ -2,10 +2,12 @@
 //! One binary with a module per area (run a subset with `cargo xtask test -- <name>`).
 
 mod dashboard;
+mod examples;
 mod faults;
 mod gateway;
 mod harness;
 mod hostile;
 mod matcher;
+mod sessions;
 mod simulator;
 mod trips;

@@ -9,7 +9,7 @@ use protocol::bus::{CellCounts, Position, TripEvent};
 use protocol::client::{self, CellAggregate, ServerMessage, VehicleView};
 use protocol::{ErrorCode, codec};
 
-use super::{Session, error_text};
+use super::{Session, ack_text, error_text};
 use crate::outbound::Key;
 use crate::viewport;
 
@@ -167,13 +167,6 @@ impl Session {
                 }
             }
         }
-        self.out.control(
-            ServerMessage::Ack {
-                id,
-                trip: None,
-                changed: true,
-            }
-            .to_json(),
-        );
+        self.out.control(ack_text(id));
     }
 }

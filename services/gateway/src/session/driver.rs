@@ -10,7 +10,7 @@ use protocol::trip::{TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, GeoConfig, Subjects, codec};
 use uuid::Uuid;
 
-use super::{Session, error_text};
+use super::{Session, ack_text, error_text};
 use crate::meters as m;
 use crate::publisher::Publisher;
 
@@ -191,14 +191,7 @@ impl Session {
         if published.location {
             metrics::counter!(m::POSITIONS_PUBLISHED).increment(1);
             if let Some(id) = location.id {
-                self.out.control(
-                    ServerMessage::Ack {
-                        id,
-                        trip: None,
-                        changed: true,
-                    }
-                    .to_json(),
-                );
+                self.out.control(ack_text(id));
             }
         } else {
             metrics::counter!(m::POSITIONS_DROPPED, "reason" => "backlog").increment(1);

@@ -84,6 +84,16 @@ fn error_text(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> S
     ServerMessage::error(id, code, message).to_json()
 }
 
+/// A plain ack of message `id`: done, nothing to tell beyond that.
+fn ack_text(id: u64) -> String {
+    ServerMessage::Ack {
+        id,
+        trip: None,
+        changed: true,
+    }
+    .to_json()
+}
+
 /// One authenticated client.
 struct Session {
     shared: Arc<Shared>,

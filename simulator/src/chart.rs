@@ -1,6 +1,8 @@
-//! SVG line charts for the reports xtask writes (`soak`, `bench`): a few series over a shared
-//! x axis, scaled to fit, with the axes' extremes and a legend. Self-contained SVG, so a report
-//! opens in any browser and a chart committed under `docs/` renders where the repository is read.
+//! SVG charts for every report the project writes (the simulator's, and xtask's `soak` and
+//! `bench`): line charts of a few series over a shared x axis and bar charts of a
+//! distribution, each with ticks and gridlines on round steps, axis units and a legend.
+//! Self-contained SVG, so a report opens in any browser and a chart committed under `docs/`
+//! renders where the repository is read. Every text is escaped.
 
 use std::fmt::Write;
 
@@ -48,8 +50,8 @@ const LEGEND: f64 = 130.0;
 /// About how many steps a linear axis is cut into.
 const STEPS: u32 = 5;
 
-/// Text for SVG: the chart's own labels, escaped all the same.
-fn escape(text: &str) -> String {
+/// Text for SVG and HTML: every label is escaped, whoever wrote it.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -146,6 +148,28 @@ impl Axis {
     }
 }
 
+/// An `<svg>` element opened with its white frame and `title`.
+fn frame(title: &str, left: f64) -> String {
+    format!(
+        r##"<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif"><rect width="{WIDTH}" height="{HEIGHT}" fill="white" stroke="#ccc"/><text x="{left}" y="20" font-size="14">{}</text>"##,
+        escape(title)
+    )
+}
+
+/// The y axis' gridlines from `left` to `right`, each with its tick's label.
+fn y_grid(svg: &mut String, axis: &Axis, left: f64, right: f64, y_at: impl Fn(f64) -> f64) {
+    for y in axis.ticks() {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
+            left - 4.0,
+            y_at(y) + 4.0,
+            label(y),
+            at = y_at(y),
+        );
+    }
+}
+
 impl Chart {
     pub fn new(
         title: impl Into<String>,
@@ -208,22 +232,8 @@ impl Chart {
         let x_at = |x: f64| left + (right - left) * x_axis.place(x);
         let y_at = |y: f64| bottom - (bottom - top) * y_axis.place(y);
 
-        let mut svg = String::new();
-        let _ = write!(
-            svg,
-            r##"<svg width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif"><rect width="{WIDTH}" height="{HEIGHT}" fill="white" stroke="#ccc"/><text x="{left}" y="20" font-size="14">{}</text>"##,
-            escape(&self.title)
-        );
-        for y in y_axis.ticks() {
-            let _ = write!(
-                svg,
-                r##"<line x1="{left}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#eee"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
-                left - 4.0,
-                y_at(y) + 4.0,
-                label(y),
-                at = y_at(y),
-            );
-        }
+        let mut svg = frame(&self.title, left);
+        y_grid(&mut svg, &y_axis, left, right, y_at);
         for x in x_axis.ticks() {
             let _ = write!(
                 svg,
@@ -284,6 +294,57 @@ impl Chart {
         svg.push_str("</svg>");
         svg
     }
+}
+
+/// A bar chart: one bar per `(label, value)`, labelled underneath, over a y axis from zero
+/// with ticks and gridlines; each bar's value is its tooltip.
+pub fn bars(title: &str, x_unit: &str, y_unit: &str, bars: &[(String, f64)]) -> String {
+    let y_hi = bars
+        .iter()
+        .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let y_axis = Axis::linear(0.0, y_hi.max(1e-9));
+    let (left, right, top, bottom) = (PAD + 10.0, WIDTH - 20.0, 35.0, HEIGHT - PAD);
+    let y_at = |y: f64| bottom - (bottom - top) * y_axis.place(y);
+    let width = (right - left) / bars.len().max(1) as f64;
+    let mut svg = frame(title, left);
+    y_grid(&mut svg, &y_axis, left, right, y_at);
+    // Labels under every bar while they fit, else under every few.
+    let every = ((bars.len() as f64 * 40.0 / (right - left)).ceil() as usize).max(1);
+    for (i, (name, value)) in bars.iter().enumerate() {
+        let value = if value.is_finite() { *value } else { 0.0 };
+        let x = left + width * i as f64;
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#2a6df4"><title>{}: {}</title></rect>"##,
+            x + 1.0,
+            y_at(value),
+            (width - 2.0).max(1.0),
+            bottom - y_at(value),
+            escape(name),
+            label(value),
+        );
+        if i % every == 0 {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+                x + width / 2.0,
+                bottom + 14.0,
+                escape(name),
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        r##"<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#999"/><text x="12" y="{mid:.1}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mid:.1})">{}</text><text x="{:.1}" y="{}" font-size="11" text-anchor="middle">{}</text></svg>"##,
+        escape(y_unit),
+        (left + right) / 2.0,
+        bottom + 34.0,
+        escape(x_unit),
+        mid = (top + bottom) / 2.0,
+    );
+    svg
 }
 
 /// A whole page: a title, then each part (already HTML) in order.
@@ -418,6 +479,24 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 2);
         let empty = Chart::new("t", "x", "y").svg();
         assert!(empty.contains("</svg>") && !empty.contains("NaN"));
+    }
+
+    #[test]
+    fn bars_have_a_scale_and_escaped_labels() {
+        let svg = bars(
+            "latency <dist>",
+            "ms",
+            "reports",
+            &[("0.5".into(), 3.0), ("1".into(), 7.0), ("<2>".into(), 0.0)],
+        );
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect x=").count(), 3);
+        // 7 rounds to an axis of 0 to 8 in steps of 2: five ticks with their labels.
+        for tick in [">0<", ">2<", ">4<", ">6<", ">8<"] {
+            assert!(svg.contains(tick), "{tick}");
+        }
+        assert!(svg.contains("&lt;2&gt;") && !svg.contains("<2>"));
+        assert!(svg.contains("latency &lt;dist&gt;"));
     }
 
     #[test]
