@@ -243,3 +243,32 @@ pub struct CellCounts {
     pub cells: Vec<CellCount>,
     pub at: UnixMillis,
 }
+
+/// A change in which clients a gateway holds: `joined` (its first session here opened at
+/// `since`) or left (its last session here closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    pub role: Role,
+    pub id: String,
+    pub joined: bool,
+    /// When the client's session here opened, milliseconds since the epoch: of two gateways
+    /// claiming a client, the one it connected to last holds it.
+    pub since: UnixMillis,
+}
+
+/// Which clients a gateway holds, published by the gateway on `{p}.presence`: its changes as
+/// they happen, at least every heartbeat (an empty list says the gateway is alive), all its
+/// clients now and then and when asked on `{p}.presence.sync` (`snapshot`), and its going
+/// away (`stopping`). Publishers of client messages read it to address a client's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The gateway's id, as in its subject `{p}.gw.{gateway}.>`.
+    pub gateway: String,
+    pub changes: Vec<PresenceChange>,
+    /// The changes are (part of) every client the gateway holds.
+    pub snapshot: bool,
+    /// The gateway is stopping: forget every client it held.
+    pub stopping: bool,
+    /// How long the gateway's word holds without a heartbeat, milliseconds.
+    pub valid_for_ms: u32,
+}

@@ -8,7 +8,10 @@
 //! | `{p}.trips.query` | [`bus::TripQuery`] | gateway, matchers | trips, queue group; replies [`bus::QueryReply`] |
 //! | `{p}.evt.{region}` | [`bus::TripEvent`] | trips (outbox) | matchers, gateways (dispatcher feed) |
 //! | `{p}.drivers.status` | [`bus::DriverStatus`] | trips (outbox) | matchers |
-//! | `{p}.user.{role}.{id}` | JSON text of a [`client::ServerMessage`] | trips (outbox), gateways (a rider's view of its driver) | the gateway holding that client |
+//! | `{p}.gw.{gateway}.{role}.{id}` | JSON text of a [`client::ServerMessage`] | trips (outbox), gateways (a rider's view of its driver), when they know the client's gateway | that gateway |
+//! | `{p}.user.{role}.{id}` | the same | the same, when they do not; a gateway for a client that left it | every gateway |
+//! | `{p}.presence` | [`bus::Presence`] | gateways | trips, gateways (where clients are) |
+//! | `{p}.presence.sync` | empty | trips, gateways, on (re)connecting | gateways (announce all their clients) |
 //! | `{p}.agg.{region}` | [`bus::CellCounts`] | matchers | gateways (zoomed-out dispatcher views) |
 //! | `{p}.crumbs` | [`bus::Position`] | gateway, for drivers on a trip | trips (route breadcrumbs) |
 //!
@@ -22,6 +25,7 @@
 //! [`bus::DriverStatus`]: crate::bus::DriverStatus
 //! [`client::ServerMessage`]: crate::client::ServerMessage
 //! [`bus::CellCounts`]: crate::bus::CellCounts
+//! [`bus::Presence`]: crate::bus::Presence
 
 use h3o::CellIndex;
 
@@ -137,16 +141,47 @@ impl Subjects {
         format!("{}.user.>", self.prefix)
     }
 
+    /// Messages for one client, addressed to the gateway holding it. `gateway` must be a
+    /// validated id.
+    pub fn gateway_user(&self, gateway: &str, role: Role, id: &str) -> String {
+        format!("{}.gw.{gateway}.{}.{id}", self.prefix, role.as_str())
+    }
+
+    /// Messages for every client of one gateway.
+    pub fn gateway_users(&self, gateway: &str) -> String {
+        format!("{}.gw.{gateway}.>", self.prefix)
+    }
+
+    /// The client a [`Self::gateway_user`] subject of `gateway` is for.
+    pub fn parse_gateway_user<'a>(
+        &self,
+        gateway: &str,
+        subject: &'a str,
+    ) -> Option<(Role, &'a str)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".gw.")?
+            .strip_prefix(gateway)?
+            .strip_prefix('.')?;
+        parse_client(rest)
+    }
+
+    /// Which clients each gateway holds ([`crate::bus::Presence`]).
+    pub fn presence(&self) -> String {
+        format!("{}.presence", self.prefix)
+    }
+
+    /// A request to every gateway to announce all its clients again.
+    pub fn presence_sync(&self) -> String {
+        format!("{}.presence.sync", self.prefix)
+    }
+
     /// The client a [`Self::user`] subject is for.
     pub fn parse_user<'a>(&self, subject: &'a str) -> Option<(Role, &'a str)> {
         let rest = subject
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(".user.")?;
-        let (role, id) = rest.split_once('.')?;
-        let role = [Role::Driver, Role::Rider]
-            .into_iter()
-            .find(|r| r.as_str() == role)?;
-        (!id.is_empty() && !id.contains('.')).then_some((role, id))
+        parse_client(rest)
     }
 
     /// Per-cell supply and demand counts of `region`.
@@ -158,6 +193,15 @@ impl Subjects {
     pub fn breadcrumbs(&self) -> String {
         format!("{}.crumbs", self.prefix)
     }
+}
+
+/// `{role}.{id}` of a driver or rider.
+fn parse_client(rest: &str) -> Option<(Role, &str)> {
+    let (role, id) = rest.split_once('.')?;
+    let role = [Role::Driver, Role::Rider]
+        .into_iter()
+        .find(|r| r.as_str() == role)?;
+    (!id.is_empty() && !id.contains('.')).then_some((role, id))
 }
 
 #[cfg(test)]
@@ -195,6 +239,10 @@ mod tests {
             s.user(Role::Driver, "driver-7"),
             s.user(Role::Rider, "rider-7"),
             s.users_all(),
+            s.gateway_user("gw-1", Role::Rider, "rider-7"),
+            s.gateway_users("gw-1"),
+            s.presence(),
+            s.presence_sync(),
             s.cell_counts(region),
             s.breadcrumbs(),
         ];
@@ -203,6 +251,15 @@ mod tests {
             s.parse_user(&s.user(Role::Rider, "rider-7")),
             Some((Role::Rider, "rider-7"))
         );
+        assert_eq!(
+            s.parse_gateway_user("gw-1", &s.gateway_user("gw-1", Role::Driver, "d-7")),
+            Some((Role::Driver, "d-7"))
+        );
+        assert_eq!(
+            s.parse_gateway_user("gw-2", &s.gateway_user("gw-1", Role::Driver, "d-7")),
+            None
+        );
+        assert_eq!(s.parse_gateway_user("gw", "t1.gw.gw-1.driver.d"), None);
         for bad in [
             "t1.user.rider",
             "t1.user.dispatcher.d",

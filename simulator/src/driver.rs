@@ -132,7 +132,7 @@ pub async fn run(
         first = false;
         let ws = tokio::select! {
             _ = stop.cancelled() => break,
-            ws = client::connect(&driver.settings.url, &token, driver.settings.source(index)) => ws,
+            ws = client::connect(driver.settings.url_for(index), &token, driver.settings.source(index)) => ws,
         };
         let Ok(mut ws) = ws else { continue };
         backoff.reset();

@@ -63,7 +63,8 @@ impl std::str::FromStr for Scenario {
 /// Everything a run is configured by.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The gateway's WebSocket URL, `ws://host:port/ws`.
+    /// The gateways' WebSocket URLs, `ws://host:port/ws`, comma-separated: clients are spread
+    /// over them in turn, as a load balancer would.
     pub url: String,
     pub token_secret: Vec<u8>,
     pub drivers: usize,
@@ -100,6 +101,20 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The gateway URL client number `index` connects to.
+    pub fn url_for(&self, index: usize) -> &str {
+        let urls: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        match urls.len() {
+            0 => &self.url,
+            n => urls[index % n],
+        }
+    }
+
     /// The source address of client number `index`.
     pub fn source(&self, index: usize) -> Option<std::net::IpAddr> {
         (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()])
@@ -185,7 +200,8 @@ async fn watch_fleet(settings: Arc<Settings>, stats: Arc<Stats>, stop: Cancellat
     };
     let mut backoff = client::Backoff::default();
     while !stop.is_cancelled() {
-        let Ok(mut ws) = client::connect(&settings.url, &token, settings.source(0)).await else {
+        let Ok(mut ws) = client::connect(settings.url_for(0), &token, settings.source(0)).await
+        else {
             backoff.wait().await;
             continue;
         };
@@ -353,4 +369,22 @@ pub async fn run_until(settings: Settings, stop: CancellationToken) -> anyhow::R
     }
     let lost = open.lock().expect("open lock").len() as u64;
     Ok(Report::build(&settings, &stats, lost, elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_spread_over_every_gateway_in_turn() {
+        let settings = Settings::new(
+            "ws://a/ws, ws://b/ws,ws://c/ws",
+            b"0123456789abcdef",
+            Point::new(52.52, 13.405),
+        );
+        let urls: Vec<&str> = (0..4).map(|i| settings.url_for(i)).collect();
+        assert_eq!(urls, ["ws://a/ws", "ws://b/ws", "ws://c/ws", "ws://a/ws"]);
+        let one = Settings::new("ws://a/ws", b"0123456789abcdef", Point::new(52.52, 13.405));
+        assert_eq!(one.url_for(7), "ws://a/ws");
+    }
 }

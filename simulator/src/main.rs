@@ -22,7 +22,8 @@ use simulator::{Scenario, Settings};
     about = "A city of simulated drivers and riders over the real WebSocket protocol"
 )]
 struct Args {
-    /// The gateway's WebSocket URL.
+    /// The gateway's WebSocket URL; several, comma-separated, spread the clients over them in
+    /// turn, as a load balancer would.
     #[arg(long, env = "GATEWAY_URL", default_value = "ws://127.0.0.1:8080/ws")]
     gateway: String,
     /// Secret that signs the simulated clients' tokens (the gateway's TOKEN_SECRET).
@@ -112,20 +113,22 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     settings.city.radius_m = args.radius_km * 1000.0;
     settings.seed = args.seed;
     if args.source_ips > 1 {
-        let host = args
-            .gateway
-            .parse::<tokio_tungstenite::tungstenite::http::Uri>()?
-            .host()
-            .map(str::to_owned)
-            .unwrap_or_default();
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        anyhow::ensure!(
-            loopback,
-            "--source-ips needs a gateway on loopback, not {host}"
-        );
+        for url in args.gateway.split(',') {
+            let host = url
+                .trim()
+                .parse::<tokio_tungstenite::tungstenite::http::Uri>()?
+                .host()
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                loopback,
+                "--source-ips needs gateways on loopback, not {host}"
+            );
+        }
         settings.sources = (1..=args.source_ips)
             .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
             .collect();

@@ -100,7 +100,7 @@ pub async fn run(index: usize, token: String, crowd: Crowd) {
         first = false;
         let connected = tokio::select! {
             _ = stop_now.cancelled() => break,
-            ws = client::connect(&settings.url, &token, settings.source(settings.drivers + index)) => ws,
+            ws = client::connect(settings.url_for(settings.drivers + index), &token, settings.source(settings.drivers + index)) => ws,
         };
         let Ok(mut ws) = connected else { continue };
         backoff.reset();

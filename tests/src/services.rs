@@ -116,6 +116,7 @@ pub struct Gateway {
 /// Settings of a test gateway.
 pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
     gateway::Config {
+        id: gateway::config::new_id(),
         nats_url: nats_url.into(),
         subjects: Subjects::new(prefix).expect("test prefixes are valid"),
         geo: Default::default(),
@@ -123,6 +124,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         limits: Default::default(),
         dashboard: Default::default(),
         publishing: Default::default(),
+        announcing: Default::default(),
     }
 }
 
@@ -186,7 +188,7 @@ pub async fn start_matcher(config: matcher::Config) -> Running {
     }
 }
 
-/// A matcher in a runtime of its own, so that it can be killed as abruptly as a process:
+/// A service in a runtime of its own, so that it can be killed as abruptly as a process:
 /// every task stops where it is and every socket closes, with no goodbye.
 #[derive(Debug)]
 pub struct Isolated {
@@ -211,6 +213,35 @@ impl Isolated {
         Self {
             runtime: Some(runtime),
         }
+    }
+
+    /// A gateway in a runtime of its own; returns it and its WebSocket address.
+    pub fn start_gateway(config: gateway::Config) -> (Self, SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("building a runtime");
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+            listener
+                .set_nonblocking(true)
+                .expect("non-blocking listener");
+            listener
+        };
+        let (ws, http) = (bind(), bind());
+        let ws_addr = ws.local_addr().expect("local address");
+        runtime.spawn(async move {
+            let ws = tokio::net::TcpListener::from_std(ws).expect("tokio listener");
+            let http = tokio::net::TcpListener::from_std(http).expect("tokio listener");
+            let _ = gateway::run(config, ws, http, CancellationToken::new()).await;
+        });
+        (
+            Self {
+                runtime: Some(runtime),
+            },
+            ws_addr,
+        )
     }
 
     /// Kills everything running in it.

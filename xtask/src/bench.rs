@@ -13,7 +13,7 @@ use simulator::chart::{self, Chart, Series};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Run only the benchmarks whose names contain this (codec, trips, geo, matching, ingest,
-    /// connections).
+    /// connections, fanout).
     filter: Option<String>,
     /// Run nothing: gather what the last runs left in target/bench into the report and page.
     #[arg(long)]
@@ -119,6 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         ("tests", "matching"),
         ("tests", "ingest"),
         ("tests", "connections"),
+        ("tests", "fanout"),
     ] {
         if !wanted(bench) {
             continue;
@@ -251,6 +252,26 @@ fn assemble(dir: &Path) -> Result<String> {
                         high("greedy", "service_rate"),
                         "fraction",
                     ),
+                ),
+            }),
+        );
+    }
+    if let Some(fanout) = read("fanout") {
+        let published = number(&fanout, &["published"]);
+        let busiest = fanout["per_gateway"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| g["received"].as_f64().unwrap_or(f64::NAN))
+            .fold(0.0f64, f64::max);
+        report.insert(
+            "fanout".into(),
+            serde_json::json!({
+                "gateways": fanout["gateways"].clone(),
+                "per_gateway": fanout["per_gateway"].clone(),
+                "busiest_gateway": row(
+                    "fanout: busiest of 3 gateways' client messages vs all",
+                    compared(busiest, published, "messages"),
                 ),
             }),
         );
@@ -432,6 +453,18 @@ mod tests {
                 "bare_tungstenite": {"connections": 18_000, "bytes_per_connection": 2_977.0, "idle_cpu_percent": 0.0},
             }),
         );
+        write(
+            "fanout",
+            json!({
+                "gateways": 3,
+                "published": 9_000.0,
+                "per_gateway": [
+                    {"id": "gw-a", "received": 3_100.0, "share": 0.344},
+                    {"id": "gw-b", "received": 2_950.0, "share": 0.328},
+                    {"id": "gw-c", "received": 2_990.0, "share": 0.332},
+                ],
+            }),
+        );
         let table = assemble(&dir).unwrap();
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
@@ -444,7 +477,8 @@ mod tests {
             .iter()
             .map(|t| t["outcome"].as_str().unwrap())
             .collect();
-        // Ingest (2), memory met; connections capped by the limit; matching not run (3).
+        // Ingest (2), the fan-out and memory met; connections capped by the limit; matching
+        // not run (3).
         assert_eq!(
             outcomes,
             [
@@ -453,10 +487,12 @@ mod tests {
                 "not measured",
                 "not measured",
                 "met",
+                "met",
                 "not measured",
                 "not measured"
             ]
         );
+        assert_eq!(report["fanout"]["busiest_gateway"]["value"], 3_100.0);
         assert!(table.contains("ingest: lossless updates/s vs bare async-nats"));
         assert!(table.contains("open-file limit is 20000"));
         let svg = std::fs::read_to_string(dir.join("ingest.svg")).unwrap();

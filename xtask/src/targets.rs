@@ -72,6 +72,7 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
     );
     let offer_p99 = at(report, &["matching", "ample_supply_greedy_offer_p99_ms"]);
     let held = at(report, &["connections", "held"]);
+    let busiest_share = at(report, &["fanout", "busiest_gateway", "ratio"]);
     let fd_limit = at(report, &["connections", "open_file_limit"]);
     let bytes = at(report, &["connections", "bytes_per_connection", "value"]);
     let pickup = |key: &str| at(report, &["matching", "high_load_mean_pickup_time_s", key]);
@@ -118,6 +119,12 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             |v| v <= 25.0,
         ),
         connections,
+        judge(
+            "of 3 gateways, none receives more than 40% of all client messages",
+            busiest_share,
+            |v| format!("{:.1}% at the busiest", v * 100.0),
+            |v| v <= 0.40,
+        ),
         judge(
             "at most 4 KiB of gateway memory per idle connection",
             bytes,
@@ -175,6 +182,7 @@ mod tests {
                 "open_file_limit": limit,
                 "bytes_per_connection": {"value": 3_968.0, "baseline": 2_977.0},
             },
+            "fanout": {"busiest_gateway": {"value": 3_400.0, "baseline": 10_000.0, "ratio": 0.34}},
             "matching": {
                 "ample_supply_greedy_offer_p99_ms": 9.6,
                 "high_load_mean_pickup_time_s": {"value": pickup.0, "baseline": pickup.1},
@@ -195,13 +203,14 @@ mod tests {
     #[test]
     fn figures_on_the_right_side_of_every_aim_are_met() {
         let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
-        assert_eq!(verdicts.len(), 7);
+        assert_eq!(verdicts.len(), 8);
         for v in &verdicts {
             assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
         }
         assert_eq!(verdicts[0].measured, "100287/s");
         assert_eq!(outcome(&verdicts, "batched matching lowers"), Outcome::Met);
-        assert!(verdicts[5].measured.starts_with("39.4% lower"));
+        assert!(verdicts[6].measured.starts_with("39.4% lower"));
+        assert_eq!(verdicts[4].measured, "34.0% at the busiest");
     }
 
     #[test]

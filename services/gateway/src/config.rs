@@ -77,6 +77,9 @@ impl Default for Limits {
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This gateway's id, unique among the deployment's gateways: its clients' messages are
+    /// addressed to `{p}.gw.{id}.>`. Letters, digits and `_ : -`.
+    pub id: String,
     pub nats_url: String,
     pub subjects: Subjects,
     pub geo: GeoConfig,
@@ -85,6 +88,13 @@ pub struct Config {
     /// The dispatcher's web page on the HTTP listener.
     pub dashboard: dashboard::Dashboard,
     pub publishing: Publishing,
+    /// How this gateway announces its clients (see [`crate::presence`]).
+    pub announcing: crate::presence::Announcing,
+}
+
+/// A fresh gateway id: `gw-` and eight random hexadecimal digits.
+pub fn new_id() -> String {
+    format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// How positions are gathered into batches on their way to NATS (see [`crate::publisher`]).

@@ -1,18 +1,28 @@
-//! Messages for connected clients: one NATS subscription per gateway on every client's subject
-//! (`users_all`), routed here to the sessions of that client. A subscription per session
-//! would cost each idle connection several kilobytes (the client library gives every
-//! subscription a queue of its own); the price of one shared subscription is that every
-//! gateway receives the messages of every client, including those connected elsewhere, and
-//! drops them. Client messages (offers, trip updates, the assigned driver's position) are a
-//! small share of the traffic, so this is cheap until gateways number in the dozens.
+//! Messages for connected clients, routed here to the sessions of that client.
+//!
+//! A gateway has two subscriptions for them, not one per session (the client library gives
+//! every subscription a queue of its own, several kilobytes, which an idle connection cannot
+//! afford): its own subject, `{p}.gw.{gateway}.>`, where publishers that know the client is
+//! here address its messages ([`kit::presence`]); and every client's subject, `{p}.user.>`,
+//! where they address the messages of clients they do not know the gateway of. So a gateway
+//! receives its own clients' messages plus those few, not every client's. The inboxes tell
+//! which clients join and leave this gateway ([`Inboxes::take_changes`]), which the gateway
+//! announces ([`crate::presence`]). A message that reaches this gateway's own subject for a
+//! client that has left (it reconnected elsewhere before the publisher heard) is forwarded
+//! once to every client's subject, so the client's new gateway gets it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use futures_util::StreamExt;
 use protocol::Subjects;
+use protocol::bus::PresenceChange;
 use protocol::client::Role;
+use protocol::time::now_ms;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::meters as m;
 
 /// A session that receives its client's messages.
 pub trait Recipient: Send + Sync {
@@ -20,7 +30,13 @@ pub trait Recipient: Send + Sync {
     fn deliver(&self, payload: bytes::Bytes);
 }
 
-type Sessions = HashMap<String, Vec<Weak<dyn Recipient>>>;
+/// One client's sessions here, and when the first of them opened.
+struct Client {
+    sessions: Vec<Weak<dyn Recipient>>,
+    since: i64,
+}
+
+type Sessions = HashMap<String, Client>;
 
 /// Which sessions each client has on this gateway (usually one; briefly two while a client
 /// reconnects), by role and id: looking a message's client up takes no allocation.
@@ -28,6 +44,9 @@ type Sessions = HashMap<String, Vec<Weak<dyn Recipient>>>;
 pub struct Inboxes {
     drivers: Mutex<Sessions>,
     riders: Mutex<Sessions>,
+    /// Clients that joined or left since the announcer last took them, in order.
+    changes: Mutex<Vec<PresenceChange>>,
+    changed: Notify,
 }
 
 impl std::fmt::Debug for Inboxes {
@@ -71,18 +90,66 @@ impl Inboxes {
         id: &str,
         recipient: Weak<dyn Recipient>,
     ) -> Registration {
-        self.of(role)
-            .lock()
-            .expect("inbox lock")
-            .entry(id.to_owned())
-            .or_default()
-            .push(recipient.clone());
+        let mut sessions = self.of(role).lock().expect("inbox lock");
+        match sessions.get_mut(id) {
+            Some(client) => client.sessions.push(recipient.clone()),
+            None => {
+                let since = now_ms();
+                sessions.insert(
+                    id.to_owned(),
+                    Client {
+                        sessions: vec![recipient.clone()],
+                        since,
+                    },
+                );
+                self.changed(role, id, true, since);
+            }
+        }
+        drop(sessions);
         Registration {
             inboxes: self.clone(),
             role,
             id: id.to_owned(),
             recipient,
         }
+    }
+
+    fn changed(&self, role: Role, id: &str, joined: bool, since: i64) {
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .push(PresenceChange {
+                role,
+                id: id.to_owned(),
+                joined,
+                since,
+            });
+        self.changed.notify_one();
+    }
+
+    /// The joins and leaves since the last call, in order.
+    pub fn take_changes(&self) -> Vec<PresenceChange> {
+        std::mem::take(&mut *self.changes.lock().expect("changes lock"))
+    }
+
+    /// Resolves when a client has joined or left since [`Self::take_changes`] last ran.
+    pub async fn wait_changes(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Every client here, as joins: what a snapshot announces.
+    pub fn snapshot(&self) -> Vec<PresenceChange> {
+        let mut all = Vec::new();
+        for role in [Role::Driver, Role::Rider] {
+            let sessions = self.of(role).lock().expect("inbox lock");
+            all.extend(sessions.iter().map(|(id, client)| PresenceChange {
+                role,
+                id: id.clone(),
+                joined: true,
+                since: client.since,
+            }));
+        }
+        all
     }
 
     /// Clients with at least one session here.
@@ -102,7 +169,7 @@ impl Inboxes {
         let recipients: Vec<Arc<dyn Recipient>> = {
             let sessions = self.of(role).lock().expect("inbox lock");
             match sessions.get(id) {
-                Some(list) => list.iter().filter_map(Weak::upgrade).collect(),
+                Some(client) => client.sessions.iter().filter_map(Weak::upgrade).collect(),
                 None => return 0,
             }
         };
@@ -116,33 +183,68 @@ impl Inboxes {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut sessions = self.inboxes.of(self.role).lock().expect("inbox lock");
-        if let Some(list) = sessions.get_mut(&self.id) {
-            list.retain(|r| !r.ptr_eq(&self.recipient) && r.strong_count() > 0);
-            if list.is_empty() {
+        if let Some(client) = sessions.get_mut(&self.id) {
+            client
+                .sessions
+                .retain(|r| !r.ptr_eq(&self.recipient) && r.strong_count() > 0);
+            if client.sessions.is_empty() {
+                let since = client.since;
                 sessions.remove(&self.id);
+                drop(sessions);
+                self.inboxes.changed(self.role, &self.id, false, since);
             }
         }
     }
 }
 
-/// Hands every client's message received on `messages` (the [`Subjects::users_all`]
-/// subscription) to this gateway's sessions, until `stop`.
+/// Hands every client's message this gateway receives to its sessions, until `stop`: those on
+/// its own subject (`targeted`, [`Subjects::gateway_users`]) and those on every client's
+/// (`broadcast`, [`Subjects::users_all`]). A targeted message for a client no longer here is
+/// forwarded once to every client's subject.
 pub async fn route(
-    mut messages: async_nats::Subscriber,
+    mut targeted: async_nats::Subscriber,
+    mut broadcast: async_nats::Subscriber,
+    nats: async_nats::Client,
     subjects: Subjects,
+    gateway: String,
     inboxes: Arc<Inboxes>,
     stop: CancellationToken,
 ) {
+    let count = |via: &'static str, outcome: &'static str| metrics::counter!(m::CLIENT_MESSAGES, "gateway" => gateway.clone(), "via" => via, "outcome" => outcome);
+    let (delivered, forwarded) = (
+        count("targeted", "delivered"),
+        count("targeted", "forwarded"),
+    );
+    let (found, not_here) = (
+        count("broadcast", "delivered"),
+        count("broadcast", "not_here"),
+    );
     loop {
-        let message = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            message = messages.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
-        if let Some((role, id)) = subjects.parse_user(&message.subject) {
-            inboxes.deliver(role, id, message.payload);
+            message = targeted.next() => {
+                let Some(message) = message else { return };
+                let Some((role, id)) = subjects.parse_gateway_user(&gateway, &message.subject) else {
+                    continue;
+                };
+                if inboxes.deliver(role, id, message.payload.clone()) > 0 {
+                    delivered.increment(1);
+                } else {
+                    forwarded.increment(1);
+                    let _ = nats.publish(subjects.user(role, id), message.payload).await;
+                }
+            }
+            message = broadcast.next() => {
+                let Some(message) = message else { return };
+                let Some((role, id)) = subjects.parse_user(&message.subject) else {
+                    continue;
+                };
+                if inboxes.deliver(role, id, message.payload) > 0 {
+                    found.increment(1);
+                } else {
+                    not_here.increment(1);
+                }
+            }
         }
     }
 }
@@ -185,5 +287,20 @@ mod tests {
         assert!(other.0.lock().unwrap().is_empty());
         drop(b);
         assert_eq!(inboxes.len(), 1, "a client without sessions is forgotten");
+        // The first session of a client is its join, the last one's end its leave.
+        let changes: Vec<(Role, String, bool)> = inboxes
+            .take_changes()
+            .into_iter()
+            .map(|c| (c.role, c.id, c.joined))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                (Role::Rider, "r1".to_owned(), true),
+                (Role::Driver, "r1".to_owned(), true),
+                (Role::Rider, "r1".to_owned(), false),
+            ]
+        );
+        assert_eq!(inboxes.snapshot().len(), 1);
     }
 }

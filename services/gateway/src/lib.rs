@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod inbox;
 pub mod meters;
 pub mod outbound;
+pub mod presence;
 pub mod publisher;
 pub mod ratelimit;
 pub mod session;
@@ -98,6 +99,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     meters::register();
+    protocol::validate::id("gateway id", &config.id)?;
     let readiness = Readiness::new(&["nats"]);
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
     let (signal_sender, signal) = tokio::sync::watch::channel(Signal::default());
@@ -108,6 +110,10 @@ pub async fn run(
         nats: nats.clone(),
         signal,
         inboxes: Arc::default(),
+        riders: Arc::new(kit::presence::Directory::new(
+            config.subjects.clone(),
+            &[protocol::client::Role::Rider],
+        )),
         publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
         config,
     });
@@ -123,15 +129,38 @@ pub async fn run(
         async move { publisher.run(nats, linger, stop).await }
     });
     // Subscribed before the first client is let in, so no client's message is missed.
-    let messages = nats
-        .subscribe(shared.config.subjects.users_all())
+    let subjects = &shared.config.subjects;
+    let targeted = nats
+        .subscribe(subjects.gateway_users(&shared.config.id))
+        .await
+        .context("subscribing to this gateway's client messages")?;
+    let broadcast = nats
+        .subscribe(subjects.users_all())
         .await
         .context("subscribing to client messages")?;
     tasks.spawn(inbox::route(
-        messages,
-        shared.config.subjects.clone(),
+        targeted,
+        broadcast,
+        nats.clone(),
+        subjects.clone(),
+        shared.config.id.clone(),
         shared.inboxes.clone(),
         shutdown.clone(),
+    ));
+    tasks.spawn(kit::presence::follow(
+        nats.clone(),
+        shared.riders.clone(),
+        shutdown.clone(),
+    ));
+    // Stopped after the sessions, so that their leaving is announced before the gateway's.
+    let announcing_stop = CancellationToken::new();
+    let announcing = tokio::spawn(presence::announce(
+        nats.clone(),
+        subjects.clone(),
+        shared.config.id.clone(),
+        shared.inboxes.clone(),
+        shared.config.announcing.clone(),
+        announcing_stop.clone(),
     ));
     tasks.spawn(signal_sessions(
         nats.clone(),
@@ -160,7 +189,7 @@ pub async fn run(
         .max_write_buffer_size(limits.max_message_bytes * 64)
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes));
-    tracing::info!(ws = %ws.local_addr()?, prefix = shared.config.subjects.prefix(), "gateway accepting connections");
+    tracing::info!(ws = %ws.local_addr()?, prefix = shared.config.subjects.prefix(), id = shared.config.id, "gateway accepting connections");
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -218,6 +247,8 @@ pub async fn run(
     {
         tracing::warn!("connections did not close within the grace period");
     }
+    announcing_stop.cancel();
+    let _ = announcing.await;
     publishing_stop.cancel();
     let _ = publishing.await;
     nats.drain().await.context("draining nats")?;

@@ -41,6 +41,10 @@ struct Serve {
     bus: kit::cli::BusArgs,
     #[command(flatten)]
     token: kit::cli::TokenArgs,
+    /// This gateway's id, unique among the deployment's gateways (its clients' messages are
+    /// addressed to it); a random one when not given.
+    #[arg(long, env = "GATEWAY_ID")]
+    id: Option<String>,
     /// WebSocket listen address (clients connect to ws://ADDR/ws).
     #[arg(long, env = "GATEWAY_WS", default_value = "127.0.0.1:8080")]
     ws: SocketAddr,
@@ -150,7 +154,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         burst: args.messages_per_sec * 2,
         ..Default::default()
     };
+    let id = args.id.unwrap_or_else(gateway::config::new_id);
+    kit::cli::or_exit(protocol::validate::id("GATEWAY_ID", &id).map_err(anyhow::Error::from));
     let config = gateway::Config {
+        id,
         nats_url: args.bus.nats_url,
         subjects,
         geo,
@@ -167,6 +174,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             linger: Duration::from_micros(args.publish_linger_us),
             ..Default::default()
         },
+        announcing: Default::default(),
     };
     let ws = tokio::net::TcpListener::bind(args.ws).await?;
     let http = tokio::net::TcpListener::bind(args.http).await?;

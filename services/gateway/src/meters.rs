@@ -21,6 +21,10 @@ kit::meters! {
     counter POSITIONS_DROPPED = "gateway_positions_dropped_total";
     /// What follows from a position on a trip and was dropped (the publishing queue was full),
     /// by `what` (breadcrumb, rider); the position itself was published.
+    /// Client messages received from NATS, by `gateway` (this process's id), `via`
+    /// (targeted: on this gateway's subject; broadcast: on every client's) and `outcome`
+    /// (delivered, forwarded: the client left, sent on to every gateway; not_here).
+    counter CLIENT_MESSAGES = "gateway_client_messages_total";
     counter FOLLOW_UPS_DROPPED = "gateway_position_follow_ups_dropped_total";
     /// Publications handed to the NATS client together (see `publisher`).
     histogram PUBLISH_BATCH = "gateway_publish_batch_size";

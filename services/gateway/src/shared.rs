@@ -29,6 +29,8 @@ pub struct Shared {
     pub signal: tokio::sync::watch::Receiver<Signal>,
     /// Where each client's messages go.
     pub inboxes: Arc<inbox::Inboxes>,
+    /// Which gateway holds each rider, so a driver's position goes to its rider's gateway.
+    pub riders: Arc<kit::presence::Directory>,
     /// Where sessions hand their positions for NATS.
     pub publisher: Arc<publisher::Publisher>,
     /// Every task of the gateway's (sessions, their commands, their resyncs): the gateway's

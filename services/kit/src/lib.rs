@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cli;
 pub mod http;
 pub mod meters;
+pub mod presence;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

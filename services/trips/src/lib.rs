@@ -202,10 +202,24 @@ pub async fn run(
         readiness.clone(),
         background.clone(),
     ));
+    // Where clients are, so that their messages go to their gateway only.
+    let directory = Arc::new(kit::presence::Directory::new(
+        config.subjects.clone(),
+        &[
+            protocol::client::Role::Driver,
+            protocol::client::Role::Rider,
+        ],
+    ));
+    tasks.spawn(kit::presence::follow(
+        nats.clone(),
+        directory.clone(),
+        background.clone(),
+    ));
     tasks.spawn(outbox::run(
         pool.clone(),
         store.outbox_ready(),
         nats.clone(),
+        directory,
         background.clone(),
     ));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));

@@ -1,5 +1,8 @@
 //! Publishes what commits wrote to the outbox, in order, at least once.
 //!
+//! Client messages are addressed to the gateway holding their client when the [`Directory`]
+//! knows it, and to every gateway otherwise.
+//!
 //! One replica at a time publishes (a transaction-scoped advisory lock), so messages leave in
 //! commit order; rows are deleted in the same transaction after NATS has flushed them, so a
 //! crash at any point means re-publishing, never losing.
@@ -9,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use deadpool_postgres::Pool;
+use kit::presence::Directory;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +29,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Publishes one batch of transitions' messages; returns how many rows (transitions) left.
-pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreError> {
+pub async fn publish_batch(
+    pool: &Pool,
+    nats: &Client,
+    directory: &Directory,
+) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let locked: bool = tx
@@ -45,12 +53,14 @@ pub async fn publish_batch(pool: &Pool, nats: &Client) -> Result<usize, StoreErr
         return Ok(0);
     }
     let mut messages = 0;
+    let now = std::time::Instant::now();
     let publish = async {
         for row in &rows {
             let subjects: Vec<String> = row.get(1);
             let payloads: Vec<Vec<u8>> = row.get(2);
             for (subject, payload) in subjects.into_iter().zip(payloads) {
-                nats.publish(subject, payload.into()).await?;
+                nats.publish(directory.route(subject, now), payload.into())
+                    .await?;
                 messages += 1;
             }
         }
@@ -89,7 +99,13 @@ async fn measure_backlog(pool: &Pool) {
 }
 
 /// Publishes until `shutdown`, woken through `ready` by commits and by a timer.
-pub async fn run(pool: Pool, ready: Arc<Notify>, nats: Client, shutdown: CancellationToken) {
+pub async fn run(
+    pool: Pool,
+    ready: Arc<Notify>,
+    nats: Client,
+    directory: Arc<Directory>,
+    shutdown: CancellationToken,
+) {
     let mut measured = tokio::time::Instant::now();
     loop {
         if measured.elapsed() >= BACKLOG_EVERY {
@@ -97,7 +113,7 @@ pub async fn run(pool: Pool, ready: Arc<Notify>, nats: Client, shutdown: Cancell
             measure_backlog(&pool).await;
         }
         loop {
-            match publish_batch(&pool, &nats).await {
+            match publish_batch(&pool, &nats, &directory).await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => break,
                 Err(error) => {
@@ -114,5 +130,5 @@ pub async fn run(pool: Pool, ready: Arc<Notify>, nats: Client, shutdown: Cancell
         }
     }
     // Publish what the last commands wrote before going.
-    let _ = publish_batch(&pool, &nats).await;
+    let _ = publish_batch(&pool, &nats, &directory).await;
 }

@@ -8,6 +8,7 @@ mod gateway;
 mod harness;
 mod hostile;
 mod matcher;
+mod scaleout;
 mod sessions;
 mod simulator;
 mod trips;

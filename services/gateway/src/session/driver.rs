@@ -3,6 +3,7 @@
 //! on a trip, for the route's breadcrumbs and the rider's view of its driver).
 
 use bytes::Bytes;
+use kit::presence::Directory;
 use protocol::bus::Position;
 use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
 use protocol::time::now_us;
@@ -69,10 +70,12 @@ pub(super) struct Published {
 }
 
 /// Hands `position` to `publisher`: on its cell's subject, and on a trip (`rider` is the
-/// trip's rider) as a breadcrumb and as the rider's view of its driver.
+/// trip's rider) as a breadcrumb and as the rider's view of its driver, addressed to the
+/// rider's gateway when `riders` knows it.
 pub(super) fn publish_position(
     publisher: &Publisher,
     subjects: &Subjects,
+    riders: &Directory,
     geo: &GeoConfig,
     position: &Position,
     rider: Option<&str>,
@@ -97,7 +100,7 @@ pub(super) fn publish_position(
         ts: position.ts,
     };
     let rider = publisher.publish(
-        subjects.user(Role::Rider, rider),
+        riders.subject(Role::Rider, rider, std::time::Instant::now()),
         for_rider.to_json().into(),
     );
     Ok(Published {
@@ -173,6 +176,7 @@ impl Session {
         let published = publish_position(
             &shared.publisher,
             &shared.config.subjects,
+            &shared.riders,
             &shared.config.geo,
             &position,
             on_trip.as_ref().map(|(_, rider, _)| rider.as_str()),
@@ -235,9 +239,11 @@ mod tests {
         // Room for one publication: the position takes it, breadcrumb and rider find it full.
         let publisher = Publisher::new(1);
         let subjects = Subjects::new("t").unwrap();
+        let riders = Directory::new(subjects.clone(), &[Role::Rider]);
         let published = publish_position(
             &publisher,
             &subjects,
+            &riders,
             &GeoConfig::default(),
             &position(Some(Uuid::from_u128(1))),
             Some("r1"),
@@ -257,9 +263,11 @@ mod tests {
     fn off_a_trip_only_the_cell_subject_is_published() {
         let publisher = Publisher::new(8);
         let subjects = Subjects::new("t").unwrap();
+        let riders = Directory::new(subjects.clone(), &[Role::Rider]);
         let published = publish_position(
             &publisher,
             &subjects,
+            &riders,
             &GeoConfig::default(),
             &position(None),
             None,
@@ -277,6 +285,7 @@ mod tests {
         let dropped = publish_position(
             &full,
             &subjects,
+            &riders,
             &GeoConfig::default(),
             &position(None),
             None,
