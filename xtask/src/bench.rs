@@ -13,7 +13,7 @@ use simulator::chart::{self, Chart, Series};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Run only the benchmarks whose names contain this (codec, trips, geo, matching, ingest,
-    /// connections, fanout).
+    /// connections, fanout, fleet).
     filter: Option<String>,
     /// Run nothing: gather what the last runs left in target/bench into the report and page.
     #[arg(long)]
@@ -94,9 +94,9 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
-    let gateway_bin = root.join("target/release/dispatch-gateway");
-    if wanted("connections") {
-        say("building the gateway (release) for the connections benchmark");
+    let gateway_bin = infra::target_dir(&root)?.join("release/dispatch-gateway");
+    if wanted("connections") || wanted("fleet") {
+        say("building the gateway (release) for the connections and fleet benchmarks");
         let built = Command::new(&cargo)
             .current_dir(&root)
             .args([
@@ -120,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         ("tests", "ingest"),
         ("tests", "connections"),
         ("tests", "fanout"),
+        ("tests", "fleet"),
     ] {
         if !wanted(bench) {
             continue;
@@ -253,6 +254,28 @@ fn assemble(dir: &Path) -> Result<String> {
                         "fraction",
                     ),
                 ),
+            }),
+        );
+    }
+    if let Some(fleet) = read("fleet") {
+        report.insert(
+            "fleet".into(),
+            serde_json::json!({
+                "gateways": fleet["gateways"].clone(),
+                "held": fleet["held"].clone(),
+                "held_after_moving": fleet["held_after_moving"].clone(),
+                "connect_seconds": fleet["connect_seconds"].clone(),
+                "moving": fleet["moving"].clone(),
+                "positions_per_sec_delivered": row(
+                    "fleet: positions/s delivered vs moving drivers",
+                    compared(
+                        number(&fleet, &["positions_per_sec_delivered"]),
+                        number(&fleet, &["moving"]),
+                        "per second",
+                    ),
+                ),
+                "per_gateway": fleet["per_gateway"].clone(),
+                "max_bytes_per_connection": fleet["max_bytes_per_connection"].clone(),
             }),
         );
     }
@@ -477,8 +500,7 @@ mod tests {
             .iter()
             .map(|t| t["outcome"].as_str().unwrap())
             .collect();
-        // Ingest (2), the fan-out and memory met; connections capped by the limit; matching
-        // not run (3).
+        // Ingest (2), the fan-out and memory met; the fleet and matching (3) not run.
         assert_eq!(
             outcomes,
             [
@@ -494,7 +516,7 @@ mod tests {
         );
         assert_eq!(report["fanout"]["busiest_gateway"]["value"], 3_100.0);
         assert!(table.contains("ingest: lossless updates/s vs bare async-nats"));
-        assert!(table.contains("open-file limit is 20000"));
+        assert!(table.contains("fanout: busiest of 3 gateways"));
         let svg = std::fs::read_to_string(dir.join("ingest.svg")).unwrap();
         assert!(svg.contains("updates lost from 120378/s"));
         assert_eq!(svg.matches("<polyline").count(), 4);

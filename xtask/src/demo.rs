@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: infrastructure, every service and the simulated city, until Ctrl-C.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,6 +43,14 @@ pub struct Args {
     /// Seed of the simulated city.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Gateways to run (1 to 8); the simulator spreads its clients over them as a load
+    /// balancer would. The first is on 8080/8081, the next on 8090/8091, and so on.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    gateways: u16,
+    /// Matcher replicas serving the city (1 to 8). With more than one gateway or matcher, a
+    /// replica that dies is restarted with backoff and the demo goes on.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    matchers: u16,
 }
 
 /// The secret the demo's services sign and check tokens with.
@@ -55,9 +63,19 @@ const CITY_RADIUS_KM: f64 = 15.0;
 const SIM_RADIUS_KM: f64 = 8.0;
 
 pub(crate) struct Service {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     pub(crate) child: Child,
     pub(crate) log: PathBuf,
+    /// How it was started, to start it again.
+    launch: Launch,
+}
+
+#[derive(Clone)]
+struct Launch {
+    bin: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pid_file: Option<PathBuf>,
 }
 
 /// Builds the services' binaries (release or debug); returns the directory holding them.
@@ -76,7 +94,7 @@ pub(crate) fn build_services(root: &Path, release: bool) -> Result<PathBuf> {
     if !build.status()?.success() {
         bail!("building the services failed");
     }
-    Ok(root.join("target").join(profile))
+    Ok(infra::target_dir(root)?.join(profile))
 }
 
 /// A day's dispatcher token for the dashboard link.
@@ -131,25 +149,57 @@ fn http_agent(timeout: Duration) -> ureq::Agent {
 }
 
 pub(crate) fn start(
-    name: &'static str,
+    name: &str,
     bin: &Path,
     args: &[&str],
     env: &[(&str, &str)],
     logs: &Path,
 ) -> Result<Service> {
-    let log = logs.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log)?;
-    let child = Command::new(bin)
-        .args(args)
-        .envs(env.iter().copied())
+    let launch = Launch {
+        bin: bin.to_owned(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        pid_file: Some(logs.join(format!("{name}.pid"))),
+    };
+    launch_service(name, launch, logs.join(format!("{name}.log")), false)
+}
+
+/// Starts a service, its output going to `log` (appended to when `again`), and records its
+/// process id so that a later run can stop it if this one is killed before it can.
+fn launch_service(name: &str, launch: Launch, log: PathBuf, again: bool) -> Result<Service> {
+    if let Some(pid_file) = &launch.pid_file
+        && let Some(program) = launch.bin.file_name()
+    {
+        infra::stop_leftover(pid_file, &program.to_string_lossy());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(again)
+        .write(true)
+        .truncate(!again)
+        .open(&log)?;
+    let child = Command::new(&launch.bin)
+        .args(&launch.args)
+        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
         // Own process group: Ctrl-C reaches xtask only, which stops services in order.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Service { name, child, log })
+        .with_context(|| format!("starting {}", launch.bin.display()))?;
+    if let Some(pid_file) = &launch.pid_file {
+        let _ = std::fs::write(pid_file, child.id().to_string());
+    }
+    Ok(Service {
+        name: name.to_owned(),
+        child,
+        log,
+        launch,
+    })
 }
 
 impl Drop for Service {
@@ -161,26 +211,131 @@ impl Drop for Service {
     }
 }
 
-pub(crate) fn stop(mut service: Service) {
-    terminate(&mut service);
+/// Stops a service (SIGTERM, then SIGKILL after 15 s) and returns how it ended.
+pub(crate) fn stop(mut service: Service) -> Option<ExitStatus> {
+    terminate(&mut service)
 }
 
-fn terminate(service: &mut Service) {
+fn terminate(service: &mut Service) -> Option<ExitStatus> {
     let pid = Pid::from_raw(service.child.id() as i32);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let status = loop {
         match service.child.try_wait() {
             Ok(Some(status)) => {
                 say(format!("stopped {} ({status})", service.name));
-                return;
+                break Some(status);
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             _ => {
                 say(format!("{} did not stop in time; killing it", service.name));
                 let _ = service.child.kill();
                 let _ = service.child.wait();
-                return;
+                break None;
+            }
+        }
+    };
+    if let Some(pid_file) = &service.launch.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    status
+}
+
+/// Services run under watch: a replica that exits is started again after a backoff that
+/// doubles from 1 s to 30 s (and starts over once it has run for a minute); a service without
+/// replicas that exits ends the demo.
+struct Supervisor {
+    services: Vec<Supervised>,
+}
+
+struct Supervised {
+    service: Option<Service>,
+    replicated: bool,
+    restart_at: Option<Instant>,
+    started: Instant,
+    backoff: Duration,
+    restarts: u32,
+}
+
+impl Supervisor {
+    fn new(services: Vec<(Service, bool)>) -> Self {
+        Self {
+            services: services
+                .into_iter()
+                .map(|(service, replicated)| Supervised {
+                    service: Some(service),
+                    replicated,
+                    restart_at: None,
+                    started: Instant::now(),
+                    backoff: Duration::from_secs(1),
+                    restarts: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// Looks after every service once: restarts replicas that are due, schedules those that
+    /// exited. Returns a fatal exit (of a service without replicas), if any.
+    fn watch(&mut self) -> Option<String> {
+        for supervised in &mut self.services {
+            if let Some(at) = supervised.restart_at
+                && Instant::now() >= at
+                && let Some(dead) = supervised.service.take()
+            {
+                supervised.restart_at = None;
+                supervised.restarts += 1;
+                let (name, launch, log) =
+                    (dead.name.clone(), dead.launch.clone(), dead.log.clone());
+                drop(dead);
+                match launch_service(&name, launch, log, true) {
+                    Ok(service) => {
+                        say(format!(
+                            "restarted {name} (restart {})",
+                            supervised.restarts
+                        ));
+                        supervised.started = Instant::now();
+                        supervised.service = Some(service);
+                    }
+                    Err(error) => return Some(format!("{name} could not be restarted: {error:#}")),
+                }
+                continue;
+            }
+            let Some(service) = supervised.service.as_mut() else {
+                continue;
+            };
+            if supervised.restart_at.is_some() {
+                continue;
+            }
+            let Ok(Some(status)) = service.child.try_wait() else {
+                continue;
+            };
+            if !supervised.replicated {
+                return Some(format!(
+                    "{} exited unexpectedly ({status}); see {}",
+                    service.name,
+                    service.log.display()
+                ));
+            }
+            if supervised.started.elapsed() >= Duration::from_secs(60) {
+                supervised.backoff = Duration::from_secs(1);
+            }
+            say(format!(
+                "{} exited ({status}); restarting it in {:?} (see {})",
+                service.name,
+                supervised.backoff,
+                service.log.display()
+            ));
+            supervised.restart_at = Some(Instant::now() + supervised.backoff);
+            supervised.backoff = (supervised.backoff * 2).min(Duration::from_secs(30));
+        }
+        None
+    }
+
+    /// Stops every service, the last started first.
+    fn stop_all(self) {
+        for supervised in self.services.into_iter().rev() {
+            if let Some(service) = supervised.service {
+                stop(service);
             }
         }
     }
@@ -207,77 +362,132 @@ pub fn run(args: Args) -> Result<()> {
         ("SUBJECT_PREFIX", SUBJECT_PREFIX),
         ("RUST_LOG", "info"),
     ];
-    let mut services = Vec::new();
+    let replicated = args.gateways > 1 || args.matchers > 1;
+    let mut services: Vec<(Service, bool)> = Vec::new();
     let trips_http = "127.0.0.1:8082";
-    services.push(start(
-        "trips",
-        &bin("dispatch-trips"),
-        &["--http", trips_http, "--search-timeout-s", "30"],
-        &common,
-        &logs,
-    )?);
-    let matcher_http = "127.0.0.1:8083";
+    services.push((
+        start(
+            "trips",
+            &bin("dispatch-trips"),
+            &["--http", trips_http, "--search-timeout-s", "30"],
+            &common,
+            &logs,
+        )?,
+        false,
+    ));
     let area = format!("{},{},{}", CITY.0, CITY.1, CITY_RADIUS_KM);
-    services.push(start(
-        "matcher",
-        &bin("dispatch-matcher"),
-        &[
-            "--area",
-            &area,
-            "--http",
-            matcher_http,
-            "--strategy",
-            &args.strategy,
-        ],
-        &common,
-        &logs,
-    )?);
-    let gateway_ws = "127.0.0.1:8080";
-    let gateway_http = "127.0.0.1:8081";
+    let matcher_https: Vec<String> = (0..args.matchers)
+        .map(|i| format!("127.0.0.1:{}", 8083 + 10 * i))
+        .collect();
+    for (i, http) in matcher_https.iter().enumerate() {
+        let name = if args.matchers == 1 {
+            "matcher".to_owned()
+        } else {
+            format!("matcher-{}", i + 1)
+        };
+        services.push((
+            start(
+                &name,
+                &bin("dispatch-matcher"),
+                &[
+                    "--area",
+                    &area,
+                    "--http",
+                    http,
+                    "--strategy",
+                    &args.strategy,
+                ],
+                &common,
+                &logs,
+            )?,
+            args.matchers > 1,
+        ));
+    }
     let dashboard_dir = dashboard.display().to_string();
     let trips_api = format!("http://{trips_http}");
     let map_center = format!("{},{}", CITY.0, CITY.1);
-    services.push(start(
-        "gateway",
-        &bin("dispatch-gateway"),
-        &[
-            "serve",
-            "--ws",
-            gateway_ws,
-            "--http",
-            gateway_http,
-            "--dashboard-dir",
-            &dashboard_dir,
-            "--trips-api",
-            &trips_api,
-            "--map-center",
-            &map_center,
-            "--map-zoom",
-            "12.5",
-        ],
-        &common,
-        &logs,
-    )?);
-    let ready = wait_ready(
-        &mut services,
-        &[
-            ("trips", trips_http),
-            ("matcher", matcher_http),
-            ("gateway", gateway_http),
-        ],
-        &stop_requested,
+    let gateway_addrs: Vec<(String, String)> = (0..args.gateways)
+        .map(|i| {
+            (
+                format!("127.0.0.1:{}", 8080 + 10 * i),
+                format!("127.0.0.1:{}", 8081 + 10 * i),
+            )
+        })
+        .collect();
+    for (i, (ws, http)) in gateway_addrs.iter().enumerate() {
+        let (name, id) = if args.gateways == 1 {
+            ("gateway".to_owned(), "demo-gateway".to_owned())
+        } else {
+            (
+                format!("gateway-{}", i + 1),
+                format!("demo-gateway-{}", i + 1),
+            )
+        };
+        services.push((
+            start(
+                &name,
+                &bin("dispatch-gateway"),
+                &[
+                    "serve",
+                    "--id",
+                    &id,
+                    "--ws",
+                    ws,
+                    "--http",
+                    http,
+                    "--dashboard-dir",
+                    &dashboard_dir,
+                    "--trips-api",
+                    &trips_api,
+                    "--map-center",
+                    &map_center,
+                    "--map-zoom",
+                    "12.5",
+                ],
+                &common,
+                &logs,
+            )?,
+            args.gateways > 1,
+        ));
+    }
+    let mut endpoints = vec![("trips".to_owned(), trips_http.to_owned())];
+    endpoints.extend(
+        matcher_https
+            .iter()
+            .map(|h| ("matcher".to_owned(), h.clone())),
     );
+    endpoints.extend(
+        gateway_addrs
+            .iter()
+            .map(|(_, h)| ("gateway".to_owned(), h.clone())),
+    );
+    let endpoints: Vec<(&str, &str)> = endpoints
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let mut plain: Vec<Service> = services.into_iter().map(|(s, _)| s).collect();
+    let ready = wait_ready(&mut plain, &endpoints, &stop_requested);
+    let flags: Vec<bool> = std::iter::once(false)
+        .chain((0..args.matchers).map(|_| args.matchers > 1))
+        .chain((0..args.gateways).map(|_| args.gateways > 1))
+        .collect();
+    let mut supervisor = Supervisor::new(plain.into_iter().zip(flags).collect());
 
     let mut simulator = None;
     let mut sim_status = None;
+    let mut fatal = None;
     if ready.is_ok() {
         let duration = args
             .duration
             .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
         let center = format!("{},{}", CITY.0, CITY.1);
+        let gateway_urls: Vec<String> = gateway_addrs
+            .iter()
+            .map(|(ws, _)| format!("ws://{ws}/ws"))
+            .collect();
         let mut sim_args = vec![
             "--gateway".to_owned(),
-            format!("ws://{gateway_ws}/ws"),
+            gateway_urls.join(","),
             "--drivers".into(),
             args.drivers.to_string(),
             "--riders".into(),
@@ -320,17 +530,19 @@ pub fn run(args: Args) -> Result<()> {
             args.drivers, args.riders, CITY
         ));
         let token = dispatcher_token(&bin("dispatch-gateway"))?;
+        let first_http = &gateway_addrs[0].1;
         say("the system is up:");
         say(format!(
-            "  dispatcher dashboard   http://{gateway_http}/#token={token}"
+            "  dispatcher dashboard   http://{first_http}/#token={token}"
         ));
-        say(format!("  client WebSocket       ws://{gateway_ws}/ws"));
-        say(format!(
-            "  gateway metrics        http://{gateway_http}/metrics"
-        ));
-        say(format!(
-            "  matcher metrics        http://{matcher_http}/metrics"
-        ));
+        for (ws, http) in &gateway_addrs {
+            say(format!(
+                "  gateway                ws://{ws}/ws, metrics http://{http}/metrics"
+            ));
+        }
+        for http in &matcher_https {
+            say(format!("  matcher metrics        http://{http}/metrics"));
+        }
         say(format!(
             "  trips API and metrics  http://{trips_http}/api/trips"
         ));
@@ -341,6 +553,9 @@ pub fn run(args: Args) -> Result<()> {
         say(format!("  NATS                   {}", infra.nats_url));
         say(format!("  PostgreSQL             {}", infra.database_url));
         say(format!("  logs                   {}", logs.display()));
+        if replicated {
+            say("replicas that die are restarted; the demo goes on");
+        }
         match args.duration {
             Some(d) => say(format!("running for {d:?}; Ctrl-C stops earlier")),
             None => say("Ctrl-C stops everything"),
@@ -360,12 +575,9 @@ pub fn run(args: Args) -> Result<()> {
                 sim_status = Some(status);
                 break;
             }
-            if let Some(dead) = exited(&mut services) {
-                say(format!(
-                    "{} exited unexpectedly; see {}",
-                    dead.name,
-                    dead.log.display()
-                ));
+            if let Some(why) = supervisor.watch() {
+                say(&why);
+                fatal = Some(why);
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -373,14 +585,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     say("stopping");
     if let Some(sim) = simulator {
-        // Asked to stop early: the simulator drains and still writes its report.
-        stop(sim);
+        // Stopped early: the simulator drains and still writes its report, and says by its
+        // exit status whether any request was lost.
+        sim_status = stop(sim);
     }
-    for service in services.into_iter().rev() {
-        stop(service);
-    }
+    supervisor.stop_all();
     drop(infra);
     ready?;
+    if let Some(why) = fatal {
+        bail!("{why}");
+    }
     match sim_status {
         Some(status) if !status.success() => {
             bail!("the simulation reported lost or double-assigned requests, or failed ({status})")
@@ -423,4 +637,45 @@ pub(crate) fn wait_ready(
         say(format!("{name} is ready"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_replica_that_exits_is_started_again_and_a_lone_service_ends_the_demo() {
+        let logs = scratch("supervise");
+        let sh = Path::new("/bin/sh");
+        let replica = start("replica", sh, &["-c", "echo started; exit 3"], &[], &logs).unwrap();
+        let mut supervisor = Supervisor::new(vec![(replica, true)]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while supervisor.services[0].restarts < 2 {
+            assert!(Instant::now() < deadline, "the replica was not restarted");
+            assert_eq!(supervisor.watch(), None, "a replica's exit is not fatal");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(logs.join("replica.log")).unwrap();
+        assert!(log.matches("started").count() >= 2, "{log}");
+        supervisor.stop_all();
+
+        let lone = start("lone", sh, &["-c", "exit 0"], &[], &logs).unwrap();
+        let mut supervisor = Supervisor::new(vec![(lone, false)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let fatal = loop {
+            assert!(Instant::now() < deadline, "the exit was not noticed");
+            if let Some(why) = supervisor.watch() {
+                break why;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(fatal.starts_with("lone exited unexpectedly"), "{fatal}");
+        let _ = std::fs::remove_dir_all(&logs);
+    }
 }

@@ -248,6 +248,8 @@ impl Infra {
 
     fn start_nats(&mut self, dev: &Path, port: u16) -> Result<()> {
         let addr = format!("127.0.0.1:{port}");
+        let pid_file = dev.join(format!("nats-server-{port}.pid"));
+        stop_leftover(&pid_file, "nats-server");
         if answers(&addr) {
             bail!(
                 "port {port} is taken by another process; stop it or set NATS_URL to a \
@@ -259,6 +261,8 @@ impl Infra {
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-l")
             .arg(&log)
+            .arg("-P")
+            .arg(&pid_file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -324,6 +328,18 @@ impl Infra {
                     String::from_utf8_lossy(&output.stderr).trim()
                 );
             }
+        }
+        if let Some(pid) = leftover_postgres(&data, port) {
+            say(format!(
+                "PostgreSQL from an earlier run is still up in {} (pid {pid}); stopping it",
+                data.display()
+            ));
+            let _ = as_user(&bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "fast", "-w", "stop"])
+                .stdout(Stdio::null())
+                .status();
         }
         if answers(&addr) {
             bail!(
@@ -399,9 +415,119 @@ impl Drop for Infra {
     }
 }
 
+/// The process id in `postmaster.pid` of the cluster in `data`, if that process is alive and
+/// listens on `port`: PostgreSQL left running by an earlier run that could not stop it.
+fn leftover_postgres(data: &Path, port: u16) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let (pid, listening) = postmaster_pid(&text)?;
+    (listening == port && alive(pid)).then_some(pid)
+}
+
+/// The process id and port in the text of a `postmaster.pid` (its first and fourth lines).
+fn postmaster_pid(text: &str) -> Option<(i32, u16)> {
+    let lines: Vec<&str> = text.lines().collect();
+    Some((
+        lines.first()?.trim().parse().ok()?,
+        lines.get(3)?.trim().parse().ok()?,
+    ))
+}
+
+fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Whether process `pid` runs a program whose name starts with `program`.
+fn runs(pid: i32, program: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|cmdline| {
+            let first = cmdline.split(|b| *b == 0).next()?.to_vec();
+            let path = PathBuf::from(String::from_utf8(first).ok()?);
+            Some(path.file_name()?.to_string_lossy().starts_with(program))
+        })
+        .unwrap_or(false)
+}
+
+/// Stops the process named in `pid_file` if it is still alive and runs `program`: what an
+/// earlier run started and could not stop (it was killed). Waits up to 10 s for it to go.
+pub fn stop_leftover(pid_file: &Path, program: &str) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if !alive(pid) || !runs(pid, program) {
+        let _ = std::fs::remove_file(pid_file);
+        return;
+    }
+    say(format!(
+        "{program} from an earlier run is still up (pid {pid}); stopping it"
+    ));
+    let target = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR`, a configured `build.target-dir`, or
+/// the workspace's `target/`, as cargo itself says.
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(root)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("asking cargo for its target directory")?;
+    if !output.status.success() {
+        bail!("cargo metadata failed ({})", output.status);
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata names no target directory")?;
+    Ok(PathBuf::from(dir))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_port;
+    use super::*;
+
+    #[test]
+    fn a_postmaster_pid_file_names_its_process_and_port() {
+        let text = "4242\n/work/target/dev/postgres\n1764600000\n15432\n/tmp\n127.0.0.1\n";
+        assert_eq!(postmaster_pid(text), Some((4242, 15432)));
+        assert_eq!(postmaster_pid("4242\n"), None);
+        assert_eq!(postmaster_pid(""), None);
+    }
+
+    #[test]
+    fn a_leftover_is_stopped_only_when_it_runs_the_program_named() {
+        let dir = std::env::temp_dir().join(format!("xtask-leftover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("x.pid");
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pid_file, sleeper.id().to_string()).unwrap();
+        // Not the program named: left alone (a pid reused by something else).
+        stop_leftover(&pid_file, "nats-server");
+        assert!(
+            matches!(sleeper.try_wait(), Ok(None)),
+            "another program was stopped"
+        );
+        std::fs::write(&pid_file, sleeper.id().to_string()).unwrap();
+        stop_leftover(&pid_file, "sleep");
+        let status = sleeper.wait().unwrap();
+        assert!(!status.success(), "the leftover was stopped");
+        assert!(!pid_file.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn host_ports() {

@@ -87,7 +87,7 @@ fn scrape(addr: &str) -> Option<BTreeMap<String, f64>> {
 #[derive(Debug, Clone, serde::Serialize)]
 struct Sample {
     t_s: f64,
-    rss_mib: BTreeMap<&'static str, f64>,
+    rss_mib: BTreeMap<String, f64>,
     /// Mean latency over the interval, milliseconds.
     latency_ms: BTreeMap<&'static str, f64>,
     errors: f64,
@@ -215,7 +215,9 @@ pub fn run(args: Args) -> Result<()> {
         };
         for service in &services {
             if let Some(kib) = rss_kib(service.child.id()) {
-                sample.rss_mib.insert(service.name, kib as f64 / 1024.0);
+                sample
+                    .rss_mib
+                    .insert(service.name.clone(), kib as f64 / 1024.0);
             }
         }
         for (name, addr) in endpoints {
@@ -332,7 +334,7 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn fmt_map(map: &BTreeMap<&'static str, f64>) -> String {
+fn fmt_map<K: std::fmt::Display>(map: &BTreeMap<K, f64>) -> String {
     map.iter()
         .map(|(k, v)| format!("{k} {v:.1}"))
         .collect::<Vec<_>>()
