@@ -118,7 +118,9 @@ async fn driver(
     };
     opened.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = ws.split();
+    // A tick only once moving, one a second: no burst for the seconds spent waiting.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -136,7 +138,12 @@ async fn driver(
                     break;
                 }
             }
-            changed = moving.changed() => if changed.is_err() { break },
+            changed = moving.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                tick.reset();
+            }
         }
     }
     opened.fetch_sub(1, Ordering::Relaxed);

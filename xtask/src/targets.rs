@@ -71,9 +71,7 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
         &["ingest", "latency_ms", "at_50_percent", "latency_ms", "p99"],
     );
     let offer_p99 = at(report, &["matching", "ample_supply_greedy_offer_p99_ms"]);
-    let held = at(report, &["connections", "held"]);
     let busiest_share = at(report, &["fanout", "busiest_gateway", "ratio"]);
-    let fd_limit = at(report, &["connections", "open_file_limit"]);
     let bytes = at(report, &["connections", "bytes_per_connection", "value"]);
     let pickup = |key: &str| at(report, &["matching", "high_load_mean_pickup_time_s", key]);
     let served = |key: &str| at(report, &["matching", "high_load_service_rate", key]);

@@ -32,8 +32,47 @@ pub trait Recipient: Send + Sync {
 
 /// One client's sessions here, and when the first of them opened.
 struct Client {
-    sessions: Vec<Weak<dyn Recipient>>,
+    sessions: ClientSessions,
     since: i64,
+}
+
+/// A client's sessions: nearly always one, kept inline (a gateway holds one of these per
+/// client, idle or not); two or more briefly, while a client reconnects.
+enum ClientSessions {
+    One(Weak<dyn Recipient>),
+    Many(Vec<Weak<dyn Recipient>>),
+}
+
+impl ClientSessions {
+    fn push(&mut self, recipient: Weak<dyn Recipient>) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![first.clone(), recipient]),
+            Self::Many(all) => all.push(recipient),
+        }
+    }
+
+    fn as_slice(&self) -> &[Weak<dyn Recipient>] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(all) => all,
+        }
+    }
+
+    /// Drops `gone` and sessions already ended; whether any is left.
+    fn remove(&mut self, gone: &Weak<dyn Recipient>) -> bool {
+        let keep = |r: &Weak<dyn Recipient>| !r.ptr_eq(gone) && r.strong_count() > 0;
+        match self {
+            Self::One(one) => keep(one),
+            Self::Many(all) => {
+                all.retain(keep);
+                let left = !all.is_empty();
+                if let [one] = all.as_slice() {
+                    *self = Self::One(one.clone());
+                }
+                left
+            }
+        }
+    }
 }
 
 type Sessions = HashMap<String, Client>;
@@ -98,7 +137,7 @@ impl Inboxes {
                 sessions.insert(
                     id.to_owned(),
                     Client {
-                        sessions: vec![recipient.clone()],
+                        sessions: ClientSessions::One(recipient.clone()),
                         since,
                     },
                 );
@@ -152,6 +191,11 @@ impl Inboxes {
         all
     }
 
+    /// Whether (`role`, `id`) has a session here.
+    pub fn holds(&self, role: Role, id: &str) -> bool {
+        self.of(role).lock().expect("inbox lock").contains_key(id)
+    }
+
     /// Clients with at least one session here.
     pub fn len(&self) -> usize {
         [Role::Driver, Role::Rider]
@@ -169,7 +213,12 @@ impl Inboxes {
         let recipients: Vec<Arc<dyn Recipient>> = {
             let sessions = self.of(role).lock().expect("inbox lock");
             match sessions.get(id) {
-                Some(client) => client.sessions.iter().filter_map(Weak::upgrade).collect(),
+                Some(client) => client
+                    .sessions
+                    .as_slice()
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .collect(),
                 None => return 0,
             }
         };
@@ -184,10 +233,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut sessions = self.inboxes.of(self.role).lock().expect("inbox lock");
         if let Some(client) = sessions.get_mut(&self.id) {
-            client
-                .sessions
-                .retain(|r| !r.ptr_eq(&self.recipient) && r.strong_count() > 0);
-            if client.sessions.is_empty() {
+            if !client.sessions.remove(&self.recipient) {
                 let since = client.since;
                 sessions.remove(&self.id);
                 drop(sessions);
@@ -302,5 +348,7 @@ mod tests {
             ]
         );
         assert_eq!(inboxes.snapshot().len(), 1);
+        // One session is kept inline: no allocation of its own per idle client.
+        assert!(std::mem::size_of::<ClientSessions>() <= 24);
     }
 }

@@ -110,10 +110,13 @@ pub async fn run(
         nats: nats.clone(),
         signal,
         inboxes: Arc::default(),
-        riders: Arc::new(kit::presence::Directory::new(
-            config.subjects.clone(),
-            &[protocol::client::Role::Rider],
-        )),
+        riders: Arc::new(
+            kit::presence::Directory::new(
+                config.subjects.clone(),
+                &[protocol::client::Role::Rider],
+            )
+            .of_others(&config.id),
+        ),
         publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
         config,
     });

@@ -39,7 +39,7 @@ impl BusError {
     /// What a caller, and through it a client, is told: the code and a message written for
     /// people. The detail (subjects, the NATS client's own error) goes to the log only.
     pub fn into_command_error(self) -> CommandError {
-        tracing::warn!(error = %self, "request over the bus failed");
+        tracing::debug!(error = %self, "request over the bus failed");
         let message = match &self {
             Self::NoResponders(_) => "the service is not running right now; retry shortly",
             Self::Timeout(_) => "the service did not answer in time; retry",

@@ -38,6 +38,8 @@ struct Inner {
 pub struct Directory {
     subjects: Subjects,
     roles: Vec<Role>,
+    /// A gateway's own announcements, which it need not remember (it knows its clients).
+    own: Option<String>,
     inner: Mutex<Inner>,
 }
 
@@ -51,12 +53,23 @@ impl Directory {
         Self {
             subjects,
             roles: roles.to_vec(),
+            own: None,
             inner: Mutex::default(),
         }
     }
 
+    /// A directory that leaves out the announcements of `gateway`: the gateway's own, which
+    /// knows its clients without them.
+    pub fn of_others(mut self, gateway: &str) -> Self {
+        self.own = Some(gateway.to_owned());
+        self
+    }
+
     /// Takes in one announcement.
     pub fn apply(&self, presence: &Presence, now: Instant) {
+        if self.own.as_deref() == Some(presence.gateway.as_str()) {
+            return;
+        }
         let mut inner = self.inner.lock().expect("directory lock");
         let gateway: Arc<str> = match inner.gateways.get_key_value(presence.gateway.as_str()) {
             Some((name, _)) => name.clone(),
@@ -268,6 +281,16 @@ mod tests {
         assert_eq!(d.gateway_of(Role::Rider, "r1", now).as_deref(), Some("g2"));
         d.apply(&announce("g2", &[("r1", false, 20)]), now);
         assert_eq!(d.gateway_of(Role::Rider, "r1", now), None);
+    }
+
+    #[test]
+    fn a_gateway_leaves_its_own_clients_out() {
+        let d = directory().of_others("g1");
+        let now = Instant::now();
+        d.apply(&announce("g1", &[("r1", true, 10)]), now);
+        d.apply(&announce("g2", &[("r2", true, 10)]), now);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.gateway_of(Role::Rider, "r2", now).as_deref(), Some("g2"));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! on a trip, for the route's breadcrumbs and the rider's view of its driver).
 
 use bytes::Bytes;
-use kit::presence::Directory;
 use protocol::bus::Position;
 use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
 use protocol::time::now_us;
@@ -70,15 +69,13 @@ pub(super) struct Published {
 }
 
 /// Hands `position` to `publisher`: on its cell's subject, and on a trip (`rider` is the
-/// trip's rider) as a breadcrumb and as the rider's view of its driver, addressed to the
-/// rider's gateway when `riders` knows it.
+/// subject of the trip's rider) as a breadcrumb and as the rider's view of its driver.
 pub(super) fn publish_position(
     publisher: &Publisher,
     subjects: &Subjects,
-    riders: &Directory,
     geo: &GeoConfig,
     position: &Position,
-    rider: Option<&str>,
+    rider: Option<String>,
 ) -> Result<Published, protocol::ValidationError> {
     let (region, cell) = geo.locate(protocol::Point::new(position.lat, position.lng))?;
     let payload: Bytes = codec::encode(position).into();
@@ -99,10 +96,7 @@ pub(super) fn publish_position(
         heading: position.heading,
         ts: position.ts,
     };
-    let rider = publisher.publish(
-        riders.subject(Role::Rider, rider, std::time::Instant::now()),
-        for_rider.to_json().into(),
-    );
+    let rider = publisher.publish(rider, for_rider.to_json().into());
     Ok(Published {
         location,
         breadcrumb: Some(breadcrumb),
@@ -111,6 +105,21 @@ pub(super) fn publish_position(
 }
 
 impl Session {
+    /// Where a message for `rider` goes: this gateway when the rider is here, its gateway when
+    /// the directory knows it, every gateway otherwise.
+    fn rider_subject(&self, rider: &str) -> String {
+        let shared = &self.shared;
+        if shared.inboxes.holds(Role::Rider, rider) {
+            return shared
+                .config
+                .subjects
+                .gateway_user(&shared.config.id, Role::Rider, rider);
+        }
+        shared
+            .riders
+            .subject(Role::Rider, rider, std::time::Instant::now())
+    }
+
     /// A driver's position report: dropped if older than the last one taken, or while NATS is
     /// away; otherwise published, and acknowledged when the driver asked for an ack.
     pub(super) fn location(&self, location: Location) {
@@ -173,13 +182,15 @@ impl Session {
             trip_id: on_trip.as_ref().map(|(id, ..)| *id),
             received_us: now_us(),
         };
+        let rider = on_trip
+            .as_ref()
+            .map(|(_, rider, _)| self.rider_subject(rider));
         let published = publish_position(
             &shared.publisher,
             &shared.config.subjects,
-            &shared.riders,
             &shared.config.geo,
             &position,
-            on_trip.as_ref().map(|(_, rider, _)| rider.as_str()),
+            rider,
         )
         .expect("located above");
         for (what, taken) in [
@@ -239,14 +250,12 @@ mod tests {
         // Room for one publication: the position takes it, breadcrumb and rider find it full.
         let publisher = Publisher::new(1);
         let subjects = Subjects::new("t").unwrap();
-        let riders = Directory::new(subjects.clone(), &[Role::Rider]);
         let published = publish_position(
             &publisher,
             &subjects,
-            &riders,
             &GeoConfig::default(),
             &position(Some(Uuid::from_u128(1))),
-            Some("r1"),
+            Some(subjects.user(Role::Rider, "r1")),
         )
         .unwrap();
         assert_eq!(
@@ -263,11 +272,9 @@ mod tests {
     fn off_a_trip_only_the_cell_subject_is_published() {
         let publisher = Publisher::new(8);
         let subjects = Subjects::new("t").unwrap();
-        let riders = Directory::new(subjects.clone(), &[Role::Rider]);
         let published = publish_position(
             &publisher,
             &subjects,
-            &riders,
             &GeoConfig::default(),
             &position(None),
             None,
@@ -285,7 +292,6 @@ mod tests {
         let dropped = publish_position(
             &full,
             &subjects,
-            &riders,
             &GeoConfig::default(),
             &position(None),
             None,
