@@ -232,13 +232,13 @@ impl Inboxes {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut sessions = self.inboxes.of(self.role).lock().expect("inbox lock");
-        if let Some(client) = sessions.get_mut(&self.id) {
-            if !client.sessions.remove(&self.recipient) {
-                let since = client.since;
-                sessions.remove(&self.id);
-                drop(sessions);
-                self.inboxes.changed(self.role, &self.id, false, since);
-            }
+        if let Some(client) = sessions.get_mut(&self.id)
+            && !client.sessions.remove(&self.recipient)
+        {
+            let since = client.since;
+            sessions.remove(&self.id);
+            drop(sessions);
+            self.inboxes.changed(self.role, &self.id, false, since);
         }
     }
 }
