@@ -7,6 +7,12 @@
 //! Latency is client send to a NATS subscriber receiving the gateway's publication (the
 //! matcher's input), measured on one clock: each report's `seq` is its send time.
 //!
+//! The gateway runs as its own process (`GATEWAY_BIN`, built by `cargo xtask bench`), so its
+//! CPU time per position comes from its own process accounting; beside it, a bare
+//! tokio-tungstenite server's per message for the same frames at the same rate. The ladder is
+//! climbed `BENCH_INGEST_RUNS` times (3) for the spread of the lossless rate and of the knee,
+//! the highest offered rate whose p99 is at most 10 ms.
+//!
 //! Run with `cargo xtask bench ingest` (or `cargo bench -p tests --bench ingest` with
 //! `NATS_SERVER_BIN` set). Prints a table and writes `target/bench/ingest.json`.
 //!
@@ -27,10 +33,7 @@ use protocol::bus::Position;
 use protocol::client::{Role, VehicleStatus};
 use protocol::{GeoConfig, Point, codec};
 use tests::client::{Client, Ws};
-use tests::services::{
-    gateway_config, matcher_config, start_gateway, start_matcher, start_trips, trips_config,
-    wait_ready,
-};
+use tests::services::{matcher_config, start_matcher, start_trips, trips_config, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -200,8 +203,202 @@ fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// CPU time the process has used, seconds (utime and stime from `/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// A bare WebSocket server with the gateway's socket settings that reads every message and
+/// does nothing with it: the floor for a server's CPU per message. Runs in a child process
+/// (this same binary) so that its CPU is its own.
+async fn bare_server(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .read_buffer_size(256)
+                .write_buffer_size(0)
+                .max_message_size(Some(16 * 1024))
+                .max_frame_size(Some(16 * 1024));
+            if let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        });
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One climb of the ladder and the steps at half and nine tenths of its lossless rate.
+struct Climb {
+    lossless: f64,
+    /// Highest offered rate with nothing lost and p99 at most 10 ms.
+    knee: f64,
+    steps: Vec<serde_json::Value>,
+    at: serde_json::Map<String, serde_json::Value>,
+    /// Gateway CPU per position at half the lossless rate, microseconds.
+    cpu_us_at_half: f64,
+}
+
+struct Rig {
+    received: Arc<AtomicU64>,
+    last_arrival_us: Arc<AtomicU64>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    epoch: Instant,
+    gateway_pid: u32,
+}
+
+impl Rig {
+    /// A step, with the gateway's CPU per position it received.
+    async fn step(&self, clients: Vec<Ws>, rate: u64) -> (Vec<Ws>, Step, f64) {
+        let cpu = cpu_seconds(self.gateway_pid);
+        let (clients, result) = step(
+            clients,
+            &self.received,
+            &self.latency,
+            self.epoch,
+            rate.max(1),
+        )
+        .await;
+        let used = cpu_seconds(self.gateway_pid) - cpu;
+        let per = used * 1e6 / result.received.max(1) as f64;
+        (clients, result, per)
+    }
+
+    async fn climb(&self, mut clients: Vec<Ws>) -> (Vec<Ws>, Climb) {
+        println!(
+            "{:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>12}",
+            "target/s",
+            "offered/s",
+            "received",
+            "lost",
+            "p50 ms",
+            "p99 ms",
+            "p999 ms",
+            "gw CPU us/pos"
+        );
+        let mut best: Option<f64> = None;
+        let mut knee = 0.0f64;
+        let mut steps = Vec::new();
+        for &rate in RATES {
+            settle(&self.last_arrival_us, self.epoch).await;
+            let (back, result, cpu_us) = self.step(clients, rate).await;
+            clients = back;
+            let lost = result.sent.saturating_sub(result.received);
+            let p99 = result.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "{:>10} {:>10.0} {:>10} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+                rate,
+                result.offered,
+                result.received,
+                lost,
+                result.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                p99,
+                result.latency.value_at_quantile(0.999) as f64 / 1000.0,
+                cpu_us,
+            );
+            steps.push(serde_json::json!({
+                "target_per_sec": rate,
+                "offered_per_sec": result.offered,
+                "sent": result.sent,
+                "received": result.received,
+                "lost": lost,
+                "latency_ms": quantiles_ms(&result.latency),
+                "gateway_cpu_us_per_position": cpu_us,
+            }));
+            if lost > 0 {
+                break;
+            }
+            if p99 <= 10.0 {
+                knee = knee.max(result.offered);
+            }
+            best = Some(result.offered);
+            if result.offered < rate as f64 * 0.9 {
+                println!("the clients could not offer more on this machine");
+                break;
+            }
+        }
+        let lossless = best.unwrap_or(0.0);
+        let mut at = serde_json::Map::new();
+        let mut cpu_us_at_half = f64::NAN;
+        for fraction in [0.5, 0.9] {
+            let rate = (lossless * fraction) as u64;
+            settle(&self.last_arrival_us, self.epoch).await;
+            let (back, result, cpu_us) = self.step(clients, rate).await;
+            clients = back;
+            if fraction == 0.5 {
+                cpu_us_at_half = cpu_us;
+            }
+            println!(
+                "at {:.0}% ({rate}/s): lost {}, latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, gateway CPU {cpu_us:.2} us/position",
+                fraction * 100.0,
+                result.sent.saturating_sub(result.received),
+                result.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                result.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                result.latency.value_at_quantile(0.999) as f64 / 1000.0,
+            );
+            at.insert(
+                format!("at_{}_percent", (fraction * 100.0) as u32),
+                serde_json::json!({
+                    "rate_per_sec": rate,
+                    "lost": result.sent.saturating_sub(result.received),
+                    "latency_ms": quantiles_ms(&result.latency),
+                    "gateway_cpu_us_per_position": cpu_us,
+                }),
+            );
+        }
+        (
+            clients,
+            Climb {
+                lossless,
+                knee,
+                steps,
+                at,
+                cpu_us_at_half,
+            },
+        )
+    }
+}
+
+fn spread(values: &[f64]) -> serde_json::Value {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    serde_json::json!({"min": min, "max": max, "runs": values})
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Ok(port) = std::env::var("BENCH_INGEST_BARE_SERVER") {
+        bare_server(port.parse()?).await;
+        return Ok(());
+    }
+    let runs: usize = std::env::var("BENCH_INGEST_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let nats = NatsServer::start();
     let bare = bare_nats(&nats.url()).await?;
     println!("bare async-nats, one publisher to one subscriber: {bare:.0} messages/s");
@@ -213,26 +410,57 @@ async fn main() -> anyhow::Result<()> {
     let regions = GeoConfig::default().regions_covering(CENTER, 20_000.0)?;
     let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
     wait_ready(matcher.http).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.limits.messages_per_sec = 100_000;
-    config.limits.burst = 100_000;
-    config.limits.max_connections = CONNECTIONS * 2;
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    // The gateway in a process of its own, so that its CPU time is its own.
+    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/release/dispatch-gateway")
+        },
+        std::path::PathBuf::from,
+    );
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo xtask bench ingest`, which builds it",
+        binary.display()
+    );
+    let (ws_port, http_port) = (free_port(), free_port());
+    let mut gateway = std::process::Command::new(&binary)
+        .args(["serve", "--ws", &format!("127.0.0.1:{ws_port}")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--max-connections", &(CONNECTIONS * 2).to_string()])
+        .args(["--messages-per-sec", "100000"])
+        .env("NATS_URL", nats.url())
+        .env("SUBJECT_PREFIX", &prefix)
+        .env(
+            "TOKEN_SECRET",
+            std::str::from_utf8(tests::services::TOKEN_SECRET)?,
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let gateway_ws: std::net::SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
+    wait_ready(format!("127.0.0.1:{http_port}").parse()?).await;
 
     // What the matchers receive, timed on the benchmark's clock.
     let epoch = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    let last_arrival_us = Arc::new(AtomicU64::new(0));
-    let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    let rig = Rig {
+        received: Arc::new(AtomicU64::new(0)),
+        last_arrival_us: Arc::new(AtomicU64::new(0)),
+        latency: Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?)),
+        epoch,
+        gateway_pid: gateway.id(),
+    };
     let listener = async_nats::connect(nats.url()).await?;
     let mut positions = listener.subscribe(format!("{prefix}.loc.>")).await?;
     listener.flush().await?;
     {
-        let (received, latency, last_arrival_us) =
-            (received.clone(), latency.clone(), last_arrival_us.clone());
+        let (received, latency, last_arrival_us) = (
+            rig.received.clone(),
+            rig.latency.clone(),
+            rig.last_arrival_us.clone(),
+        );
         tokio::spawn(async move {
             while let Some(message) = positions.next().await {
                 let now = micros(epoch);
@@ -251,84 +479,107 @@ async fn main() -> anyhow::Result<()> {
     println!("opening {CONNECTIONS} driver connections");
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
-        let client = Client::connect(gateway.ws, Role::Driver, &format!("bench-driver-{i}")).await;
+        let client = Client::connect(gateway_ws, Role::Driver, &format!("bench-driver-{i}")).await;
         clients.push(client.ws);
     }
-
-    println!(
-        "{:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10}",
-        "target/s", "offered/s", "received", "lost", "p50 ms", "p99 ms", "p999 ms"
-    );
-    let mut best: Option<f64> = None;
-    let mut steps = Vec::new();
-    for &rate in RATES {
-        let (back, result) = step(clients, &received, &latency, epoch, rate).await;
+    let mut climbs = Vec::new();
+    for run in 1..=runs {
+        println!("climb {run} of {runs}");
+        let (back, climb) = rig.climb(clients).await;
         clients = back;
-        let lost = result.sent.saturating_sub(result.received);
-        println!(
-            "{:>10} {:>10.0} {:>10} {:>8} {:>10.2} {:>10.2} {:>10.2}",
-            rate,
-            result.offered,
-            result.received,
-            lost,
-            result.latency.value_at_quantile(0.5) as f64 / 1000.0,
-            result.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            result.latency.value_at_quantile(0.999) as f64 / 1000.0,
-        );
-        steps.push(serde_json::json!({
-            "target_per_sec": rate,
-            "offered_per_sec": result.offered,
-            "sent": result.sent,
-            "received": result.received,
-            "lost": lost,
-            "latency_ms": quantiles_ms(&result.latency),
-        }));
-        if lost > 0 {
-            break;
-        }
-        best = Some(result.offered);
-        if result.offered < rate as f64 * 0.9 {
-            println!("the clients could not offer more on this machine");
-            break;
-        }
-    }
-    let best = best.unwrap_or(0.0);
-    let mut at = serde_json::Map::new();
-    for fraction in [0.5, 0.9] {
-        let rate = (best * fraction) as u64;
-        settle(&last_arrival_us, epoch).await;
-        let (back, result) = step(clients, &received, &latency, epoch, rate.max(1)).await;
-        clients = back;
-        println!(
-            "at {:.0}% ({rate}/s): lost {}, latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
-            fraction * 100.0,
-            result.sent.saturating_sub(result.received),
-            result.latency.value_at_quantile(0.5) as f64 / 1000.0,
-            result.latency.value_at_quantile(0.99) as f64 / 1000.0,
-            result.latency.value_at_quantile(0.999) as f64 / 1000.0,
-        );
-        at.insert(
-            format!("at_{}_percent", (fraction * 100.0) as u32),
-            serde_json::json!({
-                "rate_per_sec": rate,
-                "lost": result.sent.saturating_sub(result.received),
-                "latency_ms": quantiles_ms(&result.latency),
-            }),
-        );
+        climbs.push(climb);
     }
     drop(clients);
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+
+    // The floor: the same frames at the first climb's half rate to a bare server.
+    let half = (climbs[0].lossless * 0.5) as u64;
+    let bare_port = free_port();
+    let mut bare_ws = std::process::Command::new(std::env::current_exe()?)
+        .env("BENCH_INGEST_BARE_SERVER", bare_port.to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    let bare_addr = format!("ws://127.0.0.1:{bare_port}/ws");
+    let mut bare_clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let connected = tests::eventually(
+            "the bare server accepting",
+            Duration::from_secs(10),
+            || async {
+                tokio_tungstenite::connect_async(bare_addr.as_str())
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        bare_clients.push(connected.0);
+    }
+    let cpu = cpu_seconds(bare_ws.id());
+    let (bare_clients, bare_step) = step(
+        bare_clients,
+        &Arc::new(AtomicU64::new(u64::MAX / 2)),
+        &rig.latency,
+        epoch,
+        half.max(1),
+    )
+    .await;
+    let bare_cpu_us = (cpu_seconds(bare_ws.id()) - cpu) * 1e6 / bare_step.sent.max(1) as f64;
+    drop(bare_clients);
+    let _ = bare_ws.kill();
+    let _ = bare_ws.wait();
+
+    let first = &climbs[0];
+    let lossless: Vec<f64> = climbs.iter().map(|c| c.lossless).collect();
+    let knees: Vec<f64> = climbs.iter().map(|c| c.knee).collect();
+    let cpu_us: Vec<f64> = climbs.iter().map(|c| c.cpu_us_at_half).collect();
+    let ratios: Vec<f64> = lossless.iter().map(|l| l / bare).collect();
     println!(
-        "highest lossless rate end to end: {best:.0}/s; bare async-nats: {bare:.0}/s; ratio {:.3}",
-        best / bare
+        "highest lossless rate end to end: {} /s; bare async-nats: {bare:.0}/s; ratio {}",
+        lossless
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ratios
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    println!(
+        "knee (highest rate with p99 <= 10 ms): {} /s",
+        knees
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "gateway CPU per position at half the lossless rate: {} us; bare tokio-tungstenite server per message: {bare_cpu_us:.2} us",
+        cpu_us
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let json = serde_json::json!({
         "connections": CONNECTIONS,
         "sends": if aligned_sends() { "aligned" } else { "spread" },
-        "lossless_updates_per_sec": best,
+        "lossless_updates_per_sec": first.lossless,
         "bare_nats_messages_per_sec": bare,
-        "ratio": best / bare,
-        "latency": at,
-        "steps": steps,
+        "ratio": first.lossless / bare,
+        "latency": first.at,
+        "steps": first.steps,
+        "knee_per_sec": first.knee,
+        "gateway_cpu_us_per_position": first.cpu_us_at_half,
+        "bare_ws_cpu_us_per_message": bare_cpu_us,
+        "spread": {
+            "lossless_updates_per_sec": spread(&lossless),
+            "ratio": spread(&ratios),
+            "knee_per_sec": spread(&knees),
+            "gateway_cpu_us_per_position": spread(&cpu_us),
+        },
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

@@ -95,8 +95,8 @@ pub fn run(args: Args) -> Result<()> {
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let gateway_bin = infra::target_dir(&root)?.join("release/dispatch-gateway");
-    if wanted("connections") || wanted("fleet") {
-        say("building the gateway (release) for the connections and fleet benchmarks");
+    if wanted("connections") || wanted("fleet") || wanted("ingest") {
+        say("building the gateway (release) for the ingest, connections and fleet benchmarks");
         let built = Command::new(&cargo)
             .current_dir(&root)
             .args([
@@ -206,6 +206,16 @@ fn assemble(dir: &Path) -> Result<String> {
                 ),
                 "latency_ms": ingest["latency"].clone(),
                 "sends": ingest["sends"].clone(),
+                "knee_per_sec": ingest["knee_per_sec"].clone(),
+                "gateway_cpu_per_position": row(
+                    "ingest: gateway CPU us/position vs bare server's per message",
+                    compared(
+                        number(ingest, &["gateway_cpu_us_per_position"]),
+                        number(ingest, &["bare_ws_cpu_us_per_message"]),
+                        "microseconds",
+                    ),
+                ),
+                "spread": ingest["spread"].clone(),
             }),
         );
     }
@@ -500,12 +510,15 @@ mod tests {
             .iter()
             .map(|t| t["outcome"].as_str().unwrap())
             .collect();
-        // Ingest (2), the fan-out and memory met; the fleet and matching (3) not run.
+        // Ingest (2), the fan-out and memory met; the ingest spread (2), the fleet and
+        // matching (3) not measured.
         assert_eq!(
             outcomes,
             [
                 "met",
                 "met",
+                "not measured",
+                "not measured",
                 "not measured",
                 "not measured",
                 "met",

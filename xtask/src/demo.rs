@@ -217,6 +217,13 @@ pub(crate) fn stop(mut service: Service) -> Option<ExitStatus> {
 }
 
 fn terminate(service: &mut Service) -> Option<ExitStatus> {
+    // Ended and reaped already: its process id may be another process's by now.
+    if let Ok(Some(status)) = service.child.try_wait() {
+        if let Some(pid_file) = &service.launch.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+        return Some(status);
+    }
     let pid = Pid::from_raw(service.child.id() as i32);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(15);

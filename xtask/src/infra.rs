@@ -432,8 +432,18 @@ fn postmaster_pid(text: &str) -> Option<(i32, u16)> {
     ))
 }
 
+/// Whether process `pid` exists and has not ended (a zombie has: it only waits to be reaped).
 fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    if pid <= 0 || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        });
+    state.as_deref() != Some("Z")
 }
 
 /// Whether process `pid` runs a program whose name starts with `program`.
@@ -514,6 +524,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let pid_file = dir.join("x.pid");
         let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        // Just spawned, a child can still show its parent's program for a moment.
+        let pid = sleeper.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs(pid, "sleep") {
+            assert!(Instant::now() < deadline, "the sleeper never ran sleep");
+            std::thread::yield_now();
+        }
         std::fs::write(&pid_file, sleeper.id().to_string()).unwrap();
         // Not the program named: left alone (a pid reused by something else).
         stop_leftover(&pid_file, "nats-server");

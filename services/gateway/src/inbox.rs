@@ -349,6 +349,6 @@ mod tests {
         );
         assert_eq!(inboxes.snapshot().len(), 1);
         // One session is kept inline: no allocation of its own per idle client.
-        assert!(std::mem::size_of::<ClientSessions>() <= 24);
+        assert!(size_of::<ClientSessions>() <= 24);
     }
 }
