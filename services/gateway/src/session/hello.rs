@@ -16,9 +16,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Session, Sink, close_frame, error_text};
-use crate::Shared;
 use crate::meters as m;
 use crate::outbound::Outbound;
+use crate::shared::Shared;
 
 /// Takes a connection through its hello after the WebSocket handshake. An accepted session is
 /// returned as the future that serves it; a refused one has been answered and closed.

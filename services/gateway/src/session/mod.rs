@@ -24,7 +24,7 @@
 //! - A dispatcher's feeds are boxed and absent for drivers and riders; an idle session's
 //!   command queue holds no allocation.
 //! - The gateway's stop and NATS reconnects reach every session through one watch
-//!   ([`crate::Signal`]), and the session's only timer wakes it when a ping is due or its idle
+//!   ([`crate::shared::Signal`]), and the session's only timer wakes it when a ping is due or its idle
 //!   deadline may have passed: one wake-up per ping interval when idle.
 //! - Several functions return an async block instead of being `async fn`: an async fn keeps
 //!   its arguments twice in its state, once as passed and once as moved into its body.
@@ -55,11 +55,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::Shared;
 use crate::inbox::Recipient;
 use crate::meters as m;
 use crate::outbound::{Key, Outbound};
 use crate::ratelimit::TokenBucket;
+use crate::shared::Shared;
 use commands::Pending;
 use dispatcher::Feeds;
 use driver::DriverSession;
