@@ -148,6 +148,12 @@ async fn session(
             let demand = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 demand = async { queue.lock().await.recv().await } => demand,
+                // Keep reading while waiting for demand, as a real app does: reading answers
+                // the server's pings, without which an idle rider is closed as idle.
+                message = client::next(ws) => match message? {
+                    Some(_) => continue,
+                    None => anyhow::bail!("the gateway closed the connection"),
+                },
             };
             let Some(demand) = demand else { return Ok(()) };
             *counter += 1;

@@ -23,11 +23,91 @@ pub enum Key {
     Aggregates(u64),
 }
 
-/// Why the server closes a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Close {
-    pub code: u16,
-    pub reason: &'static str,
+/// Why the server closes a connection: a closed set, each with its close code, the reason
+/// the client reads and the label `gateway_closes_total` counts it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The session ended normally (the client closed, or the server did after it).
+    Normal,
+    /// The client went without a close frame (its socket closed or reset).
+    Gone,
+    TooBig,
+    ProtocolError,
+    Binary,
+    RateLimited,
+    GoingAway,
+    Idle,
+    WriteFailed,
+    SlowConsumer,
+}
+
+impl Close {
+    pub const ALL: [Close; 10] = [
+        Self::Normal,
+        Self::Gone,
+        Self::TooBig,
+        Self::ProtocolError,
+        Self::Binary,
+        Self::RateLimited,
+        Self::GoingAway,
+        Self::Idle,
+        Self::WriteFailed,
+        Self::SlowConsumer,
+    ];
+
+    pub fn code(self) -> u16 {
+        use protocol::client::close_code;
+        match self {
+            Self::Normal | Self::Gone => 1000,
+            Self::TooBig => 1009,
+            Self::ProtocolError => 1002,
+            Self::Binary => 1003,
+            Self::RateLimited => close_code::RATE_LIMITED,
+            Self::GoingAway | Self::Idle => 1001,
+            Self::WriteFailed => 1011,
+            Self::SlowConsumer => close_code::SLOW_CONSUMER,
+        }
+    }
+
+    /// What the client reads in the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Normal | Self::Gone => "bye",
+            Self::TooBig => "message too big",
+            Self::ProtocolError => "protocol error",
+            Self::Binary => "binary frames are not accepted",
+            Self::RateLimited => "rate limit exceeded",
+            Self::GoingAway => "server going away",
+            Self::Idle => "idle timeout",
+            Self::WriteFailed => "write failed",
+            Self::SlowConsumer => "too slow to receive messages",
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Gone => "gone",
+            Self::TooBig => "too_big",
+            Self::ProtocolError => "protocol_error",
+            Self::Binary => "binary",
+            Self::RateLimited => "rate_limited",
+            Self::GoingAway => "going_away",
+            Self::Idle => "idle",
+            Self::WriteFailed => "write_failed",
+            Self::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+/// The connection closes for `why`, unless it is closing already: each connection's close
+/// is counted once, for the first reason.
+fn decide_close(inner: &mut Inner, why: Close) {
+    if inner.close.is_none() {
+        inner.close = Some(why);
+        metrics::counter!(m::CLOSES, "reason" => why.label()).increment(1);
+    }
 }
 
 /// What the writer sends next.
@@ -86,10 +166,7 @@ impl Outbound {
                 return;
             }
             if inner.control.len() >= capacity {
-                inner.close = Some(Close {
-                    code: protocol::client::close_code::SLOW_CONSUMER,
-                    reason: "too slow to receive messages",
-                });
+                decide_close(inner, Close::SlowConsumer);
                 metrics::counter!(m::QUEUE_DROPS, "kind" => "control").increment(1);
                 return;
             }
@@ -146,10 +223,8 @@ impl Outbound {
     }
 
     /// Asks the writer to close the connection after what is queued.
-    pub fn close(&self, code: u16, reason: &'static str) {
-        self.with(|inner| {
-            inner.close.get_or_insert(Close { code, reason });
-        });
+    pub fn close(&self, why: Close) {
+        self.with(|inner| decide_close(inner, why));
     }
 
     /// How long the oldest unsent control message has waited. The writer takes everything
@@ -232,6 +307,29 @@ mod tests {
         assert!(batch.close.is_none());
     }
 
+    #[test]
+    fn a_connection_closes_for_its_first_reason_from_a_closed_set_of_labels() {
+        let out = Outbound::new(4, 4);
+        out.close(Close::Idle);
+        out.close(Close::Normal);
+        assert!(out.is_closing());
+        let close = out.with(|inner| inner.close);
+        assert_eq!(close, Some(Close::Idle));
+        assert_eq!(
+            (Close::Idle.code(), Close::Idle.reason()),
+            (1001, "idle timeout")
+        );
+        let mut labels: Vec<&str> = Close::ALL.iter().map(|c| c.label()).collect();
+        assert!(
+            labels
+                .iter()
+                .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Close::ALL.len());
+    }
+
     #[tokio::test]
     async fn too_many_control_messages_close_the_connection() {
         let out = Outbound::new(2, 2);
@@ -243,7 +341,7 @@ mod tests {
         let batch = out.next_batch().await;
         assert_eq!(batch.control.len(), 2);
         assert_eq!(
-            batch.close.unwrap().code,
+            batch.close.unwrap().code(),
             protocol::client::close_code::SLOW_CONSUMER
         );
     }

@@ -171,7 +171,6 @@ async fn list_trips(
             ],
         )
         .await?;
-    metrics::counter!(m::HTTP_REQUESTS, "route" => "trips", "status" => "200").increment(1);
     Ok(Json(rows.iter().map(|r| trip_from_row(r).view).collect()))
 }
 
@@ -269,7 +268,6 @@ async fn trip_detail(
             ts: r.get(4),
         })
         .collect();
-    metrics::counter!(m::HTTP_REQUESTS, "route" => "trip", "status" => "200").increment(1);
     Ok(Json(TripDetail {
         trip,
         driver_name,
@@ -288,5 +286,18 @@ pub fn routes(pool: Pool, token_secret: &[u8]) -> Router {
         .route("/api/trips", get(list_trips))
         .route("/api/trips/{trip_id}", get(trip_detail))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Counts every API request by route and status, refusals included (the outermost layer).
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = match request.uri().path() {
+        "/api/trips" => "trips",
+        _ => "trip",
+    };
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    response
 }

@@ -15,14 +15,27 @@ const HOLDING_STATES: &str = "('offered', 'accepted', 'arrived', 'in_progress')"
 impl Store {
     /// Answers a query.
     pub async fn query(&self, query: TripQuery) -> QueryReply {
-        match tokio::time::timeout(self.settings.command_timeout, self.answer(query)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => QueryReply::Error(e.into_command_error()),
-            Err(_) => QueryReply::Error(CommandError::new(
-                ErrorCode::Unavailable,
-                "database did not answer in time",
-            )),
-        }
+        let kind = match &query {
+            TripQuery::SessionState { .. } => "session_state",
+            TripQuery::Trip { .. } => "trip",
+            TripQuery::Drivers { .. } => "drivers",
+        };
+        let reply =
+            match tokio::time::timeout(self.settings.command_timeout, self.answer(query)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => QueryReply::Error(e.into_command_error()),
+                Err(_) => QueryReply::Error(CommandError::new(
+                    ErrorCode::Unavailable,
+                    "database did not answer in time",
+                )),
+            };
+        let outcome = match &reply {
+            QueryReply::Error(error) => error.code.as_str(),
+            _ => "ok",
+        };
+        metrics::counter!(crate::meters::QUERIES, "query" => kind, "outcome" => outcome)
+            .increment(1);
+        reply
     }
 
     async fn answer(&self, query: TripQuery) -> Result<QueryReply, StoreError> {

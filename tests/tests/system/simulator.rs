@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use protocol::{GeoConfig, Point};
 use simulator::{Scenario, Settings};
 use tests::services::{
@@ -13,13 +14,30 @@ use tests::{NatsServer, TestDb, unique_prefix};
 
 const CENTER: Point = Point::new(52.52, 13.405);
 
+/// The sum of counter `name`'s series that carry every label in `labels`, from a `/metrics`
+/// text.
+fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 async fn a_short_steady_city_ends_every_request_and_reports() {
     tests::init_logs();
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
-    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
     let regions = GeoConfig::default()
         .regions_covering(CENTER, 3_000.0)
         .unwrap();
@@ -29,6 +47,11 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
     wait_ready(matcher.http).await;
     let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
     wait_ready(gateway.running.http).await;
+
+    // Every service in this process shares one recorder: counters only grow, so what the
+    // run must have moved is read as a difference.
+    let metrics_at = gateway.running.http;
+    let before = tests::services::metrics_text(metrics_at).await;
 
     let mut settings = Settings::new(&format!("ws://{}/ws", gateway.ws), TOKEN_SECRET, CENTER);
     settings.drivers = 20;
@@ -90,4 +113,121 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
     assert!(!json["series"].as_array().unwrap().is_empty());
     let html = simulator::report::html(&report);
     assert!(html.contains("<svg") && html.contains("Location latency"));
+
+    // The metrics say what happened: commands, queries, the clients' ends, and the history
+    // API's answers whatever their status (here a request without a token).
+    let refused = reqwest::get(format!("http://{}/api/trips", trips.http))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let after = tests::services::metrics_text(metrics_at).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        counter(&after, name, labels) - counter(&before, name, labels)
+    };
+    assert!(
+        moved("trips_commands_total", &[("command", "create_trip")]) >= report.acknowledged as f64
+    );
+    assert!(moved("trips_commands_total", &[("command", "offer")]) > 0.0);
+    assert!(
+        moved(
+            "trips_queries_total",
+            &[("query", "session_state"), ("outcome", "ok")]
+        ) >= 40.0
+    );
+    // The clients' ends reach the gateway as their sockets close, just after the run: they
+    // go without a close frame, as the simulator drops them.
+    let ends = |metrics: &str| {
+        counter(metrics, "gateway_closes_total", &[("reason", "normal")])
+            + counter(metrics, "gateway_closes_total", &[("reason", "gone")])
+    };
+    let before_ends = ends(&before);
+    tests::eventually(
+        "the clients' ends counted",
+        Duration::from_secs(15),
+        || async {
+            let now = tests::services::metrics_text(metrics_at).await;
+            (ends(&now) - before_ends >= 40.0).then_some(())
+        },
+    )
+    .await;
+    assert!(moved("trips_http_requests_total", &[("status", "401")]) >= 1.0);
+    // Close reasons are the closed set of labels, never the text the client reads.
+    let labels: Vec<&str> = gateway::outbound::Close::ALL
+        .iter()
+        .map(|c| c.label())
+        .collect();
+    for line in after
+        .lines()
+        .filter(|l| l.starts_with("gateway_closes_total{"))
+    {
+        let reason = line
+            .split("reason=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        assert!(labels.contains(&reason), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn idle_simulated_clients_answer_pings_and_stay_connected() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    // A gateway that closes a connection silent for 2 s and pings every half second: a
+    // client that does not read (and so does not answer pings) is closed within the run.
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.limits.idle_timeout = Duration::from_secs(2);
+    config.limits.ping_interval = Duration::from_millis(500);
+    let gateway_id = config.id.clone();
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+
+    let mut settings = Settings::new(&format!("ws://{}/ws", gateway.ws), TOKEN_SECRET, CENTER);
+    settings.drivers = 0;
+    settings.riders = 10;
+    settings.scenario = Scenario::Steady;
+    // No demand: every rider waits with nothing to say.
+    settings.request_rate = 0.0;
+    settings.duration = Duration::from_secs(9);
+    settings.drain = Duration::from_secs(1);
+    settings.progress = false;
+    let run = tokio::spawn(simulator::run(settings));
+    // Two and a half idle timeouts of silence (the scenario itself, not a wait for an event).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Who is still connected, as the gateway announces it when asked.
+    let bus = async_nats::connect(nats.url()).await.unwrap();
+    let subjects = protocol::Subjects::new(&prefix).unwrap();
+    let mut presence = bus.subscribe(subjects.presence()).await.unwrap();
+    bus.flush().await.unwrap();
+    bus.publish(subjects.presence_sync(), bytes::Bytes::new())
+        .await
+        .unwrap();
+    let patience = tests::Patience::new("the gateway's snapshot", Duration::from_secs(10));
+    let connected = loop {
+        patience.check();
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), presence.next()).await
+        else {
+            continue;
+        };
+        let Ok(announced) = protocol::codec::decode::<protocol::bus::Presence>(&message.payload)
+        else {
+            continue;
+        };
+        if announced.snapshot && announced.gateway == gateway_id {
+            break announced
+                .changes
+                .iter()
+                .filter(|c| c.joined && c.role == protocol::client::Role::Rider)
+                .count();
+        }
+    };
+    assert_eq!(
+        connected, 10,
+        "idle riders were closed: they did not answer pings"
+    );
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.reconnects, 0, "{}", report.table());
 }

@@ -46,7 +46,7 @@ use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::SplitSink;
 use protocol::ErrorCode;
 use protocol::bus::{QueryReply, TripQuery};
-use protocol::client::{self, Role, ServerMessage, close_code};
+use protocol::client::{self, Role, ServerMessage};
 use protocol::rights::{self, Route, Sender};
 use protocol::time::now_ms;
 use tokio::net::TcpStream;
@@ -57,7 +57,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::inbox::Recipient;
 use crate::meters as m;
-use crate::outbound::{Key, Outbound};
+use crate::outbound::{Close, Key, Outbound};
 use crate::ratelimit::TokenBucket;
 use crate::shared::Shared;
 use commands::Pending;
@@ -143,7 +143,7 @@ fn serve(
             .clone()
             .read_loop(&mut stream, writer.as_mut())
             .await;
-        session.out.close(1000, "bye");
+        session.out.close(Close::Normal);
         // The writer sends what is queued and the close frame, or gives up after its timeout;
         // then the client's last frames (its pongs, its own close frame) are read, so that closing
         // the socket does not reset it under the client before it has read the close frame.
@@ -235,9 +235,11 @@ impl Session {
                                 match error {
                                     Error::Capacity(_) => {
                                         metrics::counter!(m::REJECTS, "reason" => "too_large").increment(1);
-                                        self.out.close(1009, "message too big");
+                                        self.out.close(Close::TooBig);
                                     }
-                                    Error::Protocol(_) | Error::Utf8(_) => self.out.close(1002, "protocol error"),
+                                    Error::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)
+                                    | Error::Io(_) | Error::ConnectionClosed | Error::AlreadyClosed => self.out.close(Close::Gone),
+                                    Error::Protocol(_) | Error::Utf8(_) => self.out.close(Close::ProtocolError),
                                     _ => {}
                                 }
                                 break;
@@ -246,7 +248,7 @@ impl Session {
                             Some(Ok(Message::Binary(_))) => {
                                 metrics::counter!(m::REJECTS, "reason" => "binary").increment(1);
                                 self.out.control(error_text(None, ErrorCode::InvalidMessage, "binary frames are not accepted; send JSON text"));
-                                self.out.close(1003, "binary frames are not accepted");
+                                self.out.close(Close::Binary);
                                 break;
                             }
                             Some(Ok(Message::Close(_))) => break,
@@ -260,7 +262,7 @@ impl Session {
                                 metrics::counter!(m::REJECTS, "reason" => "rate_limited").increment(1);
                             }
                             if strikes >= limits.max_strikes {
-                                self.out.close(close_code::RATE_LIMITED, "rate limit exceeded");
+                                self.out.close(Close::RateLimited);
                                 break;
                             }
                             continue;
@@ -273,7 +275,7 @@ impl Session {
                     }
                     Ok(()) = signal.changed() => {
                         if signal.borrow_and_update().stopping {
-                            self.out.close(1001, "server going away");
+                            self.out.close(Close::GoingAway);
                             break;
                         }
                         // NATS came back: what was published meanwhile is gone, so the client gets
@@ -284,8 +286,7 @@ impl Session {
                     message = dispatcher::next_view(&mut feeds.view) => self.on_view(message),
                     () = &mut housekeeping => {
                         if last_seen.elapsed() >= limits.idle_timeout {
-                            metrics::counter!(m::CLOSES, "reason" => "idle").increment(1);
-                            self.out.close(1001, "idle timeout");
+                            self.out.close(Close::Idle);
                             break;
                         }
                         if last_ping.elapsed() >= limits.ping_interval {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use protocol::client::{ServerMessage, close_code};
+use protocol::client::ServerMessage;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Sink, close_frame};
 use crate::meters as m;
-use crate::outbound::{Batch, Outbound};
+use crate::outbound::{Batch, Close, Outbound};
 
 /// Drains the connection's outbound queue to its socket. A client that does not take a batch
 /// within `write_timeout`, or leaves a control message queued behind it for longer than
@@ -96,13 +96,12 @@ async fn write_within(
         Some(Ok(())) if closing => Written::Closing,
         Some(Ok(())) => Written::More,
         Some(Err(_)) => {
-            out.close(1011, "write failed");
+            out.close(Close::WriteFailed);
             Written::GaveUp
         }
         None => {
             // The client does not read: give up on it.
-            metrics::counter!(m::CLOSES, "reason" => "write_timeout").increment(1);
-            out.close(close_code::SLOW_CONSUMER, "too slow to receive messages");
+            out.close(Close::SlowConsumer);
             Written::GaveUp
         }
     }
@@ -133,8 +132,7 @@ async fn write_batch(
         sink.feed(Message::Ping(Default::default())).await?;
     }
     if let Some(close) = &batch.close {
-        metrics::counter!(m::CLOSES, "reason" => close.reason).increment(1);
-        sink.feed(close_frame(close.code, close.reason)).await?;
+        sink.feed(close_frame(close.code(), close.reason())).await?;
     }
     sink.flush().await
 }
