@@ -3,37 +3,37 @@
 
 kit::meters! {
     /// Open client connections, by `role`.
-    gauge CONNECTIONS = "gateway_connections";
+    gauge CONNECTIONS = "gateway_connections" [role = "driver"];
     /// Connection attempts, by `outcome` (accepted, over_capacity, handshake_failed, unauthorized,
     /// unsupported_version, hello_timeout).
-    counter CONNECTION_ATTEMPTS = "gateway_connection_attempts_total";
+    counter CONNECTION_ATTEMPTS = "gateway_connection_attempts_total" [outcome = "accepted"];
     /// Connections closed by the server, by `reason`.
-    counter CLOSES = "gateway_closes_total";
+    counter CLOSES = "gateway_closes_total" [reason = "normal"];
     /// Client messages received, by `kind`.
-    counter MESSAGES = "gateway_messages_total";
+    counter MESSAGES = "gateway_messages_total" [kind = "location"];
     /// Client messages refused, by `reason` (an error code).
-    counter REJECTS = "gateway_rejects_total";
+    counter REJECTS = "gateway_rejects_total" [reason = "invalid_message"];
     /// Role violations (a message the client's role may not send), by `kind`.
-    counter FORBIDDEN = "gateway_forbidden_total";
+    counter FORBIDDEN = "gateway_forbidden_total" [kind = "request_ride"];
     /// Positions accepted for publishing to NATS (see `publisher`).
     counter POSITIONS_PUBLISHED = "gateway_positions_published_total";
     /// Positions not published, by `reason` (stale, nats_down, backlog).
-    counter POSITIONS_DROPPED = "gateway_positions_dropped_total";
+    counter POSITIONS_DROPPED = "gateway_positions_dropped_total" [reason = "stale"];
     /// What follows from a position on a trip and was dropped (the publishing queue was full),
     /// by `what` (breadcrumb, rider); the position itself was published.
+    counter FOLLOW_UPS_DROPPED = "gateway_position_follow_ups_dropped_total" [what = "rider"];
     /// Client messages received from NATS, by `gateway` (this process's id), `via`
     /// (targeted: on this gateway's subject; broadcast: on every client's) and `outcome`
     /// (delivered, forwarded: the client left, sent on to every gateway; not_here).
-    counter CLIENT_MESSAGES = "gateway_client_messages_total";
-    counter FOLLOW_UPS_DROPPED = "gateway_position_follow_ups_dropped_total";
+    counter CLIENT_MESSAGES = "gateway_client_messages_total" [];
     /// Publications handed to the NATS client together (see `publisher`).
     histogram PUBLISH_BATCH = "gateway_publish_batch_size";
     /// Time to carry out a client command through the trips service, by `kind`.
-    histogram COMMAND_DURATION = "gateway_command_duration_seconds";
+    histogram COMMAND_DURATION = "gateway_command_duration_seconds" [kind = "go_online"];
     /// Outbound messages dropped or replaced for slow clients, by `kind` (coalesced, dropped).
-    counter QUEUE_DROPS = "gateway_queue_drops_total";
+    counter QUEUE_DROPS = "gateway_queue_drops_total" [kind = "coalesced"];
     /// Frames sent to clients, by `kind`.
-    counter FRAMES_SENT = "gateway_frames_sent_total";
+    counter FRAMES_SENT = "gateway_frames_sent_total" [kind = "control"];
     /// Dashboard API calls the trips service did not answer.
     counter API_PROXY_FAILURES = "gateway_api_proxy_failures_total";
     /// Times the NATS connection came back and every session re-read its state.

@@ -68,7 +68,7 @@ pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client>
         events.clone(),
         "NATS connection events (connected, disconnected, slow_consumer...), by event"
     );
-    metrics::counter!(events.clone()).increment(0);
+    metrics::counter!(events.clone(), "event" => "connected").increment(0);
     metrics::describe_histogram!(
         "bus_request_duration_seconds",
         "Time for a request over NATS to be answered"

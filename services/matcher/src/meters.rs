@@ -2,7 +2,7 @@
 
 kit::meters! {
     /// Position updates applied to the index, by `outcome` (inserted, moved, updated, stale).
-    counter POSITIONS = "matcher_positions_total";
+    counter POSITIONS = "matcher_positions_total" [outcome = "updated"];
     /// Positions dropped because the engine was behind.
     counter POSITIONS_DROPPED = "matcher_positions_dropped_total";
     /// Drivers in the index.
@@ -12,11 +12,11 @@ kit::meters! {
     /// Ride requests received.
     counter REQUESTS = "matcher_requests_total";
     /// Offer claims, by `outcome` (offered, conflict, gone, error).
-    counter CLAIMS = "matcher_claims_total";
+    counter CLAIMS = "matcher_claims_total" [outcome = "offered"];
     /// Time from receiving a request to its offer being stored, by `strategy`.
-    histogram MATCH_LATENCY = "matcher_match_latency_seconds";
+    histogram MATCH_LATENCY = "matcher_match_latency_seconds" [strategy = "greedy"];
     /// Estimated pickup time of offers made, by `strategy`.
-    histogram PICKUP_ETA = "matcher_pickup_eta_seconds";
+    histogram PICKUP_ETA = "matcher_pickup_eta_seconds" [strategy = "greedy"];
     /// Offers the matcher expired for lack of an answer.
     counter OFFERS_EXPIRED = "matcher_offers_expired_total";
     /// Requests that ran out of search time.
@@ -24,5 +24,5 @@ kit::meters! {
     /// Drivers evicted for silence.
     counter EVICTED = "matcher_evicted_total";
     /// Time to solve one matching round, by `strategy`.
-    histogram ROUND_DURATION = "matcher_round_duration_seconds";
+    histogram ROUND_DURATION = "matcher_round_duration_seconds" [strategy = "greedy"];
 }

@@ -2,13 +2,13 @@
 
 kit::meters! {
     /// Commands handled, by `command` and `outcome` (changed, unchanged or an error code).
-    counter COMMANDS = "trips_commands_total";
+    counter COMMANDS = "trips_commands_total" [command = "create_trip", outcome = "changed"];
     /// Time to carry out a command, by `command`.
-    histogram COMMAND_DURATION = "trips_command_duration_seconds";
+    histogram COMMAND_DURATION = "trips_command_duration_seconds" [command = "create_trip"];
     /// Transitions written by one statement.
     histogram WRITE_BATCH = "trips_write_batch_size";
     /// Queries answered, by `query` and `outcome`.
-    counter QUERIES = "trips_queries_total";
+    counter QUERIES = "trips_queries_total" [query = "session_state", outcome = "ok"];
     /// Outbox messages published.
     counter OUTBOX_PUBLISHED = "trips_outbox_published_total";
     /// Outbox publish attempts that failed (the messages stay and are retried).
@@ -26,7 +26,7 @@ kit::meters! {
     /// Breadcrumb rows deleted by retention.
     counter BREADCRUMBS_DELETED = "trips_breadcrumbs_deleted_total";
     /// Messages on the bus that could not be decoded.
-    counter MALFORMED = "trips_malformed_messages_total";
+    counter MALFORMED = "trips_malformed_messages_total" [subject = "command"];
     /// HTTP API requests, by `route` and `status`.
-    counter HTTP_REQUESTS = "trips_http_requests_total";
+    counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
 }

@@ -282,6 +282,28 @@ async fn every_metric_the_grafana_dashboards_query_is_exported() {
         names.extend(exported(&tests::services::metrics_text(http).await));
     }
     assert!(names.contains("gateway_connections"), "{names:?}");
+    // A labelled metric is exported with labels only: an unlabelled series of it would be an
+    // empty entry in every `by (...)` panel.
+    let text = tests::services::metrics_text(gateway.running.http).await;
+    let declared = gateway::meters::LABELLED
+        .iter()
+        .chain(matcher::meters::LABELLED)
+        .chain(trips::meters::LABELLED);
+    for (metric, labelled) in declared {
+        if !labelled {
+            continue;
+        }
+        for bare in [
+            format!("{metric} "),
+            format!("{metric}_count "),
+            format!("{metric}_sum "),
+        ] {
+            assert!(
+                !text.lines().any(|line| line.starts_with(&bare)),
+                "{metric} is exported without labels"
+            );
+        }
+    }
 
     let dir = workspace_root().join("dashboards/grafana");
     let mut checked = 0;
