@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::Role;
+use tests::process::{bare_ws_server, cpu_seconds, free_port, raise_fd_limit, settled_rss};
 use tests::services::{TOKEN_SECRET, start_trips, trips_config};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 const SOURCES: u8 = 8;
 /// Connections opened at once.
@@ -35,63 +35,6 @@ const CONCURRENCY: usize = 256;
 const TARGET: usize = 100_000;
 /// How long the CPU of a server holding idle connections is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Lifts this process's open-file limit as far as allowed; children inherit it.
-fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    let wanted = 1_048_576u64;
-    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
-        return wanted;
-    }
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    hard
-}
-
-/// The bare server: accepts WebSockets and holds them, nothing more. Runs in a child process
-/// (this same binary) so that its memory is its own.
-async fn bare_server(port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            // The gateway's socket settings, so the difference is the gateway's own state.
-            let config = WebSocketConfig::default()
-                .read_buffer_size(256)
-                .write_buffer_size(0)
-                .max_message_size(Some(16 * 1024))
-                .max_frame_size(Some(16 * 1024));
-            if let Ok(mut ws) =
-                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
-            {
-                while let Some(Ok(_)) = ws.next().await {}
-            }
-        });
-    }
-}
 
 /// Opens `count` connections to `addr`, saying hello with `token_for(i)` when given and
 /// waiting for an answer; returns the open sockets.
@@ -149,40 +92,11 @@ async fn open_many(
     open
 }
 
-/// CPU time the process has used, seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    // utime and stime, the 14th and 15th fields, in clock ticks of 1/100 s (after the command
-    // name, which is in parentheses and may hold spaces).
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            let ticks: u64 =
-                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
 /// The share of one core the process uses over `IDLE_WINDOW`, percent.
 async fn idle_cpu_percent(pid: u32) -> f64 {
     let before = cpu_seconds(pid);
     tokio::time::sleep(IDLE_WINDOW).await;
     (cpu_seconds(pid) - before) / IDLE_WINDOW.as_secs_f64() * 100.0
-}
-
-/// Waits until the process's memory stops changing, and returns it.
-async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid);
-        if now.abs_diff(last) < 256 {
-            return now;
-        }
-        last = now;
-    }
-    last
 }
 
 struct Held {
@@ -207,7 +121,7 @@ fn stop(mut child: Child) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if let Ok(port) = std::env::var("BENCH_BARE_SERVER") {
-        bare_server(port.parse()?).await;
+        bare_ws_server(port.parse()?).await;
         return Ok(());
     }
     let limit = raise_fd_limit();
@@ -259,13 +173,13 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await;
-    let before = settled_rss(bare.id()).await;
+    let before = settled_rss(bare.id(), 256).await;
     println!("bare tokio-tungstenite server: opening {count} connections");
     let held = open_many(bare_addr, count, None).await;
     let bare_held = Held {
         connections: held.len(),
         before_kib: before,
-        after_kib: settled_rss(bare.id()).await,
+        after_kib: settled_rss(bare.id(), 256).await,
         idle_cpu_percent: idle_cpu_percent(bare.id()).await,
     };
     drop(held);
@@ -298,14 +212,14 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
     let gateway_addr: SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
     tests::services::wait_ready(format!("127.0.0.1:{http_port}").parse()?).await;
-    let before = settled_rss(gateway.id()).await;
+    let before = settled_rss(gateway.id(), 256).await;
     println!("gateway: opening {count} rider connections (hello, welcome, session state)");
     let token = |i: usize| tests::client::token(Role::Rider, &format!("idle-rider-{i}"));
     let held = open_many(gateway_addr, count, Some(&token)).await;
     let gateway_held = Held {
         connections: held.len(),
         before_kib: before,
-        after_kib: settled_rss(gateway.id()).await,
+        after_kib: settled_rss(gateway.id(), 256).await,
         idle_cpu_percent: idle_cpu_percent(gateway.id()).await,
     };
     // Still held and answering: one more rider gets through.

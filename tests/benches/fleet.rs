@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::Role;
+use tests::process::{free_port, raise_fd_limit, settled_rss};
 use tests::services::{TOKEN_SECRET, start_trips, trips_config, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::net::TcpSocket;
@@ -40,46 +41,6 @@ const MOVING_EVERY: usize = 10;
 const MOVING_WINDOW: Duration = Duration::from_secs(20);
 const SOURCES: usize = 8;
 const CENTER: (f64, f64) = (52.52, 13.405);
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Waits until the process's memory stops changing, and returns it.
-async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid);
-        if now.abs_diff(last) < 512 {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    hard
-}
 
 /// One driver: connects, says hello, then keeps reading (answering pings) and, when it is
 /// one of the moving ones and `moving` says so, reports a position every second.
@@ -338,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut before = Vec::new();
     for (child, _, _) in &gateways {
-        before.push(settled_rss(child.id()).await);
+        before.push(settled_rss(child.id(), 512).await);
     }
 
     // Positions reaching a NATS subscriber.
@@ -378,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut per_gateway_rows = Vec::new();
     for ((child, _, http), before) in gateways.iter().zip(&before) {
-        let after = settled_rss(child.id()).await;
+        let after = settled_rss(child.id(), 512).await;
         let connections = connections_at(*http).await;
         let bytes = after.saturating_sub(*before) as f64 * 1024.0 / connections.max(1.0);
         per_gateway_rows.push((connections, *before, after, bytes));

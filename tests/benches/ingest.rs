@@ -33,6 +33,7 @@ use protocol::bus::Position;
 use protocol::client::{Role, VehicleStatus};
 use protocol::{GeoConfig, Point, codec};
 use tests::client::{Client, Ws};
+use tests::process::{bare_ws_server, cpu_seconds, free_port};
 use tests::services::{matcher_config, start_matcher, start_trips, trips_config, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
@@ -203,54 +204,6 @@ fn quantiles_ms(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-/// CPU time the process has used, seconds (utime and stime from `/proc/PID/stat`).
-fn cpu_seconds(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            let ticks: u64 =
-                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-/// A bare WebSocket server with the gateway's socket settings that reads every message and
-/// does nothing with it: the floor for a server's CPU per message. Runs in a child process
-/// (this same binary) so that its CPU is its own.
-async fn bare_server(port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-                .read_buffer_size(256)
-                .write_buffer_size(0)
-                .max_message_size(Some(16 * 1024))
-                .max_frame_size(Some(16 * 1024));
-            if let Ok(mut ws) =
-                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
-            {
-                while let Some(Ok(_)) = ws.next().await {}
-            }
-        });
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One climb of the ladder and the steps at half and nine tenths of its lossless rate.
 struct Climb {
     lossless: f64,
@@ -391,7 +344,7 @@ fn spread(values: &[f64]) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if let Ok(port) = std::env::var("BENCH_INGEST_BARE_SERVER") {
-        bare_server(port.parse()?).await;
+        bare_ws_server(port.parse()?).await;
         return Ok(());
     }
     let runs: usize = std::env::var("BENCH_INGEST_RUNS")

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod nats;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 pub mod services;
 

@@ -1,0 +1,98 @@
+//! What the benchmarks read of processes and need of the machine: resident memory, CPU time,
+//! free ports, the open-file limit, and a bare WebSocket server to measure against.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Resident memory of process `pid`, KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the process's memory changes by less than `tolerance_kib` in half a second
+/// (for 15 s at most), and returns it.
+pub async fn settled_rss(pid: u32, tolerance_kib: u64) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid);
+        if now.abs_diff(last) < tolerance_kib {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// CPU time process `pid` has used, seconds: utime and stime, the 14th and 15th fields of
+/// `/proc/PID/stat`, in ticks of 1/100 s (after the command name, which is in parentheses and
+/// may hold spaces).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Lifts this process's open-file limit as far as allowed (children inherit it); returns it.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    let wanted = 1_048_576u64;
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_ok() {
+        return wanted;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    hard
+}
+
+/// A bare WebSocket server with the gateway's socket settings (256-byte read buffer, no write
+/// buffer, 16 KiB frames) that accepts connections and reads every message, doing nothing
+/// with it: the floor a server's memory and CPU are measured against. Run it in a process of
+/// its own, so that what it uses is its own.
+pub async fn bare_ws_server(port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("binding the bare server");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let config = WebSocketConfig::default()
+                .read_buffer_size(256)
+                .write_buffer_size(0)
+                .max_message_size(Some(16 * 1024))
+                .max_frame_size(Some(16 * 1024));
+            if let Ok(mut ws) =
+                tokio_tungstenite::accept_async_with_config(stream, Some(config)).await
+            {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        });
+    }
+}
