@@ -15,7 +15,6 @@
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -190,15 +189,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/dispatch-gateway"),
-        PathBuf::from,
-    );
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} is missing: run `cargo xtask bench connections`, which builds it",
-        binary.display()
-    );
+    let binary = tests::process::gateway_binary("connections")?;
     let (ws_port, http_port) = (free_port(), free_port());
     let gateway = Command::new(&binary)
         .args(["serve", "--ws", &format!("127.0.0.1:{ws_port}")])

@@ -15,7 +15,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -267,15 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/dispatch-gateway"),
-        PathBuf::from,
-    );
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} is missing: run `cargo xtask bench fleet`, which builds it",
-        binary.display()
-    );
+    let binary = tests::process::gateway_binary("fleet")?;
     let mut gateways = Vec::new();
     for i in 0..gateway_count {
         let (ws, http) = (free_port(), free_port());

@@ -364,18 +364,7 @@ async fn main() -> anyhow::Result<()> {
     let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
     wait_ready(matcher.http).await;
     // The gateway in a process of its own, so that its CPU time is its own.
-    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
-        || {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/release/dispatch-gateway")
-        },
-        std::path::PathBuf::from,
-    );
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} is missing: run `cargo xtask bench ingest`, which builds it",
-        binary.display()
-    );
+    let binary = tests::process::gateway_binary("ingest")?;
     let (ws_port, http_port) = (free_port(), free_port());
     let mut gateway = std::process::Command::new(&binary)
         .args(["serve", "--ws", &format!("127.0.0.1:{ws_port}")])

@@ -96,3 +96,21 @@ pub async fn bare_ws_server(port: u16) {
         });
     }
 }
+
+/// The release gateway binary a benchmark runs: `GATEWAY_BIN` (`cargo xtask bench` sets it to
+/// the one it builds), else the workspace's `target/release/dispatch-gateway`.
+pub fn gateway_binary(bench: &str) -> anyhow::Result<std::path::PathBuf> {
+    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/release/dispatch-gateway")
+        },
+        std::path::PathBuf::from,
+    );
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo xtask bench {bench}`, which builds it",
+        binary.display()
+    );
+    Ok(binary)
+}

@@ -28,7 +28,8 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    clients: HashMap<(Role, Box<str>), Entry>,
+    /// By role, then id: a lookup borrows the id rather than building a key.
+    clients: HashMap<Role, HashMap<Box<str>, Entry>>,
     /// Until when each gateway's word holds.
     gateways: HashMap<Arc<str>, Instant>,
 }
@@ -77,7 +78,9 @@ impl Directory {
         };
         if presence.stopping {
             inner.gateways.remove(&gateway);
-            inner.clients.retain(|_, entry| entry.gateway != gateway);
+            for clients in inner.clients.values_mut() {
+                clients.retain(|_, entry| entry.gateway != gateway);
+            }
             return;
         }
         let valid = now + Duration::from_millis(u64::from(presence.valid_for_ms));
@@ -86,8 +89,8 @@ impl Directory {
             if !self.roles.contains(&change.role) {
                 continue;
             }
-            let key = (change.role, Box::<str>::from(change.id.as_str()));
-            match inner.clients.get(&key) {
+            let clients = inner.clients.entry(change.role).or_default();
+            match clients.get(change.id.as_str()) {
                 // A later connection elsewhere holds the client; this word is older news.
                 Some(entry) if entry.gateway != gateway && entry.since > change.since => {}
                 Some(entry) if !change.joined && entry.gateway != gateway => {}
@@ -96,10 +99,10 @@ impl Directory {
                         gateway: gateway.clone(),
                         since: change.since,
                     };
-                    inner.clients.insert(key, entry);
+                    clients.insert(change.id.as_str().into(), entry);
                 }
                 _ => {
-                    inner.clients.remove(&key);
+                    clients.remove(change.id.as_str());
                 }
             }
         }
@@ -108,7 +111,7 @@ impl Directory {
     /// The gateway holding (`role`, `id`), if it is known and its gateway is alive.
     pub fn gateway_of(&self, role: Role, id: &str, now: Instant) -> Option<Arc<str>> {
         let inner = self.inner.lock().expect("directory lock");
-        let entry = inner.clients.get(&(role, Box::<str>::from(id)))?;
+        let entry = inner.clients.get(&role)?.get(id)?;
         let alive = inner
             .gateways
             .get(&entry.gateway)
@@ -157,14 +160,15 @@ impl Directory {
         for name in &gone {
             inner.gateways.remove(name);
         }
-        inner
-            .clients
-            .retain(|_, entry| !gone.contains(&entry.gateway));
+        for clients in inner.clients.values_mut() {
+            clients.retain(|_, entry| !gone.contains(&entry.gateway));
+        }
     }
 
     /// Clients known.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("directory lock").clients.len()
+        let inner = self.inner.lock().expect("directory lock");
+        inner.clients.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
