@@ -1,4 +1,5 @@
-//! Why NATS payloads are postcard: encode and decode a driver position both ways.
+//! Why NATS payloads are postcard: encode and decode a driver position both ways; and what
+//! reading a client's location frame costs.
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 //!
 //! Run with `cargo bench -p protocol --bench codec`.
@@ -48,6 +49,19 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("postcard_decode", |b| {
         b.iter(|| codec::decode::<Position>(black_box(&binary)).unwrap())
+    });
+    group.finish();
+
+    // A driver's location frame as a gateway reads it: `client::decode` (read straight into a
+    // location) beside reading it through the tagged enum, as `decode` did before.
+    let frame = r#"{"type":"location","lat":52.520008,"lng":13.404954,"heading":87.5,"speed":11.2,"accuracy":4,"ts":1800000000000,"seq":123456}"#;
+    let now = 1_800_000_000_000;
+    let mut group = c.benchmark_group("location_frame");
+    group.bench_function("decode", |b| {
+        b.iter(|| protocol::client::decode(black_box(frame), now).unwrap())
+    });
+    group.bench_function("through_the_enum", |b| {
+        b.iter(|| serde_json::from_str::<protocol::client::ClientMessage>(black_box(frame)).unwrap())
     });
     group.finish();
 }

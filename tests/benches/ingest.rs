@@ -16,10 +16,13 @@
 //! Run with `cargo xtask bench ingest` (or `cargo bench -p tests --bench ingest` with
 //! `NATS_SERVER_BIN` set). Prints a table and writes `target/bench/ingest.json`.
 //!
-//! Each client sends every 10 ms. By default the clients' sends are spread over those 10 ms,
-//! as independent drivers' are; `BENCH_INGEST_SENDS=aligned` makes all of them send in the
-//! same millisecond, which lets the gateway and NATS batch more per wakeup (more throughput)
-//! and measures bursts (a longer latency tail).
+//! Each client sends one position at a time, every 1,000/rate seconds (10 ms at 100,000/s).
+//! By default the clients' sends are spread over that period, as independent drivers' are;
+//! `BENCH_INGEST_SENDS=aligned` makes all of them send in the same millisecond, which lets the
+//! gateway and NATS batch more per wakeup (more throughput) and measures bursts (a longer
+//! latency tail). Every step reports the CPU time per position of the gateway, of the
+//! nats-server and of this process (the clients, the subscriber, the matcher and the trips
+//! service), so what the system costs is told apart from what the load costs.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -44,6 +47,18 @@ const RATES: &[u64] = &[
     5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000, 90_000, 100_000, 110_000, 120_000,
     160_000,
 ];
+/// The ladder's offered rates, or `BENCH_INGEST_RATES` (comma-separated) to hold chosen ones,
+/// for example to profile one rate.
+fn rates() -> Vec<u64> {
+    match std::env::var("BENCH_INGEST_RATES") {
+        Ok(list) => list
+            .split(',')
+            .map(|r| r.trim().parse().expect("BENCH_INGEST_RATES: rates per second"))
+            .collect(),
+        Err(_) => RATES.to_vec(),
+    }
+}
+
 const BASELINE_MESSAGES: u64 = 1_000_000;
 const CENTER: Point = Point::new(52.52, 13.405);
 
@@ -118,45 +133,33 @@ async fn step(
     latency.lock().unwrap().reset();
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let per_client = rate as f64 / clients.len() as f64;
-    let mut tasks = Vec::new();
-    // Each client sends its share every 10 ms, in one flush, at its own phase within the
-    // 10 ms unless the sends are aligned.
+    // Each client sends one position every `period`, as a driver's app does, at its own phase
+    // within the period unless the sends are aligned. A client wakes only to send.
     let clients_n = clients.len().max(1);
+    let period = Duration::from_nanos((clients_n as u64 * 1_000_000_000) / rate.max(1));
     let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
     for (i, mut ws) in clients.into_iter().enumerate() {
         let (stop, sent) = (stop.clone(), sent.clone());
         let phase = match aligned_sends() {
             true => Duration::ZERO,
-            false => Duration::from_micros((i * 10_000 / clients_n) as u64),
+            false => period.mul_f64(i as f64 / clients_n as f64),
         };
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(start + phase, Duration::from_millis(10));
-            let mut owed = (i as f64 * 0.37) % 1.0;
+            let mut tick = tokio::time::interval_at(start + phase, period);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                owed += per_client / 100.0;
-                let mut queued = 0u64;
-                while owed >= 1.0 {
-                    owed -= 1.0;
-                    let text = format!(
-                        r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
-                        CENTER.lat + (i % 100) as f64 * 1e-3,
-                        CENTER.lng + (i / 100) as f64 * 1e-3,
-                        protocol::time::now_ms(),
-                        micros(epoch)
-                    );
-                    if ws.feed(Message::text(text)).await.is_err() {
-                        return ws;
-                    }
-                    queued += 1;
+                let text = format!(
+                    r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
+                    CENTER.lat + (i % 100) as f64 * 1e-3,
+                    CENTER.lng + (i / 100) as f64 * 1e-3,
+                    protocol::time::now_ms(),
+                    micros(epoch)
+                );
+                if ws.send(Message::text(text)).await.is_err() {
+                    return ws;
                 }
-                if queued > 0 {
-                    if ws.flush().await.is_err() {
-                        return ws;
-                    }
-                    sent.fetch_add(queued, Ordering::Relaxed);
-                }
+                sent.fetch_add(1, Ordering::Relaxed);
             }
             ws
         }));
@@ -213,6 +216,8 @@ struct Climb {
     at: serde_json::Map<String, serde_json::Value>,
     /// Gateway CPU per position at half the lossless rate, microseconds.
     cpu_us_at_half: f64,
+    /// Every process's CPU per position at half the lossless rate.
+    cpu_at_half: Option<Cpu>,
 }
 
 struct Rig {
@@ -221,12 +226,35 @@ struct Rig {
     latency: Arc<Mutex<Histogram<u64>>>,
     epoch: Instant,
     gateway_pid: u32,
+    nats_pid: u32,
+}
+
+/// CPU time per position received during a step, microseconds, by process.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    gateway: f64,
+    nats_server: f64,
+    /// This process: the 1,000 clients, the subscriber that times the positions, the matcher
+    /// and the trips service.
+    bench: f64,
+}
+
+impl Cpu {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "gateway": self.gateway,
+            "nats_server": self.nats_server,
+            "bench_process": self.bench,
+            "total": self.gateway + self.nats_server + self.bench,
+        })
+    }
 }
 
 impl Rig {
-    /// A step, with the gateway's CPU per position it received.
-    async fn step(&self, clients: Vec<Ws>, rate: u64) -> (Vec<Ws>, Step, f64) {
-        let cpu = cpu_seconds(self.gateway_pid);
+    /// A step, with each process's CPU per position received.
+    async fn step(&self, clients: Vec<Ws>, rate: u64) -> (Vec<Ws>, Step, Cpu) {
+        let pids = [self.gateway_pid, self.nats_pid, std::process::id()];
+        let before = pids.map(cpu_seconds);
         let (clients, result) = step(
             clients,
             &self.received,
@@ -235,14 +263,19 @@ impl Rig {
             rate.max(1),
         )
         .await;
-        let used = cpu_seconds(self.gateway_pid) - cpu;
-        let per = used * 1e6 / result.received.max(1) as f64;
-        (clients, result, per)
+        let after = pids.map(cpu_seconds);
+        let per = |i: usize| (after[i] - before[i]) * 1e6 / result.received.max(1) as f64;
+        let cpu = Cpu {
+            gateway: per(0),
+            nats_server: per(1),
+            bench: per(2),
+        };
+        (clients, result, cpu)
     }
 
     async fn climb(&self, mut clients: Vec<Ws>) -> (Vec<Ws>, Climb) {
         println!(
-            "{:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>12}",
+            "{:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>24}",
             "target/s",
             "offered/s",
             "received",
@@ -250,19 +283,19 @@ impl Rig {
             "p50 ms",
             "p99 ms",
             "p999 ms",
-            "gw CPU us/pos"
+            "CPU us/pos gw/nats/rest"
         );
         let mut best: Option<f64> = None;
         let mut knee = 0.0f64;
         let mut steps = Vec::new();
-        for &rate in RATES {
+        for rate in rates() {
             settle(&self.last_arrival_us, self.epoch).await;
-            let (back, result, cpu_us) = self.step(clients, rate).await;
+            let (back, result, cpu) = self.step(clients, rate).await;
             clients = back;
             let lost = result.sent.saturating_sub(result.received);
             let p99 = result.latency.value_at_quantile(0.99) as f64 / 1000.0;
             println!(
-                "{:>10} {:>10.0} {:>10} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+                "{:>10} {:>10.0} {:>10} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>24}",
                 rate,
                 result.offered,
                 result.received,
@@ -270,7 +303,7 @@ impl Rig {
                 result.latency.value_at_quantile(0.5) as f64 / 1000.0,
                 p99,
                 result.latency.value_at_quantile(0.999) as f64 / 1000.0,
-                cpu_us,
+                format!("{:.2}/{:.2}/{:.2}", cpu.gateway, cpu.nats_server, cpu.bench),
             );
             steps.push(serde_json::json!({
                 "target_per_sec": rate,
@@ -279,7 +312,8 @@ impl Rig {
                 "received": result.received,
                 "lost": lost,
                 "latency_ms": quantiles_ms(&result.latency),
-                "gateway_cpu_us_per_position": cpu_us,
+                "gateway_cpu_us_per_position": cpu.gateway,
+                "cpu_us_per_position": cpu.json(),
             }));
             if lost > 0 {
                 break;
@@ -296,21 +330,26 @@ impl Rig {
         let lossless = best.unwrap_or(0.0);
         let mut at = serde_json::Map::new();
         let mut cpu_us_at_half = f64::NAN;
+        let mut cpu_at_half = None;
         for fraction in [0.5, 0.9] {
             let rate = (lossless * fraction) as u64;
             settle(&self.last_arrival_us, self.epoch).await;
-            let (back, result, cpu_us) = self.step(clients, rate).await;
+            let (back, result, cpu) = self.step(clients, rate).await;
             clients = back;
             if fraction == 0.5 {
-                cpu_us_at_half = cpu_us;
+                cpu_us_at_half = cpu.gateway;
+                cpu_at_half = Some(cpu);
             }
             println!(
-                "at {:.0}% ({rate}/s): lost {}, latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, gateway CPU {cpu_us:.2} us/position",
+                "at {:.0}% ({rate}/s): lost {}, latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, CPU per position: gateway {:.2} us, nats-server {:.2} us, the rest {:.2} us",
                 fraction * 100.0,
                 result.sent.saturating_sub(result.received),
                 result.latency.value_at_quantile(0.5) as f64 / 1000.0,
                 result.latency.value_at_quantile(0.99) as f64 / 1000.0,
                 result.latency.value_at_quantile(0.999) as f64 / 1000.0,
+                cpu.gateway,
+                cpu.nats_server,
+                cpu.bench,
             );
             at.insert(
                 format!("at_{}_percent", (fraction * 100.0) as u32),
@@ -318,7 +357,8 @@ impl Rig {
                     "rate_per_sec": rate,
                     "lost": result.sent.saturating_sub(result.received),
                     "latency_ms": quantiles_ms(&result.latency),
-                    "gateway_cpu_us_per_position": cpu_us,
+                    "gateway_cpu_us_per_position": cpu.gateway,
+                    "cpu_us_per_position": cpu.json(),
                 }),
             );
         }
@@ -330,6 +370,7 @@ impl Rig {
                 steps,
                 at,
                 cpu_us_at_half,
+                cpu_at_half,
             },
         )
     }
@@ -393,6 +434,7 @@ async fn main() -> anyhow::Result<()> {
         )?)),
         epoch,
         gateway_pid: gateway.id(),
+        nats_pid: nats.pid().expect("nats-server runs"),
     };
     let listener = async_nats::connect(nats.url()).await?;
     let mut positions = listener.subscribe(format!("{prefix}.loc.>")).await?;
@@ -458,6 +500,7 @@ async fn main() -> anyhow::Result<()> {
         bare_clients.push(connected.0);
     }
     let cpu = cpu_seconds(bare_ws.id());
+    let clients_cpu = cpu_seconds(std::process::id());
     let (bare_clients, bare_step) = step(
         bare_clients,
         &Arc::new(AtomicU64::new(u64::MAX / 2)),
@@ -467,6 +510,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     let bare_cpu_us = (cpu_seconds(bare_ws.id()) - cpu) * 1e6 / bare_step.sent.max(1) as f64;
+    // What the clients cost with nothing behind the server: this process's CPU per message
+    // (the idle matcher and trips service included).
+    let bare_clients_cpu_us =
+        (cpu_seconds(std::process::id()) - clients_cpu) * 1e6 / bare_step.sent.max(1) as f64;
     drop(bare_clients);
     let _ = bare_ws.kill();
     let _ = bare_ws.wait();
@@ -498,7 +545,7 @@ async fn main() -> anyhow::Result<()> {
             .join(", ")
     );
     println!(
-        "gateway CPU per position at half the lossless rate: {} us; bare tokio-tungstenite server per message: {bare_cpu_us:.2} us",
+        "gateway CPU per position at half the lossless rate: {} us; bare tokio-tungstenite server per message: {bare_cpu_us:.2} us (its clients: {bare_clients_cpu_us:.2} us)",
         cpu_us
             .iter()
             .map(|v| format!("{v:.2}"))
@@ -515,6 +562,8 @@ async fn main() -> anyhow::Result<()> {
         "steps": first.steps,
         "knee_per_sec": first.knee,
         "gateway_cpu_us_per_position": first.cpu_us_at_half,
+        "cpu_us_per_position": first.cpu_at_half.map(|c| c.json()),
+        "bare_ws_clients_cpu_us_per_message": bare_clients_cpu_us,
         "bare_ws_cpu_us_per_message": bare_cpu_us,
         "spread": {
             "lossless_updates_per_sec": spread(&lossless),

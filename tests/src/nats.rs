@@ -117,6 +117,11 @@ impl NatsServer {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The server's process id while it runs (for its CPU time in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for NatsServer {

@@ -215,6 +215,8 @@ fn assemble(dir: &Path) -> Result<String> {
                         "microseconds",
                     ),
                 ),
+                "cpu_us_per_position": ingest["cpu_us_per_position"].clone(),
+                "bare_ws_clients_cpu_us_per_message": ingest["bare_ws_clients_cpu_us_per_message"].clone(),
                 "spread": ingest["spread"].clone(),
             }),
         );

@@ -28,6 +28,11 @@ kit::meters! {
     counter CLIENT_MESSAGES = "gateway_client_messages_total" [];
     /// Publications handed to the NATS client together (see `publisher`).
     histogram PUBLISH_BATCH = "gateway_publish_batch_size";
+    /// Time from a trip's change being committed (its `updated_at`) to its update reaching this
+    /// gateway for a driver, by `kind` (offer, trip_update): the trips service's outbox, NATS
+    /// and the gateway's inbox. Measured on wall clocks, so across hosts it includes their
+    /// clocks' difference.
+    histogram TRIP_DELIVERY_AGE = "gateway_trip_delivery_age_seconds" [kind = "offer"];
     /// Time to carry out a client command through the trips service, by `kind`.
     histogram COMMAND_DURATION = "gateway_command_duration_seconds" [kind = "go_online"];
     /// Outbound messages dropped or replaced for slow clients, by `kind` (coalesced, dropped).
@@ -38,4 +43,22 @@ kit::meters! {
     counter API_PROXY_FAILURES = "gateway_api_proxy_failures_total";
     /// Times the NATS connection came back and every session re-read its state.
     counter RESYNCS = "gateway_resyncs_total";
+}
+
+/// The metrics every position moves, looked up once: finding a metric by name and labels
+/// costs more than the increment, and a gateway takes positions by the hundred thousand a
+/// second. Made after [`register`] (which installs the recorder), or they would count nowhere.
+#[derive(Debug, Clone)]
+pub struct Hot {
+    pub location_messages: metrics::Counter,
+    pub positions_published: metrics::Counter,
+}
+
+impl Hot {
+    pub fn new() -> Self {
+        Self {
+            location_messages: metrics::counter!(MESSAGES, "kind" => "location"),
+            positions_published: metrics::counter!(POSITIONS_PUBLISHED),
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub struct Shared {
     pub riders: Arc<kit::presence::Directory>,
     /// Where sessions hand their positions for NATS.
     pub publisher: Arc<publisher::Publisher>,
+    /// The metrics every position moves.
+    pub hot: crate::meters::Hot,
     /// Every task of the gateway's (sessions, their commands, their resyncs): the gateway's
     /// stop waits for them all.
     pub tasks: TaskTracker,

@@ -128,6 +128,10 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
         moved("trips_commands_total", &[("command", "create_trip")]) >= report.acknowledged as f64
     );
     assert!(moved("trips_commands_total", &[("command", "offer")]) > 0.0);
+    // Positions, counted through the handles the gateway looked up once.
+    let positions = moved("gateway_messages_total", &[("kind", "location")]);
+    assert!(positions >= report.updates_per_sec, "{positions} positions");
+    assert!(moved("gateway_positions_published_total", &[]) >= positions * 0.9);
     assert!(
         moved(
             "trips_queries_total",

@@ -7,7 +7,8 @@ use protocol::bus::Position;
 use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
 use protocol::time::now_us;
 use protocol::trip::{TripState, TripView, VehicleClass};
-use protocol::{ErrorCode, GeoConfig, Subjects, codec};
+use h3o::CellIndex;
+use protocol::{ErrorCode, Subjects, codec};
 use uuid::Uuid;
 
 use super::{Session, ack_text, error_text};
@@ -68,24 +69,24 @@ pub(super) struct Published {
     pub rider: Option<bool>,
 }
 
-/// Hands `position` to `publisher`: on its cell's subject, and on a trip (`rider` is the
-/// subject of the trip's rider) as a breadcrumb and as the rider's view of its driver.
+/// Hands `position` to `publisher`: on the subject of its cell (`located`: its region and
+/// cell), and on a trip (`rider` is the subject of the trip's rider) as a breadcrumb and as
+/// the rider's view of its driver.
 pub(super) fn publish_position(
     publisher: &Publisher,
     subjects: &Subjects,
-    geo: &GeoConfig,
+    (region, cell): (CellIndex, CellIndex),
     position: &Position,
     rider: Option<String>,
-) -> Result<Published, protocol::ValidationError> {
-    let (region, cell) = geo.locate(protocol::Point::new(position.lat, position.lng))?;
+) -> Published {
     let payload: Bytes = codec::encode(position).into();
     let location = publisher.publish(subjects.location(region, cell), payload.clone());
     let Some(rider) = rider else {
-        return Ok(Published {
+        return Published {
             location,
             breadcrumb: None,
             rider: None,
-        });
+        };
     };
     let breadcrumb = publisher.publish(subjects.breadcrumbs(), payload);
     let for_rider = ServerMessage::DriverPosition {
@@ -97,11 +98,11 @@ pub(super) fn publish_position(
         ts: position.ts,
     };
     let rider = publisher.publish(rider, for_rider.to_json().into());
-    Ok(Published {
+    Published {
         location,
         breadcrumb: Some(breadcrumb),
         rider: Some(rider),
-    })
+    }
 }
 
 impl Session {
@@ -124,11 +125,14 @@ impl Session {
     /// away; otherwise published, and acknowledged when the driver asked for an ack.
     pub(super) fn location(&self, location: Location) {
         let shared = &self.shared;
-        if let Err(error) = shared.config.geo.locate(location.point()) {
-            let told = error_text(location.id, error.code(), error.to_string());
-            self.out.control(told);
-            return;
-        }
+        let located = match shared.config.geo.locate(location.point()) {
+            Ok(located) => located,
+            Err(error) => {
+                let told = error_text(location.id, error.code(), error.to_string());
+                self.out.control(told);
+                return;
+            }
+        };
         let (status, class, capacity, trip) = {
             let mut state = self.driver.lock().expect("driver lock");
             let stale = state.last_seq.is_some_and(|seq| location.seq <= seq)
@@ -188,11 +192,10 @@ impl Session {
         let published = publish_position(
             &shared.publisher,
             &shared.config.subjects,
-            &shared.config.geo,
+            located,
             &position,
             rider,
-        )
-        .expect("located above");
+        );
         for (what, taken) in [
             ("breadcrumb", published.breadcrumb),
             ("rider", published.rider),
@@ -204,7 +207,7 @@ impl Session {
         // The answer is about the position itself, which the matchers and dashboards got or
         // not; a lost breadcrumb or rider's view is counted above and replaced by the next one.
         if published.location {
-            metrics::counter!(m::POSITIONS_PUBLISHED).increment(1);
+            shared.hot.positions_published.increment(1);
             if let Some(id) = location.id {
                 self.out.control(ack_text(id));
             }
@@ -225,6 +228,12 @@ impl Session {
 mod tests {
     use super::*;
     use protocol::Point;
+
+    fn located() -> (CellIndex, CellIndex) {
+        protocol::GeoConfig::default()
+            .locate(Point::new(52.52, 13.405))
+            .unwrap()
+    }
 
     fn position(trip_id: Option<Uuid>) -> Position {
         let at = Point::new(52.52, 13.405);
@@ -253,11 +262,10 @@ mod tests {
         let published = publish_position(
             &publisher,
             &subjects,
-            &GeoConfig::default(),
+            located(),
             &position(Some(Uuid::from_u128(1))),
             Some(subjects.user(Role::Rider, "r1")),
-        )
-        .unwrap();
+        );
         assert_eq!(
             published,
             Published {
@@ -275,11 +283,10 @@ mod tests {
         let published = publish_position(
             &publisher,
             &subjects,
-            &GeoConfig::default(),
+            located(),
             &position(None),
             None,
-        )
-        .unwrap();
+        );
         assert_eq!(
             published,
             Published {
@@ -292,11 +299,10 @@ mod tests {
         let dropped = publish_position(
             &full,
             &subjects,
-            &GeoConfig::default(),
+            located(),
             &position(None),
             None,
-        )
-        .unwrap();
+        );
         assert!(!dropped.location);
     }
 }

@@ -320,7 +320,10 @@ impl Session {
             }
         };
         let kind = message.kind();
-        metrics::counter!(m::MESSAGES, "kind" => kind).increment(1);
+        match message {
+            client::ClientMessage::Location(_) => self.shared.hot.location_messages.increment(1),
+            _ => metrics::counter!(m::MESSAGES, "kind" => kind).increment(1),
+        }
         let hello = matches!(message, client::ClientMessage::Hello { .. });
         if !hello && !rights::allowed(self.sender.role, &message) {
             metrics::counter!(m::FORBIDDEN, "kind" => kind).increment(1);
@@ -430,14 +433,22 @@ impl Session {
                 if text.starts_with("{\"type\":\"offer\"")
                     || text.starts_with("{\"type\":\"trip_update\"") =>
             {
-                if let Ok(ServerMessage::Offer { trip, .. } | ServerMessage::TripUpdate { trip }) =
-                    serde_json::from_str::<ServerMessage>(&text)
-                {
-                    self.driver
-                        .lock()
-                        .expect("driver lock")
-                        .observe(&trip, &self.sender.id);
-                }
+                let message = serde_json::from_str::<ServerMessage>(&text);
+                let (kind, trip) = match &message {
+                    Ok(ServerMessage::Offer { trip, .. }) => ("offer", trip),
+                    Ok(ServerMessage::TripUpdate { trip }) => ("trip_update", trip),
+                    _ => {
+                        self.out.control(text);
+                        return;
+                    }
+                };
+                let age_ms = now_ms().saturating_sub(trip.updated_at).max(0);
+                metrics::histogram!(m::TRIP_DELIVERY_AGE, "kind" => kind)
+                    .record(age_ms as f64 / 1000.0);
+                self.driver
+                    .lock()
+                    .expect("driver lock")
+                    .observe(trip, &self.sender.id);
             }
             _ => {}
         }
