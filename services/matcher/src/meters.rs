@@ -23,6 +23,12 @@ kit::meters! {
     counter SEARCHES_EXPIRED = "matcher_searches_expired_total";
     /// Drivers evicted for silence.
     counter EVICTED = "matcher_evicted_total";
+    /// Time from a position's arrival at its gateway to its arrival here (gateway, NATS,
+    /// matcher's subscription). Wall clocks: across hosts it includes their clocks' difference.
+    histogram POSITION_AGE = "matcher_position_age_seconds";
+    /// Time from a request's creation (its commit in the trips service) to its first arrival
+    /// here: the trips service's outbox and NATS. Wall clocks, as above.
+    histogram REQUEST_AGE = "matcher_request_age_seconds";
     /// Time to solve one matching round, by `strategy`.
     histogram ROUND_DURATION = "matcher_round_duration_seconds" [strategy = "greedy"];
 }

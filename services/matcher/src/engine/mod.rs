@@ -229,6 +229,10 @@ impl<L: Link> Engine<L> {
                     Update::Stale => "stale",
                 };
                 metrics::counter!(m::POSITIONS, "outcome" => label).increment(1);
+                if position.received_us > 0 {
+                    let age_us = protocol::time::now_us().saturating_sub(position.received_us);
+                    metrics::histogram!(m::POSITION_AGE).record(age_us.max(0) as f64 / 1e6);
+                }
             }
             Input::Request(request) => self.on_request(request),
             Input::Event(event) => self.on_event(event),
@@ -265,6 +269,10 @@ impl<L: Link> Engine<L> {
 
     fn on_request(&mut self, request: RideRequest) {
         metrics::counter!(m::REQUESTS).increment(1);
+        if request.attempt == 1 {
+            let age_ms = now_ms().saturating_sub(request.trip.created_at).max(0);
+            metrics::histogram!(m::REQUEST_AGE).record(age_ms as f64 / 1000.0);
+        }
         if request.trip.state != TripState::Requested {
             return;
         }
