@@ -28,6 +28,10 @@ pub struct Args {
     /// Write the simulator's report with plots as HTML here.
     #[arg(long)]
     report_html: Option<PathBuf>,
+    /// Write each program's CPU while the city was simulated (share of one core: services,
+    /// simulator, NATS, PostgreSQL) as JSON here.
+    #[arg(long)]
+    cpu_json: Option<PathBuf>,
     /// Simulated drivers and riders.
     #[arg(long, default_value_t = 200)]
     drivers: usize,
@@ -532,6 +536,7 @@ pub fn run(args: Args) -> Result<()> {
             &common,
             &logs,
         )?);
+        let cpu_before = crate::cpu::Snapshot::take();
         say(format!(
             "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
             args.drivers, args.riders, CITY
@@ -588,6 +593,15 @@ pub fn run(args: Args) -> Result<()> {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+        if let Some(path) = &args.cpu_json {
+            let shares = crate::cpu::Snapshot::take().shares_since(&cpu_before);
+            let json = serde_json::json!({
+                "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+                "share_of_a_core": shares,
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&json)?)
+                .with_context(|| format!("writing {}", path.display()))?;
         }
     }
     say("stopping");

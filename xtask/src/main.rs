@@ -10,6 +10,8 @@
 //! - `cargo xtask fuzz`: the protocol fuzzer for as long as asked.
 
 mod bench;
+mod city;
+mod cpu;
 mod demo;
 mod fuzz;
 mod infra;

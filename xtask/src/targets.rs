@@ -85,6 +85,9 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
         .zip(served("baseline"))
         .map(|(batched, greedy)| batched - greedy);
 
+    // The city at 10,000 drivers: the worst of its runs.
+    let city = |key: &str| at(report, &["city", "at_10000_drivers", key, "max"]);
+    let city_failures = city("lost").zip(city("double_assigned")).map(|(l, d)| l + d);
     let fleet_held = at(report, &["fleet", "held"]);
     let fleet_gateways = at(report, &["fleet", "gateways"]);
     let connections = judge(
@@ -143,6 +146,24 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             |v| v <= 4_096.0,
         ),
         judge(
+            "city of 10,000 drivers, 20 requests/s: request to offer p99 at most 25 ms, every run",
+            city("match_p99_ms"),
+            |v| format!("{v:.1} ms at the worst"),
+            |v| v <= 25.0,
+        ),
+        judge(
+            "city of 10,000 drivers: location p99 at most 50 ms, every run",
+            city("location_p99_ms"),
+            |v| format!("{v:.1} ms at the worst"),
+            |v| v <= 50.0,
+        ),
+        judge(
+            "city of 10,000 drivers: no request lost or double-assigned, every run",
+            city_failures,
+            |v| format!("{v:.0} at the worst"),
+            |v| v == 0.0,
+        ),
+        judge(
             "batched matching lowers mean pickup time by at least 10% at high load",
             pickup_ratio,
             |v| format!("{:.1}% lower", (1.0 - v) * 100.0),
@@ -196,6 +217,12 @@ mod tests {
                 "bytes_per_connection": {"value": 3_968.0, "baseline": 2_977.0},
             },
             "fanout": {"busiest_gateway": {"value": 3_400.0, "baseline": 10_000.0, "ratio": 0.34}},
+            "city": {"at_10000_drivers": {
+                "match_p99_ms": {"min": 12.0, "max": 20.0},
+                "location_p99_ms": {"min": 30.0, "max": 45.0},
+                "lost": {"min": 0.0, "max": 0.0},
+                "double_assigned": {"min": 0.0, "max": 0.0},
+            }},
             "matching": {
                 "ample_supply_greedy_offer_p99_ms": 9.6,
                 "high_load_mean_pickup_time_s": {"value": pickup.0, "baseline": pickup.1},
@@ -218,7 +245,7 @@ mod tests {
     #[test]
     fn figures_on_the_right_side_of_every_aim_are_met() {
         let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
-        assert_eq!(verdicts.len(), 10);
+        assert_eq!(verdicts.len(), 13);
         for v in &verdicts {
             assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
         }
@@ -246,6 +273,21 @@ mod tests {
             Outcome::Missed
         );
         assert_eq!(outcome(&verdicts, "request to offer"), Outcome::Met);
+    }
+
+    #[test]
+    fn a_city_run_slower_than_an_aim_or_losing_a_request_misses_it() {
+        let mut city = report(100_287.0, 3.73, 102_000.0, 1e6, (1.0, 2.0));
+        city["city"]["at_10000_drivers"]["match_p99_ms"]["max"] = json!(31.0);
+        city["city"]["at_10000_drivers"]["lost"]["max"] = json!(1.0);
+        let verdicts = judge_all(&city);
+        assert_eq!(outcome(&verdicts, "city of 10,000 drivers, 20"), Outcome::Missed);
+        assert_eq!(
+            verdict(&verdicts, "city of 10,000 drivers, 20").measured,
+            "31.0 ms at the worst"
+        );
+        assert_eq!(outcome(&verdicts, "city of 10,000 drivers: location"), Outcome::Met);
+        assert_eq!(outcome(&verdicts, "city of 10,000 drivers: no request"), Outcome::Missed);
     }
 
     #[test]
