@@ -61,7 +61,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| protocol::client::decode(black_box(frame), now).unwrap())
     });
     group.bench_function("through_the_enum", |b| {
-        b.iter(|| serde_json::from_str::<protocol::client::ClientMessage>(black_box(frame)).unwrap())
+        b.iter(|| {
+            serde_json::from_str::<protocol::client::ClientMessage>(black_box(frame)).unwrap()
+        })
     });
     group.finish();
 }

@@ -53,7 +53,11 @@ fn rates() -> Vec<u64> {
     match std::env::var("BENCH_INGEST_RATES") {
         Ok(list) => list
             .split(',')
-            .map(|r| r.trim().parse().expect("BENCH_INGEST_RATES: rates per second"))
+            .map(|r| {
+                r.trim()
+                    .parse()
+                    .expect("BENCH_INGEST_RATES: rates per second")
+            })
             .collect(),
         Err(_) => RATES.to_vec(),
     }

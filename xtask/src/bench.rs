@@ -567,7 +567,10 @@ mod tests {
                 "not measured"
             ]
         );
-        assert_eq!(report["city"]["at_10000_drivers"]["match_p99_ms"]["max"], 120.0);
+        assert_eq!(
+            report["city"]["at_10000_drivers"]["match_p99_ms"]["max"],
+            120.0
+        );
         assert_eq!(report["fanout"]["busiest_gateway"]["value"], 3_100.0);
         assert!(table.contains("ingest: lossless updates/s vs bare async-nats"));
         assert!(table.contains("fanout: busiest of 3 gateways"));

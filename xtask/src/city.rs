@@ -4,8 +4,9 @@
 //!
 //! Each run reports what the simulator measured (position updates/s, location latency from a
 //! driver's report to its rider or dispatcher, request-to-offer latency, lost and
-//! double-assigned requests) and each program's CPU while the city ran, so what the system
-//! costs is told apart from what the simulator costs. `BENCH_CITY_SECONDS` (120) sets each
+//! double-assigned requests), each program's CPU while the city ran, so what the system
+//! costs is told apart from what the simulator costs, and each hop's latency from the
+//! services' histograms. `BENCH_CITY_SECONDS` (120) sets each
 //! run's demand; `BENCH_CITY_FLEETS` (for example `1000,3000`) adds fleets between the two,
 //! with riders and requests in the city's proportions. Writes `target/bench/city.json`.
 
@@ -77,7 +78,7 @@ pub fn run(out: &Path) -> Result<()> {
             ));
             let tag = format!("city-{}-{run}", scenario.drivers);
             let report_path = out.join(format!("{tag}.json"));
-            let cpu_path = out.join(format!("{tag}-cpu.json"));
+            let costs_path = out.join(format!("{tag}-costs.json"));
             let status = Command::new(&xtask)
                 .arg("demo")
                 .args(["--duration", &format!("{seconds}s")])
@@ -87,8 +88,8 @@ pub fn run(out: &Path) -> Result<()> {
                 .args(["--seed", &run.to_string()])
                 .arg("--report-json")
                 .arg(&report_path)
-                .arg("--cpu-json")
-                .arg(&cpu_path)
+                .arg("--costs-json")
+                .arg(&costs_path)
                 .status()
                 .context("running the demo")?;
             if !status.success() {
@@ -104,7 +105,7 @@ pub fn run(out: &Path) -> Result<()> {
                 Ok(serde_json::from_str(&text)?)
             };
             let report = read(&report_path)?;
-            let cpu = read(&cpu_path)?;
+            let costs = read(&costs_path)?;
             let row = serde_json::json!({
                 "seed": run,
                 "updates_per_sec": report["updates_per_sec"],
@@ -114,7 +115,8 @@ pub fn run(out: &Path) -> Result<()> {
                 "completed": report["completed"],
                 "lost": report["lost"],
                 "double_assigned": report["double_assigned"],
-                "cpu_share_of_a_core": cpu["share_of_a_core"],
+                "cpu_share_of_a_core": costs["cpu_share_of_a_core"],
+                "hops": costs["hops"],
             });
             say(format!(
                 "city: {} run {run}: {:.0} updates/s, location p50/p99 {}/{} ms, request to offer p50/p99 {}/{} ms, lost {}",

@@ -1,6 +1,6 @@
 //! What the programs xtask runs cost in CPU: every process descended from this one (the
-//! services, the simulator, NATS, PostgreSQL and its backends), grouped by program, between
-//! two snapshots.
+//! services, the simulator, NATS) or from the daemons it started (PostgreSQL and its
+//! backends), grouped by program, between two snapshots.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -13,11 +13,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take() -> Self {
+    /// Every descendant of this process and of `roots` (which count too).
+    pub fn take(roots: &[u32]) -> Self {
         let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
         let mut found = HashMap::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some((ppid, cpu)) = stat(pid) {
@@ -26,7 +31,14 @@ impl Snapshot {
             }
         }
         let mut processes = HashMap::new();
-        let mut queue = vec![std::process::id()];
+        for &root in roots {
+            if let Some(&cpu) = found.get(&root) {
+                processes.insert(root, (program(root), cpu));
+            }
+        }
+        let mut queue: Vec<u32> = std::iter::once(std::process::id())
+            .chain(roots.iter().copied())
+            .collect();
         while let Some(pid) = queue.pop() {
             for &child in parents.get(&pid).into_iter().flatten() {
                 processes.insert(child, (program(child), found[&child]));
@@ -88,10 +100,13 @@ mod tests {
 
     #[test]
     fn a_busy_child_shows_as_a_share_of_a_core() {
-        let before = Snapshot::take();
+        let before = Snapshot::take(&[]);
         // A child that spins for about half a second of CPU.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; sleep 2"])
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; sleep 2",
+            ])
             .spawn()
             .unwrap();
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
@@ -102,12 +117,15 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let after = Snapshot::take();
+        let after = Snapshot::take(&[]);
         let _ = child.kill();
         let _ = child.wait();
         assert!(spent >= 0.2, "the child spun for {spent} s");
         let shares = after.shares_since(&before);
-        let sh = shares.get("dash").or(shares.get("bash")).or(shares.get("sh"));
+        let sh = shares
+            .get("dash")
+            .or(shares.get("bash"))
+            .or(shares.get("sh"));
         assert!(
             sh.is_some_and(|s| *s > 0.0),
             "no share for the shell: {shares:?}"

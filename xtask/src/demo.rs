@@ -28,10 +28,11 @@ pub struct Args {
     /// Write the simulator's report with plots as HTML here.
     #[arg(long)]
     report_html: Option<PathBuf>,
-    /// Write each program's CPU while the city was simulated (share of one core: services,
-    /// simulator, NATS, PostgreSQL) as JSON here.
+    /// Write what the run cost and where its time went as JSON here: each program's CPU while
+    /// the city was simulated (share of one core: services, simulator, NATS, PostgreSQL), and
+    /// each hop's latency from the services' metrics at the end.
     #[arg(long)]
-    cpu_json: Option<PathBuf>,
+    costs_json: Option<PathBuf>,
     /// Simulated drivers and riders.
     #[arg(long, default_value_t = 200)]
     drivers: usize,
@@ -536,7 +537,11 @@ pub fn run(args: Args) -> Result<()> {
             &common,
             &logs,
         )?);
-        let cpu_before = crate::cpu::Snapshot::take();
+        // What the city costs: from the simulator's start to its last snapshot while it ran.
+        let cpu_roots: Vec<u32> = infra.own_postgres_pid().into_iter().collect();
+        let cpu_before = crate::cpu::Snapshot::take(&cpu_roots);
+        let mut cpu_last = None;
+        let mut cpu_taken = Instant::now();
         say(format!(
             "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
             args.drivers, args.riders, CITY
@@ -576,6 +581,10 @@ pub fn run(args: Args) -> Result<()> {
             if stop_requested.load(Ordering::SeqCst) {
                 break;
             }
+            if args.costs_json.is_some() && cpu_taken.elapsed() >= Duration::from_secs(1) {
+                cpu_last = Some(crate::cpu::Snapshot::take(&cpu_roots));
+                cpu_taken = Instant::now();
+            }
             if let Some(sim) = simulator.as_mut()
                 && let Ok(Some(status)) = sim.child.try_wait()
             {
@@ -594,11 +603,26 @@ pub fn run(args: Args) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        if let Some(path) = &args.cpu_json {
-            let shares = crate::cpu::Snapshot::take().shares_since(&cpu_before);
+        if let Some(path) = &args.costs_json {
+            let shares = cpu_last
+                .unwrap_or_else(|| crate::cpu::Snapshot::take(&cpu_roots))
+                .shares_since(&cpu_before);
+            let texts: Vec<String> = endpoints
+                .iter()
+                .filter_map(|(_, addr)| {
+                    http_agent(Duration::from_secs(5))
+                        .get(format!("http://{addr}/metrics"))
+                        .call()
+                        .ok()?
+                        .body_mut()
+                        .read_to_string()
+                        .ok()
+                })
+                .collect();
             let json = serde_json::json!({
                 "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-                "share_of_a_core": shares,
+                "cpu_share_of_a_core": shares,
+                "hops": crate::hops::breakdown(&texts),
             });
             std::fs::write(path, serde_json::to_string_pretty(&json)?)
                 .with_context(|| format!("writing {}", path.display()))?;

@@ -415,6 +415,17 @@ impl Drop for Infra {
     }
 }
 
+impl Infra {
+    /// The process id of the PostgreSQL this run started (its postmaster, whose children are
+    /// the backends), if it started one. It runs as a daemon, not as a child of xtask.
+    pub fn own_postgres_pid(&self) -> Option<u32> {
+        let pg = self.own_pg.as_ref()?;
+        let text = std::fs::read_to_string(pg.data.join("postmaster.pid")).ok()?;
+        let (pid, _) = postmaster_pid(&text)?;
+        u32::try_from(pid).ok()
+    }
+}
+
 /// The process id in `postmaster.pid` of the cluster in `data`, if that process is alive and
 /// listens on `port`: PostgreSQL left running by an earlier run that could not stop it.
 fn leftover_postgres(data: &Path, port: u16) -> Option<i32> {

@@ -14,6 +14,7 @@ mod city;
 mod cpu;
 mod demo;
 mod fuzz;
+mod hops;
 mod infra;
 mod soak;
 mod supply;

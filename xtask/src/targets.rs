@@ -87,7 +87,9 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
 
     // The city at 10,000 drivers: the worst of its runs.
     let city = |key: &str| at(report, &["city", "at_10000_drivers", key, "max"]);
-    let city_failures = city("lost").zip(city("double_assigned")).map(|(l, d)| l + d);
+    let city_failures = city("lost")
+        .zip(city("double_assigned"))
+        .map(|(l, d)| l + d);
     let fleet_held = at(report, &["fleet", "held"]);
     let fleet_gateways = at(report, &["fleet", "gateways"]);
     let connections = judge(
@@ -281,13 +283,22 @@ mod tests {
         city["city"]["at_10000_drivers"]["match_p99_ms"]["max"] = json!(31.0);
         city["city"]["at_10000_drivers"]["lost"]["max"] = json!(1.0);
         let verdicts = judge_all(&city);
-        assert_eq!(outcome(&verdicts, "city of 10,000 drivers, 20"), Outcome::Missed);
+        assert_eq!(
+            outcome(&verdicts, "city of 10,000 drivers, 20"),
+            Outcome::Missed
+        );
         assert_eq!(
             verdict(&verdicts, "city of 10,000 drivers, 20").measured,
             "31.0 ms at the worst"
         );
-        assert_eq!(outcome(&verdicts, "city of 10,000 drivers: location"), Outcome::Met);
-        assert_eq!(outcome(&verdicts, "city of 10,000 drivers: no request"), Outcome::Missed);
+        assert_eq!(
+            outcome(&verdicts, "city of 10,000 drivers: location"),
+            Outcome::Met
+        );
+        assert_eq!(
+            outcome(&verdicts, "city of 10,000 drivers: no request"),
+            Outcome::Missed
+        );
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! on a trip, for the route's breadcrumbs and the rider's view of its driver).
 
 use bytes::Bytes;
+use h3o::CellIndex;
 use protocol::bus::Position;
 use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
 use protocol::time::now_us;
 use protocol::trip::{TripState, TripView, VehicleClass};
-use h3o::CellIndex;
 use protocol::{ErrorCode, Subjects, codec};
 use uuid::Uuid;
 
@@ -280,13 +280,7 @@ mod tests {
     fn off_a_trip_only_the_cell_subject_is_published() {
         let publisher = Publisher::new(8);
         let subjects = Subjects::new("t").unwrap();
-        let published = publish_position(
-            &publisher,
-            &subjects,
-            located(),
-            &position(None),
-            None,
-        );
+        let published = publish_position(&publisher, &subjects, located(), &position(None), None);
         assert_eq!(
             published,
             Published {
@@ -296,13 +290,7 @@ mod tests {
             }
         );
         let full = Publisher::new(0);
-        let dropped = publish_position(
-            &full,
-            &subjects,
-            located(),
-            &position(None),
-            None,
-        );
+        let dropped = publish_position(&full, &subjects, located(), &position(None), None);
         assert!(!dropped.location);
     }
 }
