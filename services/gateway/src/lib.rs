@@ -118,7 +118,7 @@ pub async fn run(
             .of_others(&config.id),
         ),
         publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
-        hot: meters::Hot::new(),
+        hot: meters::Hot::look_up(),
         config,
     });
     // Stopped after the sessions, so what they published on their way out still goes out.

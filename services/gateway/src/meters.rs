@@ -55,7 +55,8 @@ pub struct Hot {
 }
 
 impl Hot {
-    pub fn new() -> Self {
+    /// Looks the handles up in the recorder [`register`] installed.
+    pub fn look_up() -> Self {
         Self {
             location_messages: metrics::counter!(MESSAGES, "kind" => "location"),
             positions_published: metrics::counter!(POSITIONS_PUBLISHED),
