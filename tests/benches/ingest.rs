@@ -218,8 +218,6 @@ struct Climb {
     knee: f64,
     steps: Vec<serde_json::Value>,
     at: serde_json::Map<String, serde_json::Value>,
-    /// Gateway CPU per position at half the lossless rate, microseconds.
-    cpu_us_at_half: f64,
     /// Every process's CPU per position at half the lossless rate.
     cpu_at_half: Option<Cpu>,
 }
@@ -333,7 +331,6 @@ impl Rig {
         }
         let lossless = best.unwrap_or(0.0);
         let mut at = serde_json::Map::new();
-        let mut cpu_us_at_half = f64::NAN;
         let mut cpu_at_half = None;
         for fraction in [0.5, 0.9] {
             let rate = (lossless * fraction) as u64;
@@ -341,7 +338,6 @@ impl Rig {
             let (back, result, cpu) = self.step(clients, rate).await;
             clients = back;
             if fraction == 0.5 {
-                cpu_us_at_half = cpu.gateway;
                 cpu_at_half = Some(cpu);
             }
             println!(
@@ -373,11 +369,19 @@ impl Rig {
                 knee,
                 steps,
                 at,
-                cpu_us_at_half,
                 cpu_at_half,
             },
         )
     }
+}
+
+/// Each climb's figure, with `decimals` places, for the summary lines.
+fn listed(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn spread(values: &[f64]) -> serde_json::Value {
@@ -525,36 +529,23 @@ async fn main() -> anyhow::Result<()> {
     let first = &climbs[0];
     let lossless: Vec<f64> = climbs.iter().map(|c| c.lossless).collect();
     let knees: Vec<f64> = climbs.iter().map(|c| c.knee).collect();
-    let cpu_us: Vec<f64> = climbs.iter().map(|c| c.cpu_us_at_half).collect();
+    let cpu_us: Vec<f64> = climbs
+        .iter()
+        .map(|c| c.cpu_at_half.map_or(f64::NAN, |cpu| cpu.gateway))
+        .collect();
     let ratios: Vec<f64> = lossless.iter().map(|l| l / bare).collect();
     println!(
         "highest lossless rate end to end: {} /s; bare async-nats: {bare:.0}/s; ratio {}",
-        lossless
-            .iter()
-            .map(|v| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        ratios
-            .iter()
-            .map(|v| format!("{v:.3}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        listed(&lossless, 0),
+        listed(&ratios, 3),
     );
     println!(
         "knee (highest rate with p99 <= 10 ms): {} /s",
-        knees
-            .iter()
-            .map(|v| format!("{v:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&knees, 0)
     );
     println!(
         "gateway CPU per position at half the lossless rate: {} us; bare tokio-tungstenite server per message: {bare_cpu_us:.2} us (its clients: {bare_clients_cpu_us:.2} us)",
-        cpu_us
-            .iter()
-            .map(|v| format!("{v:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&cpu_us, 2)
     );
     let json = serde_json::json!({
         "connections": CONNECTIONS,
@@ -565,7 +556,7 @@ async fn main() -> anyhow::Result<()> {
         "latency": first.at,
         "steps": first.steps,
         "knee_per_sec": first.knee,
-        "gateway_cpu_us_per_position": first.cpu_us_at_half,
+        "gateway_cpu_us_per_position": cpu_us[0],
         "cpu_us_per_position": first.cpu_at_half.map(|c| c.json()),
         "bare_ws_clients_cpu_us_per_message": bare_clients_cpu_us,
         "bare_ws_cpu_us_per_message": bare_cpu_us,

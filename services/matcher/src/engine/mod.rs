@@ -146,6 +146,9 @@ pub struct Engine<L: Link> {
     last_round: Instant,
     last_evict: Instant,
     last_counts: Instant,
+    /// Looked up once, when the engine is made (after the service registered its meters):
+    /// every position records it.
+    position_age: metrics::Histogram,
 }
 
 /// How long after an offer's expiry the engine expires it itself.
@@ -182,6 +185,7 @@ impl<L: Link> Engine<L> {
             last_round: now,
             last_evict: now,
             last_counts: now,
+            position_age: metrics::histogram!(m::POSITION_AGE),
         }
     }
 
@@ -231,7 +235,7 @@ impl<L: Link> Engine<L> {
                 metrics::counter!(m::POSITIONS, "outcome" => label).increment(1);
                 if position.received_us > 0 {
                     let age_us = protocol::time::now_us().saturating_sub(position.received_us);
-                    metrics::histogram!(m::POSITION_AGE).record(age_us.max(0) as f64 / 1e6);
+                    self.position_age.record(age_us.max(0) as f64 / 1e6);
                 }
             }
             Input::Request(request) => self.on_request(request),
