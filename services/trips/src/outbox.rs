@@ -20,7 +20,8 @@ use crate::error::StoreError;
 use crate::meters as m;
 
 const BATCH: i64 = 500;
-const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
+/// The advisory lock a replica holds, for one transaction, while it publishes.
+pub const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
 /// How often the outbox is checked even without a wake-up (for rows left by a crash).
 const POLL: Duration = Duration::from_millis(250);
 /// How long a publish round may wait for NATS before giving up and retrying later.
@@ -35,20 +36,20 @@ pub async fn publish_batch(
     directory: &Directory,
 ) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let locked: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&OUTBOX_LOCK])
-        .await?
-        .get(0);
-    if !locked {
-        return Ok(0);
-    }
-    let rows = tx
-        .query(
-            "SELECT id, subjects, payloads FROM outbox ORDER BY id LIMIT $1",
-            &[&BATCH],
+    // The lock is taken by the same statement that reads the batch (an InitPlan evaluated
+    // once, a one-time filter), so a round costs BEGIN and one prepared statement before it
+    // publishes; a replica that does not get the lock reads no row.
+    let take = client
+        .prepare_cached(
+            "SELECT id, subjects, payloads FROM outbox \
+             WHERE (SELECT pg_try_advisory_xact_lock($1)) ORDER BY id LIMIT $2",
         )
         .await?;
+    let delete = client
+        .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+        .await?;
+    let tx = client.transaction().await?;
+    let rows = tx.query(&take, &[&OUTBOX_LOCK, &BATCH]).await?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -81,8 +82,7 @@ pub async fn publish_batch(
         }
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
-        .await?;
+    tx.execute(&delete, &[&ids]).await?;
     tx.commit().await?;
     metrics::counter!(m::OUTBOX_PUBLISHED).increment(messages);
     Ok(ids.len())

@@ -63,6 +63,74 @@ async fn a_crash_between_commit_and_publish_still_publishes() {
 }
 
 #[tokio::test]
+async fn only_the_replica_holding_the_outbox_lock_publishes() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let config = trips_config(&db.url, &nats.url(), &prefix);
+    let pool = trips::db::pool(&db.url, &config.pool).unwrap();
+    let store = trips::Store::new(
+        pool.clone(),
+        config.geo,
+        config.subjects.clone(),
+        config.store.clone(),
+    );
+    let trip = store
+        .execute(create("rider-1", "k"))
+        .await
+        .unwrap()
+        .trip
+        .unwrap();
+    let waiting = || async {
+        db.client()
+            .await
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(waiting().await, 1, "the create's messages wait in one row");
+
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = client
+        .subscribe(config.subjects.trip_events_all())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let directory = kit::presence::Directory::new(
+        config.subjects.clone(),
+        &[
+            protocol::client::Role::Driver,
+            protocol::client::Role::Rider,
+        ],
+    );
+    // Another replica is publishing: it holds the lock in its open transaction.
+    let mut other = db.client().await;
+    let holding = other.transaction().await.unwrap();
+    holding
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&trips::outbox::OUTBOX_LOCK],
+        )
+        .await
+        .unwrap();
+    let published = trips::outbox::publish_batch(&pool, &client, &directory)
+        .await
+        .unwrap();
+    assert_eq!(published, 0, "a replica without the lock reads no row");
+    assert_eq!(waiting().await, 1, "and leaves the row where it is");
+
+    holding.commit().await.unwrap();
+    let published = trips::outbox::publish_batch(&pool, &client, &directory)
+        .await
+        .unwrap();
+    assert_eq!(published, 1, "once the lock is free the row is published");
+    let event: TripEvent = next(&mut events).await;
+    assert_eq!(event.trip.trip_id, trip.trip_id);
+    assert_eq!(waiting().await, 0, "and deleted");
+}
+
+#[tokio::test]
 async fn the_sweeper_reverts_expired_offers_and_expires_searches() {
     let f = Fixture::start_with(|c| {
         c.store.search_timeout = Duration::from_secs(3);
