@@ -8,9 +8,13 @@ use protocol::client::ServerMessage;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The chunk a read asks the socket for: server messages are a few hundred bytes.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Opens a TCP connection to the gateway in `url`, from `source` when given: several loopback
 /// source addresses lift the limit of about 64k ephemeral ports per (source, destination) pair.
@@ -34,7 +38,15 @@ async fn open(url: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     }
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    // Each read zero-fills a buffer of this size first: the default (128 KiB) made that
+    // zero-filling most of the simulator's CPU. Larger frames are still read whole.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        url,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await?;
     Ok(ws)
 }
 
