@@ -142,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
         say("== the city: cargo xtask demo at the default size and at 10,000 drivers");
         let out = root.join("target/bench");
         std::fs::create_dir_all(&out)?;
-        crate::city::run(&out)?;
+        crate::city::run(&root, &out)?;
     }
     report(&root.join("target/bench"))
 }

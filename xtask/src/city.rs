@@ -12,9 +12,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::cpu::Snapshot;
 use crate::infra::say;
 
 /// One size of city.
@@ -47,7 +49,7 @@ fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     }
 }
 
-pub fn run(out: &Path) -> Result<()> {
+pub fn run(root: &Path, out: &Path) -> Result<()> {
     let runs: u64 = env_number("BENCH_CITY_RUNS", 3)?;
     let seconds: u64 = env_number("BENCH_CITY_SECONDS", 120)?;
     let mut scenarios = vec![Scenario {
@@ -154,9 +156,110 @@ pub fn run(out: &Path) -> Result<()> {
             },
         }));
     }
+    // The simulator's own cost, at the largest city, against a gateway that does nothing.
+    let largest = scenarios
+        .last()
+        .expect("the 10,000-driver city is always run");
+    let bin_dir = crate::demo::build_services(root, true)?;
+    let mut alone = Vec::new();
+    for run in 1..=runs {
+        say(format!(
+            "city: the simulator alone at {} against a bare gateway, run {run} of {runs}, {} s",
+            largest.name,
+            seconds.min(ALONE_SECONDS)
+        ));
+        alone.push(simulator_alone(
+            &bin_dir,
+            out,
+            largest,
+            seconds.min(ALONE_SECONDS),
+            run,
+        )?);
+    }
     std::fs::write(
         out.join("city.json"),
-        serde_json::to_string_pretty(&serde_json::json!({ "scenarios": results }))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "scenarios": results, "simulator_alone": alone }),
+        )?,
     )?;
     Ok(())
+}
+
+/// How long the simulator runs alone: its CPU is a rate, steady well within a minute.
+const ALONE_SECONDS: u64 = 60;
+
+/// Runs the simulator at `scenario` against `dispatch-sim-bare-gateway`, a stand-in that
+/// welcomes, acknowledges, refuses ride requests and drops positions unread, and measures what
+/// the simulator (and the stand-in) cost per position.
+fn simulator_alone(
+    bin_dir: &Path,
+    out: &Path,
+    scenario: &Scenario,
+    seconds: u64,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    let port = crate::infra::free_port()?;
+    let mut bare = Command::new(bin_dir.join("dispatch-sim-bare-gateway"))
+        .arg(port.to_string())
+        .spawn()
+        .context("starting the bare gateway")?;
+    let result = (|| {
+        let addr = format!("127.0.0.1:{port}");
+        crate::infra::wait_until("the bare gateway", Duration::from_secs(10), || {
+            crate::infra::answers(&addr)
+        })?;
+        let report_path = out.join(format!("city-alone-{}-{seed}.json", scenario.drivers));
+        let mut args = crate::demo::city_args(
+            &format!("ws://{addr}/ws"),
+            (scenario.drivers, scenario.riders, scenario.request_rate),
+            &format!("{seconds}s"),
+            seed,
+        );
+        args.extend([
+            "--report-json".to_owned(),
+            report_path.display().to_string(),
+        ]);
+        let before = Snapshot::take(&[]);
+        let mut sim = Command::new(bin_dir.join("dispatch-sim"))
+            .args(&args)
+            .env("TOKEN_SECRET", "a-bare-gateway-reads-no-token")
+            .spawn()
+            .context("starting the simulator")?;
+        // The last snapshot taken while the simulator still ran holds its CPU.
+        let mut last = Snapshot::take(&[]);
+        let status = loop {
+            if let Some(status) = sim.try_wait()? {
+                break status;
+            }
+            last = Snapshot::take(&[]);
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        if !status.success() {
+            bail!("the simulator against the bare gateway failed ({status})");
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+        let shares = last.shares_since(&before);
+        let share = |program: &str| shares.get(program).copied().unwrap_or(0.0);
+        let updates = report["updates_per_sec"].as_f64().unwrap_or(0.0);
+        let row = serde_json::json!({
+            "seed": seed,
+            "updates_per_sec": updates,
+            "simulator_share_of_a_core": share("dispatch-sim"),
+            "bare_gateway_share_of_a_core": share("dispatch-sim-bare-gateway"),
+            "simulator_cpu_us_per_update": share("dispatch-sim") * 1e6 / updates.max(1.0),
+        });
+        say(format!(
+            "city: the simulator alone: {updates:.0} updates/s, {:.2} of a core ({:.1} us per update); the bare gateway {:.2} of a core",
+            share("dispatch-sim"),
+            row["simulator_cpu_us_per_update"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            share("dispatch-sim-bare-gateway"),
+        ));
+        Ok(row)
+    })();
+    let _ = bare.kill();
+    let _ = bare.wait();
+    result
 }

@@ -102,6 +102,42 @@ pub(crate) fn build_services(root: &Path, release: bool) -> Result<PathBuf> {
     Ok(infra::target_dir(root)?.join(profile))
 }
 
+/// The simulator's arguments for the demo's city: `gateways` (comma-separated WebSocket URLs),
+/// `(drivers, riders, requests per second)`, demand for `duration`, and the seed.
+pub(crate) fn city_args(
+    gateways: &str,
+    (drivers, riders, request_rate): (usize, usize, f64),
+    duration: &str,
+    seed: u64,
+) -> Vec<String> {
+    vec![
+        "--gateway".to_owned(),
+        gateways.to_owned(),
+        "--drivers".into(),
+        drivers.to_string(),
+        "--riders".into(),
+        riders.to_string(),
+        "--request-rate".into(),
+        request_rate.to_string(),
+        "--center".into(),
+        format!("{},{}", CITY.0, CITY.1),
+        "--radius-km".into(),
+        SIM_RADIUS_KM.to_string(),
+        "--duration".into(),
+        duration.to_owned(),
+        // Long enough for the search timeout and the longest trip across the city.
+        "--drain".into(),
+        "90s".into(),
+        // Vehicles move 30 times faster than real time, so a trip across the city takes
+        // well under a minute.
+        "--speedup".into(),
+        "30".into(),
+        "--quiet".into(),
+        "--seed".into(),
+        seed.to_string(),
+    ]
+}
+
 /// A day's dispatcher token for the dashboard link.
 fn dispatcher_token(gateway: &Path) -> Result<String> {
     let output = Command::new(gateway)
@@ -492,37 +528,16 @@ pub fn run(args: Args) -> Result<()> {
         let duration = args
             .duration
             .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
-        let center = format!("{},{}", CITY.0, CITY.1);
         let gateway_urls: Vec<String> = gateway_addrs
             .iter()
             .map(|(ws, _)| format!("ws://{ws}/ws"))
             .collect();
-        let mut sim_args = vec![
-            "--gateway".to_owned(),
-            gateway_urls.join(","),
-            "--drivers".into(),
-            args.drivers.to_string(),
-            "--riders".into(),
-            args.riders.to_string(),
-            "--request-rate".into(),
-            args.request_rate.to_string(),
-            "--center".into(),
-            center,
-            "--radius-km".into(),
-            SIM_RADIUS_KM.to_string(),
-            "--duration".into(),
-            duration,
-            // Long enough for the search timeout and the longest trip across the city.
-            "--drain".into(),
-            "90s".into(),
-            // Vehicles move 30 times faster than real time, so a trip across the city takes
-            // well under a minute.
-            "--speedup".into(),
-            "30".into(),
-            "--quiet".into(),
-            "--seed".into(),
-            args.seed.to_string(),
-        ];
+        let mut sim_args = city_args(
+            &gateway_urls.join(","),
+            (args.drivers, args.riders, args.request_rate),
+            &duration,
+            args.seed,
+        );
         if let Some(path) = &args.report_json {
             sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
         }

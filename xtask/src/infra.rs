@@ -26,7 +26,7 @@ pub enum Profile {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
