@@ -288,6 +288,7 @@ fn assemble(dir: &Path) -> Result<String> {
             serde_json::json!({
                 "scenarios": scenarios,
                 "at_10000_drivers": at_10000,
+                "simulator_alone": city["simulator_alone"].clone(),
             }),
         );
     }

@@ -219,10 +219,14 @@ fn simulator_alone(
             "--report-json".to_owned(),
             report_path.display().to_string(),
         ]);
+        // Every refused request is a warning: the log holds them, not the terminal.
+        let log = std::fs::File::create(out.join(format!("city-alone-{seed}.log")))?;
         let before = Snapshot::take(&[]);
         let mut sim = Command::new(bin_dir.join("dispatch-sim"))
             .args(&args)
             .env("TOKEN_SECRET", "a-bare-gateway-reads-no-token")
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .context("starting the simulator")?;
         // The last snapshot taken while the simulator still ran holds its CPU.

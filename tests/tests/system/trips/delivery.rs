@@ -97,13 +97,8 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let directory = kit::presence::Directory::new(
-        config.subjects.clone(),
-        &[
-            protocol::client::Role::Driver,
-            protocol::client::Role::Rider,
-        ],
-    );
+    let directory =
+        kit::presence::Directory::new(config.subjects.clone(), &[Role::Driver, Role::Rider]);
     // Another replica is publishing: it holds the lock in its open transaction.
     let mut other = db.client().await;
     let holding = other.transaction().await.unwrap();
