@@ -17,6 +17,12 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "Assigns ride requests to nearby drivers for its regions"
 )]
+#[command(group(
+    clap::ArgGroup::new("serves")
+        .required(true)
+        .multiple(true)
+        .args(["regions", "area", "service_area"])
+))]
 struct Args {
     #[command(flatten)]
     bus: kit::cli::BusArgs,
