@@ -60,6 +60,14 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let dashboard = crate::web::build_dashboard(&root)?;
     let chromium = crate::web::ensure_chromium()?;
+    // The deploy files are checked against the binaries' own --help.
+    step(
+        "cargo build --bins",
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--workspace", "--bins", "--quiet"]),
+    )?;
+    let bin_dir = infra::target_dir(&root)?.join("debug");
     step(
         "cargo test",
         Command::new(&cargo)
@@ -70,7 +78,8 @@ pub fn run(args: Args) -> Result<()> {
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)
             .env("DISPATCH_TEST_NATS_URL", &infra.nats_url)
             .env("DISPATCH_DASHBOARD_DIST", &dashboard)
-            .env("CHROMIUM_BIN", &chromium),
+            .env("CHROMIUM_BIN", &chromium)
+            .env("DISPATCH_BIN_DIR", &bin_dir),
     )?;
     drop(infra);
     say("all tests passed");

@@ -2,6 +2,7 @@
 //! One binary with a module per area (run a subset with `cargo xtask test -- <name>`).
 
 mod dashboard;
+mod deploy;
 mod examples;
 mod faults;
 mod gateway;
