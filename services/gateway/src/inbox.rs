@@ -12,14 +12,16 @@
 //! once to every client's subject, so the client's new gateway gets it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use protocol::Subjects;
 use protocol::bus::PresenceChange;
 use protocol::client::Role;
 use protocol::time::now_ms;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::meters as m;
@@ -86,6 +88,11 @@ pub struct Inboxes {
     /// Clients that joined or left since the announcer last took them, in order.
     changes: Mutex<Vec<PresenceChange>>,
     changed: Notify,
+    /// Changes made so far, and how many of them the announcer took last.
+    made: AtomicU64,
+    taken: AtomicU64,
+    /// How many changes have been announced, for sessions that wait for their join to be.
+    announced: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Inboxes {
@@ -154,21 +161,43 @@ impl Inboxes {
     }
 
     fn changed(&self, role: Role, id: &str, joined: bool, since: i64) {
-        self.changes
-            .lock()
-            .expect("changes lock")
-            .push(PresenceChange {
-                role,
-                id: id.to_owned(),
-                joined,
-                since,
-            });
+        let mut changes = self.changes.lock().expect("changes lock");
+        changes.push(PresenceChange {
+            role,
+            id: id.to_owned(),
+            joined,
+            since,
+        });
+        self.made.fetch_add(1, Ordering::Relaxed);
+        drop(changes);
         self.changed.notify_one();
     }
 
     /// The joins and leaves since the last call, in order.
     pub fn take_changes(&self) -> Vec<PresenceChange> {
-        std::mem::take(&mut *self.changes.lock().expect("changes lock"))
+        let mut changes = self.changes.lock().expect("changes lock");
+        self.taken
+            .store(self.made.load(Ordering::Relaxed), Ordering::Relaxed);
+        std::mem::take(&mut *changes)
+    }
+
+    /// How many joins and leaves have happened here so far.
+    pub fn changes_made(&self) -> u64 {
+        let _changes = self.changes.lock().expect("changes lock");
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// Called by the announcer once what it last took is published.
+    pub fn announced(&self) {
+        self.announced
+            .send_replace(self.taken.load(Ordering::Relaxed));
+    }
+
+    /// Waits (at most `within`) until the first `made` changes have been announced, so that
+    /// publishers address a client's messages here before its session state is read.
+    pub async fn wait_announced(&self, made: u64, within: Duration) {
+        let mut announced = self.announced.subscribe();
+        let _ = tokio::time::timeout(within, announced.wait_for(|n| *n >= made)).await;
     }
 
     /// Resolves when a client has joined or left since [`Self::take_changes`] last ran.

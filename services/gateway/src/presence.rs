@@ -115,19 +115,23 @@ pub async fn announce(
             () = inboxes.wait_changes() => {
                 tokio::time::sleep(settings.gather).await;
                 announcer.publish(inboxes.take_changes(), false, false).await;
+                inboxes.announced();
                 heartbeat.reset();
             }
             _ = heartbeat.tick() => {
                 announcer.publish(inboxes.take_changes(), false, false).await;
+                inboxes.announced();
             }
             _ = snapshot.tick() => {
                 // Changes first, so a snapshot never goes before news it would contradict.
                 announcer.publish(inboxes.take_changes(), false, false).await;
+                inboxes.announced();
                 announcer.publish(inboxes.snapshot(), true, false).await;
             }
             ask = next_ask(&mut asks) => match ask {
                 Some(_) => {
                     announcer.publish(inboxes.take_changes(), false, false).await;
+                    inboxes.announced();
                     announcer.publish(inboxes.snapshot(), true, false).await;
                 }
                 None => asks = None,

@@ -66,6 +66,9 @@ use driver::DriverSession;
 
 /// After the close frame, how long the client's answer to it is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Longest a new session waits for its join to be announced before reading its session state
+/// (announcements go out within a few milliseconds; longer only when NATS is away).
+const JOIN_ANNOUNCED_WITHIN: Duration = Duration::from_millis(250);
 
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
@@ -212,7 +215,18 @@ impl Session {
                 signal.mark_changed();
             }
             Box::pin(self.subscribe_feeds(&mut feeds)).await;
-            self.shared.tasks.spawn(self.clone().resume());
+            // The session state is read once this client's join is announced, so that what
+            // commits after it is addressed here, not to a gateway the client just left.
+            let joined = self.shared.inboxes.changes_made();
+            let session = self.clone();
+            self.shared.tasks.spawn(async move {
+                session
+                    .shared
+                    .inboxes
+                    .wait_announced(joined, JOIN_ANNOUNCED_WITHIN)
+                    .await;
+                session.resume().await;
+            });
 
             let mut bucket = TokenBucket::new(limits.messages_per_sec, limits.burst);
             let mut strikes = 0u32;
