@@ -2,13 +2,11 @@
 
 use super::*;
 
-#[tokio::test]
-async fn a_crash_between_commit_and_publish_still_publishes() {
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let config = trips_config(&db.url, &nats.url(), &prefix);
-    // A store with no publisher: the command commits, then the "process" is gone.
+/// A trip created through a store that runs no publisher: its messages wait in the outbox.
+async fn created_without_publisher(
+    db: &TestDb,
+    config: &trips::Config,
+) -> (deadpool_postgres::Pool, TripView) {
     let pool = trips::db::pool(&db.url, &config.pool).unwrap();
     let store = trips::Store::new(
         pool.clone(),
@@ -22,7 +20,17 @@ async fn a_crash_between_commit_and_publish_still_publishes() {
         .unwrap()
         .trip
         .unwrap();
-    drop(store);
+    (pool, trip)
+}
+
+#[tokio::test]
+async fn a_crash_between_commit_and_publish_still_publishes() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let config = trips_config(&db.url, &nats.url(), &prefix);
+    // A store with no publisher: the command commits, then the "process" is gone.
+    let (pool, trip) = created_without_publisher(&db, &config).await;
     pool.close();
     let waiting: i64 = db
         .client()
@@ -68,19 +76,7 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let config = trips_config(&db.url, &nats.url(), &prefix);
-    let pool = trips::db::pool(&db.url, &config.pool).unwrap();
-    let store = trips::Store::new(
-        pool.clone(),
-        config.geo,
-        config.subjects.clone(),
-        config.store.clone(),
-    );
-    let trip = store
-        .execute(create("rider-1", "k"))
-        .await
-        .unwrap()
-        .trip
-        .unwrap();
+    let (pool, trip) = created_without_publisher(&db, &config).await;
     let waiting = || async {
         db.client()
             .await
