@@ -8,6 +8,11 @@ use protocol::{ErrorCode, Subjects, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// How often the client pings its server. A server that answers none of three pings in a row
+/// is given up for another: a partitioned node is left after about 15 s, not the three minutes
+/// of the client's default interval.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How many messages a subscription buffers before NATS drops for it (a slow consumer).
 pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 /// How many outgoing messages may queue before publishing waits.
@@ -78,6 +83,7 @@ pub async fn connect(url: &str, service: &'static str) -> anyhow::Result<Client>
         .retry_on_initial_connect()
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .ping_interval(PING_INTERVAL)
         .client_capacity(CLIENT_CAPACITY)
         .event_callback(move |event| {
             let events = events.clone();

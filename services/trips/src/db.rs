@@ -60,6 +60,13 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Server-side limit on any one statement.
     pub statement_timeout: Duration,
+    /// How long a connection may go unanswered by its server (data sent and not acknowledged,
+    /// or keepalives unanswered while idle) before it is closed. A server that vanished
+    /// without closing its connections (its host died or was cut off) would otherwise hold
+    /// them, and the commands on them, for the kernel's retransmission timeout of about 15
+    /// minutes; closed, they leave the pool and new ones go to the node that is read-write
+    /// now.
+    pub dead_peer_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -68,6 +75,7 @@ impl Default for PoolSettings {
             max_size: 16,
             acquire_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
+            dead_peer_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -78,6 +86,11 @@ pub fn pool(url: &str, settings: &PoolSettings) -> anyhow::Result<Pool> {
     config
         .connect_timeout(settings.acquire_timeout)
         .application_name("dispatch-trips")
+        .tcp_user_timeout(settings.dead_peer_timeout)
+        .keepalives(true)
+        .keepalives_idle(settings.dead_peer_timeout / 2)
+        .keepalives_interval(settings.dead_peer_timeout / 5)
+        .keepalives_retries(3)
         .options(format!(
             "-c statement_timeout={}",
             settings.statement_timeout.as_millis()
