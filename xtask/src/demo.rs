@@ -59,11 +59,11 @@ pub struct Args {
 }
 
 /// The secret the demo's services sign and check tokens with.
-const DEMO_SECRET: &str = "demo-secret-not-for-production";
-const SUBJECT_PREFIX: &str = "demo";
+pub(crate) const DEMO_SECRET: &str = "demo-secret-not-for-production";
+pub(crate) const SUBJECT_PREFIX: &str = "demo";
 /// The simulated city: centre (latitude, longitude) and radius.
-const CITY: (f64, f64) = (52.52, 13.405);
-const CITY_RADIUS_KM: f64 = 15.0;
+pub(crate) const CITY: (f64, f64) = (52.52, 13.405);
+pub(crate) const CITY_RADIUS_KM: f64 = 15.0;
 /// Where the simulated demand and drivers are, inside the city.
 const SIM_RADIUS_KM: f64 = 8.0;
 
@@ -139,7 +139,7 @@ pub(crate) fn city_args(
 }
 
 /// A day's dispatcher token for the dashboard link.
-fn dispatcher_token(gateway: &Path) -> Result<String> {
+pub(crate) fn dispatcher_token(gateway: &Path) -> Result<String> {
     let output = Command::new(gateway)
         .args([
             "token",
@@ -292,7 +292,7 @@ fn terminate(service: &mut Service) -> Option<ExitStatus> {
 /// Services run under watch: a replica that exits is started again after a backoff that
 /// doubles from 1 s to 30 s (and starts over once it has run for a minute); a service without
 /// replicas that exits ends the demo.
-struct Supervisor {
+pub(crate) struct Supervisor {
     services: Vec<Supervised>,
 }
 
@@ -306,7 +306,7 @@ struct Supervised {
 }
 
 impl Supervisor {
-    fn new(services: Vec<(Service, bool)>) -> Self {
+    pub(crate) fn new(services: Vec<(Service, bool)>) -> Self {
         Self {
             services: services
                 .into_iter()
@@ -324,7 +324,7 @@ impl Supervisor {
 
     /// Looks after every service once: restarts replicas that are due, schedules those that
     /// exited. Returns a fatal exit (of a service without replicas), if any.
-    fn watch(&mut self) -> Option<String> {
+    pub(crate) fn watch(&mut self) -> Option<String> {
         for supervised in &mut self.services {
             if let Some(at) = supervised.restart_at
                 && Instant::now() >= at
@@ -379,8 +379,16 @@ impl Supervisor {
         None
     }
 
+    /// The services that run now (those waiting to be started again are left out).
+    pub(crate) fn into_services(self) -> Vec<Service> {
+        self.services
+            .into_iter()
+            .filter_map(|supervised| supervised.service)
+            .collect()
+    }
+
     /// Stops every service, the last started first.
-    fn stop_all(self) {
+    pub(crate) fn stop_all(self) {
         for supervised in self.services.into_iter().rev() {
             if let Some(service) = supervised.service {
                 stop(service);

@@ -146,7 +146,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     run(&args)
 }
 
-fn nats_server_bin() -> Option<PathBuf> {
+pub fn nats_server_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
         return Some(PathBuf::from(bin));
     }
@@ -156,7 +156,7 @@ fn nats_server_bin() -> Option<PathBuf> {
     )
 }
 
-fn postgres_bin_dir() -> Option<PathBuf> {
+pub fn postgres_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
         return Some(PathBuf::from(dir));
     }

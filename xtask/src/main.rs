@@ -2,6 +2,8 @@
 //!
 //! - `cargo xtask demo`: infrastructure, every service and the simulator driving a city; prints
 //!   the dashboard's address and runs until Ctrl-C (or `--duration`).
+//! - `cargo xtask cluster`: the same across hosts made of network namespaces (as root): a
+//!   NATS cluster, PostgreSQL with automatic failover, replicas of every service.
 //! - `cargo xtask test`: formatting, lints and the whole test suite against real NATS and
 //!   PostgreSQL, brought up the same way.
 //! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
@@ -11,11 +13,13 @@
 
 mod bench;
 mod city;
+mod cluster;
 mod cpu;
 mod demo;
 mod fuzz;
 mod hops;
 mod infra;
+mod netns;
 mod soak;
 mod supply;
 mod targets;
@@ -38,6 +42,8 @@ struct Cli {
 enum Command {
     /// Run the whole system with a simulated city until Ctrl-C.
     Demo(demo::Args),
+    /// Run the system across hosts made of network namespaces (as root) until Ctrl-C.
+    Cluster(cluster::Args),
     /// Run formatting checks, clippy and every test against real NATS and PostgreSQL.
     Test(test::Args),
     /// Run the benchmarks against real NATS and PostgreSQL.
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::SupplyChain => supply::check(&workspace_root()),
