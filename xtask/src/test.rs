@@ -12,7 +12,11 @@ pub struct Args {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
-    /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...).
+    /// Leave out the faults across hosts (they need root, for network namespaces).
+    #[arg(long)]
+    no_hosts: bool,
+    /// Extra arguments for `cargo test` (a test name filter, `--nocapture`...); with them, the
+    /// faults across hosts are left out.
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
 }
@@ -32,8 +36,23 @@ fn step(name: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The faults `cargo xtask test` injects across hosts, each in a cluster of its own.
+/// The faults `cargo xtask test` injects across hosts, each in a cluster of its own, and how
+/// long each city runs (the fault comes a third of the way in).
+const HOST_FAULTS: &[(&str, &str)] = &[
+    ("kill-postgres-primary", "75s"),
+    ("partition-matcher", "45s"),
+];
+
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
+    let hosts = !args.no_hosts && args.cargo_test_args.is_empty();
+    if hosts && !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the faults across hosts build hosts from network namespaces, which needs root: run \
+             `sudo -E cargo xtask test`, or `cargo xtask test --no-hosts` to leave them out"
+        );
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !args.no_lint {
         step(
@@ -82,6 +101,29 @@ pub fn run(args: Args) -> Result<()> {
             .env("DISPATCH_BIN_DIR", &bin_dir),
     )?;
     drop(infra);
+    if hosts {
+        // Each in a cluster of its own, with the debug binaries just built.
+        let xtask = std::env::current_exe()?;
+        for (fault, duration) in HOST_FAULTS {
+            step(
+                &format!("across hosts: {fault}"),
+                Command::new(&xtask).current_dir(&root).args([
+                    "cluster",
+                    "--debug",
+                    "--duration",
+                    duration,
+                    "--drivers",
+                    "100",
+                    "--riders",
+                    "100",
+                    "--fault",
+                    fault,
+                ]),
+            )?;
+        }
+    } else {
+        say("the faults across hosts were left out (--no-hosts or a test filter)");
+    }
     say("all tests passed");
     Ok(())
 }
