@@ -102,8 +102,9 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     drop(infra);
     if hosts {
-        // Each in a cluster of its own, with the debug binaries just built.
-        let xtask = std::env::current_exe()?;
+        // Each in a cluster of its own, with the debug binaries just built (xtask's too: the
+        // build above may have replaced the file this process runs from).
+        let xtask = bin_dir.join("xtask");
         for (fault, duration) in HOST_FAULTS {
             step(
                 &format!("across hosts: {fault}"),
