@@ -36,12 +36,12 @@ fn step(name: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The faults `cargo xtask test` injects across hosts, each in a cluster of its own.
 /// The faults `cargo xtask test` injects across hosts, each in a cluster of its own, and how
 /// long each city runs (the fault comes a third of the way in).
 const HOST_FAULTS: &[(&str, &str)] = &[
     ("kill-postgres-primary", "75s"),
     ("partition-matcher", "45s"),
+    ("partition-nats", "45s"),
 ];
 
 pub fn run(args: Args) -> Result<()> {
