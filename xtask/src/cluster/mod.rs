@@ -162,7 +162,8 @@ fn city_regions() -> Result<Vec<String>> {
     Ok(regions.iter().map(ToString::to_string).collect())
 }
 
-/// What a run holds: the hosts, and everything started on them (stopped in reverse order).
+/// What a run holds: the hosts and what runs on each, its directory, PostgreSQL's binaries.
+/// Dropping it removes the hosts (the processes on them are stopped first, by `run`).
 struct Cluster {
     net: Net,
     hosts: Vec<(Placement, Host)>,
