@@ -818,6 +818,15 @@ fn drive(
     if let Some(status) = sim_status
         && !status.success()
     {
+        // Stopped by Ctrl-C, the simulator counts the trips still under way as lost: they
+        // were cut short by the person, not by the system.
+        if !finished {
+            say(format!(
+                "stopped before the city ended: the simulator's report ({status}) counts the \
+                 trips still under way as lost; see its summary for the figures"
+            ));
+            return Ok(());
+        }
         bail!("the simulation reported lost or double-assigned requests, or failed ({status})");
     }
     if let Some(injection) = &injection {
