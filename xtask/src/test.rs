@@ -41,7 +41,6 @@ fn step(name: &str, command: &mut Command) -> Result<()> {
 const HOST_FAULTS: &[(&str, &str)] = &[
     ("kill-postgres-primary", "75s"),
     ("partition-matcher", "45s"),
-    ("partition-nats", "45s"),
 ];
 
 pub fn run(args: Args) -> Result<()> {
