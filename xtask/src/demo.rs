@@ -608,13 +608,7 @@ pub fn run(args: Args) -> Result<()> {
                 cpu_last = Some(crate::cpu::Snapshot::take(&cpu_roots));
                 cpu_taken = Instant::now();
             }
-            if let Some(sim) = simulator.as_mut()
-                && let Ok(Some(status)) = sim.child.try_wait()
-            {
-                say(format!(
-                    "the simulation finished ({status}); its summary is in {}",
-                    sim.log.display()
-                ));
+            if let Some(status) = simulator.as_mut().and_then(finished) {
                 simulator = None;
                 sim_status = Some(status);
                 break;
@@ -669,6 +663,16 @@ pub fn run(args: Args) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// How the simulator ended, if it has, said with where its summary is.
+pub(crate) fn finished(simulator: &mut Service) -> Option<ExitStatus> {
+    let status = simulator.child.try_wait().ok()??;
+    say(format!(
+        "the simulation finished ({status}); its summary is in {}",
+        simulator.log.display()
+    ));
+    Some(status)
 }
 
 /// The first service whose process has ended, if any.

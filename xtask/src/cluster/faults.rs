@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 
-use super::{
-    Cluster, GATEWAY_HTTP_PORT, MATCHER_HTTP_PORT, NATS_MONITOR_PORT, NATS_NODES, Role,
-    TRIPS_HTTP_PORT, Urls,
-};
+use super::{Cluster, GATEWAY_HTTP_PORT, MATCHER_HTTP_PORT, Role, TRIPS_HTTP_PORT, Urls};
 use crate::demo;
 use crate::infra::say;
 use crate::netns::Host;
@@ -140,13 +137,7 @@ impl Cluster {
                 &format!("{}:{MATCHER_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),
-            Fault::PartitionNats => demo::http_get(
-                &format!("{}:{NATS_MONITOR_PORT}", injection.host.addr),
-                "/routez",
-            )
-            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|routes| routes["num_routes"].as_u64())
-            .is_some_and(|n| n >= (NATS_NODES - 1) as u64),
+            Fault::PartitionNats => super::routed(&injection.host.addr),
             Fault::PartitionGateway => demo::http_ok(
                 &format!("{}:{GATEWAY_HTTP_PORT}", injection.host.addr),
                 "/readyz",

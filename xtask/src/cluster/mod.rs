@@ -400,18 +400,12 @@ fn bring_up(
         )?);
     }
     for addr in &nats_addrs {
-        let monitor = format!("{addr}:{NATS_MONITOR_PORT}");
         wait_for(
             &format!("NATS at {addr} routes to the other two"),
             Duration::from_secs(30),
             stop,
             services,
-            || {
-                demo::http_get(&monitor, "/routez")
-                    .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-                    .and_then(|routes| routes["num_routes"].as_u64())
-                    .is_some_and(|n| n >= (NATS_NODES - 1) as u64)
-            },
+            || routed(addr),
         )?;
     }
     let nats = nats_addrs
@@ -546,6 +540,12 @@ fn bring_up(
         ("RUST_LOG", "info"),
     ];
     let mut endpoints = Vec::new();
+    // A service on `host`, whose health endpoints are at `http`.
+    let mut launch = |name: String, host: &Host, binary: &str, args: &[String], http: String| {
+        services.push(cluster.start(&name, &cluster.inside(host, &bin(binary), args), &common)?);
+        endpoints.push((name, http));
+        anyhow::Ok(())
+    };
     for i in 0..TRIPS_REPLICAS {
         let host = cluster.host(&Role::Trips(i));
         let http = format!("{}:{TRIPS_HTTP_PORT}", host.addr);
@@ -555,12 +555,13 @@ fn bring_up(
             "--search-timeout-s".into(),
             "30".into(),
         ];
-        services.push(cluster.start(
-            &format!("trips-{}", i + 1),
-            &cluster.inside(host, &bin("dispatch-trips"), &args),
-            &common,
-        )?);
-        endpoints.push((format!("trips-{}", i + 1), http));
+        launch(
+            format!("trips-{}", i + 1),
+            host,
+            "dispatch-trips",
+            &args,
+            http,
+        )?;
     }
     for i in 0..MATCHERS {
         let (host, regions) = cluster
@@ -580,12 +581,13 @@ fn bring_up(
             "--strategy".into(),
             "greedy".into(),
         ];
-        services.push(cluster.start(
-            &format!("matcher-{}", i + 1),
-            &cluster.inside(host, &bin("dispatch-matcher"), &args),
-            &common,
-        )?);
-        endpoints.push((format!("matcher-{}", i + 1), http));
+        launch(
+            format!("matcher-{}", i + 1),
+            host,
+            "dispatch-matcher",
+            &args,
+            http,
+        )?;
     }
     let trips_apis = cluster.addrs(|r| matches!(r, Role::Trips(_)));
     for i in 0..GATEWAYS {
@@ -611,12 +613,13 @@ fn bring_up(
             "--map-zoom".into(),
             "12.5".into(),
         ];
-        services.push(cluster.start(
-            &format!("gateway-{}", i + 1),
-            &cluster.inside(host, &bin("dispatch-gateway"), &args),
-            &common,
-        )?);
-        endpoints.push((format!("gateway-{}", i + 1), http));
+        launch(
+            format!("gateway-{}", i + 1),
+            host,
+            "dispatch-gateway",
+            &args,
+            http,
+        )?;
     }
     let endpoints: Vec<(&str, &str)> = endpoints
         .iter()
@@ -624,6 +627,14 @@ fn bring_up(
         .collect();
     demo::wait_ready(services, &endpoints, stop)?;
     Ok(Urls { nats, database })
+}
+
+/// Whether the NATS node at `addr` has its routes to the other nodes.
+fn routed(addr: &Ipv4Addr) -> bool {
+    demo::http_get(&format!("{addr}:{NATS_MONITOR_PORT}"), "/routez")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|routes| routes["num_routes"].as_u64())
+        .is_some_and(|n| n >= (NATS_NODES - 1) as u64)
 }
 
 /// A directory the postgres user owns, for one node's data, configuration and state.
@@ -776,13 +787,7 @@ fn drive(
             outcome = Err(error);
             break;
         }
-        if let Some(sim) = simulator.as_mut()
-            && let Ok(Some(status)) = sim.child.try_wait()
-        {
-            say(format!(
-                "the simulation finished ({status}); its summary is in {}",
-                sim.log.display()
-            ));
+        if let Some(status) = simulator.as_mut().and_then(demo::finished) {
             simulator = None;
             sim_status = Some(status);
             break;
