@@ -171,6 +171,76 @@ impl Bus {
     }
 }
 
+/// Tells when the server has read what a client published.
+///
+/// `flush` only hands the bytes to the kernel: on a connection to a server that vanished
+/// without closing it, they are gone although `flush` succeeded. A request to an echo on the
+/// same client is answered only after the server has read everything sent before it on that
+/// connection (NATS keeps one connection's messages in order); a reconnect in between fails the
+/// receipt, since what went out before may have died with the old connection.
+#[derive(Debug, Clone)]
+pub struct Receipts {
+    client: Client,
+    echo: String,
+}
+
+/// Where a client's connection stood when publishing began (see [`Receipts::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark(u64);
+
+impl Receipts {
+    /// Starts the echo, which answers on `client` until the client closes.
+    pub async fn start(client: Client) -> anyhow::Result<Self> {
+        use futures_util::StreamExt;
+        let echo = client.new_inbox();
+        let mut requests = client.subscribe(echo.clone()).await?;
+        let answering = client.clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                if let Some(reply) = request.reply {
+                    let _ = answering.publish(reply, bytes::Bytes::new()).await;
+                }
+            }
+        });
+        Ok(Self { client, echo })
+    }
+
+    /// The client it vouches for; publish on this one.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Taken before publishing what [`Receipts::confirm`] is to vouch for.
+    pub fn mark(&self) -> Mark {
+        Mark(connects(&self.client))
+    }
+
+    /// Returns once the server has read everything published on the client since `mark`, or
+    /// fails (then publish it all again).
+    pub async fn confirm(&self, mark: Mark, timeout: Duration) -> Result<(), BusError> {
+        let asked = self.client.request(self.echo.clone(), bytes::Bytes::new());
+        match tokio::time::timeout(timeout, asked).await {
+            Err(_) => return Err(BusError::Timeout(self.echo.clone())),
+            Ok(Err(error)) => return Err(BusError::Nats(error.to_string())),
+            Ok(Ok(_)) => {}
+        }
+        if connects(&self.client) != mark.0 {
+            return Err(BusError::Nats(
+                "reconnected while publishing: what went out before may be lost".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How many times `client` has connected: it changes on every reconnect.
+pub fn connects(client: &Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Keeps readiness condition `name` equal to "the NATS client is connected", until `stop`.
 pub async fn track_readiness(
     client: Client,

@@ -215,10 +215,13 @@ pub async fn run(
         directory.clone(),
         background.clone(),
     ));
+    let receipts = kit::bus::Receipts::start(nats.clone())
+        .await
+        .context("starting the outbox's receipts")?;
     tasks.spawn(outbox::run(
         pool.clone(),
         store.outbox_ready(),
-        nats.clone(),
+        receipts,
         directory,
         background.clone(),
     ));

@@ -4,14 +4,16 @@
 //! knows it, and to every gateway otherwise.
 //!
 //! One replica at a time publishes (a transaction-scoped advisory lock), so messages leave in
-//! commit order; rows are deleted in the same transaction after NATS has flushed them, so a
-//! crash at any point means re-publishing, never losing.
+//! commit order; rows are deleted in the same transaction once the NATS server has read them
+//! (a [`Receipts`] round trip on the same connection, not only a flush: the bytes of a flush
+//! die in the kernel's buffers when the server has silently gone), so a crash or a lost server
+//! at any point means re-publishing, never losing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::Client;
 use deadpool_postgres::Pool;
+use kit::bus::Receipts;
 use kit::presence::Directory;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,15 +26,15 @@ const BATCH: i64 = 500;
 pub const OUTBOX_LOCK: i64 = 0x6f75_7462_6f78;
 /// How often the outbox is checked even without a wake-up (for rows left by a crash).
 const POLL: Duration = Duration::from_millis(250);
-/// How long a publish round may wait for NATS before giving up and retrying later.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a publish round may wait for the server's receipt before giving up and retrying.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is updated.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Publishes one batch of transitions' messages; returns how many rows (transitions) left.
 pub async fn publish_batch(
     pool: &Pool,
-    nats: &Client,
+    receipts: &Receipts,
     directory: &Directory,
 ) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
@@ -55,6 +57,8 @@ pub async fn publish_batch(
     }
     let mut messages = 0;
     let now = std::time::Instant::now();
+    let nats = receipts.client();
+    let mark = receipts.mark();
     let publish = async {
         for row in &rows {
             let subjects: Vec<String> = row.get(1);
@@ -65,10 +69,10 @@ pub async fn publish_batch(
                 messages += 1;
             }
         }
-        nats.flush().await?;
+        receipts.confirm(mark, RECEIPT_TIMEOUT).await?;
         Ok::<_, anyhow::Error>(())
     };
-    match tokio::time::timeout(FLUSH_TIMEOUT, publish).await {
+    match tokio::time::timeout(RECEIPT_TIMEOUT, publish).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             metrics::counter!(m::OUTBOX_FAILURES).increment(1);
@@ -102,7 +106,7 @@ async fn measure_backlog(pool: &Pool) {
 pub async fn run(
     pool: Pool,
     ready: Arc<Notify>,
-    nats: Client,
+    receipts: Receipts,
     directory: Arc<Directory>,
     shutdown: CancellationToken,
 ) {
@@ -113,7 +117,7 @@ pub async fn run(
             measure_backlog(&pool).await;
         }
         loop {
-            match publish_batch(&pool, &nats, &directory).await {
+            match publish_batch(&pool, &receipts, &directory).await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => break,
                 Err(error) => {
@@ -130,5 +134,5 @@ pub async fn run(
         }
     }
     // Publish what the last commands wrote before going.
-    let _ = publish_batch(&pool, &nats, &directory).await;
+    let _ = publish_batch(&pool, &receipts, &directory).await;
 }

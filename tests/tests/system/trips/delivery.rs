@@ -1,6 +1,7 @@
 //! What committed is published: after a crash, by the sweeper, and quick refusals while the database is away.
 
 use super::*;
+use tests::proxy::TcpProxy;
 
 /// A trip created through a store that runs no publisher: its messages wait in the outbox.
 async fn created_without_publisher(
@@ -93,6 +94,7 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
         .await
         .unwrap();
     client.flush().await.unwrap();
+    let receipts = kit::bus::Receipts::start(client).await.unwrap();
     let directory =
         kit::presence::Directory::new(config.subjects.clone(), &[Role::Driver, Role::Rider]);
     // Another replica is publishing: it holds the lock in its open transaction.
@@ -105,20 +107,112 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
         )
         .await
         .unwrap();
-    let published = trips::outbox::publish_batch(&pool, &client, &directory)
+    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
         .await
         .unwrap();
     assert_eq!(published, 0, "a replica without the lock reads no row");
     assert_eq!(waiting().await, 1, "and leaves the row where it is");
 
     holding.commit().await.unwrap();
-    let published = trips::outbox::publish_batch(&pool, &client, &directory)
+    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
         .await
         .unwrap();
     assert_eq!(published, 1, "once the lock is free the row is published");
     let event: TripEvent = next(&mut events).await;
     assert_eq!(event.trip.trip_id, trip.trip_id);
     assert_eq!(waiting().await, 0, "and deleted");
+}
+
+/// A NATS connection that goes through a proxy the test can stall (a server gone silent).
+async fn through_proxy(nats: &NatsServer) -> (TcpProxy, async_nats::Client) {
+    let addr = nats
+        .url()
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("a test server's address");
+    let proxy = TcpProxy::start(addr).await;
+    let client = async_nats::connect(format!("nats://{}", proxy.addr))
+        .await
+        .unwrap();
+    (proxy, client)
+}
+
+#[tokio::test]
+async fn the_outbox_deletes_nothing_a_silent_server_did_not_read() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let config = trips_config(&db.url, &nats.url(), &prefix);
+    let (pool, trip) = created_without_publisher(&db, &config).await;
+    let waiting = || async {
+        db.client()
+            .await
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = watcher
+        .subscribe(config.subjects.trip_events_all())
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let (proxy, client) = through_proxy(&nats).await;
+    let receipts = kit::bus::Receipts::start(client).await.unwrap();
+    receipts
+        .confirm(receipts.mark(), Duration::from_secs(5))
+        .await
+        .expect("a receipt from a server that answers");
+    let directory =
+        kit::presence::Directory::new(config.subjects.clone(), &[Role::Driver, Role::Rider]);
+
+    // The path goes silent: the publish and its flush succeed into the kernel's buffers, but
+    // no receipt comes back.
+    proxy.stall();
+    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+        .await
+        .unwrap();
+    assert_eq!(
+        published, 0,
+        "without a receipt nothing counts as published"
+    );
+    assert_eq!(
+        waiting().await,
+        1,
+        "and the row waits to be published again"
+    );
+
+    proxy.restore();
+    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+        .await
+        .unwrap();
+    assert_eq!(published, 1, "with the path back, the row is published");
+    assert_eq!(waiting().await, 0, "and deleted");
+    let event: TripEvent = next(&mut events).await;
+    assert_eq!(event.trip.trip_id, trip.trip_id);
+}
+
+#[tokio::test]
+async fn a_receipt_does_not_vouch_across_a_reconnect() {
+    let nats = NatsServer::start();
+    let (proxy, client) = through_proxy(&nats).await;
+    let receipts = kit::bus::Receipts::start(client.clone()).await.unwrap();
+    let before = receipts.mark();
+    let connects = kit::bus::connects(&client);
+    // What went out before this may have died with the old connection.
+    proxy.cut();
+    proxy.restore();
+    eventually("the client reconnected", PATIENCE, || async {
+        (kit::bus::connects(&client) > connects).then_some(())
+    })
+    .await;
+    let across = receipts.confirm(before, Duration::from_secs(5)).await;
+    assert!(across.is_err(), "a receipt across a reconnect: {across:?}");
+    receipts
+        .confirm(receipts.mark(), Duration::from_secs(5))
+        .await
+        .expect("a receipt on the new connection");
 }
 
 #[tokio::test]
