@@ -63,13 +63,17 @@ fn check_upgrade(
 /// Signals every session: a reconnect each time the NATS connection comes back after losing
 /// it (core NATS does not keep what was published while a subscriber was away, so every
 /// session re-reads its state from the trips service), and `stopping` on `stop`.
+///
+/// A reconnect is told by the client's count of connections, not by its state: moving to
+/// another server can take less than one look at the state, and a resync missed leaves a
+/// client without what was published to it meanwhile.
 async fn signal_sessions(
     nats: async_nats::Client,
     signal: tokio::sync::watch::Sender<Signal>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut was_connected = true;
+    let mut connects = kit::bus::connects(&nats);
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -77,14 +81,15 @@ async fn signal_sessions(
                 break;
             }
             _ = tick.tick() => {
-                let connected =
-                    nats.connection_state() == async_nats::connection::State::Connected;
-                if connected && !was_connected {
+                let now = kit::bus::connects(&nats);
+                // Also the first connection of a gateway that started without a server: the
+                // sessions let in meanwhile could not read their state.
+                if now > connects {
                     tracing::info!("nats is back: sessions re-read their state");
                     metrics::counter!(m::RESYNCS).increment(1);
                     signal.send_modify(|s| s.reconnects += 1);
                 }
-                was_connected = connected;
+                connects = now;
             }
         }
     }

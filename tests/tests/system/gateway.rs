@@ -11,6 +11,7 @@ use protocol::trip::TripState;
 use protocol::{ErrorCode, GeoConfig, Point, Subjects, codec};
 use serde_json::json;
 use tests::client::{Client, Ended, token, token_with};
+use tests::proxy::TcpProxy;
 use tests::services::{Gateway, Running, gateway_config, start_gateway, start_trips, trips_config};
 use tests::{NatsServer, Patience, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
@@ -614,6 +615,74 @@ async fn reconnecting_clients_are_brought_up_to_date() {
         unreachable!()
     };
     assert_eq!(trips[0].trip_id, trip.trip_id);
+}
+
+#[tokio::test]
+async fn a_gateway_back_on_nats_tells_its_clients_what_they_missed() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let proxy = TcpProxy::start(nats.url().trim_start_matches("nats://").parse().unwrap()).await;
+    let gateway = start_gateway(gateway_config(&format!("nats://{}", proxy.addr), &prefix)).await;
+    tests::services::wait_ready(gateway.running.http).await;
+    let bus = Bus::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        Subjects::new(&prefix).unwrap(),
+    );
+    let mut driver = Client::connect(gateway.ws, Role::Driver, "d1").await;
+    driver
+        .send_json(
+            &json!({"type": "go_online", "id": 1, "vehicle_class": "standard", "capacity": 4}),
+        )
+        .await;
+    driver.ack_for(1).await;
+    let mut rider = Client::connect(gateway.ws, Role::Rider, "r1").await;
+    rider.send_json(&request_ride(1, "k")).await;
+    let ServerMessage::Ack {
+        trip: Some(trip), ..
+    } = rider.ack_for(1).await
+    else {
+        panic!("no trip in the ack")
+    };
+
+    // The gateway loses NATS; the trip is offered meanwhile, and its update to the rider is
+    // published while nobody holds the rider's subscription.
+    proxy.cut();
+    tests::services::wait_unready(gateway.running.http).await;
+    let offer = TripCommand::Offer {
+        trip_id: trip.trip_id,
+        driver_id: "d1".into(),
+        expires_at: now_ms() + 30_000,
+        pickup_eta_s: 60,
+    };
+    bus.command(&offer, PATIENCE).await.unwrap();
+    tests::eventually("the offer's messages published", PATIENCE, || async {
+        let client = db.client().await;
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .ok()?
+            .get(0);
+        (left == 0).then_some(())
+    })
+    .await;
+    proxy.restore();
+
+    // Back on NATS, the gateway re-reads the rider's state and tells it.
+    let state = rider
+        .recv_until(|m| matches!(m, ServerMessage::SessionState { .. }))
+        .await;
+    let ServerMessage::SessionState { trips, .. } = state else {
+        unreachable!()
+    };
+    let mine = trips.iter().find(|t| t.trip_id == trip.trip_id);
+    assert_eq!(
+        mine.map(|t| t.state),
+        Some(TripState::Offered),
+        "the rider learns the offer it missed: {trips:?}"
+    );
 }
 
 #[tokio::test]
