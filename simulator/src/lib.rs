@@ -367,7 +367,16 @@ pub async fn run_until(settings: Settings, stop: CancellationToken) -> anyhow::R
             eprintln!();
         }
     }
-    let lost = open.lock().expect("open lock").len() as u64;
+    let mut lost: Vec<_> = open
+        .lock()
+        .expect("open lock")
+        .iter()
+        .map(|(id, state)| (*id, *state))
+        .collect();
+    lost.sort_by_key(|(id, _)| *id);
+    for (trip_id, state) in &lost {
+        tracing::warn!(%trip_id, last_heard = ?state, "trip lost: acknowledged and not ended");
+    }
     Ok(Report::build(&settings, &stats, lost, elapsed))
 }
 

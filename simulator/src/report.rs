@@ -53,6 +53,8 @@ pub struct Report {
     pub expired: u64,
     /// Acknowledged requests that did not reach a terminal state by the end of the drain.
     pub lost: u64,
+    /// The lost trips, each with the last state the rider heard of (at most 100).
+    pub lost_trips: Vec<(uuid::Uuid, protocol::trip::TripState)>,
     /// Offers received by a driver while carrying out another trip.
     pub double_assigned: u64,
     /// Completed over acknowledged requests that were not cancelled.
@@ -73,7 +75,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn build(settings: &Settings, stats: &Stats, lost: u64, elapsed: Duration) -> Self {
+    pub fn build(
+        settings: &Settings,
+        stats: &Stats,
+        lost_trips: Vec<(uuid::Uuid, protocol::trip::TripState)>,
+        elapsed: Duration,
+    ) -> Self {
+        let lost = lost_trips.len() as u64;
+        let lost_trips = lost_trips.into_iter().take(100).collect();
         let acknowledged = get(&stats.acked);
         let cancelled = get(&stats.cancelled);
         let completed = get(&stats.completed);
@@ -97,6 +106,7 @@ impl Report {
             cancelled,
             expired: get(&stats.expired),
             lost,
+            lost_trips,
             double_assigned: get(&stats.double_assigned),
             service_rate: completed as f64 / served_base as f64,
             mean_pickup_eta_s: mean(&stats.pickup_eta_s),
