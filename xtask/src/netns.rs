@@ -34,6 +34,8 @@ pub struct Net {
     /// Held while the hosts exist: one run at a time, since runs share the hosts' names.
     _lock: std::fs::File,
     hosts: Vec<Host>,
+    /// This machine's address on the bridge.
+    addr: Ipv4Addr,
 }
 
 /// The `ip` binary, or a clear error when this machine cannot build hosts.
@@ -100,6 +102,7 @@ impl Net {
             ip,
             _lock: lock,
             hosts: Vec::new(),
+            addr: gateway,
         };
         run(
             &this.ip,
@@ -139,6 +142,11 @@ impl Net {
         Ok(host)
     }
 
+    /// This machine's address on the bridge, which every host reaches.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
     /// The `ip` binary, to run programs inside a host (`ip netns exec NAMESPACE ...`).
     pub fn ip(&self) -> &PathBuf {
         &self.ip
@@ -162,6 +170,40 @@ impl Net {
             }
         }
         Ok(killed)
+    }
+
+    /// The process id of the one process on `host` whose program is `program` (as
+    /// `/proc/PID/comm` names it, at most 15 bytes).
+    pub fn process_id(&self, host: &Host, program: &str) -> Result<i32> {
+        let pids = run(&self.ip, &["netns", "pids", &host.namespace])?;
+        let comm: String = program.chars().take(15).collect();
+        let matching: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .collect();
+        let [pid] = matching[..] else {
+            bail!(
+                "expected one {program} on {}, found {}",
+                host.name,
+                matching.len()
+            );
+        };
+        Ok(pid)
+    }
+
+    /// SIGKILLs the process on `host` whose program is `program`; returns its process id (the
+    /// host stays up).
+    pub fn kill_process(&self, host: &Host, program: &str) -> Result<i32> {
+        let pid = self.process_id(host, program)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .with_context(|| format!("killing {program} ({pid}) on {}", host.name))?;
+        Ok(pid)
     }
 
     /// Cuts `host` off from every other host (its link down), or joins it again.

@@ -36,11 +36,23 @@ fn step(name: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The faults `cargo xtask test` injects across hosts, each in a cluster of its own, and how
-/// long each city runs (the fault comes a third of the way in).
-const HOST_FAULTS: &[(&str, &str)] = &[
-    ("kill-postgres-primary", "75s"),
-    ("partition-matcher", "45s"),
+/// The faults `cargo xtask test` injects across hosts: each list in a cluster of its own, one
+/// fault after another (the first a third of the way in, each next 5 s after the system
+/// recovered), and how long each city runs.
+const HOST_FAULTS: &[(&[&str], &str)] = &[
+    (&["kill-postgres-primary"], "75s"),
+    (
+        &[
+            "partition-matcher",
+            "partition-nats",
+            "partition-postgres-primary",
+        ],
+        "100s",
+    ),
+    (
+        &["kill-matcher", "kill-trips", "kill-gateway", "kill-nats"],
+        "90s",
+    ),
 ];
 
 pub fn run(args: Args) -> Result<()> {
@@ -104,21 +116,24 @@ pub fn run(args: Args) -> Result<()> {
         // Each in a cluster of its own, with the debug binaries just built (xtask's too: the
         // build above may have replaced the file this process runs from).
         let xtask = bin_dir.join("xtask");
-        for (fault, duration) in HOST_FAULTS {
+        for (faults, duration) in HOST_FAULTS {
+            let mut cluster = Command::new(&xtask);
+            cluster.current_dir(&root).args([
+                "cluster",
+                "--debug",
+                "--duration",
+                duration,
+                "--drivers",
+                "100",
+                "--riders",
+                "100",
+            ]);
+            for fault in *faults {
+                cluster.args(["--fault", fault]);
+            }
             step(
-                &format!("across hosts: {fault}"),
-                Command::new(&xtask).current_dir(&root).args([
-                    "cluster",
-                    "--debug",
-                    "--duration",
-                    duration,
-                    "--drivers",
-                    "100",
-                    "--riders",
-                    "100",
-                    "--fault",
-                    fault,
-                ]),
+                &format!("across hosts: {}", faults.join(", ")),
+                &mut cluster,
             )?;
         }
     } else {

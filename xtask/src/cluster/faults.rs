@@ -29,10 +29,22 @@ pub enum Fault {
     /// Cut the first gateway's host off for 15 s: its clients reconnect to another gateway and
     /// resume their trips.
     PartitionGateway,
+    /// SIGKILL the first matcher's process: the other matcher of its regions serves them
+    /// until the supervisor has restarted it.
+    KillMatcher,
+    /// SIGKILL the first trips replica's process: the other replica takes its commands and
+    /// the outbox.
+    KillTrips,
+    /// SIGKILL the first gateway's process: its clients reconnect to another gateway and
+    /// resume their trips.
+    KillGateway,
+    /// SIGKILL the first NATS node's process: its clients move to the other two, and the
+    /// restarted node joins the cluster again.
+    KillNats,
 }
 
 impl Fault {
-    /// How long the host is cut off.
+    /// How long the host is cut off (nothing is cut off when a process is killed).
     pub(super) fn down_for(self) -> Duration {
         match self {
             // Longer than pg_auto_failover takes to fail over with its default timeouts (about
@@ -43,6 +55,9 @@ impl Fault {
             Fault::PartitionMatcher | Fault::PartitionNats | Fault::PartitionGateway => {
                 Duration::from_secs(15)
             }
+            Fault::KillMatcher | Fault::KillTrips | Fault::KillGateway | Fault::KillNats => {
+                Duration::ZERO
+            }
         }
     }
 
@@ -51,6 +66,17 @@ impl Fault {
     pub(super) fn kills(self) -> bool {
         self == Fault::KillPostgresPrimary
     }
+
+    /// The host and the program whose process is killed, when the fault kills one process.
+    fn process(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Fault::KillMatcher => Some(("matcher-1", "dispatch-matcher")),
+            Fault::KillTrips => Some(("trips-1", "dispatch-trips")),
+            Fault::KillGateway => Some(("gateway-1", "dispatch-gateway")),
+            Fault::KillNats => Some(("nats-1", "nats-server")),
+            _ => None,
+        }
+    }
 }
 
 /// A fault under way: where, since when, and how long the system took to recover.
@@ -58,6 +84,8 @@ pub(super) struct Injection {
     pub(super) fault: Fault,
     pub(super) host: Host,
     began: Instant,
+    /// The process killed, when the fault kills one.
+    killed: Option<i32>,
     pub(super) healed: Option<Instant>,
     pub(super) recovered: Option<Duration>,
     /// Whether it recovered while the host was still away (as a failover must).
@@ -94,6 +122,26 @@ impl Cluster {
             Fault::PartitionMatcher => self.host_named("matcher-1").clone(),
             Fault::PartitionNats => self.host_named("nats-1").clone(),
             Fault::PartitionGateway => self.host_named("gateway-1").clone(),
+            Fault::KillMatcher | Fault::KillTrips | Fault::KillGateway | Fault::KillNats => {
+                let (host, program) = fault.process().expect("a process fault");
+                let host = self.host_named(host).clone();
+                let pid = self.net.kill_process(&host, program)?;
+                say(format!(
+                    "fault: SIGKILL to {program} (pid {pid}) on {}",
+                    host.name
+                ));
+                let began = Instant::now();
+                return Ok(Injection {
+                    fault,
+                    host,
+                    began,
+                    killed: Some(pid),
+                    // Nothing to heal: the supervisor restarts the process.
+                    healed: Some(began),
+                    recovered: None,
+                    recovered_while_away: false,
+                });
+            }
         };
         self.net.set_connected(&host, false)?;
         if fault.kills() {
@@ -114,6 +162,7 @@ impl Cluster {
             fault,
             host,
             began: Instant::now(),
+            killed: None,
             healed: None,
             recovered: None,
             recovered_while_away: false,
@@ -127,19 +176,33 @@ impl Cluster {
                 .iter()
                 .all(|addr| demo::http_ok(&format!("{addr}:{port}"), path))
         };
+        // A killed process must have been started again, not only answer.
+        if let (Some(killed), Some((_, program))) = (injection.killed, injection.fault.process())
+            && self
+                .net
+                .process_id(&injection.host, program)
+                .ok()
+                .is_none_or(|pid| pid == killed)
+        {
+            return false;
+        }
         match injection.fault {
             Fault::KillPostgresPrimary | Fault::PartitionPostgresPrimary => {
                 self.primary().is_some()
                     && writable(&self.pg_bin, &urls.database)
                     && service_ready(|r| matches!(r, Role::Trips(_)), TRIPS_HTTP_PORT, "/readyz")
             }
-            Fault::PartitionMatcher => demo::http_ok(
+            Fault::PartitionMatcher | Fault::KillMatcher => demo::http_ok(
                 &format!("{}:{MATCHER_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),
-            Fault::PartitionNats => super::routed(&injection.host.addr),
-            Fault::PartitionGateway => demo::http_ok(
+            Fault::PartitionNats | Fault::KillNats => super::routed(&injection.host.addr),
+            Fault::PartitionGateway | Fault::KillGateway => demo::http_ok(
                 &format!("{}:{GATEWAY_HTTP_PORT}", injection.host.addr),
+                "/readyz",
+            ),
+            Fault::KillTrips => demo::http_ok(
+                &format!("{}:{TRIPS_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),
         }
@@ -173,7 +236,7 @@ impl Cluster {
             say(format!(
                 "fault: recovered {:.1} s after the {}{}",
                 took.as_secs_f64(),
-                if injection.fault.kills() {
+                if injection.fault.kills() || injection.fault.process().is_some() {
                     "kill"
                 } else {
                     "partition healed"
@@ -253,4 +316,43 @@ pub(super) fn audit(pg_bin: &Path, url: &str) -> Result<Vec<String>> {
         wrong.push("no trip reached PostgreSQL".to_owned());
     }
     Ok(wrong)
+}
+
+/// For each trip the simulator's report at `report` counts as lost: the last state its rider
+/// heard of, and the trip's events in PostgreSQL.
+pub(super) fn explain_lost(pg_bin: &Path, url: &str, report: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(report) else {
+        return vec![format!("no simulator report at {}", report.display())];
+    };
+    let Ok(report) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return vec![format!(
+            "the simulator report at {} is not JSON",
+            report.display()
+        )];
+    };
+    let lost = report["lost_trips"].as_array().cloned().unwrap_or_default();
+    let mut lines = Vec::new();
+    for trip in lost {
+        let (Some(id), heard) = (trip[0].as_str(), trip[1].as_str().unwrap_or("?")) else {
+            continue;
+        };
+        // Only a UUID goes into the query (it is the simulator's, but checked all the same).
+        let Ok(id) = uuid::Uuid::parse_str(id) else {
+            continue;
+        };
+        let events = psql(
+            pg_bin,
+            url,
+            &format!(
+                "SELECT string_agg(format('%s %s->%s', to_char(at, 'HH24:MI:SS.MS'), \
+                 from_state, to_state), ', ' ORDER BY version) FROM trip_events \
+                 WHERE trip_id = '{id}'"
+            ),
+        )
+        .unwrap_or_else(|error| format!("(not read: {error})"));
+        lines.push(format!(
+            "lost trip {id}: its rider last heard {heard}; in PostgreSQL: {events}"
+        ));
+    }
+    lines
 }

@@ -14,7 +14,7 @@
 //! printed. At the end (or when anything fails) every process is stopped and every namespace
 //! and link this made is removed.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use crate::infra::{self, say};
 use crate::netns::{Host, Net};
 
 mod faults;
+mod latency;
 use faults::{Fault, Injection, audit};
 
 #[derive(Debug, clap::Args)]
@@ -56,9 +57,15 @@ pub struct Args {
     #[arg(long)]
     report_json: Option<PathBuf>,
     /// A fault to inject a third of the way through `--duration` (which it needs); the run
-    /// prints how long the system took to recover and fails if anything was lost.
+    /// prints how long the system took to recover and fails if anything was lost. Given more
+    /// than once, the faults come one after another, each 5 s after the system recovered
+    /// from the one before.
     #[arg(long, value_enum, requires = "duration")]
-    fault: Option<Fault>,
+    fault: Vec<Fault>,
+    /// Latency to add each way between the gateways and NATS (for example `100ms`), through a
+    /// userspace proxy on this machine (the kernel has no `netem`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency: Option<Duration>,
 }
 
 fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
@@ -103,6 +110,8 @@ pub const GATEWAYS: usize = 3;
 const NATS_PORT: u16 = 4222;
 const NATS_ROUTE_PORT: u16 = 6222;
 const NATS_MONITOR_PORT: u16 = 8222;
+/// The first of the latency proxies' ports on this machine, one per NATS node.
+const LATENCY_PORT: u16 = 14221;
 const PG_MONITOR_PORT: u16 = 25430;
 const PG_PORT: u16 = 25431;
 const TRIPS_HTTP_PORT: u16 = 8082;
@@ -339,7 +348,14 @@ pub fn run(args: Args) -> Result<()> {
         pg_bin,
     };
     let mut services: Vec<Service> = Vec::new();
-    let result = bring_up(&cluster, &mut services, &stop_requested, &bin, &dashboard);
+    let result = bring_up(
+        &cluster,
+        &mut services,
+        &stop_requested,
+        &bin,
+        &dashboard,
+        args.latency,
+    );
     let outcome = match result {
         Ok(urls) => drive(&cluster, &mut services, &stop_requested, &bin, &args, &urls),
         Err(error) => Err(error),
@@ -364,6 +380,7 @@ fn bring_up(
     stop: &AtomicBool,
     bin: &dyn Fn(&str) -> PathBuf,
     dashboard: &Path,
+    latency: Option<Duration>,
 ) -> Result<Urls> {
     // NATS: three nodes, each routing to the other two.
     let nats_bin = infra::nats_server_bin().context("nats-server is missing")?;
@@ -375,14 +392,16 @@ fn bring_up(
             .map(|other| format!("nats://{other}:{NATS_ROUTE_PORT}"))
             .collect();
         // Pings every 5 s, so a client cut off by a partition is dropped (and its
-        // subscriptions with it) within 15 s rather than minutes.
+        // subscriptions with it) within 15 s rather than minutes. Clients are given every
+        // node and learn no other addresses (`no_advertise`), so the gateways stay behind
+        // their latency proxies when there are some.
         let config = cluster.dir.join(format!("nats-{}.conf", i + 1));
         std::fs::write(
             &config,
             format!(
                 "server_name: nats-{n}\nlisten: \"{addr}:{NATS_PORT}\"\nhttp: \"{addr}:{NATS_MONITOR_PORT}\"\n\
                  ping_interval: \"5s\"\nping_max: 3\n\
-                 cluster {{\n  name: dispatch\n  listen: \"{addr}:{NATS_ROUTE_PORT}\"\n  routes: [{routes}]\n}}\n",
+                 cluster {{\n  name: dispatch\n  listen: \"{addr}:{NATS_ROUTE_PORT}\"\n  routes: [{routes}]\n  no_advertise: true\n}}\n",
                 n = i + 1,
                 routes = routes
                     .iter()
@@ -413,6 +432,23 @@ fn bring_up(
         .map(|a| format!("nats://{a}:{NATS_PORT}"))
         .collect::<Vec<_>>()
         .join(",");
+    // The gateways reach NATS through proxies that add the latency, when asked for.
+    let gateways_nats = match latency {
+        None => nats.clone(),
+        Some(delay) => {
+            let mut proxied = Vec::new();
+            for (i, addr) in nats_addrs.iter().enumerate() {
+                let listen = SocketAddr::from((cluster.net.addr(), LATENCY_PORT + i as u16));
+                latency::start(listen, SocketAddr::from((*addr, NATS_PORT)), delay)?;
+                proxied.push(format!("nats://{listen}"));
+            }
+            say(format!(
+                "gateways reach NATS through {} ({delay:?} each way)",
+                proxied.join(", ")
+            ));
+            proxied.join(",")
+        }
+    };
 
     // PostgreSQL under pg_auto_failover: the monitor, then the first node (the primary), then
     // the second (its synchronous standby, cloned from the primary).
@@ -612,6 +648,9 @@ fn bring_up(
             format!("{},{}", demo::CITY.0, demo::CITY.1),
             "--map-zoom".into(),
             "12.5".into(),
+            // Over the environment's NATS_URL: through the latency, when asked for.
+            "--nats-url".into(),
+            gateways_nats.clone(),
         ];
         launch(
             format!("gateway-{}", i + 1),
@@ -725,9 +764,12 @@ fn drive(
         &duration,
         args.seed,
     );
-    if let Some(path) = &args.report_json {
-        sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
-    }
+    // Always written: a failed run explains its lost trips from it.
+    let report = args
+        .report_json
+        .clone()
+        .unwrap_or_else(|| cluster.dir.join("simulator.json"));
+    sim_args.extend(["--report-json".to_owned(), report.display().to_string()]);
     let sim_host = cluster.host(&Role::Simulator);
     let env = [
         ("TOKEN_SECRET", demo::DEMO_SECRET),
@@ -766,12 +808,15 @@ fn drive(
     let mut simulator = Some(simulator);
     let mut sim_status = None;
     let began = Instant::now();
-    let fault_at = args.duration.map(|d| d / 3);
+    let mut next_fault_at = args.duration.map(|d| began + d / 3);
+    let mut pending: std::collections::VecDeque<Fault> = args.fault.iter().copied().collect();
     let mut injection: Option<Injection> = None;
+    let mut done: Vec<Injection> = Vec::new();
     let mut outcome = Ok(());
     while !stop.load(Ordering::SeqCst) {
-        if let (Some(fault), Some(at), None) = (args.fault, fault_at, &injection)
-            && began.elapsed() >= at
+        if injection.is_none()
+            && next_fault_at.is_some_and(|at| Instant::now() >= at)
+            && let Some(fault) = pending.pop_front()
         {
             match cluster.inject(fault) {
                 Ok(started) => injection = Some(started),
@@ -781,11 +826,15 @@ fn drive(
                 }
             }
         }
-        if let Some(injection) = injection.as_mut()
-            && let Err(error) = cluster.follow(injection, urls, false)
-        {
-            outcome = Err(error);
-            break;
+        if let Some(current) = injection.as_mut() {
+            if let Err(error) = cluster.follow(current, urls, false) {
+                outcome = Err(error);
+                break;
+            }
+            if current.healed.is_some() && current.recovered.is_some() {
+                done.extend(injection.take());
+                next_fault_at = Some(Instant::now() + Duration::from_secs(5));
+            }
         }
         if let Some(status) = simulator.as_mut().and_then(demo::finished) {
             simulator = None;
@@ -820,6 +869,7 @@ fn drive(
     }
     *services = supervisor.into_services();
     outcome?;
+    done.extend(injection);
     if let Some(status) = sim_status
         && !status.success()
     {
@@ -832,9 +882,24 @@ fn drive(
             ));
             return Ok(());
         }
+        // What PostgreSQL says of them, to tell a trip stuck in the system from an ending
+        // that did not reach its rider.
+        for line in faults::explain_lost(&cluster.pg_bin, &urls.database, &report) {
+            say(line);
+        }
+        if let Ok(wrong) = audit(&cluster.pg_bin, &urls.database) {
+            for problem in wrong {
+                say(format!("audit: {problem}"));
+            }
+        }
         bail!("the simulation reported lost or double-assigned requests, or failed ({status})");
     }
-    if let Some(injection) = &injection {
+    ensure!(
+        pending.is_empty() || !finished,
+        "the city ended before every fault was injected ({} left): give it a longer --duration",
+        pending.len()
+    );
+    for injection in &done {
         let Some(took) = injection.recovered else {
             bail!(
                 "the system had not recovered from {:?} on {} when the city ended",
