@@ -205,7 +205,9 @@ pub async fn follow(
     };
     ask().await;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut was_connected = true;
+    // A new connection is told by the count of connections: a reconnect can be quicker than
+    // any look at the connection's state.
+    let mut connects = crate::bus::connects(&client);
     let mut last_purge = Instant::now();
     loop {
         tokio::select! {
@@ -218,12 +220,11 @@ pub async fn follow(
                 None => break,
             },
             _ = tick.tick() => {
-                let connected =
-                    client.connection_state() == async_nats::connection::State::Connected;
-                if connected && !was_connected {
+                let now = crate::bus::connects(&client);
+                if now > connects {
                     ask().await;
                 }
-                was_connected = connected;
+                connects = now;
                 if last_purge.elapsed() >= Duration::from_secs(10) {
                     last_purge = Instant::now();
                     directory.purge(last_purge);
