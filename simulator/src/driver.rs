@@ -121,8 +121,10 @@ pub async fn run(
     };
     let mut backoff = Backoff::default();
     let mut first = true;
+    let mut attempt = 0;
     while !stop.is_cancelled() {
         if !first {
+            attempt += 1;
             bump(&driver.stats.reconnects);
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -132,7 +134,7 @@ pub async fn run(
         first = false;
         let ws = tokio::select! {
             _ = stop.cancelled() => break,
-            ws = client::connect(driver.settings.url_for(index), &token, driver.settings.source(index)) => ws,
+            ws = client::connect(driver.settings.url_for(index, attempt), &token, driver.settings.source(index), driver.settings.liveness) => ws,
         };
         let Ok(mut ws) = ws else { continue };
         backoff.reset();

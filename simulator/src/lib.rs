@@ -98,11 +98,16 @@ pub struct Settings {
     pub run_id: String,
     /// Source addresses to connect from, spread over the clients (empty: the system's choice).
     pub sources: Vec<std::net::IpAddr>,
+    /// A gateway silent this long is taken for dead and the client reconnects (none: only a
+    /// closed connection counts).
+    pub liveness: Option<Duration>,
 }
 
 impl Settings {
-    /// The gateway URL client number `index` connects to.
-    pub fn url_for(&self, index: usize) -> &str {
+    /// The gateway URL client number `index` connects to on its `attempt`th connection: each
+    /// reconnect tries the next gateway, as a load balancer would send it to a live one.
+    pub fn url_for(&self, index: usize, attempt: usize) -> &str {
+        let index = index.wrapping_add(attempt);
         let urls: Vec<&str> = self
             .url
             .split(',')
@@ -149,6 +154,7 @@ impl Settings {
             border_point: None,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             sources: Vec::new(),
+            liveness: None,
         }
     }
 
@@ -200,7 +206,13 @@ async fn watch_fleet(settings: Arc<Settings>, stats: Arc<Stats>, stop: Cancellat
     };
     let mut backoff = client::Backoff::default();
     while !stop.is_cancelled() {
-        let Ok(mut ws) = client::connect(settings.url_for(0), &token, settings.source(0)).await
+        let Ok(mut ws) = client::connect(
+            settings.url_for(0, 0),
+            &token,
+            settings.source(0),
+            settings.liveness,
+        )
+        .await
         else {
             backoff.wait().await;
             continue;
@@ -391,9 +403,12 @@ mod tests {
             b"0123456789abcdef",
             Point::new(52.52, 13.405),
         );
-        let urls: Vec<&str> = (0..4).map(|i| settings.url_for(i)).collect();
+        let urls: Vec<&str> = (0..4).map(|i| settings.url_for(i, 0)).collect();
         assert_eq!(urls, ["ws://a/ws", "ws://b/ws", "ws://c/ws", "ws://a/ws"]);
         let one = Settings::new("ws://a/ws", b"0123456789abcdef", Point::new(52.52, 13.405));
-        assert_eq!(one.url_for(7), "ws://a/ws");
+        assert_eq!(one.url_for(7, 0), "ws://a/ws");
+        // A reconnect goes to the next gateway, and round again.
+        assert_eq!(settings.url_for(0, 1), "ws://b/ws");
+        assert_eq!(settings.url_for(2, 2), "ws://b/ws");
     }
 }

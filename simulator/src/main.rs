@@ -64,6 +64,10 @@ struct Args {
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 500.0)]
     ramp_per_sec: f64,
+    /// Take a gateway silent this long for dead and reconnect to the next one (the client
+    /// pings after a third of it); without it, only a closed connection counts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    liveness: Option<Duration>,
     /// Write the report as JSON here.
     #[arg(long)]
     report_json: Option<PathBuf>,
@@ -139,6 +143,13 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     settings.accept_probability = args.accept_probability;
     settings.cancel_probability = args.cancel_probability;
     settings.ramp_per_sec = args.ramp_per_sec;
+    if let Some(liveness) = args.liveness {
+        anyhow::ensure!(
+            liveness >= Duration::from_secs(1),
+            "--liveness must be at least 1s"
+        );
+        settings.liveness = Some(liveness);
+    }
     settings.progress = !args.quiet;
     if args.scenario == Scenario::Border {
         settings.border_point = Some(simulator::border_point(center));

@@ -88,9 +88,11 @@ pub async fn run(index: usize, token: String, crowd: Crowd) {
     let mut next_id = 1u64;
     let mut counter = 0u64;
     let mut first = true;
+    let mut attempt = 0;
     // After `stop` riders ask for nothing new but follow open trips; `stop_now` ends them all.
     while !(stop_now.is_cancelled() || stop.is_cancelled() && ride.is_none()) {
         if !first {
+            attempt += 1;
             bump(&stats.reconnects);
             tokio::select! {
                 _ = stop_now.cancelled() => break,
@@ -100,7 +102,7 @@ pub async fn run(index: usize, token: String, crowd: Crowd) {
         first = false;
         let connected = tokio::select! {
             _ = stop_now.cancelled() => break,
-            ws = client::connect(settings.url_for(settings.drivers + index), &token, settings.source(settings.drivers + index)) => ws,
+            ws = client::connect(settings.url_for(settings.drivers + index, attempt), &token, settings.source(settings.drivers + index), settings.liveness) => ws,
         };
         let Ok(mut ws) = connected else { continue };
         backoff.reset();
