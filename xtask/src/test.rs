@@ -36,23 +36,28 @@ fn step(name: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The faults `cargo xtask test` injects across hosts: each list in a cluster of its own, one
-/// fault after another (the first a third of the way in, each next 5 s after the system
-/// recovered), and how long each city runs.
-const HOST_FAULTS: &[(&[&str], &str)] = &[
-    (&["kill-postgres-primary"], "75s"),
+/// The clusters `cargo xtask test` runs across hosts, each of its own: the faults, one after
+/// another (the first a third of the way in, each next 5 s after the system recovered), how
+/// long the city runs, and any other arguments.
+const HOST_FAULTS: &[(&[&str], &str, &[&str])] = &[
+    (&["kill-postgres-primary"], "75s", &[]),
     (
         &[
             "partition-matcher",
             "partition-nats",
+            "partition-gateway",
             "partition-postgres-primary",
         ],
-        "100s",
+        "140s",
+        &[],
     ),
     (
         &["kill-matcher", "kill-trips", "kill-gateway", "kill-nats"],
         "90s",
+        &[],
     ),
+    // No fault: 100 ms each way between the gateways and NATS.
+    (&[], "45s", &["--latency", "100ms"]),
 ];
 
 pub fn run(args: Args) -> Result<()> {
@@ -116,7 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         // Each in a cluster of its own, with the debug binaries just built (xtask's too: the
         // build above may have replaced the file this process runs from).
         let xtask = bin_dir.join("xtask");
-        for (faults, duration) in HOST_FAULTS {
+        for (faults, duration, extra) in HOST_FAULTS {
             let mut cluster = Command::new(&xtask);
             cluster.current_dir(&root).args([
                 "cluster",
@@ -131,10 +136,13 @@ pub fn run(args: Args) -> Result<()> {
             for fault in *faults {
                 cluster.args(["--fault", fault]);
             }
-            step(
-                &format!("across hosts: {}", faults.join(", ")),
-                &mut cluster,
-            )?;
+            cluster.args(*extra);
+            let what = [faults.join(", "), extra.join(" ")]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            step(&format!("across hosts: {what}"), &mut cluster)?;
         }
     } else {
         say("the faults across hosts were left out (--no-hosts or a test filter)");

@@ -356,3 +356,20 @@ pub(super) fn explain_lost(pg_bin: &Path, url: &str, report: &Path) -> Vec<Strin
     }
     lines
 }
+
+/// The simulator's end-to-end figures from its report at `report`, in one line.
+pub(super) fn latencies(report: &Path) -> Option<String> {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).ok()?).ok()?;
+    let p99 = |key: &str| report[key]["p99"].as_f64().unwrap_or(f64::NAN);
+    Some(format!(
+        "simulator: {} requests acknowledged, {} completed, {} lost; p99 location {:.1} ms, \
+         request to offer {:.1} ms, request to accept {:.1} ms",
+        report["acknowledged"],
+        report["completed"],
+        report["lost"],
+        p99("location_latency_ms"),
+        p99("match_latency_ms"),
+        p99("accept_latency_ms"),
+    ))
+}

@@ -764,6 +764,9 @@ fn drive(
         &duration,
         args.seed,
     );
+    // A gateway cut off by the network closes nothing: the clients take one silent for 9 s
+    // for dead and reconnect to the next, as phone apps do.
+    sim_args.extend(["--liveness".to_owned(), "9s".to_owned()]);
     // Always written: a failed run explains its lost trips from it.
     let report = args
         .report_json
@@ -924,6 +927,9 @@ fn drive(
         ));
     }
     if finished {
+        if let Some(line) = faults::latencies(&report) {
+            say(line);
+        }
         let wrong = audit(&cluster.pg_bin, &urls.database)?;
         ensure!(wrong.is_empty(), "the audit found: {}", wrong.join("; "));
     }
