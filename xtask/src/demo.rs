@@ -646,9 +646,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     say("stopping");
+    // Stopped early (Ctrl-C): the simulator drains and still writes its report, but counts the
+    // trips it had to cut short as lost; those were ended by the person, not by the system.
+    let cut_short = simulator.is_some();
     if let Some(sim) = simulator {
-        // Stopped early: the simulator drains and still writes its report, and says by its
-        // exit status whether any request was lost.
         sim_status = stop(sim);
     }
     supervisor.stop_all();
@@ -658,11 +659,23 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{why}");
     }
     match sim_status {
+        Some(status) if !status.success() && cut_short => {
+            say_cut_short(status);
+            Ok(())
+        }
         Some(status) if !status.success() => {
             bail!("the simulation reported lost or double-assigned requests, or failed ({status})")
         }
         _ => Ok(()),
     }
+}
+
+/// Says why a simulator stopped by Ctrl-C reported lost trips: they were still under way.
+pub(crate) fn say_cut_short(status: ExitStatus) {
+    say(format!(
+        "stopped before the city ended: the simulator's report ({status}) counts the trips \
+         still under way as lost; see its summary for the figures"
+    ));
 }
 
 /// How the simulator ended, if it has, said with where its summary is.

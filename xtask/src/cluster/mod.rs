@@ -879,10 +879,7 @@ fn drive(
         // Stopped by Ctrl-C, the simulator counts the trips still under way as lost: they
         // were cut short by the person, not by the system.
         if !finished {
-            say(format!(
-                "stopped before the city ended: the simulator's report ({status}) counts the \
-                 trips still under way as lost; see its summary for the figures"
-            ));
+            demo::say_cut_short(status);
             return Ok(());
         }
         // What PostgreSQL says of them, to tell a trip stuck in the system from an ending
