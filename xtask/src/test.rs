@@ -45,10 +45,9 @@ const HOST_FAULTS: &[(&[&str], &str, &[&str])] = &[
         &[
             "partition-matcher",
             "partition-nats",
-            "partition-gateway",
             "partition-postgres-primary",
         ],
-        "140s",
+        "110s",
         &[],
     ),
     (
