@@ -24,6 +24,16 @@ async fn created_without_publisher(
     (pool, trip)
 }
 
+/// How many transitions' messages wait in the outbox.
+async fn outbox_rows(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn a_crash_between_commit_and_publish_still_publishes() {
     let nats = NatsServer::start();
@@ -78,14 +88,7 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
     let prefix = unique_prefix();
     let config = trips_config(&db.url, &nats.url(), &prefix);
     let (pool, trip) = created_without_publisher(&db, &config).await;
-    let waiting = || async {
-        db.client()
-            .await
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let waiting = || outbox_rows(&db);
     assert_eq!(waiting().await, 1, "the create's messages wait in one row");
 
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -144,14 +147,7 @@ async fn the_outbox_deletes_nothing_a_silent_server_did_not_read() {
     let prefix = unique_prefix();
     let config = trips_config(&db.url, &nats.url(), &prefix);
     let (pool, trip) = created_without_publisher(&db, &config).await;
-    let waiting = || async {
-        db.client()
-            .await
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let waiting = || outbox_rows(&db);
     let watcher = async_nats::connect(nats.url()).await.unwrap();
     let mut events = watcher
         .subscribe(config.subjects.trip_events_all())
