@@ -18,6 +18,28 @@ pub const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 /// How many outgoing messages may queue before publishing waits.
 pub const CLIENT_CAPACITY: usize = 1 << 14;
 
+/// The header that carries a request's deadline, in Unix milliseconds: past it the requester
+/// has stopped waiting and told its own caller the outcome is unknown.
+pub const DEADLINE_HEADER: &str = "Dispatch-Deadline";
+
+/// How far past a request's deadline it is still carried out. Hosts' clocks must agree within
+/// this (NTP keeps them within milliseconds); beyond it a request is dropped unanswered.
+pub const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
+/// Whether a request arrived after its requester gave up on it: a request that waited in a
+/// disconnected client's buffer (or a partitioned socket) and reached the server after the
+/// link healed. Acting on it would carry out an intent its sender has since moved on from (a
+/// driver's accept, sent on a connection the driver left long ago). A request with no deadline
+/// header is never stale.
+pub fn stale(message: &async_nats::Message, now_ms: i64) -> bool {
+    let deadline = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(DEADLINE_HEADER))
+        .and_then(|value| value.as_str().parse::<i64>().ok());
+    deadline.is_some_and(|deadline| now_ms > deadline + DEADLINE_SLACK.as_millis() as i64)
+}
+
 /// Why a request to another service failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -137,9 +159,14 @@ impl Bus {
         timeout: Duration,
     ) -> Result<R, BusError> {
         let started = Instant::now();
-        let sent = self
-            .client
-            .request(subject.clone(), codec::encode(request).into());
+        let mut headers = async_nats::HeaderMap::new();
+        let deadline = protocol::time::now_ms() + timeout.as_millis() as i64;
+        headers.insert(DEADLINE_HEADER, deadline.to_string().as_str());
+        let sent = self.client.request_with_headers(
+            subject.clone(),
+            headers,
+            codec::encode(request).into(),
+        );
         let reply = match tokio::time::timeout(timeout, sent).await {
             Err(_) => return Err(BusError::Timeout(subject)),
             Ok(Err(err)) => {
@@ -257,5 +284,42 @@ pub async fn track_readiness(
                 client.connection_state() == async_nats::connection::State::Connected,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::{HeaderMap, Message};
+
+    use super::{DEADLINE_HEADER, DEADLINE_SLACK, stale};
+
+    fn request(deadline: Option<&str>) -> Message {
+        let headers = deadline.map(|value| {
+            let mut headers = HeaderMap::new();
+            headers.insert(DEADLINE_HEADER, value);
+            headers
+        });
+        Message {
+            subject: "trips.commands".into(),
+            reply: Some("_INBOX.1".into()),
+            payload: bytes::Bytes::new(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_is_stale_only_past_its_deadline_and_the_clock_allowance() {
+        let slack = DEADLINE_SLACK.as_millis() as i64;
+        let deadline = 1_000_000;
+        let late = request(Some("1000000"));
+        assert!(!stale(&late, deadline));
+        assert!(!stale(&late, deadline + slack));
+        assert!(stale(&late, deadline + slack + 1));
+        // Without a deadline (or with one that is not a number) nothing is dropped.
+        assert!(!stale(&request(None), i64::MAX));
+        assert!(!stale(&request(Some("soon")), i64::MAX));
     }
 }

@@ -289,6 +289,18 @@ async fn serve(
             metrics::counter!(meters::MALFORMED, "subject" => "no_reply").increment(1);
             continue;
         };
+        if kit::bus::stale(&message, protocol::time::now_ms()) {
+            let what = match handler {
+                Handler::Command => "command",
+                Handler::Query => "query",
+            };
+            metrics::counter!(meters::STALE_REQUESTS, "subject" => what).increment(1);
+            tracing::warn!(
+                what,
+                "dropped a request that arrived after its requester gave up"
+            );
+            continue;
+        }
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };

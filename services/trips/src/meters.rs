@@ -27,6 +27,9 @@ kit::meters! {
     counter BREADCRUMBS_DELETED = "trips_breadcrumbs_deleted_total";
     /// Messages on the bus that could not be decoded.
     counter MALFORMED = "trips_malformed_messages_total" [subject = "command"];
+    /// Requests dropped unanswered because they arrived after their requester gave up, by
+    /// `subject` (`command` or `query`).
+    counter STALE_REQUESTS = "trips_stale_requests_total" [subject = "command"];
     /// HTTP API requests, by `route` and `status`.
     counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
 }

@@ -315,3 +315,54 @@ async fn trips_outside_the_service_area_are_refused() {
             .get(0);
     assert_eq!(stored, 1, "nothing stored for refused requests");
 }
+
+/// A command that waited out a partition in its sender's socket reaches the service after the
+/// link heals, long after the sender gave up on it: it is dropped, not carried out.
+#[tokio::test]
+async fn a_command_that_arrives_after_its_sender_gave_up_is_not_carried_out() {
+    // One command at a time, so the late command is decided before the next one starts.
+    let f = Fixture::start_with(|config| config.max_in_flight = 1).await;
+    let addr = f.bus.client.server_info().port;
+    let proxy = tests::proxy::TcpProxy::start(([127, 0, 0, 1], addr).into()).await;
+    let client = async_nats::connect(format!("nats://{}", proxy.addr))
+        .await
+        .unwrap();
+    let partitioned = Bus::new(client, f.bus.subjects.clone());
+    partitioned.client.flush().await.unwrap();
+
+    proxy.stall();
+    let timeout = Duration::from_millis(500);
+    let given_up = now_ms() + timeout.as_millis() as i64;
+    let reply = partitioned
+        .command(&create("rider-late", "key-late"), timeout)
+        .await;
+    assert_eq!(code(&reply), Some(ErrorCode::Timeout));
+    // The link heals only once the request is past its deadline and the allowance for clocks.
+    let stale_from = given_up + kit::bus::DEADLINE_SLACK.as_millis() as i64;
+    eventually("the request's deadline passed", PATIENCE, || async {
+        (now_ms() > stale_from + 100).then_some(())
+    })
+    .await;
+    proxy.restore();
+
+    // The sender retries, as told: the retry is what creates the trip, once.
+    let retried = partitioned
+        .command(&create("rider-late", "key-late"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        retried.changed,
+        "the late request was carried out before the retry"
+    );
+    let count: i64 =
+        f.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM trips WHERE rider_id = $1",
+                &[&"rider-late"],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(count, 1);
+}
