@@ -88,8 +88,8 @@ struct Driver {
     seq: u64,
     next_id: u64,
     reports: VecDeque<Report>,
-    /// The message id of the report awaiting its answer.
-    in_flight: Option<u64>,
+    /// The message id of the report awaiting its answer, and when it was sent.
+    in_flight: Option<(u64, Instant)>,
     retry_at: Option<Instant>,
 }
 
@@ -264,7 +264,15 @@ impl Driver {
 
     /// Sends the next report when none awaits an answer.
     async fn flush_reports(&mut self, ws: &mut Ws) -> anyhow::Result<()> {
-        if self.in_flight.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+        if let Some((_, sent)) = self.in_flight {
+            if sent.elapsed() < self.settings.report_patience {
+                return Ok(());
+            }
+            // Repeats are idempotent on the server: ask again under a new id.
+            bump(&self.stats.reports_resent);
+            self.in_flight = None;
+        }
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
         let Some(report) = self.reports.front().cloned() else {
@@ -276,7 +284,7 @@ impl Driver {
             message["stage"] = json!(stage);
         }
         client::send(ws, message).await?;
-        self.in_flight = Some(id);
+        self.in_flight = Some((id, Instant::now()));
         self.retry_at = None;
         Ok(())
     }
@@ -339,7 +347,7 @@ impl Driver {
                     None => {}
                 }
             }
-            ServerMessage::Ack { id, .. } if Some(id) == self.in_flight => {
+            ServerMessage::Ack { id, .. } if self.awaits(id) => {
                 self.reports.pop_front();
                 self.in_flight = None;
                 self.flush_reports(ws).await?;
@@ -348,7 +356,7 @@ impl Driver {
                 code, id: Some(id), ..
             } => {
                 bump(&self.stats.errors);
-                if Some(id) != self.in_flight {
+                if !self.awaits(id) {
                     return Ok(());
                 }
                 self.in_flight = None;
@@ -370,11 +378,24 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether `id` is the report awaiting its answer.
+    fn awaits(&self, id: u64) -> bool {
+        self.in_flight.is_some_and(|(awaited, _)| awaited == id)
+    }
+
     fn on_trip(&mut self, trip: TripView) {
+        let mine = trip.driver_id.as_deref() == Some(self.id.as_str());
         if self.task.trip_id() != Some(trip.trip_id) {
+            // The server is the truth: a trip it says this driver carries out (an accept that
+            // reached it after the driver had given up on it) is taken up, unless the driver is
+            // busy with another, which the double-assignment count already sees.
+            let assigned = mine && trip.state.holds_driver() && trip.state != TripState::Offered;
+            if assigned && !self.task.on_trip() {
+                bump(&self.stats.trips_taken_up);
+                self.resume(trip);
+            }
             return;
         }
-        let mine = trip.driver_id.as_deref() == Some(self.id.as_str());
         if trip.state.is_terminal() || !mine || trip.state == TripState::Requested {
             self.roam();
         }
@@ -400,5 +421,182 @@ impl Driver {
             },
             _ => Task::ToDropoff { trip },
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use protocol::Point;
+    use protocol::client::{Role, ServerMessage, SessionLimits};
+    use protocol::trip::{TripState, TripView};
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    use crate::Settings;
+    use crate::stats::{Stats, get};
+
+    const CENTER: Point = Point::new(52.52, 13.405);
+
+    fn trip(trip_id: Uuid, state: TripState) -> TripView {
+        TripView {
+            trip_id,
+            state,
+            rider_id: "r1".into(),
+            driver_id: Some("sim-driver-0".into()),
+            pickup: CENTER,
+            dropoff: Point::new(52.53, 13.41),
+            vehicle_class: None,
+            min_capacity: None,
+            region: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            version: 1,
+            ended_by: None,
+            end_reason: None,
+        }
+    }
+
+    /// A scripted gateway for one driver: welcomes it, acknowledges `go_online`, then sends
+    /// `after_online` and passes on every trip command it reads, answering with `answer`.
+    async fn gateway(
+        after_online: ServerMessage,
+        answer: impl Fn(&Value) -> Option<ServerMessage> + Send + 'static,
+    ) -> (String, mpsc::UnboundedReceiver<Value>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let (heard, commands) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let _hello = ws.next().await;
+            let welcome = ServerMessage::Welcome {
+                version: 1,
+                role: Role::Driver,
+                subject: "sim-driver-0".into(),
+                limits: SessionLimits {
+                    max_message_bytes: 16_384,
+                    messages_per_sec: 50,
+                },
+            };
+            ws.send(Message::text(welcome.to_json())).await.unwrap();
+            while let Some(Ok(frame)) = ws.next().await {
+                let Ok(text) = frame.to_text() else { continue };
+                let Ok(message) = serde_json::from_str::<Value>(text) else {
+                    continue;
+                };
+                let id = message["id"].as_u64().unwrap_or_default();
+                match message["type"].as_str() {
+                    Some("go_online") => {
+                        let ack = ServerMessage::Ack {
+                            id,
+                            trip: None,
+                            changed: true,
+                        };
+                        ws.send(Message::text(ack.to_json())).await.unwrap();
+                        ws.send(Message::text(after_online.to_json()))
+                            .await
+                            .unwrap();
+                    }
+                    Some("location") | None => {}
+                    Some(_) => {
+                        if let Some(reply) = answer(&message) {
+                            ws.send(Message::text(reply.to_json())).await.unwrap();
+                        }
+                        if heard.send(message).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        (url, commands)
+    }
+
+    fn settings(url: &str) -> Arc<Settings> {
+        let mut settings = Settings::new(url, b"unused", CENTER);
+        settings.accept_probability = 1.0;
+        settings.answer_delay = Duration::ZERO;
+        settings.report_every = Duration::from_millis(50);
+        settings.report_patience = Duration::from_millis(300);
+        settings.city.radius_m = 500.0;
+        settings.speedup = 200.0;
+        Arc::new(settings)
+    }
+
+    async fn next(commands: &mut mpsc::UnboundedReceiver<Value>) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), commands.recv())
+            .await
+            .expect("the driver sent nothing more")
+            .expect("the gateway ended")
+    }
+
+    #[tokio::test]
+    async fn a_report_with_no_answer_is_sent_again() {
+        let trip_id = Uuid::new_v4();
+        let offer = ServerMessage::Offer {
+            trip: trip(trip_id, TripState::Offered),
+            expires_at: 0,
+            pickup_eta_s: 60,
+        };
+        // The first accept gets no answer, as one lost on the way.
+        let (url, mut commands) = gateway(offer, |_| None).await;
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let driver = tokio::spawn(super::run(
+            0,
+            "t".into(),
+            settings(&url),
+            stats.clone(),
+            stop.clone(),
+        ));
+        let first = next(&mut commands).await;
+        assert_eq!(first["type"], "accept_offer");
+        let again = next(&mut commands).await;
+        assert_eq!(again["type"], "accept_offer");
+        assert_eq!(again["trip_id"], trip_id.to_string());
+        assert_ne!(again["id"], first["id"], "a new message id");
+        assert_eq!(get(&stats.reports_resent), 1);
+        stop.cancel();
+        driver.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_trip_the_server_says_the_driver_holds_is_carried_out() {
+        let trip_id = Uuid::new_v4();
+        // An accept the driver had given up on reached the server: it says the trip is ours.
+        let assigned = ServerMessage::TripUpdate {
+            trip: trip(trip_id, TripState::Accepted),
+        };
+        let (url, mut commands) = gateway(assigned, |message| {
+            Some(ServerMessage::Ack {
+                id: message["id"].as_u64()?,
+                trip: None,
+                changed: true,
+            })
+        })
+        .await;
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let driver = tokio::spawn(super::run(
+            0,
+            "t".into(),
+            settings(&url),
+            stats.clone(),
+            stop.clone(),
+        ));
+        let report = next(&mut commands).await;
+        assert_eq!(report["type"], "trip_progress");
+        assert_eq!(report["stage"], "arrived");
+        assert_eq!(report["trip_id"], trip_id.to_string());
+        assert_eq!(get(&stats.trips_taken_up), 1);
+        stop.cancel();
+        driver.await.unwrap();
     }
 }

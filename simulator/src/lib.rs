@@ -101,6 +101,9 @@ pub struct Settings {
     /// A gateway silent this long is taken for dead and the client reconnects (none: only a
     /// closed connection counts).
     pub liveness: Option<Duration>,
+    /// A driver report with no answer for this long is sent again: the gateway answers every
+    /// command within its own timeout, so silence means the answer (or the report) was lost.
+    pub report_patience: Duration,
 }
 
 impl Settings {
@@ -155,6 +158,7 @@ impl Settings {
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
             sources: Vec::new(),
             liveness: None,
+            report_patience: Duration::from_secs(10),
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Report {
     pub declined: u64,
     pub reconnects: u64,
     pub errors: u64,
+    /// Driver reports sent again after no answer came in time.
+    pub reports_resent: u64,
+    /// Trips drivers took up because the server said they held them.
+    pub trips_taken_up: u64,
     pub series: Vec<Sample>,
     #[serde(skip)]
     pub location_distribution_us: Vec<(u64, u64)>,
@@ -116,6 +120,8 @@ impl Report {
             declined: get(&stats.declined),
             reconnects: get(&stats.reconnects),
             errors: get(&stats.errors),
+            reports_resent: get(&stats.reports_resent),
+            trips_taken_up: get(&stats.trips_taken_up),
             series: stats.series.lock().expect("series lock").clone(),
             location_distribution_us: stats.location_latency_us.distribution(),
         }
@@ -185,6 +191,10 @@ impl Report {
             (
                 "reconnects / errors",
                 format!("{} / {}", self.reconnects, self.errors),
+            ),
+            (
+                "reports resent / trips taken up",
+                format!("{} / {}", self.reports_resent, self.trips_taken_up),
             ),
             ("LOST", self.lost.to_string()),
             ("DOUBLE-ASSIGNED", self.double_assigned.to_string()),

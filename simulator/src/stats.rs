@@ -85,6 +85,10 @@ pub struct Stats {
     pub double_assigned: AtomicU64,
     pub reconnects: AtomicU64,
     pub errors: AtomicU64,
+    /// Driver reports sent again after no answer came.
+    pub reports_resent: AtomicU64,
+    /// Trips a driver took up on the server's word, not having accepted them on this link.
+    pub trips_taken_up: AtomicU64,
     pub open_trips: AtomicU64,
     pub series: Mutex<Vec<Sample>>,
 }
@@ -119,6 +123,8 @@ impl Default for Stats {
             double_assigned: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            reports_resent: AtomicU64::new(0),
+            trips_taken_up: AtomicU64::new(0),
             open_trips: AtomicU64::new(0),
             series: Mutex::new(Vec::new()),
         }
