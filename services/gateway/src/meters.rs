@@ -33,6 +33,9 @@ kit::meters! {
     /// and the gateway's inbox. Measured on wall clocks, so across hosts it includes their
     /// clocks' difference.
     histogram TRIP_DELIVERY_AGE = "gateway_trip_delivery_age_seconds" [kind = "offer"];
+    /// Trip updates and offers dropped because the client had already been told a newer
+    /// version of the trip, by `kind` (offer, trip_update).
+    counter STALE_TRIP_UPDATES = "gateway_stale_trip_updates_total" [kind = "trip_update"];
     /// Time to carry out a client command through the trips service, by `kind`.
     histogram COMMAND_DURATION = "gateway_command_duration_seconds" [kind = "go_online"];
     /// Outbound messages dropped or replaced for slow clients, by `kind` (coalesced, dropped).

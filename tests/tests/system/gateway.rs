@@ -948,3 +948,67 @@ async fn health_and_metrics_endpoints() {
     assert!(metrics.contains("gateway_messages_total"));
     let _ = Position::point;
 }
+
+/// An older view of a trip reaching the gateway after a newer one (one trips replica's outbox
+/// held back by a partition) is not passed on: the client's trip never goes backwards.
+#[tokio::test]
+async fn a_client_is_never_told_an_older_version_of_its_trip() {
+    let stack = Stack::start().await;
+    let mut driver = stack.driver("d1").await;
+    let mut rider = Client::connect(stack.gateway.ws, Role::Rider, "r1").await;
+    rider.send_json(&request_ride(1, "k")).await;
+    let ServerMessage::Ack {
+        trip: Some(trip), ..
+    } = rider.ack_for(1).await
+    else {
+        panic!("no trip")
+    };
+    stack.offer(trip.trip_id, "d1").await;
+    driver
+        .send_json(&json!({"type": "accept_offer", "id": 2, "trip_id": trip.trip_id}))
+        .await;
+    let ServerMessage::Ack {
+        trip: Some(accepted),
+        ..
+    } = driver.ack_for(2).await
+    else {
+        panic!("no accepted trip")
+    };
+    assert_eq!(accepted.state, TripState::Accepted);
+
+    // The trip as it was before the offer, delivered late; then a newer view as a marker.
+    let mut stale = accepted.clone();
+    stale.state = TripState::Requested;
+    stale.driver_id = None;
+    stale.version = accepted.version - 2;
+    let mut marker = accepted.clone();
+    marker.version = accepted.version + 10;
+    let to_driver = stack.bus.subjects.user(Role::Driver, "d1");
+    for trip in [stale, marker.clone()] {
+        let update = ServerMessage::TripUpdate { trip }.to_json();
+        stack
+            .bus
+            .client
+            .publish(to_driver.clone(), update.into())
+            .await
+            .unwrap();
+    }
+    stack.bus.client.flush().await.unwrap();
+    loop {
+        let message = driver
+            .recv_until(
+                |m| matches!(m, ServerMessage::TripUpdate { trip: t } if t.trip_id == trip.trip_id),
+            )
+            .await;
+        let ServerMessage::TripUpdate { trip: told } = message else {
+            unreachable!()
+        };
+        assert!(
+            told.version >= accepted.version,
+            "told an older view: {told:?}"
+        );
+        if told.version == marker.version {
+            break;
+        }
+    }
+}

@@ -120,12 +120,15 @@ impl Session {
             .query(&TripQuery::Trip { trip_id }, timeout)
             .await
         {
-            QueryReply::Trip(Some(trip)) if self.takes_part(&trip) => ServerMessage::Ack {
-                id,
-                trip: Some(trip),
-                changed: false,
+            QueryReply::Trip(Some(trip)) if self.takes_part(&trip) => {
+                self.told([&trip]);
+                ServerMessage::Ack {
+                    id,
+                    trip: Some(trip),
+                    changed: false,
+                }
+                .to_json()
             }
-            .to_json(),
             QueryReply::Trip(found) => {
                 if found.is_some() {
                     metrics::counter!(m::FORBIDDEN, "kind" => "get_trip").increment(1);
@@ -162,6 +165,7 @@ impl Session {
         let timeout = self.shared.config.limits.command_timeout;
         match self.shared.bus.command(&command, timeout).await {
             Ok(outcome) => {
+                self.told(&outcome.trip);
                 if self.sender.role == Role::Driver {
                     let mut state = self.driver.lock().expect("driver lock");
                     if let Some((online, class, capacity)) = online_change {

@@ -33,6 +33,7 @@ mod commands;
 mod dispatcher;
 mod driver;
 mod hello;
+mod versions;
 mod writer;
 
 pub use hello::open;
@@ -49,6 +50,7 @@ use protocol::bus::{QueryReply, TripQuery};
 use protocol::client::{self, Role, ServerMessage};
 use protocol::rights::{self, Route, Sender};
 use protocol::time::now_ms;
+use protocol::trip::TripView;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -63,6 +65,7 @@ use crate::shared::Shared;
 use commands::Pending;
 use dispatcher::Feeds;
 use driver::DriverSession;
+use versions::TripVersions;
 
 /// After the close frame, how long the client's answer to it is waited for.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -104,6 +107,8 @@ struct Session {
     sender: Sender,
     out: Arc<Outbound>,
     driver: Mutex<DriverSession>,
+    /// The newest version of each trip told to the client.
+    versions: Mutex<TripVersions>,
     commands: commands::Queue,
 }
 
@@ -114,12 +119,22 @@ impl Session {
             sender,
             out,
             driver: Mutex::new(DriverSession::default()),
+            versions: Mutex::new(TripVersions::default()),
             commands: Mutex::new(None),
         }
     }
 
     fn subjects(&self) -> &protocol::Subjects {
         &self.shared.config.subjects
+    }
+
+    /// Records the versions of `trips` the client is being told (by a reply or its session
+    /// state), so that older updates still on their way are dropped.
+    fn told<'a>(&self, trips: impl IntoIterator<Item = &'a TripView>) {
+        let mut versions = self.versions.lock().expect("versions lock");
+        for trip in trips {
+            versions.tell(trip.trip_id, trip.version);
+        }
     }
 }
 
@@ -395,6 +410,7 @@ impl Session {
         };
         match reply {
             QueryReply::SessionState { driver, trips } => {
+                self.told(&trips);
                 if role == Role::Driver {
                     let mut state = self.driver.lock().expect("driver lock");
                     if let Some(d) = &driver {
@@ -443,7 +459,7 @@ impl Session {
                 }
                 return;
             }
-            Role::Driver
+            Role::Driver | Role::Rider
                 if text.starts_with("{\"type\":\"offer\"")
                     || text.starts_with("{\"type\":\"trip_update\"") =>
             {
@@ -456,13 +472,24 @@ impl Session {
                         return;
                     }
                 };
-                let age_ms = now_ms().saturating_sub(trip.updated_at).max(0);
-                metrics::histogram!(m::TRIP_DELIVERY_AGE, "kind" => kind)
-                    .record(age_ms as f64 / 1000.0);
-                self.driver
+                let newer = self
+                    .versions
                     .lock()
-                    .expect("driver lock")
-                    .observe(trip, &self.sender.id);
+                    .expect("versions lock")
+                    .tell(trip.trip_id, trip.version);
+                if !newer {
+                    metrics::counter!(m::STALE_TRIP_UPDATES, "kind" => kind).increment(1);
+                    return;
+                }
+                if self.sender.role == Role::Driver {
+                    let age_ms = now_ms().saturating_sub(trip.updated_at).max(0);
+                    metrics::histogram!(m::TRIP_DELIVERY_AGE, "kind" => kind)
+                        .record(age_ms as f64 / 1000.0);
+                    self.driver
+                        .lock()
+                        .expect("driver lock")
+                        .observe(trip, &self.sender.id);
+                }
             }
             _ => {}
         }
