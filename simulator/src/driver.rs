@@ -391,6 +391,8 @@ impl Driver {
             // busy with another, which the double-assignment count already sees.
             let assigned = mine && trip.state.holds_driver() && trip.state != TripState::Offered;
             if assigned && !self.task.on_trip() {
+                tracing::info!(driver = %self.id, trip = %trip.trip_id, state = %trip.state, since_ms = now_ms() - trip.updated_at,
+                    was = ?self.task.trip_id(), "taking up a trip the server says this driver holds");
                 bump(&self.stats.trips_taken_up);
                 self.resume(trip);
             }
