@@ -3,15 +3,18 @@
 //! WebSockets, once per strategy with identical settings and seed.
 //!
 //! Run with `cargo xtask bench matching` (or `cargo bench -p tests --bench matching` with
-//! `DISPATCH_TEST_DATABASE_URL` and `NATS_SERVER_BIN` set). Prints a table and writes
-//! `target/bench/matching.json`.
+//! `DISPATCH_TEST_DATABASE_URL` and `NATS_SERVER_BIN` set). At high load the batched
+//! strategy's wait weight is swept too. Prints a table and writes `target/bench/matching.json`
+//! and, with the sweep plotted, `target/bench/matching.html`. `MATCHING_LOADS=high` runs only
+//! the named loads (comma-separated: ample, moderate, high).
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
 use std::time::Duration;
 
-use matcher::assign::Strategy;
+use matcher::assign::{Fairness, Strategy};
 use protocol::{GeoConfig, Point};
+use simulator::chart::{self, Chart, Series};
 use simulator::report::Report;
 use simulator::{Scenario, Settings};
 use tests::services::{
@@ -23,8 +26,6 @@ use tests::{NatsServer, TestDb, unique_prefix};
 const CENTER: Point = Point::new(52.52, 13.405);
 const SEED: u64 = 7;
 
-/// Demand for the fleet: `request_rate` of 1.5/s keeps about a third of 60 drivers busy,
-/// 4.2/s nearly all of them, where the strategies' choices matter most.
 fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
     let mut settings = Settings::new(url, TOKEN_SECRET, CENTER);
     settings.seed = SEED;
@@ -44,53 +45,83 @@ fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
     settings
 }
 
-async fn run(strategy: Strategy, request_rate: f64, drivers: usize) -> anyhow::Result<Report> {
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let mut trips = trips_config(&db.url, &nats.url(), &prefix);
-    trips.store.search_timeout = Duration::from_secs(45);
-    let _trips = start_trips(trips).await;
-    let regions = GeoConfig::default().regions_covering(CENTER, 12_000.0)?;
-    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
-    matcher.settings.strategy = strategy;
-    let matcher = start_matcher(matcher).await;
-    wait_ready(matcher.http).await;
-    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
-    wait_ready(gateway.running.http).await;
-    simulator::run(settings(
-        &format!("ws://{}/ws", gateway.ws),
-        request_rate,
-        drivers,
-    ))
-    .await
-}
-
 /// Demand levels: (name, requests per second, drivers). "ample" is the moderate demand with
 /// five times the drivers, so that a request finds a free driver nearby at once: its offer
-/// latency is the system's processing time, not a wait for a driver.
+/// latency is the system's processing time, not a wait for a driver. A request rate of 1.5/s
+/// keeps about a third of 60 drivers busy, 4.2/s nearly all of them, where the strategies'
+/// choices matter most.
 const LOADS: &[(&str, f64, usize)] = &[
     ("ample", 1.5, 300),
     ("moderate", 1.5, 60),
     ("high", 4.2, 60),
 ];
 
+/// The batched strategy's wait weights swept at high load (with the default bound on waiting),
+/// beside pickup ETA alone with no bound (the strategy before fairness).
+const WEIGHTS: &[f64] = &[0.0, 0.5, 1.0, 2.0, 4.0];
+
+/// One run's name: the strategy, and for the batched one its fairness.
+fn label(strategy: Strategy, fairness: Fairness) -> String {
+    match strategy {
+        Strategy::Greedy => "greedy".into(),
+        Strategy::Batched if fairness == Fairness::default() => "batched".into(),
+        Strategy::Batched if fairness == Fairness::NONE => "batched, ETA alone".into(),
+        Strategy::Batched => format!("batched, weight {}", fairness.wait_weight),
+    }
+}
+
+struct Run {
+    load: &'static str,
+    name: String,
+    fairness: Option<Fairness>,
+    report: Report,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut results = Vec::new();
-    for &(load, rate, drivers) in LOADS {
-        for (name, strategy) in [("greedy", Strategy::Greedy), ("batched", Strategy::Batched)] {
-            println!(
-                "matching: {name}, {load} load ({rate} requests/s, {drivers} drivers), seed {SEED} ..."
-            );
-            let report = run(strategy, rate, drivers).await?;
-            println!("{}", report.table());
-            results.push((load, name, report));
+    // `MATCHING_LOADS=high` runs only the named loads.
+    let only = std::env::var("MATCHING_LOADS").ok();
+    let wanted = |load: &str| {
+        only.as_deref()
+            .is_none_or(|names| names.split(',').any(|n| n.trim() == load))
+    };
+    let mut plan: Vec<(&'static str, f64, usize, Strategy, Fairness)> = Vec::new();
+    for &(load, rate, drivers) in LOADS.iter().filter(|(load, ..)| wanted(load)) {
+        plan.push((load, rate, drivers, Strategy::Greedy, Fairness::default()));
+        plan.push((load, rate, drivers, Strategy::Batched, Fairness::default()));
+        if load == "high" {
+            plan.push((load, rate, drivers, Strategy::Batched, Fairness::NONE));
+            for &wait_weight in WEIGHTS {
+                let fairness = Fairness {
+                    wait_weight,
+                    ..Fairness::default()
+                };
+                if fairness != Fairness::default() {
+                    plan.push((load, rate, drivers, Strategy::Batched, fairness));
+                }
+            }
         }
+    }
+    let mut results = Vec::new();
+    for (step, &(load, rate, drivers, strategy, fairness)) in plan.iter().enumerate() {
+        let name = label(strategy, fairness);
+        println!(
+            "matching [{}/{}]: {name}, {load} load ({rate} requests/s, {drivers} drivers), seed {SEED} ...",
+            step + 1,
+            plan.len()
+        );
+        let report = run(strategy, fairness, rate, drivers).await?;
+        println!("{}", report.table());
+        results.push(Run {
+            load,
+            name,
+            fairness: (strategy == Strategy::Batched).then_some(fairness),
+            report,
+        });
     }
     println!();
     println!(
-        "{:<9} {:<8} {:>15} {:>15} {:>11} {:>15} {:>8} {:>5}",
+        "{:<9} {:<20} {:>15} {:>15} {:>11} {:>15} {:>8} {:>5}",
         "load",
         "strategy",
         "offer p50 (ms)",
@@ -100,9 +131,15 @@ async fn main() -> anyhow::Result<()> {
         "served",
         "lost"
     );
-    for (load, name, r) in &results {
+    for Run {
+        load,
+        name,
+        report: r,
+        ..
+    } in &results
+    {
         println!(
-            "{:<9} {:<8} {:>15.1} {:>15.1} {:>11.1} {:>15.1} {:>7.1}% {:>5}",
+            "{:<9} {:<20} {:>15.1} {:>15.1} {:>11.1} {:>15.1} {:>7.1}% {:>5}",
             load,
             name,
             r.match_latency_ms.p50,
@@ -114,25 +151,18 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let find = |load: &str, name: &str| {
-        &results
+        results
             .iter()
-            .find(|(l, n, _)| *l == load && *n == name)
-            .expect("every run is there")
-            .2
+            .find(|run| run.load == load && run.name == name)
+            .map(|run| &run.report)
     };
-    let (greedy, batched) = (find("high", "greedy"), find("high", "batched"));
-    let pickup_ratio = batched.mean_pickup_time_s / greedy.mean_pickup_time_s.max(1e-9);
-    println!(
-        "high load, batched / greedy mean pickup time: {pickup_ratio:.3} ({:+.1}%), service rate {:.1}% / {:.1}%",
-        (pickup_ratio - 1.0) * 100.0,
-        batched.service_rate * 100.0,
-        greedy.service_rate * 100.0
-    );
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "seed": SEED,
-        "runs": results.iter().map(|(load, name, r)| serde_json::json!({
+        "runs": results.iter().map(|Run { load, name, fairness, report: r }| serde_json::json!({
             "load": load,
             "strategy": name,
+            "wait_weight": fairness.map(|f| f.wait_weight),
+            "max_wait_s": fairness.and_then(|f| f.max_wait_s.is_finite().then_some(f.max_wait_s)),
             "match_latency_ms": r.match_latency_ms,
             "mean_pickup_time_s": r.mean_pickup_time_s,
             "mean_pickup_eta_s": r.mean_pickup_eta_s,
@@ -144,14 +174,38 @@ async fn main() -> anyhow::Result<()> {
             "lost": r.lost,
             "double_assigned": r.double_assigned,
         })).collect::<Vec<_>>(),
-        "high_load": {
-            "greedy": {"mean_pickup_time_s": greedy.mean_pickup_time_s, "service_rate": greedy.service_rate},
-            "batched": {"mean_pickup_time_s": batched.mean_pickup_time_s, "service_rate": batched.service_rate},
-            "batched_over_greedy_pickup_time": pickup_ratio,
-        },
-        "moderate_load_greedy_offer_p99_ms": find("moderate", "greedy").match_latency_ms.p99,
-        "ample_supply_greedy_offer_p99_ms": find("ample", "greedy").match_latency_ms.p99,
+        "moderate_load_greedy_offer_p99_ms": find("moderate", "greedy").map(|r| r.match_latency_ms.p99),
+        "ample_supply_greedy_offer_p99_ms": find("ample", "greedy").map(|r| r.match_latency_ms.p99),
     });
+    if let (Some(greedy), Some(batched)) = (find("high", "greedy"), find("high", "batched")) {
+        let pickup_ratio = batched.mean_pickup_time_s / greedy.mean_pickup_time_s.max(1e-9);
+        println!(
+            "high load, batched / greedy mean pickup time: {pickup_ratio:.3} ({:+.1}%), service rate {:.1}% / {:.1}%, offer p99 {:.1} / {:.1} s",
+            (pickup_ratio - 1.0) * 100.0,
+            batched.service_rate * 100.0,
+            greedy.service_rate * 100.0,
+            batched.match_latency_ms.p99 / 1000.0,
+            greedy.match_latency_ms.p99 / 1000.0,
+        );
+        json["high_load"] = serde_json::json!({
+            "greedy": {"mean_pickup_time_s": greedy.mean_pickup_time_s, "service_rate": greedy.service_rate, "offer_p99_ms": greedy.match_latency_ms.p99},
+            "batched": {"mean_pickup_time_s": batched.mean_pickup_time_s, "service_rate": batched.service_rate, "offer_p99_ms": batched.match_latency_ms.p99},
+            "batched_over_greedy_pickup_time": pickup_ratio,
+        });
+        let sweep: Vec<&Run> = results
+            .iter()
+            .filter(|run| {
+                run.load == "high" && run.fairness.is_some_and(|f| f.max_wait_s.is_finite())
+            })
+            .collect();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("matching.html"),
+            sweep_page(&sweep, greedy, find("high", "batched, ETA alone")),
+        )?;
+        println!("weight sweep plotted in target/bench/matching.html");
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
@@ -161,8 +215,83 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         results
             .iter()
-            .all(|(_, _, r)| r.lost == 0 && r.double_assigned == 0),
+            .all(|run| run.report.lost == 0 && run.report.double_assigned == 0),
         "a run lost or double-assigned requests"
     );
     Ok(())
+}
+
+/// Mean pickup time and request-to-offer p99 against the wait weight, greedy and ETA alone as
+/// dashed levels, so an operator can choose a weight.
+fn sweep_page(sweep: &[&Run], greedy: &Report, eta_alone: Option<&Report>) -> String {
+    let points = |value: &dyn Fn(&Report) -> f64| -> Vec<(f64, f64)> {
+        sweep
+            .iter()
+            .filter_map(|run| Some((run.fairness?.wait_weight, value(&run.report))))
+            .collect()
+    };
+    let span = |level: f64| -> Vec<(f64, f64)> {
+        let last = WEIGHTS.iter().copied().fold(0.0, f64::max);
+        vec![(0.0, level), (last, level)]
+    };
+    let chart = |title: &str, unit: &str, value: &dyn Fn(&Report) -> f64| {
+        let mut chart = Chart::new(title, "wait weight (s of ETA per s waited)", unit)
+            .with(Series::new("batched", "#1f77b4", points(value)))
+            .with(Series::new("greedy", "#d62728", span(value(greedy))).dashed());
+        if let Some(alone) = eta_alone {
+            chart = chart
+                .with(Series::new("batched, ETA alone", "#7f7f7f", span(value(alone))).dashed());
+        }
+        chart.svg()
+    };
+    let rows: Vec<Vec<String>> = sweep
+        .iter()
+        .map(|run| {
+            let r = &run.report;
+            vec![
+                run.name.clone(),
+                format!("{:.1}", r.mean_pickup_time_s),
+                format!("{:.1}", r.match_latency_ms.p99 / 1000.0),
+                format!("{:.1} %", r.service_rate * 100.0),
+            ]
+        })
+        .collect();
+    chart::page(
+        &format!("Matching at high load: the wait weight (seed {SEED})"),
+        &[
+            chart("Mean pickup time", "s", &|r| r.mean_pickup_time_s),
+            chart("Request to offer, p99", "s", &|r| {
+                r.match_latency_ms.p99 / 1000.0
+            }),
+            chart::table(&["run", "pickup (s)", "offer p99 (s)", "served"], &rows),
+        ],
+    )
+}
+
+async fn run(
+    strategy: Strategy,
+    fairness: Fairness,
+    request_rate: f64,
+    drivers: usize,
+) -> anyhow::Result<Report> {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let mut trips = trips_config(&db.url, &nats.url(), &prefix);
+    trips.store.search_timeout = Duration::from_secs(45);
+    let _trips = start_trips(trips).await;
+    let regions = GeoConfig::default().regions_covering(CENTER, 12_000.0)?;
+    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
+    matcher.settings.strategy = strategy;
+    matcher.settings.fairness = fairness;
+    let matcher = start_matcher(matcher).await;
+    wait_ready(matcher.http).await;
+    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
+    wait_ready(gateway.running.http).await;
+    simulator::run(settings(
+        &format!("ws://{}/ws", gateway.ws),
+        request_rate,
+        drivers,
+    ))
+    .await
 }

@@ -38,6 +38,14 @@ struct Args {
     /// greedy (nearest first, lowest latency) or batched (min-cost assignment per window).
     #[arg(long, env = "MATCHER_STRATEGY", default_value = "greedy")]
     strategy: matcher::assign::Strategy,
+    /// Batched strategy: seconds of pickup ETA each second of a request's waiting is worth
+    /// when drivers are too few for every request (0: pickup ETA alone).
+    #[arg(long, env = "MATCHER_WAIT_WEIGHT", default_value_t = matcher::assign::Fairness::default().wait_weight)]
+    wait_weight: f64,
+    /// Batched strategy: a request that has waited this long, seconds, is served greedily
+    /// (its nearest free driver) before the batch is solved.
+    #[arg(long, env = "MATCHER_MAX_WAIT_S", default_value_t = matcher::assign::Fairness::default().max_wait_s)]
+    max_wait_s: f64,
     /// Batch window of the batched strategy, milliseconds.
     #[arg(long, default_value_t = 500)]
     batch_window_ms: u64,
@@ -53,6 +61,25 @@ struct Args {
     /// Metrics and health endpoints.
     #[arg(long, env = "MATCHER_HTTP", default_value = "127.0.0.1:8083")]
     http: SocketAddr,
+}
+
+/// The batched strategy's fairness, refusing weights and bounds that are not numbers of
+/// seconds.
+fn fairness(args: &Args) -> anyhow::Result<matcher::assign::Fairness> {
+    anyhow::ensure!(
+        args.wait_weight.is_finite() && args.wait_weight >= 0.0,
+        "--wait-weight must be a number of seconds, 0 or more (got {})",
+        args.wait_weight
+    );
+    anyhow::ensure!(
+        args.max_wait_s > 0.0 && !args.max_wait_s.is_nan(),
+        "--max-wait-s must be a positive number of seconds (got {})",
+        args.max_wait_s
+    );
+    Ok(matcher::assign::Fairness {
+        wait_weight: args.wait_weight,
+        max_wait_s: args.max_wait_s,
+    })
 }
 
 /// Reads the service area file named by `--service-area`, if any.
@@ -87,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     config.geo = geo;
     config.halo_rings = args.halo_rings;
     config.settings.strategy = args.strategy;
+    config.settings.fairness = kit::cli::or_exit(fairness(&args));
     config.settings.batch_window = Duration::from_millis(args.batch_window_ms);
     config.settings.offer_ttl = Duration::from_secs(args.offer_ttl_s);
     config.settings.max_radius_m = args.max_radius_m;

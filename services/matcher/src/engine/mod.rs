@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::assign::{self, Candidates, EtaModel, Strategy};
+use crate::assign::{self, Candidates, EtaModel, Fairness, Strategy};
 use crate::counts;
 use crate::holdings::Holdings;
 use crate::index::{Driver, Index, Update};
@@ -45,6 +45,8 @@ pub trait Link: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub strategy: Strategy,
+    /// How the batched strategy weighs how long requests have waited.
+    pub fairness: Fairness,
     /// How long the batched strategy gathers requests before solving.
     pub batch_window: Duration,
     /// How long a driver has to answer an offer.
@@ -65,6 +67,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             strategy: Strategy::Greedy,
+            fairness: Fairness::default(),
             batch_window: Duration::from_millis(500),
             offer_ttl: Duration::from_secs(15),
             initial_radius_m: 3_000.0,
@@ -540,7 +543,19 @@ impl<L: Link> Engine<L> {
             "matching round"
         );
         let trips: Vec<Uuid> = searching.iter().map(|(id, _)| **id).collect();
-        let assignment = assign::assign(self.settings.strategy, &table);
+        let waited: Vec<f64> = searching
+            .iter()
+            .map(|(_, waiting)| {
+                now.saturating_duration_since(waiting.received)
+                    .as_secs_f64()
+            })
+            .collect();
+        let assignment = assign::assign(
+            self.settings.strategy,
+            &table,
+            &waited,
+            self.settings.fairness,
+        );
         let strategy = strategy_label(self.settings.strategy);
         metrics::histogram!(m::ROUND_DURATION, "strategy" => strategy).record(started.elapsed());
         let ttl = self.settings.offer_ttl.as_millis() as i64;
