@@ -45,9 +45,10 @@ const HOST_FAULTS: &[(&[&str], &str, &[&str])] = &[
         &[
             "partition-matcher",
             "partition-nats",
+            "partition-gateway",
             "partition-postgres-primary",
         ],
-        "110s",
+        "140s",
         &[],
     ),
     (
