@@ -60,12 +60,18 @@ const LOADS: &[(&str, f64, usize)] = &[
 /// beside pickup ETA alone with no bound (the strategy before fairness).
 const WEIGHTS: &[f64] = &[0.0, 0.5, 1.0, 2.0, 4.0];
 
+/// The bounds on waiting swept at high load (with the default weight).
+const BOUNDS_S: &[f64] = &[8.0, 10.0, 15.0, 20.0];
+
 /// One run's name: the strategy, and for the batched one its fairness.
 fn label(strategy: Strategy, fairness: Fairness) -> String {
     match strategy {
         Strategy::Greedy => "greedy".into(),
         Strategy::Batched if fairness == Fairness::default() => "batched".into(),
         Strategy::Batched if fairness == Fairness::NONE => "batched, ETA alone".into(),
+        Strategy::Batched if fairness.wait_weight == Fairness::default().wait_weight => {
+            format!("batched, bound {} s", fairness.max_wait_s)
+        }
         Strategy::Batched => format!("batched, weight {}", fairness.wait_weight),
     }
 }
@@ -100,7 +106,23 @@ async fn main() -> anyhow::Result<()> {
                     plan.push((load, rate, drivers, Strategy::Batched, fairness));
                 }
             }
+            for &max_wait_s in BOUNDS_S {
+                let fairness = Fairness {
+                    max_wait_s,
+                    ..Fairness::default()
+                };
+                if fairness != Fairness::default() {
+                    plan.push((load, rate, drivers, Strategy::Batched, fairness));
+                }
+            }
         }
+    }
+    // `MATCHING_RUNS=bound` runs only the runs whose names contain one of these.
+    if let Ok(names) = std::env::var("MATCHING_RUNS") {
+        plan.retain(|&(_, _, _, strategy, fairness)| {
+            let name = label(strategy, fairness);
+            names.split(',').any(|n| name.contains(n.trim()))
+        });
     }
     let mut results = Vec::new();
     for (step, &(load, rate, drivers, strategy, fairness)) in plan.iter().enumerate() {
@@ -192,22 +214,22 @@ async fn main() -> anyhow::Result<()> {
             "batched": {"mean_pickup_time_s": batched.mean_pickup_time_s, "service_rate": batched.service_rate, "offer_p99_ms": batched.match_latency_ms.p99},
             "batched_over_greedy_pickup_time": pickup_ratio,
         });
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    if let Some(greedy) = find("high", "greedy") {
         let sweep: Vec<&Run> = results
             .iter()
             .filter(|run| {
                 run.load == "high" && run.fairness.is_some_and(|f| f.max_wait_s.is_finite())
             })
             .collect();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-        std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("matching.html"),
             sweep_page(&sweep, greedy, find("high", "batched, ETA alone")),
         )?;
-        println!("weight sweep plotted in target/bench/matching.html");
+        println!("the fairness sweep is plotted in target/bench/matching.html");
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("matching.json"),
         serde_json::to_string_pretty(&json)?,
@@ -221,29 +243,45 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mean pickup time and request-to-offer p99 against the wait weight, greedy and ETA alone as
-/// dashed levels, so an operator can choose a weight.
+/// Mean pickup time and request-to-offer p99 against the wait weight (at the default bound)
+/// and against the bound (at the default weight), greedy and ETA alone as dashed levels, so
+/// an operator can choose.
 fn sweep_page(sweep: &[&Run], greedy: &Report, eta_alone: Option<&Report>) -> String {
-    let points = |value: &dyn Fn(&Report) -> f64| -> Vec<(f64, f64)> {
-        sweep
+    let defaults = Fairness::default();
+    let along = |x: &dyn Fn(Fairness) -> Option<f64>, value: &dyn Fn(&Report) -> f64| {
+        let mut points: Vec<(f64, f64)> = sweep
             .iter()
-            .filter_map(|run| Some((run.fairness?.wait_weight, value(&run.report))))
-            .collect()
+            .filter_map(|run| Some((x(run.fairness?)?, value(&run.report))))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
     };
-    let span = |level: f64| -> Vec<(f64, f64)> {
-        let last = WEIGHTS.iter().copied().fold(0.0, f64::max);
-        vec![(0.0, level), (last, level)]
-    };
-    let chart = |title: &str, unit: &str, value: &dyn Fn(&Report) -> f64| {
-        let mut chart = Chart::new(title, "wait weight (s of ETA per s waited)", unit)
-            .with(Series::new("batched", "#1f77b4", points(value)))
-            .with(Series::new("greedy", "#d62728", span(value(greedy))).dashed());
+    let by_weight = |f: Fairness| (f.max_wait_s == defaults.max_wait_s).then_some(f.wait_weight);
+    let by_bound = |f: Fairness| (f.wait_weight == defaults.wait_weight).then_some(f.max_wait_s);
+    let chart = |title: &str,
+                 x_unit: &str,
+                 unit: &str,
+                 x: &dyn Fn(Fairness) -> Option<f64>,
+                 value: &dyn Fn(&Report) -> f64| {
+        let points = along(x, value);
+        let (lo, hi) = (
+            points.first().map_or(0.0, |p| p.0),
+            points.last().map_or(1.0, |p| p.0),
+        );
+        let level = |v: f64| vec![(lo, v), (hi, v)];
+        let mut chart = Chart::new(title, x_unit, unit)
+            .with(Series::new("batched", "#1f77b4", points))
+            .with(Series::new("greedy", "#d62728", level(value(greedy))).dashed());
         if let Some(alone) = eta_alone {
             chart = chart
-                .with(Series::new("batched, ETA alone", "#7f7f7f", span(value(alone))).dashed());
+                .with(Series::new("batched, ETA alone", "#7f7f7f", level(value(alone))).dashed());
         }
         chart.svg()
     };
+    let pickup = |r: &Report| r.mean_pickup_time_s;
+    let p99 = |r: &Report| r.match_latency_ms.p99 / 1000.0;
+    let weight_unit = "wait weight (s of ETA per s waited)";
+    let bound_unit = "bound on waiting (s)";
     let rows: Vec<Vec<String>> = sweep
         .iter()
         .map(|run| {
@@ -257,12 +295,36 @@ fn sweep_page(sweep: &[&Run], greedy: &Report, eta_alone: Option<&Report>) -> St
         })
         .collect();
     chart::page(
-        &format!("Matching at high load: the wait weight (seed {SEED})"),
+        &format!("Matching at high load: the batched strategy's fairness (seed {SEED})"),
         &[
-            chart("Mean pickup time", "s", &|r| r.mean_pickup_time_s),
-            chart("Request to offer, p99", "s", &|r| {
-                r.match_latency_ms.p99 / 1000.0
-            }),
+            chart(
+                "Mean pickup time against the wait weight",
+                weight_unit,
+                "s",
+                &by_weight,
+                &pickup,
+            ),
+            chart(
+                "Request to offer p99 against the wait weight",
+                weight_unit,
+                "s",
+                &by_weight,
+                &p99,
+            ),
+            chart(
+                "Mean pickup time against the bound on waiting",
+                bound_unit,
+                "s",
+                &by_bound,
+                &pickup,
+            ),
+            chart(
+                "Request to offer p99 against the bound on waiting",
+                bound_unit,
+                "s",
+                &by_bound,
+                &p99,
+            ),
             chart::table(&["run", "pickup (s)", "offer p99 (s)", "served"], &rows),
         ],
     )
