@@ -48,7 +48,8 @@ pub struct Config {
     /// Resolution of the index's buckets (finer than the cell resolution).
     pub index_res: Resolution,
     pub settings: Settings,
-    pub eta: assign::StraightLine,
+    /// How pickup times are estimated.
+    pub eta: Arc<dyn assign::EtaModel>,
     /// Deadline of a command to the trips service.
     pub command_timeout: Duration,
 }
@@ -63,7 +64,7 @@ impl Config {
             halo_rings: 2,
             index_res: Resolution::Eight,
             settings: Settings::default(),
-            eta: assign::StraightLine::default(),
+            eta: Arc::new(assign::StraightLine::default()),
             command_timeout: Duration::from_secs(3),
         }
     }
@@ -135,7 +136,7 @@ pub async fn run(
         config.geo,
         regions.clone(),
         config.index_res,
-        Arc::new(config.eta),
+        config.eta.clone(),
         link,
         inputs.clone(),
     );

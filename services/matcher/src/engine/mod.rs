@@ -19,7 +19,7 @@ use protocol::bus::{
 use protocol::client::VehicleStatus;
 use protocol::time::now_ms;
 use protocol::trip::TripState;
-use protocol::{ErrorCode, GeoConfig};
+use protocol::{ErrorCode, GeoConfig, Point};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -520,17 +520,17 @@ impl<L: Link> Engine<L> {
                         * waiting.received.elapsed().as_secs_f64())
                 .min(self.settings.max_radius_m);
                 let pickup = waiting.request.trip.pickup;
-                self.index
+                let nearest = self
+                    .index
                     .nearest(pickup, self.settings.candidates, radius, |d| {
                         self.eligible(d, waiting, now)
-                    })
+                    });
+                let points: Vec<Point> = nearest.iter().map(|(driver, _)| driver.point).collect();
+                let etas = self.eta.pickup_etas_s(&points, pickup);
+                nearest
                     .into_iter()
-                    .map(|(driver, _)| {
-                        (
-                            driver.id.clone(),
-                            self.eta.pickup_eta_s(driver.point, pickup),
-                        )
-                    })
+                    .zip(etas)
+                    .map(|((driver, _), eta)| (driver.id.clone(), eta))
                     .collect()
             })
             .collect();

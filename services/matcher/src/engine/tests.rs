@@ -271,3 +271,79 @@ async fn stopping_waits_for_the_claims_in_flight() {
         "{answered:?}"
     );
 }
+
+/// Which driver the engine claims for a request at `BERLIN` under `eta`, with two free
+/// drivers: one 100 m east of the pickup on a one-way street that leads away from it (300 m
+/// around the block by road), one 250 m north on a two-way street.
+async fn claimed_under(eta: Arc<dyn EtaModel>) -> String {
+    let (tx, mut rx) = mpsc::channel(16);
+    let geo = GeoConfig::default();
+    let regions = [geo.region_of(BERLIN).unwrap()].into();
+    let mut engine = Engine::new(
+        Settings::default(),
+        geo,
+        regions,
+        h3o::Resolution::Eight,
+        eta,
+        Fake::default(),
+        tx,
+    );
+    let (east, north) = block();
+    engine.on_input(Input::Position(driver_at("east", east)));
+    engine.on_input(Input::Position(driver_at("north", north)));
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(Uuid::new_v4()),
+        excluded_drivers: vec![],
+        deadline: now_ms() + 600_000,
+        attempt: 1,
+    }));
+    match rx.recv().await.unwrap() {
+        Input::Claimed { driver, .. } => driver,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+/// The two drivers' positions of [`claimed_under`].
+fn block() -> (Point, Point) {
+    let offset = |north_m: f64, east_m: f64| {
+        Point::new(
+            BERLIN.lat + north_m / 111_320.0,
+            BERLIN.lng + east_m / (111_320.0 * BERLIN.lat.to_radians().cos()),
+        )
+    };
+    (offset(0.0, 100.0), offset(250.0, 0.0))
+}
+
+fn block_roads() -> roads::RoadNetwork {
+    let (east, north) = block();
+    let nw = Point::new(north.lat - 150.0 / 111_320.0, BERLIN.lng);
+    let ne = Point::new(nw.lat, east.lng);
+    // 0 pickup, 1 north-west corner, 2 north-east, 3 east driver, 4 north driver.
+    let points = vec![BERLIN, nw, ne, east, north];
+    let v = 10.0;
+    let two_way = [(0, 1), (1, 2), (2, 3), (1, 4)];
+    let mut segments: Vec<(u32, u32, f64)> = two_way
+        .iter()
+        .flat_map(|&(a, b)| [(a, b, v), (b, a, v)])
+        .collect();
+    segments.push((0, 3, v)); // one-way, away from the pickup
+    roads::from_segments(points, &segments).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ranking_by_road_eta_prefers_the_driver_the_roads_bring_sooner() {
+    assert_eq!(
+        claimed_under(Arc::new(assign::StraightLine::default())).await,
+        "east",
+        "as the crow flies the east driver is nearer"
+    );
+    let roads = assign::Roads(Arc::new(block_roads()));
+    let (east, north) = block();
+    let etas = roads.pickup_etas_s(&[east, north], BERLIN);
+    assert!(etas[0] > 29.0 && etas[1] < 26.0, "{etas:?}");
+    assert_eq!(
+        claimed_under(Arc::new(roads)).await,
+        "north",
+        "by road the east driver must go round the block"
+    );
+}
