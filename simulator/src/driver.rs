@@ -11,6 +11,7 @@ use protocol::time::now_ms;
 use protocol::trip::{TripState, TripView};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use roads::Leg;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,8 @@ struct Driver {
     rng: StdRng,
     at: Point,
     task: Task,
+    /// Where the vehicle is driving and the legs left to get there.
+    route: Option<(Point, VecDeque<Leg>)>,
     seq: u64,
     next_id: u64,
     reports: VecDeque<Report>,
@@ -113,6 +116,7 @@ pub async fn run(
         rng,
         at,
         task: Task::Roaming { to },
+        route: None,
         seq: 0,
         next_id: 1,
         reports: VecDeque::new(),
@@ -189,22 +193,20 @@ impl Driver {
 
     /// Moves, reports the position, and takes the next step of the current task.
     async fn advance(&mut self, ws: &mut Ws, dt: Duration) -> anyhow::Result<()> {
-        let step = self.settings.speed_mps * self.settings.speedup * dt.as_secs_f64();
+        let seconds = self.settings.speedup * dt.as_secs_f64();
         let target = match &self.task {
             Task::Roaming { to } => Some(*to),
             Task::ToPickup { trip, .. } => Some(trip.pickup),
             Task::ToDropoff { trip } => Some(trip.dropoff),
             Task::Answering { .. } | Task::Boarding { .. } => None,
         };
-        let mut heading = None;
-        let mut arrived = false;
+        let (mut heading, mut speed, mut arrived) = (None, 0.0, false);
         if let Some(target) = target {
-            heading = Some(city::heading(self.at, target));
-            (self.at, arrived) = city::step_towards(self.at, target, step);
+            (heading, speed, arrived) = self.drive(target, seconds);
         }
         self.seq += 1;
         client::send(ws, json!({"type": "location", "lat": self.at.lat, "lng": self.at.lng,
-            "heading": heading, "speed": self.settings.speed_mps.min(80.0), "accuracy": 5.0, "ts": now_ms(), "seq": self.seq})).await?;
+            "heading": heading, "speed": speed.min(80.0), "accuracy": 5.0, "ts": now_ms(), "seq": self.seq})).await?;
         bump(&self.stats.updates_sent);
 
         let now = Instant::now();
@@ -260,6 +262,48 @@ impl Driver {
             _ => {}
         }
         self.flush_reports(ws).await
+    }
+
+    /// Drives towards `target` for `seconds` of simulated time: along the roads when the run
+    /// has a network, else in a straight line. Returns the heading, the speed and whether the
+    /// vehicle arrived.
+    fn drive(&mut self, target: Point, seconds: f64) -> (Option<f32>, f64, bool) {
+        if self.route.as_ref().map(|(to, _)| *to) != Some(target) {
+            let legs = match &self.settings.roads {
+                Some(network) => network.route(self.at, target),
+                None => vec![Leg {
+                    to: target,
+                    speed_mps: self.settings.speed_mps,
+                }],
+            };
+            self.route = Some((target, legs.into()));
+        }
+        let Some((_, legs)) = self.route.as_mut() else {
+            unreachable!("set above")
+        };
+        let (mut heading, mut speed) = (None, 0.0);
+        let mut left = seconds;
+        while let Some(leg) = legs.front().copied() {
+            if self.at.distance_m(&leg.to) >= 1.0 {
+                heading = Some(city::heading(self.at, leg.to));
+            }
+            speed = leg.speed_mps;
+            let (at, reached) = city::step_towards(self.at, leg.to, leg.speed_mps * left);
+            left -= self.at.distance_m(&at) / leg.speed_mps;
+            self.at = at;
+            if !reached {
+                break;
+            }
+            legs.pop_front();
+            if left <= 0.0 {
+                break;
+            }
+        }
+        let arrived = legs.is_empty();
+        if arrived {
+            self.route = None;
+        }
+        (heading, speed, arrived)
     }
 
     /// Sends the next report when none awaits an answer.
@@ -600,5 +644,59 @@ mod tests {
         assert_eq!(get(&stats.trips_taken_up), 1);
         stop.cancel();
         driver.await.unwrap();
+    }
+
+    /// A 100 m square around CENTER's south-west corner, every side two-way but the south
+    /// side, one-way eastbound.
+    fn square() -> roads::RoadNetwork {
+        let north = 100.0 / 111_320.0;
+        let east = 100.0 / (111_320.0 * CENTER.lat.to_radians().cos());
+        let points = vec![
+            CENTER,
+            Point::new(CENTER.lat + north, CENTER.lng),
+            Point::new(CENTER.lat + north, CENTER.lng + east),
+            Point::new(CENTER.lat, CENTER.lng + east),
+        ];
+        let sides = [(0, 1), (1, 0), (1, 2), (2, 1), (2, 3), (3, 2), (0, 3)];
+        roads::from_segments(points, &sides.map(|(a, b)| (a, b, 10.0))).unwrap()
+    }
+
+    #[test]
+    fn with_a_road_network_a_vehicle_drives_the_roads_at_their_speeds() {
+        let network = Arc::new(square());
+        let (start, target) = (network.point(3), network.point(0));
+        let mut settings = Settings::new("ws://unused/ws", b"unused", CENTER);
+        settings.roads = Some(network.clone());
+        let mut driver = super::Driver {
+            id: "sim-driver-0".into(),
+            settings: Arc::new(settings),
+            stats: Arc::new(Stats::default()),
+            rng: rand::SeedableRng::seed_from_u64(1),
+            at: start,
+            task: super::Task::Roaming { to: target },
+            route: None,
+            seq: 0,
+            next_id: 1,
+            reports: Default::default(),
+            in_flight: None,
+            retry_at: None,
+        };
+        // One simulated second at a time: the one-way south side is closed westbound, so
+        // the vehicle goes round by the north-west corner, 300 m at 10 m/s.
+        let mut seconds = 0;
+        let mut passed_north_west = false;
+        loop {
+            let (_, speed, arrived) = driver.drive(target, 1.0);
+            seconds += 1;
+            passed_north_west |= driver.at.distance_m(&network.point(1)) < 6.0;
+            if arrived {
+                break;
+            }
+            assert!((speed - 10.0).abs() < 0.1, "{speed}");
+            assert!(seconds < 100, "never arrived; at {:?}", driver.at);
+        }
+        assert!(passed_north_west, "went round the block");
+        assert_eq!(driver.at, target);
+        assert!((29..=31).contains(&seconds), "took {seconds} s");
     }
 }

@@ -104,6 +104,8 @@ pub struct Settings {
     /// A driver report with no answer for this long is sent again: the gateway answers every
     /// command within its own timeout, so silence means the answer (or the report) was lost.
     pub report_patience: Duration,
+    /// Vehicles drive along this network at its speeds (none: straight lines at `speed_mps`).
+    pub roads: Option<Arc<roads::RoadNetwork>>,
 }
 
 impl Settings {
@@ -159,6 +161,7 @@ impl Settings {
             sources: Vec::new(),
             liveness: None,
             report_patience: Duration::from_secs(10),
+            roads: None,
         }
     }
 

@@ -77,6 +77,10 @@ struct Args {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Drive along the roads of this OpenStreetMap extract (.osm.pbf) at road speeds instead
+    /// of in straight lines; centre the city on the extract.
+    #[arg(long)]
+    roads: Option<PathBuf>,
     /// Connect from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) to hold more than
     /// about 64k connections to one gateway; the gateway must be on loopback.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
@@ -151,6 +155,9 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         settings.liveness = Some(liveness);
     }
     settings.progress = !args.quiet;
+    if let Some(path) = &args.roads {
+        settings.roads = Some(std::sync::Arc::new(roads::RoadNetwork::load(path)?));
+    }
     if args.scenario == Scenario::Border {
         settings.border_point = Some(simulator::border_point(center));
     }
