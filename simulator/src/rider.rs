@@ -333,6 +333,12 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
     }
 }
 
+/// The shortest trip demanded: 500 m, or half the city's radius in a smaller city, where a
+/// pickup at the centre has no point 500 m away.
+fn min_trip_m(city: &crate::City) -> f64 {
+    (city.radius_m / 2.0).min(500.0)
+}
+
 /// Produces demand at `rate` requests per second (a Poisson process), scaled over time by
 /// `shape(t)`, until `stop`.
 pub async fn demand(
@@ -352,7 +358,7 @@ pub async fn demand(
         }
         let pickup = settings.pickup(&mut rng);
         let mut dropoff = settings.city.random_point(&mut rng);
-        while dropoff.distance_m(&pickup) < 500.0 {
+        while dropoff.distance_m(&pickup) < min_trip_m(&settings.city) {
             dropoff = settings.city.random_point(&mut rng);
         }
         let cancel_after = (rng.random::<f64>() < settings.cancel_probability)
@@ -363,5 +369,32 @@ pub async fn demand(
             dropoff,
             cancel_after,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Two workers, so that a demand task stuck in a loop fails the test by its timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_city_still_gets_its_demand() {
+        // 200 m across: no two points are 500 m apart.
+        let mut settings = Settings::new("ws://unused/ws", b"unused", Point::new(60.17, 24.94));
+        settings.city.radius_m = 200.0;
+        settings.request_rate = 1_000.0;
+        let settings = Arc::new(settings);
+        let (sender, mut demands) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        tokio::spawn(demand(settings.clone(), sender, |_| 1.0, stop.clone()));
+        for _ in 0..50 {
+            let next = tokio::time::timeout(Duration::from_secs(10), demands.recv())
+                .await
+                .expect("demand keeps coming")
+                .expect("the demand task runs");
+            let length = next.pickup.distance_m(&next.dropoff);
+            assert!((100.0..=400.0).contains(&length), "a trip of {length} m");
+        }
+        stop.cancel();
     }
 }
