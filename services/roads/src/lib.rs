@@ -284,7 +284,7 @@ impl RoadNetwork {
         search.run(&self.backward, target.node, nodes);
         let times = snaps
             .iter()
-            .map(|s| s.access_s() + search.ms(s.node) as f64 / 1000.0 + target.access_s())
+            .map(|s| s.access_s() + f64::from(search.ms(s.node)) / 1000.0 + target.access_s())
             .collect();
         search.reset();
         self.searches.lock().expect("pool").push(search);
@@ -330,19 +330,23 @@ impl RoadNetwork {
     }
 }
 
-/// Reusable state of a backward Dijkstra search over the network.
+/// Reusable state of a backward Dijkstra search over the network. Heap entries pack the
+/// time (high 32 bits, milliseconds) and the node (low 32 bits) into one `u64`, so the heap
+/// compares one integer.
 #[derive(Debug)]
 struct Search {
-    ms: Vec<u64>,
+    ms: Vec<u32>,
     touched: Vec<u32>,
     wanted: Vec<bool>,
-    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    heap: BinaryHeap<Reverse<u64>>,
 }
+
+const UNREACHED: u32 = u32::MAX;
 
 impl Search {
     fn new(nodes: usize) -> Self {
         Self {
-            ms: vec![u64::MAX; nodes],
+            ms: vec![UNREACHED; nodes],
             touched: Vec::new(),
             wanted: vec![false; nodes],
             heap: BinaryHeap::new(),
@@ -358,8 +362,9 @@ impl Search {
             }
         }
         self.set(source, 0);
-        self.heap.push(Reverse((0, source)));
-        while let Some(Reverse((d, n))) = self.heap.pop() {
+        self.heap.push(Reverse(u64::from(source)));
+        while let Some(Reverse(entry)) = self.heap.pop() {
+            let (d, n) = ((entry >> 32) as u32, entry as u32);
             if d > self.ms[n as usize] {
                 continue;
             }
@@ -371,10 +376,11 @@ impl Search {
                 }
             }
             for e in graph.out(n) {
-                let next = d + u64::from(e.ms);
+                let next = d.saturating_add(e.ms);
                 if next < self.ms[e.to as usize] {
                     self.set(e.to, next);
-                    self.heap.push(Reverse((next, e.to)));
+                    self.heap
+                        .push(Reverse((u64::from(next) << 32) | u64::from(e.to)));
                 }
             }
         }
@@ -383,20 +389,20 @@ impl Search {
         }
     }
 
-    fn set(&mut self, node: u32, ms: u64) {
-        if self.ms[node as usize] == u64::MAX {
+    fn set(&mut self, node: u32, ms: u32) {
+        if self.ms[node as usize] == UNREACHED {
             self.touched.push(node);
         }
         self.ms[node as usize] = ms;
     }
 
-    fn ms(&self, node: u32) -> u64 {
+    fn ms(&self, node: u32) -> u32 {
         self.ms[node as usize]
     }
 
     fn reset(&mut self) {
         for n in self.touched.drain(..) {
-            self.ms[n as usize] = u64::MAX;
+            self.ms[n as usize] = UNREACHED;
         }
         self.heap.clear();
     }
