@@ -6,14 +6,17 @@
 //! `DISPATCH_TEST_DATABASE_URL` and `NATS_SERVER_BIN` set). At high load the batched
 //! strategy's wait weight is swept too. Prints a table and writes `target/bench/matching.json`
 //! and, with the sweep plotted, `target/bench/matching.html`. `MATCHING_LOADS=high` runs only
-//! the named loads (comma-separated: ample, moderate, high).
+//! the named loads (comma-separated: ample, moderate, high, roads). The road scenario ranks
+//! drivers by straight line and then by road ETA on central Helsinki's roads.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use matcher::assign::{Fairness, Strategy};
+use matcher::assign::{EtaModel, Fairness, Roads, Strategy};
 use protocol::{GeoConfig, Point};
+use roads::RoadNetwork;
 use simulator::chart::{self, Chart, Series};
 use simulator::report::Report;
 use simulator::{Scenario, Settings};
@@ -42,6 +45,31 @@ fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
     settings.cancel_probability = 0.0;
     settings.progress = false;
     settings.run_id = format!("matching-{SEED}");
+    settings
+}
+
+/// The road scenario: central Helsinki's roads (`services/roads/data`, about 1.7 × 1.0 km),
+/// vehicles driving them at road speeds, at a demand that leaves drivers to choose from. Run
+/// twice with the greedy strategy, the matcher ranking candidates by straight-line ETA and
+/// then by road ETA; same seed, so the same requests at the same times and places.
+fn road_settings(url: &str, center: Point, network: Arc<RoadNetwork>) -> Settings {
+    let mut settings = Settings::new(url, TOKEN_SECRET, center);
+    settings.seed = SEED;
+    settings.drivers = 30;
+    settings.riders = 100;
+    settings.city.radius_m = 450.0;
+    settings.scenario = Scenario::Steady;
+    settings.duration = Duration::from_secs(120);
+    settings.drain = Duration::from_secs(120);
+    settings.request_rate = 0.6;
+    settings.speedup = 10.0;
+    settings.report_every = Duration::from_millis(250);
+    settings.accept_probability = 1.0;
+    settings.answer_delay = Duration::from_millis(200);
+    settings.cancel_probability = 0.0;
+    settings.progress = false;
+    settings.run_id = format!("matching-roads-{SEED}");
+    settings.roads = Some(network);
     settings
 }
 
@@ -132,7 +160,10 @@ async fn main() -> anyhow::Result<()> {
             step + 1,
             plan.len()
         );
-        let report = run(strategy, fairness, rate, drivers).await?;
+        let report = run(strategy, fairness, CENTER, None, |url| {
+            settings(url, rate, drivers)
+        })
+        .await?;
         println!("{}", report.table());
         results.push(Run {
             load,
@@ -140,6 +171,30 @@ async fn main() -> anyhow::Result<()> {
             fairness: (strategy == Strategy::Batched).then_some(fairness),
             report,
         });
+    }
+    if wanted("roads") {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../services/roads/data/helsinki.osm.pbf");
+        let network = Arc::new(RoadNetwork::load(&path)?);
+        let (sw, ne) = network.bounds();
+        let center = Point::new((sw.lat + ne.lat) / 2.0, (sw.lng + ne.lng) / 2.0);
+        let road_eta: Arc<dyn EtaModel> = Arc::new(Roads(network.clone()));
+        for (name, eta) in [("straight-line ETA", None), ("road ETA", Some(road_eta))] {
+            println!(
+                "matching: roads of central Helsinki, greedy ranking by {name}, seed {SEED} ..."
+            );
+            let report = run(Strategy::Greedy, Fairness::default(), center, eta, |url| {
+                road_settings(url, center, network.clone())
+            })
+            .await?;
+            println!("{}", report.table());
+            results.push(Run {
+                load: "roads",
+                name: name.into(),
+                fairness: None,
+                report,
+            });
+        }
     }
     println!();
     println!(
@@ -213,6 +268,23 @@ async fn main() -> anyhow::Result<()> {
             "greedy": {"mean_pickup_time_s": greedy.mean_pickup_time_s, "service_rate": greedy.service_rate, "offer_p99_ms": greedy.match_latency_ms.p99},
             "batched": {"mean_pickup_time_s": batched.mean_pickup_time_s, "service_rate": batched.service_rate, "offer_p99_ms": batched.match_latency_ms.p99},
             "batched_over_greedy_pickup_time": pickup_ratio,
+        });
+    }
+    if let (Some(straight), Some(road)) = (
+        find("roads", "straight-line ETA"),
+        find("roads", "road ETA"),
+    ) {
+        let ratio = road.mean_pickup_time_s / straight.mean_pickup_time_s.max(1e-9);
+        println!(
+            "roads, ranking by road ETA / by straight line, mean actual pickup time: {:.1} s / {:.1} s = {ratio:.3} ({:+.1}%)",
+            road.mean_pickup_time_s,
+            straight.mean_pickup_time_s,
+            (ratio - 1.0) * 100.0
+        );
+        json["roads"] = serde_json::json!({
+            "straight_line_mean_pickup_time_s": straight.mean_pickup_time_s,
+            "road_eta_mean_pickup_time_s": road.mean_pickup_time_s,
+            "road_over_straight_line_pickup_time": ratio,
         });
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -330,11 +402,14 @@ fn sweep_page(sweep: &[&Run], greedy: &Report, eta_alone: Option<&Report>) -> St
     )
 }
 
+/// One run on a fresh stack: the matcher with `strategy`, `fairness` and `eta` (none: straight
+/// line), serving the regions around `center`; the simulator as `simulate` sets it up.
 async fn run(
     strategy: Strategy,
     fairness: Fairness,
-    request_rate: f64,
-    drivers: usize,
+    center: Point,
+    eta: Option<Arc<dyn EtaModel>>,
+    simulate: impl FnOnce(&str) -> Settings,
 ) -> anyhow::Result<Report> {
     let nats = NatsServer::start();
     let db = TestDb::create().await;
@@ -342,18 +417,16 @@ async fn run(
     let mut trips = trips_config(&db.url, &nats.url(), &prefix);
     trips.store.search_timeout = Duration::from_secs(45);
     let _trips = start_trips(trips).await;
-    let regions = GeoConfig::default().regions_covering(CENTER, 12_000.0)?;
+    let regions = GeoConfig::default().regions_covering(center, 12_000.0)?;
     let mut matcher = matcher_config(&nats.url(), &prefix, regions);
     matcher.settings.strategy = strategy;
     matcher.settings.fairness = fairness;
+    if let Some(eta) = eta {
+        matcher.eta = eta;
+    }
     let matcher = start_matcher(matcher).await;
     wait_ready(matcher.http).await;
     let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
     wait_ready(gateway.running.http).await;
-    simulator::run(settings(
-        &format!("ws://{}/ws", gateway.ws),
-        request_rate,
-        drivers,
-    ))
-    .await
+    simulator::run(simulate(&format!("ws://{}/ws", gateway.ws))).await
 }

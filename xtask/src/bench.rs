@@ -12,8 +12,8 @@ use simulator::chart::{self, Chart, Series};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Run only the benchmarks whose names contain this (codec, trips, geo, matching, ingest,
-    /// connections, fanout, fleet, city).
+    /// Run only the benchmarks whose names contain this (codec, eta, trips, geo, matching,
+    /// ingest, connections, fanout, fleet, city).
     filter: Option<String>,
     /// Run nothing: gather what the last runs left in target/bench into the report and page.
     #[arg(long)]
@@ -114,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     for (package, bench) in [
         ("protocol", "codec"),
+        ("roads", "eta"),
         ("tests", "trips"),
         ("tests", "geo"),
         ("tests", "matching"),
@@ -270,6 +271,22 @@ fn assemble(dir: &Path) -> Result<String> {
                         high("batched", "service_rate"),
                         high("greedy", "service_rate"),
                         "fraction",
+                    ),
+                ),
+                "high_load_offer_p99_ms": row(
+                    "matching, high load: request to offer p99 ms, batched vs greedy",
+                    compared(
+                        high("batched", "offer_p99_ms"),
+                        high("greedy", "offer_p99_ms"),
+                        "ms",
+                    ),
+                ),
+                "roads_mean_pickup_time_s": row(
+                    "matching, roads: pickup s, road ETA vs straight line",
+                    compared(
+                        number(&matching, &["roads", "road_eta_mean_pickup_time_s"]),
+                        number(&matching, &["roads", "straight_line_mean_pickup_time_s"]),
+                        "s",
                     ),
                 ),
             }),
@@ -548,7 +565,7 @@ mod tests {
             .map(|t| t["outcome"].as_str().unwrap())
             .collect();
         // Ingest (2), the fan-out and memory met; the ingest spread (2), the fleet and
-        // matching (3) not measured; the city of 10,000 drivers slower to offer than its aim
+        // matching (5) not measured; the city of 10,000 drivers slower to offer than its aim
         // (its worst run), fast enough with positions, and losing nothing.
         assert_eq!(
             outcomes,
@@ -565,7 +582,9 @@ mod tests {
                 "met",
                 "met",
                 "not measured",
-                "not measured"
+                "not measured",
+                "not measured",
+                "not measured",
             ]
         );
         assert_eq!(

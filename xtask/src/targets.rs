@@ -78,6 +78,14 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
     let bytes = at(report, &["connections", "bytes_per_connection", "value"]);
     let pickup = |key: &str| at(report, &["matching", "high_load_mean_pickup_time_s", key]);
     let served = |key: &str| at(report, &["matching", "high_load_service_rate", key]);
+    let high_p99 = |key: &str| at(report, &["matching", "high_load_offer_p99_ms", key]);
+    let offer_p99_ratio = high_p99("value")
+        .zip(high_p99("baseline"))
+        .map(|(batched, greedy)| batched / greedy.max(1e-9));
+    let road = |key: &str| at(report, &["matching", "roads_mean_pickup_time_s", key]);
+    let road_ratio = road("value")
+        .zip(road("baseline"))
+        .map(|(road, straight)| road / straight.max(1e-9));
     let pickup_ratio = pickup("value")
         .zip(pickup("baseline"))
         .map(|(batched, greedy)| batched / greedy);
@@ -166,10 +174,22 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             |v| v == 0.0,
         ),
         judge(
-            "batched matching lowers mean pickup time by at least 10% at high load",
+            "batched matching lowers mean pickup time by at least 25% at high load",
             pickup_ratio,
             |v| format!("{:.1}% lower", (1.0 - v) * 100.0),
-            |v| v <= 0.9,
+            |v| v <= 0.75,
+        ),
+        judge(
+            "batched matching's request-to-offer p99 is no worse than greedy's at high load",
+            offer_p99_ratio,
+            |v| format!("{v:.2} × greedy's"),
+            |v| v <= 1.0,
+        ),
+        judge(
+            "ranking by road ETA lowers mean pickup time on the road scenario",
+            road_ratio,
+            |v| format!("{:+.1}%", (v - 1.0) * 100.0),
+            |v| v < 1.0,
         ),
         judge(
             "batched matching serves no smaller share of requests at high load",
@@ -229,6 +249,8 @@ mod tests {
                 "ample_supply_greedy_offer_p99_ms": 9.6,
                 "high_load_mean_pickup_time_s": {"value": pickup.0, "baseline": pickup.1},
                 "high_load_service_rate": {"value": 1.0, "baseline": 1.0},
+                "high_load_offer_p99_ms": {"value": 11_000.0, "baseline": 12_000.0},
+                "roads_mean_pickup_time_s": {"value": 50.0, "baseline": 55.0},
             },
         })
     }
@@ -247,7 +269,7 @@ mod tests {
     #[test]
     fn figures_on_the_right_side_of_every_aim_are_met() {
         let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
-        assert_eq!(verdicts.len(), 13);
+        assert_eq!(verdicts.len(), 15);
         for v in &verdicts {
             assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
         }
@@ -275,6 +297,21 @@ mod tests {
             Outcome::Missed
         );
         assert_eq!(outcome(&verdicts, "request to offer"), Outcome::Met);
+        let mut slower = report(99_961.0, 10.5, 100_000.0, 1e6, (100.0, 210.0));
+        slower["matching"]["high_load_offer_p99_ms"] =
+            json!({"value": 20_800.0, "baseline": 12_400.0});
+        slower["matching"]["roads_mean_pickup_time_s"] = json!({"value": 61.0, "baseline": 61.0});
+        let verdicts = judge_all(&slower);
+        assert_eq!(outcome(&verdicts, "batched matching lowers"), Outcome::Met);
+        assert_eq!(
+            outcome(&verdicts, "batched matching's request-to-offer p99"),
+            Outcome::Missed
+        );
+        assert_eq!(
+            verdict(&verdicts, "batched matching's request-to-offer p99").measured,
+            "1.68 × greedy's"
+        );
+        assert_eq!(outcome(&verdicts, "ranking by road ETA"), Outcome::Missed);
     }
 
     #[test]
