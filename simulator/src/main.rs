@@ -78,7 +78,7 @@ struct Args {
     #[arg(long)]
     quiet: bool,
     /// Drive along the roads of this OpenStreetMap extract (.osm.pbf) at road speeds instead
-    /// of in straight lines; centre the city on the extract.
+    /// of in straight lines; `--center` must lie within the extract.
     #[arg(long)]
     roads: Option<PathBuf>,
     /// Connect from this many loopback addresses (127.0.0.1, 127.0.0.2, ...) to hold more than
@@ -156,7 +156,20 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     }
     settings.progress = !args.quiet;
     if let Some(path) = &args.roads {
-        settings.roads = Some(std::sync::Arc::new(roads::RoadNetwork::load(path)?));
+        let network = roads::RoadNetwork::load(path)?;
+        let (sw, ne) = network.bounds();
+        anyhow::ensure!(
+            (sw.lat..=ne.lat).contains(&center.lat) && (sw.lng..=ne.lng).contains(&center.lng),
+            "--center {},{} is outside the roads of {} ({},{} to {},{})",
+            center.lat,
+            center.lng,
+            path.display(),
+            sw.lat,
+            sw.lng,
+            ne.lat,
+            ne.lng
+        );
+        settings.roads = Some(std::sync::Arc::new(network));
     }
     if args.scenario == Scenario::Border {
         settings.border_point = Some(simulator::border_point(center));
