@@ -29,22 +29,29 @@ use tests::{NatsServer, TestDb, unique_prefix};
 const CENTER: Point = Point::new(52.52, 13.405);
 const SEED: u64 = 7;
 
-fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
-    let mut settings = Settings::new(url, TOKEN_SECRET, CENTER);
+/// What every run shares: the seed, steady demand, drivers that accept every offer quickly
+/// and riders that never cancel.
+fn common(url: &str, center: Point, run_id: String) -> Settings {
+    let mut settings = Settings::new(url, TOKEN_SECRET, center);
     settings.seed = SEED;
-    settings.drivers = drivers;
-    settings.riders = 150;
-    settings.city.radius_m = 4_000.0;
     settings.scenario = Scenario::Steady;
-    settings.duration = Duration::from_secs(60);
     settings.drain = Duration::from_secs(120);
-    settings.request_rate = request_rate;
-    settings.speedup = 40.0;
     settings.accept_probability = 1.0;
     settings.answer_delay = Duration::from_millis(200);
     settings.cancel_probability = 0.0;
     settings.progress = false;
-    settings.run_id = format!("matching-{SEED}");
+    settings.run_id = run_id;
+    settings
+}
+
+fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
+    let mut settings = common(url, CENTER, format!("matching-{SEED}"));
+    settings.drivers = drivers;
+    settings.riders = 150;
+    settings.city.radius_m = 4_000.0;
+    settings.duration = Duration::from_secs(60);
+    settings.request_rate = request_rate;
+    settings.speedup = 40.0;
     settings
 }
 
@@ -53,22 +60,14 @@ fn settings(url: &str, request_rate: f64, drivers: usize) -> Settings {
 /// twice with the greedy strategy, the matcher ranking candidates by straight-line ETA and
 /// then by road ETA; same seed, so the same requests at the same times and places.
 fn road_settings(url: &str, center: Point, network: Arc<RoadNetwork>) -> Settings {
-    let mut settings = Settings::new(url, TOKEN_SECRET, center);
-    settings.seed = SEED;
+    let mut settings = common(url, center, format!("matching-roads-{SEED}"));
     settings.drivers = 30;
     settings.riders = 100;
     settings.city.radius_m = 450.0;
-    settings.scenario = Scenario::Steady;
     settings.duration = Duration::from_secs(120);
-    settings.drain = Duration::from_secs(120);
     settings.request_rate = 0.6;
     settings.speedup = 10.0;
     settings.report_every = Duration::from_millis(250);
-    settings.accept_probability = 1.0;
-    settings.answer_delay = Duration::from_millis(200);
-    settings.cancel_probability = 0.0;
-    settings.progress = false;
-    settings.run_id = format!("matching-roads-{SEED}");
     settings.roads = Some(network);
     settings
 }
@@ -125,23 +124,17 @@ async fn main() -> anyhow::Result<()> {
         plan.push((load, rate, drivers, Strategy::Batched, Fairness::default()));
         if load == "high" {
             plan.push((load, rate, drivers, Strategy::Batched, Fairness::NONE));
-            for &wait_weight in WEIGHTS {
-                let fairness = Fairness {
-                    wait_weight,
-                    ..Fairness::default()
-                };
-                if fairness != Fairness::default() {
-                    plan.push((load, rate, drivers, Strategy::Batched, fairness));
-                }
-            }
-            for &max_wait_s in BOUNDS_S {
-                let fairness = Fairness {
-                    max_wait_s,
-                    ..Fairness::default()
-                };
-                if fairness != Fairness::default() {
-                    plan.push((load, rate, drivers, Strategy::Batched, fairness));
-                }
+            let defaults = Fairness::default();
+            let weights = WEIGHTS.iter().map(|&wait_weight| Fairness {
+                wait_weight,
+                ..defaults
+            });
+            let bounds = BOUNDS_S.iter().map(|&max_wait_s| Fairness {
+                max_wait_s,
+                ..defaults
+            });
+            for fairness in weights.chain(bounds).filter(|f| *f != defaults) {
+                plan.push((load, rate, drivers, Strategy::Batched, fairness));
             }
         }
     }

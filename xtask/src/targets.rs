@@ -76,19 +76,17 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
     let ratio = at(report, &["ingest", "spread", "ratio", "min"]);
     let busiest_share = at(report, &["fanout", "busiest_gateway", "ratio"]);
     let bytes = at(report, &["connections", "bytes_per_connection", "value"]);
-    let pickup = |key: &str| at(report, &["matching", "high_load_mean_pickup_time_s", key]);
+    // A matching figure over its baseline from the same run.
+    let matching_ratio = |figure: &str| {
+        let side = |key: &str| at(report, &["matching", figure, key]);
+        side("value")
+            .zip(side("baseline"))
+            .map(|(value, baseline)| value / baseline.max(1e-9))
+    };
     let served = |key: &str| at(report, &["matching", "high_load_service_rate", key]);
-    let high_p99 = |key: &str| at(report, &["matching", "high_load_offer_p99_ms", key]);
-    let offer_p99_ratio = high_p99("value")
-        .zip(high_p99("baseline"))
-        .map(|(batched, greedy)| batched / greedy.max(1e-9));
-    let road = |key: &str| at(report, &["matching", "roads_mean_pickup_time_s", key]);
-    let road_ratio = road("value")
-        .zip(road("baseline"))
-        .map(|(road, straight)| road / straight.max(1e-9));
-    let pickup_ratio = pickup("value")
-        .zip(pickup("baseline"))
-        .map(|(batched, greedy)| batched / greedy);
+    let pickup_ratio = matching_ratio("high_load_mean_pickup_time_s");
+    let offer_p99_ratio = matching_ratio("high_load_offer_p99_ms");
+    let road_ratio = matching_ratio("roads_mean_pickup_time_s");
     let served_difference = served("value")
         .zip(served("baseline"))
         .map(|(batched, greedy)| batched - greedy);

@@ -241,19 +241,22 @@ impl RoadNetwork {
         if a == b {
             return 0;
         }
-        let mut calculator = self.calculator();
-        let path = calculator.calc_path(&self.hierarchy, a as usize, b as usize);
-        self.calculators.lock().expect("pool").push(calculator);
         // One strongly connected component: every node reaches every other.
-        path.map_or(u64::MAX / 4, |p| p.get_weight() as u64)
+        self.path(a, b)
+            .map_or(u64::MAX / 4, |p| p.get_weight() as u64)
     }
 
-    fn calculator(&self) -> PathCalculator {
-        self.calculators
+    /// The shortest path between two nodes by the hierarchy, with a calculator from the pool.
+    fn path(&self, a: u32, b: u32) -> Option<fast_paths::ShortestPath> {
+        let mut calculator = self
+            .calculators
             .lock()
             .expect("pool")
             .pop()
-            .unwrap_or_else(|| fast_paths::create_calculator(&self.hierarchy))
+            .unwrap_or_else(|| fast_paths::create_calculator(&self.hierarchy));
+        let path = calculator.calc_path(&self.hierarchy, a as usize, b as usize);
+        self.calculators.lock().expect("pool").push(calculator);
+        path
     }
 
     /// Travel times in seconds from each of `froms` to `to`, in one backward search from `to`
@@ -300,30 +303,26 @@ impl RoadNetwork {
             speed_mps: ACCESS_SPEED_MPS,
         };
         let mut legs = vec![access(self.point(a.node))];
-        if a.node != b.node {
-            let mut calculator = self.calculator();
-            let path = calculator.calc_path(&self.hierarchy, a.node as usize, b.node as usize);
-            self.calculators.lock().expect("pool").push(calculator);
-            if let Some(path) = path {
-                for pair in path.get_nodes().windows(2) {
-                    let (x, y) = (pair[0] as u32, pair[1] as u32);
-                    let ms = self
-                        .forward
-                        .out(x)
-                        .iter()
-                        .filter(|e| e.to == y)
-                        .map(|e| e.ms)
-                        .min()
-                        .unwrap_or(1)
-                        .max(1);
-                    let metres = self.point(x).distance_m(&self.point(y));
-                    legs.push(Leg {
-                        to: self.point(y),
-                        // Nodes a hair apart still move the vehicle on.
-                        speed_mps: (metres / (f64::from(ms) / 1000.0)).max(0.5),
-                    });
-                }
-            }
+        let path = (a.node != b.node)
+            .then(|| self.path(a.node, b.node))
+            .flatten();
+        for pair in path.iter().flat_map(|p| p.get_nodes().windows(2)) {
+            let (x, y) = (pair[0] as u32, pair[1] as u32);
+            let ms = self
+                .forward
+                .out(x)
+                .iter()
+                .filter(|e| e.to == y)
+                .map(|e| e.ms)
+                .min()
+                .unwrap_or(1)
+                .max(1);
+            let metres = self.point(x).distance_m(&self.point(y));
+            legs.push(Leg {
+                to: self.point(y),
+                // Nodes a hair apart still move the vehicle on.
+                speed_mps: (metres / (f64::from(ms) / 1000.0)).max(0.5),
+            });
         }
         legs.push(access(to));
         legs
