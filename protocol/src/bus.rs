@@ -91,7 +91,8 @@ pub enum TripCommand {
     },
     /// An offer ran out without an answer (`offered -> requested`).
     ExpireOffer { trip_id: Uuid, driver_id: String },
-    /// The assigned driver reports a stage.
+    /// The assigned driver reports a stage. `position` is the driver's latest position the
+    /// gateway took, when it has one: the trips service checks the report against it.
     Progress {
         trip_id: Uuid,
         driver_id: String,

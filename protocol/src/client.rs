@@ -450,6 +450,23 @@ pub struct DriverState {
     pub capacity: Option<u16>,
 }
 
+/// Where a rider's driver is heading next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EtaTo {
+    Pickup,
+    Dropoff,
+}
+
+/// A driver's estimated time to where it is heading, from the ETA model the matcher ranks
+/// drivers by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Eta {
+    pub to: EtaTo,
+    /// Seconds from the position it comes with.
+    pub seconds: u32,
+}
+
 /// Everything the server may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -498,6 +515,10 @@ pub enum ServerMessage {
         lng: f64,
         heading: Option<f32>,
         ts: UnixMillis,
+        /// When the driver should reach the pickup (while it approaches) or the dropoff (on
+        /// board); absent while it waits at the pickup.
+        #[serde(default)]
+        eta: Option<Eta>,
     },
     /// Dispatcher: vehicles in the viewport that moved or changed status.
     Vehicles { vehicles: Vec<VehicleView> },

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     Conflict,
     /// The point lies outside the service area.
     OutsideServiceArea,
+    /// The driver reported arriving while its latest position is too far from the pickup.
+    NotAtPickup,
     /// A dependency is down; retry later with the same idempotency key.
     Unavailable,
     /// The command was not answered in time; retry later with the same idempotency key.
@@ -66,6 +68,7 @@ impl ErrorCode {
             Self::InvalidTransition => "invalid_transition",
             Self::Conflict => "conflict",
             Self::OutsideServiceArea => "outside_service_area",
+            Self::NotAtPickup => "not_at_pickup",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
@@ -88,6 +91,7 @@ mod tests {
         for code in [
             ErrorCode::Unauthorized,
             ErrorCode::OutsideServiceArea,
+            ErrorCode::NotAtPickup,
             ErrorCode::InvalidTransition,
             ErrorCode::Unavailable,
         ] {

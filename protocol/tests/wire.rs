@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use protocol::bus::{self, TripCommand};
 use protocol::client::{
-    self, CellAggregate, ClientMessage, DriverState, Location, Role, ServerMessage, SessionLimits,
-    VehicleStatus, VehicleView, Viewport,
+    self, CellAggregate, ClientMessage, DriverState, Eta, EtaTo, Location, Role, ServerMessage,
+    SessionLimits, VehicleStatus, VehicleView, Viewport,
 };
 use protocol::trip::{Actor, TripStage, TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Point, codec};
@@ -148,6 +148,10 @@ fn server_examples() -> Vec<ServerMessage> {
             lng: 13.41,
             heading: None,
             ts: NOW,
+            eta: Some(Eta {
+                to: EtaTo::Pickup,
+                seconds: 185,
+            }),
         },
         ServerMessage::Vehicles {
             vehicles: vec![VehicleView {

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::Point;
 use protocol::client::ServerMessage;
 use protocol::time::now_ms;
 use protocol::trip::{TripState, TripView};
+use protocol::{ErrorCode, Point};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use roads::Leg;
@@ -404,7 +404,9 @@ impl Driver {
                     return Ok(());
                 }
                 self.in_flight = None;
-                if code.is_retryable() {
+                // Refused as far from the pickup: the next position, sent from there, lets
+                // the same report through.
+                if code.is_retryable() || code == ErrorCode::NotAtPickup {
                     self.retry_at = Some(Instant::now() + REPORT_RETRY);
                     return Ok(());
                 }

@@ -125,6 +125,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         dashboard: Default::default(),
         publishing: Default::default(),
         announcing: Default::default(),
+        eta: std::sync::Arc::new(roads::eta::StraightLine::default()),
     }
 }
 

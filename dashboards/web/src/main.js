@@ -462,11 +462,24 @@ async function showDetail(tripId) {
   for (const e of detail.events) {
     const item = document.createElement("li");
     const who = e.actor_id ? `${e.actor} ${e.actor_id}` : e.actor;
-    item.textContent = `${formatTime(e.at)} ${e.from ?? "·"} → ${e.to} by ${who}${e.reason ? ` (${e.reason})` : ""}`;
+    item.textContent = `${formatTime(e.at)} ${e.from ?? "·"} → ${e.to} by ${who}${e.reason ? ` (${e.reason})` : ""}${whereReported(e)}`;
+    if (e.flagged) {
+      item.classList.add("flagged");
+      item.title = "completed far from the dropoff";
+    }
     timeline.append(item);
   }
   state.route = detail.route.map((p) => [p.lng, p.lat]);
   drawRoute(state.route);
+}
+
+// Where a driver reported a stage, against the place it happens: the pickup, or the dropoff
+// for a completion.
+function whereReported(e) {
+  if (e.distance_m == null) return "";
+  const place = e.to === "completed" ? "dropoff" : "pickup";
+  const distance = e.distance_m >= 1000 ? `${(e.distance_m / 1000).toFixed(1)} km` : `${Math.round(e.distance_m)} m`;
+  return `, ${distance} from the ${place}${e.flagged ? " ⚑" : ""}`;
 }
 
 function drawRoute(points, head) {

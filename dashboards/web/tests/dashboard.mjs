@@ -3,7 +3,9 @@
 // then checks PostgreSQL; this script checks what the page shows and does.
 //
 // Environment: DASHBOARD_URL (the page), DISPATCHER_TOKEN, TRIP_ID (a trip to cancel, whose
-// driver's name is DRIVER_NAME), SCREENSHOT_DIR, CHROMIUM_BIN.
+// driver's name is DRIVER_NAME), FLAGGED_TRIP_ID (a trip of rider `rider-far`, completed far
+// from its dropoff),
+// SCREENSHOT_DIR, CHROMIUM_BIN.
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -18,6 +20,7 @@ const url = env("DASHBOARD_URL");
 const token = env("DISPATCHER_TOKEN");
 const tripId = env("TRIP_ID");
 const driverName = env("DRIVER_NAME");
+const flaggedTripId = env("FLAGGED_TRIP_ID");
 const screenshots = env("SCREENSHOT_DIR");
 const WAIT = { timeout: 45_000 };
 
@@ -102,6 +105,21 @@ await step("cancelling the trip from the page", async () => {
     () => document.getElementById("detail-state").textContent === "cancelled",
     null,
     WAIT,
+  );
+});
+
+await step("a completion far from the dropoff is flagged in the timeline", async () => {
+  await page.fill("#filters input[name=rider_id]", "rider-far");
+  await page.click("#filters button[type=submit]");
+  await page.waitForSelector(`tr[data-trip-id="${flaggedTripId}"]`, WAIT);
+  await page.click(`tr[data-trip-id="${flaggedTripId}"]`);
+  const flagged = await page.waitForSelector("#timeline li.flagged", WAIT);
+  const text = await flagged.textContent();
+  expect(/→ completed .* km from the dropoff ⚑/.test(text), `flagged entry reads ${JSON.stringify(text)}`);
+  const unflagged = await page.$$eval("#timeline li:not(.flagged)", (items) => items.map((i) => i.textContent));
+  expect(
+    unflagged.some((t) => / m from the pickup$/.test(t)),
+    `no arrival near the pickup in ${JSON.stringify(unflagged)}`,
   );
 });
 

@@ -1,9 +1,11 @@
 //! The gateway's configuration: addresses and secrets, per-connection limits, and how
 //! positions are batched on their way to NATS.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{GeoConfig, Subjects};
+use roads::eta::EtaModel;
 
 use crate::dashboard;
 
@@ -90,6 +92,9 @@ pub struct Config {
     pub publishing: Publishing,
     /// How this gateway announces its clients (see [`crate::presence`]).
     pub announcing: crate::presence::Announcing,
+    /// Estimates the ETA a rider is told with its driver's positions: the matcher's model, so
+    /// a rider is told what the matcher assumed.
+    pub eta: Arc<dyn EtaModel>,
 }
 
 /// A fresh gateway id: `gw-` and eight random hexadecimal digits.

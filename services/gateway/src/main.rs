@@ -30,7 +30,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve clients.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Print a signed token for a client (development, simulator, operators).
     Token(MintToken),
 }
@@ -78,6 +78,10 @@ struct Serve {
     /// as soon as it can).
     #[arg(long, env = "GATEWAY_PUBLISH_LINGER_US", default_value_t = 1_000)]
     publish_linger_us: u64,
+    /// Tell riders their driver's ETA over the roads of this OpenStreetMap extract (.osm.pbf),
+    /// the one the matchers rank by; straight-line estimates when not given.
+    #[arg(long, env = "GATEWAY_ROADS")]
+    roads: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
     }
 }
 
@@ -175,6 +179,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             ..Default::default()
         },
         announcing: Default::default(),
+        eta: kit::cli::or_exit(roads::eta::load(
+            args.roads.as_deref(),
+            "telling riders ETAs",
+        )),
     };
     let ws = tokio::net::TcpListener::bind(args.ws).await?;
     let http = tokio::net::TcpListener::bind(args.http).await?;

@@ -5,61 +5,8 @@ use std::collections::HashSet;
 
 use pathfinding::kuhn_munkres::kuhn_munkres_min;
 use pathfinding::matrix::Matrix;
-use protocol::Point;
 
-/// Estimated time for a driver to reach a pickup: straight line ([`StraightLine`]) or over a
-/// road network ([`Roads`]).
-pub trait EtaModel: Send + Sync + std::fmt::Debug {
-    fn pickup_eta_s(&self, driver: Point, pickup: Point) -> f64;
-
-    /// Each driver's ETA to one pickup: a row of a round's matrix. Models with a faster way
-    /// than one query per driver override it.
-    fn pickup_etas_s(&self, drivers: &[Point], pickup: Point) -> Vec<f64> {
-        drivers
-            .iter()
-            .map(|driver| self.pickup_eta_s(*driver, pickup))
-            .collect()
-    }
-}
-
-/// Straight-line distance, lengthened by a detour factor, at a constant speed.
-#[derive(Debug, Clone, Copy)]
-pub struct StraightLine {
-    pub speed_mps: f64,
-    /// Road distance over straight-line distance, typically 1.3 to 1.4 in cities.
-    pub detour: f64,
-}
-
-impl Default for StraightLine {
-    fn default() -> Self {
-        Self {
-            speed_mps: 8.0,
-            detour: 1.35,
-        }
-    }
-}
-
-impl EtaModel for StraightLine {
-    fn pickup_eta_s(&self, driver: Point, pickup: Point) -> f64 {
-        driver.distance_m(&pickup) * self.detour / self.speed_mps
-    }
-}
-
-/// Travel time over a road network from an OpenStreetMap extract (`--roads FILE.osm.pbf`).
-#[derive(Debug, Clone)]
-pub struct Roads(pub std::sync::Arc<roads::RoadNetwork>);
-
-impl EtaModel for Roads {
-    fn pickup_eta_s(&self, driver: Point, pickup: Point) -> f64 {
-        self.0.travel_time_s(driver, pickup)
-    }
-
-    /// One backward search from the pickup settles every driver (BENCHMARKS.md compares it
-    /// with a hierarchy query per driver).
-    fn pickup_etas_s(&self, drivers: &[Point], pickup: Point) -> Vec<f64> {
-        self.0.travel_times_to(drivers, pickup)
-    }
-}
+pub use roads::eta::{EtaModel, Roads, StraightLine};
 
 /// How waiting requests are given drivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,13 +122,7 @@ async fn main() -> anyhow::Result<()> {
     config.settings.batch_window = Duration::from_millis(args.batch_window_ms);
     config.settings.offer_ttl = Duration::from_secs(args.offer_ttl_s);
     config.settings.max_radius_m = args.max_radius_m;
-    if let Some(path) = &args.roads {
-        let started = std::time::Instant::now();
-        let network = kit::cli::or_exit(roads::RoadNetwork::load(path));
-        let summary = network.summary();
-        tracing::info!(roads = %path.display(), nodes = summary.nodes, edges = summary.edges, took_ms = started.elapsed().as_millis() as u64, "ranking drivers by road ETA");
-        config.eta = std::sync::Arc::new(matcher::assign::Roads(std::sync::Arc::new(network)));
-    }
+    config.eta = kit::cli::or_exit(roads::eta::load(args.roads.as_deref(), "ranking drivers"));
     let http = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http.local_addr()?, regions = config.regions.len(), "dispatch-matcher starting");
     let shutdown = CancellationToken::new();

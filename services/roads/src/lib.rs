@@ -6,6 +6,7 @@
 //! can reach every other: fragments (a car park's lanes, a road cut by the extract's border) are
 //! dropped when loaded. Times are free-flow: the road's legal or typical speed, no traffic.
 
+pub mod eta;
 mod osm;
 
 use std::cmp::Reverse;

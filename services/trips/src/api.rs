@@ -186,6 +186,11 @@ pub struct EventView {
     pub reason: Option<String>,
     pub lat: Option<f64>,
     pub lng: Option<f64>,
+    /// For a driver's progress report: metres from the pickup (arrived, started) or the
+    /// dropoff (completed) where it was reported.
+    pub distance_m: Option<f64>,
+    /// A completion reported far from the dropoff.
+    pub flagged: bool,
     pub at: i64,
 }
 
@@ -234,7 +239,8 @@ async fn trip_detail(
     let events = client
         .query(
             "SELECT event_id, from_state, to_state, actor, actor_id, driver_id, reason, lat, lng, \
-             (extract(epoch from at) * 1000)::int8 FROM trip_events WHERE trip_id = $1 ORDER BY version",
+             (extract(epoch from at) * 1000)::int8, distance_m, flagged \
+             FROM trip_events WHERE trip_id = $1 ORDER BY version",
             &[&trip_id],
         )
         .await?
@@ -250,6 +256,8 @@ async fn trip_detail(
             lat: r.get(7),
             lng: r.get(8),
             at: r.get(9),
+            distance_m: r.get(10),
+            flagged: r.get(11),
         })
         .collect();
     let route = client

@@ -15,6 +15,7 @@ pub mod machine;
 pub mod messages;
 pub mod meters;
 pub mod outbox;
+pub mod progress;
 mod queries;
 pub mod rows;
 pub mod store;

@@ -41,9 +41,23 @@ struct Args {
     /// GeoJSON polygon of the service area; trips starting or ending outside it are refused.
     #[arg(long, env = "SERVICE_AREA")]
     service_area: Option<std::path::PathBuf>,
+    /// Drivers reporting `arrived` farther than this from the pickup are refused, metres.
+    #[arg(long, env = "TRIPS_ARRIVAL_RADIUS_M", default_value_t = 250.0, value_parser = radius)]
+    arrival_radius_m: f64,
+    /// Completions reported farther than this from the dropoff are flagged, metres.
+    #[arg(long, env = "TRIPS_DROPOFF_RADIUS_M", default_value_t = 500.0, value_parser = radius)]
+    dropoff_radius_m: f64,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
+}
+
+/// A radius in metres: a positive number.
+fn radius(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(metres) if metres.is_finite() && metres > 0.0 => Ok(metres),
+        _ => Err(format!("expected a positive number of metres, got {s:?}")),
+    }
 }
 
 #[tokio::main]
@@ -56,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
     config.geo = geo;
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
+    config.store.plausibility = trips::progress::Plausibility {
+        arrival_radius_m: args.arrival_radius_m,
+        dropoff_radius_m: args.dropoff_radius_m,
+    };
     config.breadcrumb_retention = Duration::from_secs(args.breadcrumb_retention_h * 3600);
     config.migrate = !args.no_migrate;
     if let Some(path) = &args.service_area {

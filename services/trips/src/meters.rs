@@ -30,6 +30,10 @@ kit::meters! {
     /// Requests dropped unanswered because they arrived after their requester gave up, by
     /// `subject` (`command` or `query`).
     counter STALE_REQUESTS = "trips_stale_requests_total" [subject = "command"];
+    /// Drivers' progress reports checked against their position, by `stage` and `outcome`
+    /// (`near`, `flagged` for a completion far from the dropoff, `refused` for an arrival far
+    /// from the pickup, `unchecked` without a position).
+    counter PROGRESS_CHECKS = "trips_progress_checks_total" [stage = "arrived", outcome = "near"];
     /// HTTP API requests, by `route` and `status`.
     counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
 }

@@ -20,6 +20,7 @@ use crate::error::{StoreError, err};
 use crate::machine::{self, Decision, DriverRecord, TripRecord};
 use crate::messages::{self, Outgoing};
 use crate::meters as m;
+use crate::progress::{Checked, Plausibility};
 use crate::rows::{DRIVER_COLUMNS, DriverColumns, TRIP_COLUMNS, trip_from_row};
 use crate::writer::{Transition, Writer};
 
@@ -37,6 +38,8 @@ pub struct StoreSettings {
     pub writers: usize,
     /// Most transitions written by one statement.
     pub write_batch: usize,
+    /// How far from the pickup and dropoff drivers may report progress.
+    pub plausibility: Plausibility,
 }
 
 impl Default for StoreSettings {
@@ -47,6 +50,7 @@ impl Default for StoreSettings {
             cached_trips: 100_000,
             writers: 2,
             write_batch: 64,
+            plausibility: Plausibility::default(),
         }
     }
 }
@@ -422,6 +426,16 @@ impl Store {
                     });
                 }
             };
+            // Pickup and dropoff never change, so a cached trip checks as well as a fresh one.
+            let checked = match &command {
+                TripCommand::Progress {
+                    stage, position, ..
+                } => self
+                    .settings
+                    .plausibility
+                    .check(&trip.view, *stage, *position)?,
+                _ => Checked::default(),
+            };
             let mut after = trip.clone();
             machine::apply(&mut after, &change, now);
             let event_id = self.event_ids.next(&self.pool).await?;
@@ -447,6 +461,8 @@ impl Store {
                 actor_id: change.actor_id.clone(),
                 lat: position.map(|p| p.lat),
                 lng: position.map(|p| p.lng),
+                distance_m: checked.distance_m,
+                flagged: checked.flagged,
                 new_offer: change
                     .new_offer
                     .as_ref()

@@ -42,6 +42,10 @@ pub(crate) struct Transition {
     pub actor_id: Option<String>,
     pub lat: Option<f64>,
     pub lng: Option<f64>,
+    /// From the stage's place, for a driver's progress report with a position.
+    pub distance_m: Option<f64>,
+    /// A completion far from the dropoff.
+    pub flagged: bool,
     /// A new offer: driver, expiry, pickup ETA in seconds.
     pub new_offer: Option<(String, i64, i32)>,
     /// The driver whose open offer ends, and how.
@@ -157,10 +161,12 @@ async fn write_together(
                SELECT * FROM unnest($1::int4[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
                  $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], $11::int8[], \
                  $12::int8[], $13::text[], $14::text[], $15::float8[], $16::float8[], \
-                 $17::text[], $18::int8[], $19::int4[], $20::text[], $21::text[]) \
+                 $17::text[], $18::int8[], $19::int4[], $20::text[], $21::text[], \
+                 $27::float8[], $28::bool[]) \
                AS i(job, trip_id, version, from_state, from_driver, state, driver_id, \
                  offer_expires_at, ended_by, end_reason, at, event_id, actor, actor_id, lat, lng, \
-                 offer_driver, offer_expiry, offer_eta, closed_driver, closed_outcome)), \
+                 offer_driver, offer_expiry, offer_eta, closed_driver, closed_outcome, \
+                 distance_m, flagged)), \
              upd AS ( \
                UPDATE trips t SET state = i.state, driver_id = i.driver_id, \
                  excluded_drivers = coalesce((SELECT array_agg(x.driver ORDER BY x.n) \
@@ -195,9 +201,10 @@ async fn write_together(
              ok AS (SELECT i.* FROM i JOIN upd USING (job)), \
              event AS ( \
                INSERT INTO trip_events (event_id, trip_id, version, from_state, to_state, actor, \
-                 actor_id, driver_id, reason, lat, lng, at) \
+                 actor_id, driver_id, reason, lat, lng, distance_m, flagged, at) \
                SELECT event_id, trip_id, version + 1, from_state, state, actor, actor_id, \
-                 driver_id, end_reason, lat, lng, to_timestamp(at / 1000.0) FROM ok), \
+                 driver_id, end_reason, lat, lng, distance_m, flagged, \
+                 to_timestamp(at / 1000.0) FROM ok), \
              outgoing AS ( \
                INSERT INTO outbox (subjects, payloads) \
                SELECT array_agg(o.subject ORDER BY o.n), array_agg(o.payload ORDER BY o.n) \
@@ -241,6 +248,8 @@ struct Columns<'a> {
     actor_id: Vec<Option<&'a str>>,
     lat: Vec<Option<f64>>,
     lng: Vec<Option<f64>>,
+    distance_m: Vec<Option<f64>>,
+    flagged: Vec<bool>,
     offer_driver: Vec<Option<&'a str>>,
     offer_expiry: Vec<Option<i64>>,
     offer_eta: Vec<Option<i32>>,
@@ -274,6 +283,8 @@ impl<'a> Columns<'a> {
             c.actor_id.push(t.actor_id.as_deref());
             c.lat.push(t.lat);
             c.lng.push(t.lng);
+            c.distance_m.push(t.distance_m);
+            c.flagged.push(t.flagged);
             c.offer_driver
                 .push(t.new_offer.as_ref().map(|(d, _, _)| d.as_str()));
             c.offer_expiry
@@ -297,7 +308,7 @@ impl<'a> Columns<'a> {
         c
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 26] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 28] {
         [
             &self.job,
             &self.trip_id,
@@ -325,6 +336,8 @@ impl<'a> Columns<'a> {
             &self.message_job,
             &self.subject,
             &self.payload,
+            &self.distance_m,
+            &self.flagged,
         ]
     }
 }

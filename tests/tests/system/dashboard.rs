@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 const CENTER: Point = Point::new(52.52, 13.405);
 /// Away from the simulated drivers, so the matcher offers this rider's trip to our driver.
 const QUIET_CORNER: Point = Point::new(52.52, 13.47);
+/// The other side of the city, where a second trip is completed far from its dropoff.
+const WEST_CORNER: Point = Point::new(52.52, 13.34);
 /// Markup a hostile client might put in its name; the page must show it as text.
 const MARKUP_NAME: &str = "<img src=x onerror=\"window.__injected=1\"><b>Bold</b> Driver";
 
@@ -44,6 +46,52 @@ fn dashboard_dist() -> PathBuf {
         dist.display()
     );
     dist
+}
+
+/// A trip in the west corner that its driver reports completed kilometres short of its
+/// dropoff, which the dashboard flags; returns its id.
+async fn completed_far_from_the_dropoff(ws: std::net::SocketAddr) -> uuid::Uuid {
+    let mut driver =
+        Client::driver_online_at(ws, &token(Role::Driver, "far-finisher"), WEST_CORNER).await;
+    let mut rider = Client::connect(ws, Role::Rider, "rider-far").await;
+    rider
+        .send_json(&json!({"type": "request_ride", "id": 1,
+            "pickup": {"lat": WEST_CORNER.lat, "lng": WEST_CORNER.lng},
+            "dropoff": {"lat": 52.50, "lng": 13.30}, "idempotency_key": "far"}))
+        .await;
+    let trip = rider.ack_trip(1).await;
+    driver
+        .recv_until(
+            |m| matches!(m, ServerMessage::Offer { trip: t, .. } if t.trip_id == trip.trip_id),
+        )
+        .await;
+    let short = Point::new(52.52, 13.32);
+    for (id, message) in [
+        (
+            12,
+            json!({"type": "accept_offer", "id": 12, "trip_id": trip.trip_id}),
+        ),
+        (
+            13,
+            json!({"type": "trip_progress", "id": 13, "trip_id": trip.trip_id, "stage": "arrived"}),
+        ),
+        (
+            14,
+            json!({"type": "trip_progress", "id": 14, "trip_id": trip.trip_id, "stage": "started"}),
+        ),
+        (
+            15,
+            json!({"type": "location", "id": 15, "lat": short.lat, "lng": short.lng, "ts": protocol::time::now_ms(), "seq": 1_000}),
+        ),
+        (
+            16,
+            json!({"type": "trip_progress", "id": 16, "trip_id": trip.trip_id, "stage": "completed"}),
+        ),
+    ] {
+        driver.send_json(&message).await;
+        driver.ack_for(id).await;
+    }
+    trip.trip_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,6 +156,7 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
         .send_json(&json!({"type": "accept_offer", "id": 3, "trip_id": trip.trip_id}))
         .await;
     driver.ack_for(3).await;
+    let flagged = completed_far_from_the_dropoff(gateway.ws).await;
 
     // The browser does what a dispatcher would.
     let screenshots = workspace_root().join("target/browser");
@@ -119,6 +168,7 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
         .env("DISPATCHER_TOKEN", token(Role::Dispatcher, "ops"))
         .env("TRIP_ID", trip.trip_id.to_string())
         .env("DRIVER_NAME", MARKUP_NAME)
+        .env("FLAGGED_TRIP_ID", flagged.to_string())
         .env("SCREENSHOT_DIR", &screenshots)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

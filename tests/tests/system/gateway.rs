@@ -5,10 +5,11 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use kit::Bus;
 use protocol::bus::{CellCount, CellCounts, Position, TripCommand};
-use protocol::client::{Role, ServerMessage, VehicleStatus, close_code};
+use protocol::client::{Eta, EtaTo, Role, ServerMessage, VehicleStatus, close_code};
 use protocol::time::now_ms;
 use protocol::trip::TripState;
 use protocol::{ErrorCode, GeoConfig, Point, Subjects, codec};
+use roads::eta::EtaModel;
 use serde_json::json;
 use tests::client::{Client, Ended, token, token_with};
 use tests::proxy::TcpProxy;
@@ -537,10 +538,11 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
     driver.ack_for(2).await;
     rider.recv_until(|m| matches!(m, ServerMessage::TripUpdate { trip } if trip.state == TripState::Accepted)).await;
 
-    // On the trip, the rider sees the driver move.
-    driver
-        .send_json(&location(1, Point::new(52.51, 13.40), None))
-        .await;
+    // On the trip, the rider sees the driver move, with its ETA to the pickup from the
+    // gateway's model (the matcher's: straight line in this stack).
+    let away = Point::new(52.51, 13.40);
+    let model = roads::eta::StraightLine::default();
+    driver.send_json(&location(1, away, None)).await;
     let position = rider
         .recv_until(|m| matches!(m, ServerMessage::DriverPosition { .. }))
         .await;
@@ -548,6 +550,7 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
         driver_id,
         trip_id,
         lat,
+        eta,
         ..
     } = position
     else {
@@ -557,18 +560,76 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
         (driver_id.as_str(), trip_id, lat),
         ("d1", trip.trip_id, 52.51)
     );
+    let to_pickup = Eta {
+        to: EtaTo::Pickup,
+        seconds: model.eta_s(away, trip.pickup).round() as u32,
+    };
+    assert_eq!(eta, Some(to_pickup));
 
+    // Arriving there, over a kilometre from the pickup, is refused and changes nothing.
+    driver
+        .send_json(
+            &json!({"type": "trip_progress", "id": 3, "trip_id": trip.trip_id, "stage": "arrived"}),
+        )
+        .await;
+    assert_eq!(driver.error_for(3).await, ErrorCode::NotAtPickup);
+    driver.send_json(&location(2, trip.pickup, None)).await;
     for (id, stage, state) in [
-        (3, "arrived", TripState::Arrived),
-        (4, "started", TripState::InProgress),
-        (5, "completed", TripState::Completed),
+        (4, "arrived", TripState::Arrived),
+        (5, "started", TripState::InProgress),
     ] {
         driver.send_json(&json!({"type": "trip_progress", "id": id, "trip_id": trip.trip_id, "stage": stage})).await;
-        driver.ack_for(id).await;
+        let ServerMessage::Ack { changed: true, .. } = driver.ack_for(id).await else {
+            panic!("{stage} did not change the trip")
+        };
         rider
             .recv_until(|m| matches!(m, ServerMessage::TripUpdate { trip } if trip.state == state))
             .await;
     }
+
+    // On board, the ETA is to the dropoff.
+    driver.send_json(&location(3, away, None)).await;
+    let position = rider
+        .recv_until(|m| {
+            matches!(m, ServerMessage::DriverPosition { eta: Some(eta), .. } if eta.to == EtaTo::Dropoff)
+        })
+        .await;
+    let ServerMessage::DriverPosition { eta, .. } = position else {
+        unreachable!()
+    };
+    let to_dropoff = Eta {
+        to: EtaTo::Dropoff,
+        seconds: model.eta_s(away, trip.dropoff).round() as u32,
+    };
+    assert_eq!(eta, Some(to_dropoff));
+
+    // Completed kilometres from the dropoff: taken, with the distance on the event, flagged.
+    driver.send_json(&json!({"type": "trip_progress", "id": 6, "trip_id": trip.trip_id, "stage": "completed"})).await;
+    driver.ack_for(6).await;
+    rider
+        .recv_until(|m| matches!(m, ServerMessage::TripUpdate { trip } if trip.state == TripState::Completed))
+        .await;
+    let events = stack
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT to_state, distance_m, flagged FROM trip_events \
+             WHERE trip_id = $1 AND actor = 'driver' AND to_state <> 'accepted' ORDER BY version",
+            &[&trip.trip_id],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<(String, f64, bool)> = events
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<f64>>(1).unwrap(), r.get(2)))
+        .collect();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!((recorded[0].0.as_str(), recorded[0].2), ("arrived", false));
+    assert!(recorded[0].1 < 1.0, "arrived at the pickup: {recorded:?}");
+    let far = away.distance_m(&trip.dropoff);
+    assert_eq!((recorded[2].0.as_str(), recorded[2].2), ("completed", true));
+    assert!((recorded[2].1 - far).abs() < 1.0, "{recorded:?} vs {far}");
 }
 
 #[tokio::test]

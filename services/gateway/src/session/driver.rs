@@ -4,11 +4,13 @@
 
 use bytes::Bytes;
 use h3o::CellIndex;
+use protocol::Point;
 use protocol::bus::Position;
-use protocol::client::{Location, Role, ServerMessage, VehicleStatus};
+use protocol::client::{Eta, EtaTo, Location, Role, ServerMessage, VehicleStatus};
 use protocol::time::now_us;
 use protocol::trip::{TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Subjects, codec};
+use roads::eta::EtaModel;
 use uuid::Uuid;
 
 use super::{Session, ack_text, error_text};
@@ -21,18 +23,56 @@ pub(super) struct DriverSession {
     pub online: bool,
     pub vehicle_class: Option<VehicleClass>,
     pub capacity: u16,
-    /// The trip the driver is offered or carrying out (with its rider and state), and the
-    /// version last seen of it.
-    pub trip: Option<(Uuid, String, TripState)>,
+    /// The trip the driver is offered or carrying out, and the version last seen of it.
+    pub trip: Option<HeldTrip>,
     pub trip_version: i64,
     last_seq: Option<u64>,
     last_ts: i64,
+    /// The latest position taken from the driver, which its progress reports are checked
+    /// against.
+    pub last_position: Option<Point>,
+}
+
+/// What a driver's session keeps of the trip it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct HeldTrip {
+    pub id: Uuid,
+    pub rider: String,
+    pub state: TripState,
+    pub pickup: Point,
+    pub dropoff: Point,
+}
+
+impl HeldTrip {
+    /// Where the driver heads next and when it should be there, from `at`: the pickup while
+    /// it approaches, the dropoff on board; nothing while offered or waiting at the pickup.
+    pub fn eta(&self, model: &dyn EtaModel, at: Point) -> Option<Eta> {
+        let (to, target) = match self.state {
+            TripState::Accepted => (EtaTo::Pickup, self.pickup),
+            TripState::InProgress => (EtaTo::Dropoff, self.dropoff),
+            _ => return None,
+        };
+        let seconds = model
+            .eta_s(at, target)
+            .round()
+            .clamp(0.0, f64::from(u32::MAX));
+        Some(Eta {
+            to,
+            seconds: seconds as u32,
+        })
+    }
 }
 
 impl DriverSession {
     fn status(&self) -> VehicleStatus {
         match (&self.trip, self.online) {
-            (Some((_, _, TripState::Offered)), _) => VehicleStatus::Offered,
+            (
+                Some(HeldTrip {
+                    state: TripState::Offered,
+                    ..
+                }),
+                _,
+            ) => VehicleStatus::Offered,
             (Some(_), _) => VehicleStatus::OnTrip,
             (None, true) => VehicleStatus::Available,
             (None, false) => VehicleStatus::Offline,
@@ -44,14 +84,20 @@ impl DriverSession {
         let current = self
             .trip
             .as_ref()
-            .is_some_and(|(id, ..)| *id == trip.trip_id);
+            .is_some_and(|held| held.id == trip.trip_id);
         if current && trip.version < self.trip_version {
             // Updates reach us by several paths (command replies, the inbox): older ones lose.
             return;
         }
         let mine = trip.driver_id.as_deref() == Some(me);
         if mine && trip.state.holds_driver() {
-            self.trip = Some((trip.trip_id, trip.rider_id.clone(), trip.state));
+            self.trip = Some(HeldTrip {
+                id: trip.trip_id,
+                rider: trip.rider_id.clone(),
+                state: trip.state,
+                pickup: trip.pickup,
+                dropoff: trip.dropoff,
+            });
             self.trip_version = trip.version;
         } else if current {
             self.trip = None;
@@ -70,18 +116,18 @@ pub(super) struct Published {
 }
 
 /// Hands `position` to `publisher`: on the subject of its cell (`located`: its region and
-/// cell), and on a trip (`rider` is the subject of the trip's rider) as a breadcrumb and as
-/// the rider's view of its driver.
+/// cell), and on a trip (`rider`: the subject of the trip's rider, and the driver's ETA) as a
+/// breadcrumb and as the rider's view of its driver.
 pub(super) fn publish_position(
     publisher: &Publisher,
     subjects: &Subjects,
     (region, cell): (CellIndex, CellIndex),
     position: &Position,
-    rider: Option<String>,
+    rider: Option<(String, Option<Eta>)>,
 ) -> Published {
     let payload: Bytes = codec::encode(position).into();
     let location = publisher.publish(subjects.location(region, cell), payload.clone());
-    let Some(rider) = rider else {
+    let Some((rider, eta)) = rider else {
         return Published {
             location,
             breadcrumb: None,
@@ -96,6 +142,7 @@ pub(super) fn publish_position(
         lng: position.lng,
         heading: position.heading,
         ts: position.ts,
+        eta,
     };
     let rider = publisher.publish(rider, for_rider.to_json().into());
     Published {
@@ -151,6 +198,7 @@ impl Session {
             }
             state.last_seq = Some(location.seq);
             state.last_ts = location.ts;
+            state.last_position = Some(location.point());
             (
                 state.status(),
                 state.vehicle_class,
@@ -170,7 +218,7 @@ impl Session {
             return;
         }
         // Offered is not yet on the trip: the rider sees its driver once it accepts.
-        let on_trip = trip.filter(|(_, _, state)| *state != TripState::Offered);
+        let on_trip = trip.filter(|held| held.state != TripState::Offered);
         let position = Position {
             driver_id: self.sender.id.clone(),
             lat: location.lat,
@@ -183,12 +231,13 @@ impl Session {
             status,
             vehicle_class: class,
             capacity,
-            trip_id: on_trip.as_ref().map(|(id, ..)| *id),
+            trip_id: on_trip.as_ref().map(|held| held.id),
             received_us: now_us(),
         };
-        let rider = on_trip
-            .as_ref()
-            .map(|(_, rider, _)| self.rider_subject(rider));
+        let rider = on_trip.as_ref().map(|held| {
+            let eta = held.eta(shared.config.eta.as_ref(), location.point());
+            (self.rider_subject(&held.rider), eta)
+        });
         let published = publish_position(
             &shared.publisher,
             &shared.config.subjects,
@@ -264,7 +313,7 @@ mod tests {
             &subjects,
             located(),
             &position(Some(Uuid::from_u128(1))),
-            Some(subjects.user(Role::Rider, "r1")),
+            Some((subjects.user(Role::Rider, "r1"), None)),
         );
         assert_eq!(
             published,
@@ -273,6 +322,57 @@ mod tests {
                 breadcrumb: Some(false),
                 rider: Some(false),
             }
+        );
+    }
+
+    fn held(state: TripState) -> HeldTrip {
+        HeldTrip {
+            id: Uuid::from_u128(1),
+            rider: "r1".into(),
+            state,
+            pickup: Point::new(52.52, 13.405),
+            dropoff: Point::new(52.53, 13.405),
+        }
+    }
+
+    #[test]
+    fn the_rider_is_told_the_eta_to_the_pickup_then_to_the_dropoff() {
+        let model = roads::eta::StraightLine::default();
+        let at = Point::new(52.51, 13.405);
+        let to_pickup = held(TripState::Accepted).eta(&model, at).unwrap();
+        assert_eq!(to_pickup.to, EtaTo::Pickup);
+        let expected = model.eta_s(at, Point::new(52.52, 13.405)).round() as u32;
+        assert_eq!(to_pickup.seconds, expected);
+        let to_dropoff = held(TripState::InProgress).eta(&model, at).unwrap();
+        assert_eq!(to_dropoff.to, EtaTo::Dropoff);
+        assert!(
+            to_dropoff.seconds > to_pickup.seconds,
+            "the dropoff lies beyond the pickup"
+        );
+        for waiting in [TripState::Offered, TripState::Arrived] {
+            assert_eq!(held(waiting).eta(&model, at), None, "{waiting}");
+        }
+    }
+
+    #[test]
+    fn the_eta_comes_from_the_configured_model() {
+        // One slow road (2 m/s) from the driver to the pickup: far longer than the crow flies.
+        let at = Point::new(52.51, 13.405);
+        let pickup = Point::new(52.52, 13.405);
+        let network = roads::from_segments(vec![at, pickup], &[(0, 1, 2.0), (1, 0, 2.0)]).unwrap();
+        let over_roads = roads::eta::Roads(std::sync::Arc::new(network));
+        let eta = held(TripState::Accepted).eta(&over_roads, at).unwrap();
+        let metres = at.distance_m(&pickup);
+        assert!(
+            (f64::from(eta.seconds) - metres / 2.0).abs() <= 1.0,
+            "{eta:?}"
+        );
+        let straight = held(TripState::Accepted)
+            .eta(&roads::eta::StraightLine::default(), at)
+            .unwrap();
+        assert!(
+            eta.seconds > 2 * straight.seconds,
+            "{eta:?} vs {straight:?}"
         );
     }
 

@@ -46,7 +46,7 @@ use futures_util::StreamExt;
 use futures_util::future::{Fuse, FusedFuture, FutureExt};
 use futures_util::stream::SplitSink;
 use protocol::ErrorCode;
-use protocol::bus::{QueryReply, TripQuery};
+use protocol::bus::{QueryReply, TripCommand, TripQuery};
 use protocol::client::{self, Role, ServerMessage};
 use protocol::rights::{self, Route, Sender};
 use protocol::time::now_ms;
@@ -374,7 +374,13 @@ impl Session {
                 self.viewport(id, viewport, zoom, feeds).await
             }
             Route::GetTrip { id, trip_id } => self.enqueue(Pending::GetTrip { id, trip_id }),
-            Route::Command { id, command } => self.enqueue(Pending::Command { id, kind, command }),
+            Route::Command { id, mut command } => {
+                if let TripCommand::Progress { position, .. } = &mut command {
+                    // Checked against where the driver last said it was.
+                    *position = self.driver.lock().expect("driver lock").last_position;
+                }
+                self.enqueue(Pending::Command { id, kind, command })
+            }
         }
     }
 

@@ -526,7 +526,7 @@ impl<L: Link> Engine<L> {
                         self.eligible(d, waiting, now)
                     });
                 let points: Vec<Point> = nearest.iter().map(|(driver, _)| driver.point).collect();
-                let etas = self.eta.pickup_etas_s(&points, pickup);
+                let etas = self.eta.etas_to_s(&points, pickup);
                 nearest
                     .into_iter()
                     .zip(etas)

@@ -339,7 +339,7 @@ async fn ranking_by_road_eta_prefers_the_driver_the_roads_bring_sooner() {
     );
     let roads = assign::Roads(Arc::new(block_roads()));
     let (east, north) = block();
-    let etas = roads.pickup_etas_s(&[east, north], BERLIN);
+    let etas = roads.etas_to_s(&[east, north], BERLIN);
     assert!(etas[0] > 29.0 && etas[1] < 26.0, "{etas:?}");
     assert_eq!(
         claimed_under(Arc::new(roads)).await,
