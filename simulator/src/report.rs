@@ -65,6 +65,11 @@ pub struct Report {
     pub mean_pickup_time_s: f64,
     /// Mean straight-line distance from driver to pickup at acceptance, metres.
     pub mean_pickup_distance_m: f64,
+    /// Mean gap between the first ETA to the pickup a rider was told (with its driver's
+    /// position) and the time the driver took, simulated seconds.
+    pub mean_rider_eta_error_s: f64,
+    /// Trips that ETA gap was measured on.
+    pub rider_eta_samples: u64,
     pub offers: u64,
     pub declined: u64,
     pub reconnects: u64,
@@ -116,6 +121,8 @@ impl Report {
             mean_pickup_eta_s: mean(&stats.pickup_eta_s),
             mean_pickup_time_s: mean(&stats.pickup_time_ms) / 1000.0,
             mean_pickup_distance_m: mean(&stats.pickup_distance_m),
+            mean_rider_eta_error_s: mean(&stats.rider_eta_error_ms) / 1000.0,
+            rider_eta_samples: stats.rider_eta_error_ms.len(),
             offers: get(&stats.offers),
             declined: get(&stats.declined),
             reconnects: get(&stats.reconnects),
@@ -182,6 +189,13 @@ impl Report {
                 format!(
                     "{:.0} s / {:.0} m",
                     self.mean_pickup_time_s, self.mean_pickup_distance_m
+                ),
+            ),
+            (
+                "rider's ETA to pickup, mean error",
+                format!(
+                    "{:.1} s ({} trips)",
+                    self.mean_rider_eta_error_s, self.rider_eta_samples
                 ),
             ),
             (

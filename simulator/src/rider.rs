@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::Point;
-use protocol::client::ServerMessage;
+use protocol::client::{Eta, EtaTo, ServerMessage};
 use protocol::time::now_us;
 use protocol::trip::TripState;
 use rand::rngs::StdRng;
@@ -50,6 +50,8 @@ struct Ride {
     offered: bool,
     accepted: bool,
     picked_up: bool,
+    /// The first ETA to the pickup the rider was told with its driver's position, and when.
+    told_pickup: Option<(Instant, u32)>,
     /// When the rider last heard of its trip.
     last_news: Instant,
     /// The server's view may have moved on without us (a resync lacked the trip): ask.
@@ -116,6 +118,7 @@ pub async fn run(index: usize, token: String, crowd: Crowd) {
             &mut ride,
             &mut next_id,
             &mut counter,
+            settings.speedup,
         );
         let result = tokio::select! {
             _ = stop_now.cancelled() => break,
@@ -138,6 +141,7 @@ async fn session(
     ride: &mut Option<Ride>,
     next_id: &mut u64,
     counter: &mut u64,
+    speedup: f64,
 ) -> anyhow::Result<()> {
     // A ride in flight across a reconnect is asked for again with the same key: the server
     // answers with the same trip, so nothing is duplicated.
@@ -171,6 +175,7 @@ async fn session(
                 offered: false,
                 accepted: false,
                 picked_up: false,
+                told_pickup: None,
                 last_news: Instant::now(),
                 refresh: false,
                 retry_at: None,
@@ -209,7 +214,7 @@ async fn session(
             }
             message = client::next(ws) => {
                 let Some(message) = message? else { anyhow::bail!("connection closed") };
-                on_message(message, stats, open, ride);
+                on_message(message, stats, open, ride, speedup);
             }
         }
     }
@@ -234,7 +239,13 @@ async fn request(
     Ok(*next_id)
 }
 
-fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Option<Ride>) {
+fn on_message(
+    message: ServerMessage,
+    stats: &Stats,
+    open: &Open,
+    ride: &mut Option<Ride>,
+    speedup: f64,
+) {
     let Some(r) = ride.as_mut() else {
         return;
     };
@@ -289,10 +300,19 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
         ServerMessage::Ack {
             trip: Some(trip), ..
         } if Some(trip.trip_id) == r.trip_id => trip,
-        ServerMessage::DriverPosition { ts, trip_id, .. } if Some(trip_id) == r.trip_id => {
+        ServerMessage::DriverPosition {
+            ts, trip_id, eta, ..
+        } if Some(trip_id) == r.trip_id => {
             stats
                 .location_latency_us
                 .record((now_us() - ts * 1000).max(0) as u64);
+            if let Some(Eta {
+                to: EtaTo::Pickup,
+                seconds,
+            }) = eta
+            {
+                r.told_pickup.get_or_insert((Instant::now(), seconds));
+            }
             return;
         }
         _ => return,
@@ -312,8 +332,14 @@ fn on_message(message: ServerMessage, stats: &Stats, open: &Open, ride: &mut Opt
         r.offered = true;
         stats.accept_latency_us.record(elapsed_us);
     }
-    if matches!(trip.state, TripState::Arrived | TripState::InProgress) {
+    if matches!(trip.state, TripState::Arrived | TripState::InProgress) && !r.picked_up {
         r.picked_up = true;
+        // How far off the first ETA the rider was told turned out to be, in simulated time.
+        if let Some((told_at, seconds)) = r.told_pickup {
+            let actual_ms = told_at.elapsed().as_secs_f64() * speedup * 1000.0;
+            let error_ms = (f64::from(seconds) * 1000.0 - actual_ms).abs();
+            stats.rider_eta_error_ms.record(error_ms as u64);
+        }
     }
     if let Some(state) = open.lock().expect("open lock").get_mut(&trip.trip_id) {
         *state = trip.state;

@@ -73,6 +73,9 @@ pub struct Stats {
     pub pickup_time_ms: Recorder,
     /// Straight-line distance from driver to pickup when accepted, metres.
     pub pickup_distance_m: Recorder,
+    /// How far the first ETA to the pickup a rider was told was from the time its driver
+    /// took, milliseconds of simulated time.
+    pub rider_eta_error_ms: Recorder,
     pub updates_sent: AtomicU64,
     pub requests: AtomicU64,
     pub acked: AtomicU64,
@@ -110,6 +113,7 @@ impl Default for Stats {
             accept_latency_us: Recorder::new(),
             pickup_eta_s: Recorder::new(),
             pickup_time_ms: Recorder::new(),
+            rider_eta_error_ms: Recorder::new(),
             pickup_distance_m: Recorder::new(),
             updates_sent: AtomicU64::new(0),
             requests: AtomicU64::new(0),

@@ -237,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             "mean_pickup_time_s": r.mean_pickup_time_s,
             "mean_pickup_eta_s": r.mean_pickup_eta_s,
             "mean_pickup_distance_m": r.mean_pickup_distance_m,
+            "mean_rider_eta_error_s": r.mean_rider_eta_error_s,
             "service_rate": r.service_rate,
             "requests": r.requests,
             "completed": r.completed,
@@ -274,10 +275,16 @@ async fn main() -> anyhow::Result<()> {
             straight.mean_pickup_time_s,
             (ratio - 1.0) * 100.0
         );
+        println!(
+            "roads, the rider's first ETA to the pickup against the time the driver took, mean gap: {:.1} s by road ETA, {:.1} s by straight line",
+            road.mean_rider_eta_error_s, straight.mean_rider_eta_error_s,
+        );
         json["roads"] = serde_json::json!({
             "straight_line_mean_pickup_time_s": straight.mean_pickup_time_s,
             "road_eta_mean_pickup_time_s": road.mean_pickup_time_s,
             "road_over_straight_line_pickup_time": ratio,
+            "straight_line_rider_eta_error_s": straight.mean_rider_eta_error_s,
+            "road_eta_rider_eta_error_s": road.mean_rider_eta_error_s,
         });
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -414,12 +421,15 @@ async fn run(
     let mut matcher = matcher_config(&nats.url(), &prefix, regions);
     matcher.settings.strategy = strategy;
     matcher.settings.fairness = fairness;
+    let mut gateway = gateway_config(&nats.url(), &prefix);
     if let Some(eta) = eta {
-        matcher.eta = eta;
+        // The gateway tells riders ETAs from the model the matcher ranks by, as deployed.
+        matcher.eta = eta.clone();
+        gateway.eta = eta;
     }
     let matcher = start_matcher(matcher).await;
     wait_ready(matcher.http).await;
-    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
+    let gateway = start_gateway(gateway).await;
     wait_ready(gateway.running.http).await;
     simulator::run(simulate(&format!("ws://{}/ws", gateway.ws))).await
 }

@@ -289,6 +289,14 @@ fn assemble(dir: &Path) -> Result<String> {
                         "s",
                     ),
                 ),
+                "roads_rider_eta_error_s": row(
+                    "matching, roads: rider's ETA to pickup, mean gap s, road ETA vs straight line",
+                    compared(
+                        number(&matching, &["roads", "road_eta_rider_eta_error_s"]),
+                        number(&matching, &["roads", "straight_line_rider_eta_error_s"]),
+                        "s",
+                    ),
+                ),
             }),
         );
     }

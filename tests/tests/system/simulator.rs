@@ -101,6 +101,7 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
         "double_assigned",
         "service_rate",
         "mean_pickup_eta_s",
+        "mean_rider_eta_error_s",
     ] {
         assert!(json[field].is_number(), "{field} missing from {json}");
     }
@@ -128,6 +129,17 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
         moved("trips_commands_total", &[("command", "create_trip")]) >= report.acknowledged as f64
     );
     assert!(moved("trips_commands_total", &[("command", "offer")]) > 0.0);
+    // Simulated drivers report arriving from the pickup: every arrival is checked against a
+    // position near it, none refused; and riders were told their driver's ETA.
+    let arrivals = |outcome| {
+        moved(
+            "trips_progress_checks_total",
+            &[("stage", "arrived"), ("outcome", outcome)],
+        )
+    };
+    assert!(arrivals("near") > 0.0, "{}", report.table());
+    assert_eq!(arrivals("refused"), 0.0, "{}", report.table());
+    assert!(report.rider_eta_samples > 0, "{}", report.table());
     // Positions, counted through the handles the gateway looked up once.
     let positions = moved("gateway_messages_total", &[("kind", "location")]);
     assert!(positions >= report.updates_per_sec, "{positions} positions");
