@@ -4,6 +4,11 @@
 //!
 //! The trips service checks the dispatcher token on every API call; the gateway only passes the
 //! `Authorization` header along.
+//!
+//! Assets are served as built: precompressed copies (`.br`, `.gz`, written by the page's build)
+//! chosen by `Accept-Encoding`; hashed files under `/assets/` cached for a year as immutable,
+//! everything else revalidated (`no-cache`) so a new build is picked up at once. The Content
+//! Security Policy lets the page connect only to its own origin and its WebSocket's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,12 +70,35 @@ struct PageConfig {
     zoom: f64,
 }
 
+/// The WebSocket URL the page connects to: the configured one, or the host the browser used
+/// for the page on the WebSocket port.
+fn ws_url(settings: &Dashboard, ws: SocketAddr, headers: &HeaderMap) -> String {
+    settings.ws_url.clone().unwrap_or_else(|| {
+        let host = page_host(headers).unwrap_or_else(|| match ws.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        format!("ws://{host}:{}/ws", ws.port())
+    })
+}
+
+/// `scheme://host[:port]` of a WebSocket URL, for the policy's `connect-src`.
+fn origin(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    matches!(url.scheme(), "ws" | "wss")
+        .then(|| url.origin().ascii_serialization())
+        .filter(|origin| origin != "null")
+}
+
+/// Checks a configured public WebSocket URL (`ws://` or `wss://` with a host).
+pub fn check_ws_url(url: &str) -> Result<String, String> {
+    origin(url)
+        .map(|_| url.to_owned())
+        .ok_or_else(|| format!("expected a ws:// or wss:// URL with a host, got {url:?}"))
+}
+
 async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl IntoResponse {
-    let ws_url = state.settings.ws_url.clone().unwrap_or_else(|| {
-        // The host the browser used for the page, on the WebSocket port.
-        let host = page_host(&headers).unwrap_or_else(|| state.ws.ip().to_string());
-        format!("ws://{host}:{}/ws", state.ws.port())
-    });
+    let ws_url = ws_url(&state.settings, state.ws, &headers);
     axum::Json(PageConfig {
         ws_url,
         center: [state.settings.center.lat, state.settings.center.lng],
@@ -79,10 +107,15 @@ async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl
 }
 
 /// The host part of the request's `Host` header (`name`, `name:port`, `[v6]:port`), if it is
-/// a valid authority.
+/// a valid authority made only of the characters of names and addresses (it goes into the
+/// policy header and the page's settings).
 fn page_host(headers: &HeaderMap) -> Option<String> {
     let authority: Authority = headers.get(header::HOST)?.to_str().ok()?.parse().ok()?;
-    Some(authority.host().to_owned()).filter(|host| !host.is_empty())
+    let host = authority.host();
+    let plain = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    Some(host.to_owned()).filter(|host| !host.is_empty() && plain)
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -147,19 +180,42 @@ async fn proxy(State(state): State<DashState>, request: Request) -> Response {
 }
 
 /// Content Security Policy for the page: only its own scripts, no inline script, so even text
-/// that slipped into the DOM as markup could not run.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                   img-src 'self' data: blob:; worker-src blob:; child-src blob:; \
-                   connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; \
-                   frame-ancestors 'none'";
+/// that slipped into the DOM as markup could not run; connections only to its own origin and
+/// to `ws_origin`, the WebSocket it is configured with.
+fn policy(ws_origin: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data: blob:; worker-src blob:; child-src blob:; \
+         connect-src 'self' {ws_origin}; object-src 'none'; base-uri 'none'; \
+         frame-ancestors 'none'"
+    )
+}
 
-async fn security_headers(request: Request, next: Next) -> Response {
+/// Hashed build output: the name changes with the content, so it never needs revalidating.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+async fn security_headers(
+    State(state): State<DashState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ws_origin = origin(&ws_url(&state.settings, state.ws, request.headers()));
+    let asset = request.uri().path().starts_with("/assets/");
     let mut response = next.run(request).await;
+    let ok = response.status().is_success();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // Without a WebSocket origin the page may connect only to its own.
+    let csp = policy(ws_origin.as_deref().unwrap_or("'self'"));
+    if let Ok(csp) = HeaderValue::from_str(&csp) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        let cache = if asset && ok { IMMUTABLE } else { "no-cache" };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    }
+    if headers.contains_key(header::CONTENT_ENCODING) || asset {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -192,12 +248,14 @@ pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
     let router = Router::new()
         .route("/dashboard-config.json", get(page_config))
         .route("/api/{*path}", get(proxy))
-        .with_state(state);
+        .with_state(state.clone());
     let router = match assets {
-        Some(dir) => router.fallback_service(ServeDir::new(dir)),
+        Some(dir) => {
+            router.fallback_service(ServeDir::new(dir).precompressed_br().precompressed_gzip())
+        }
         None => router.fallback(not_built),
     };
-    router.layer(middleware::from_fn(security_headers))
+    router.layer(middleware::from_fn_with_state(state, security_headers))
 }
 
 #[cfg(test)]
@@ -215,7 +273,35 @@ mod tests {
         assert_eq!(host("10.0.0.1").as_deref(), Some("10.0.0.1"));
         assert_eq!(host("[::1]:8081").as_deref(), Some("[::1]"));
         assert_eq!(host("evil\"host"), None);
+        assert_eq!(host("a;script-src"), None);
         assert_eq!(host(""), None);
         assert_eq!(page_host(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_policy_names_the_websocket_origin_only() {
+        assert_eq!(
+            origin("wss://dispatch.example.org/ws").as_deref(),
+            Some("wss://dispatch.example.org")
+        );
+        assert_eq!(
+            origin("ws://10.0.0.1:8080/ws").as_deref(),
+            Some("ws://10.0.0.1:8080")
+        );
+        for bad in [
+            "https://example.org/ws",
+            "ws://",
+            "not a url",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(origin(bad), None, "{bad}");
+            assert!(check_ws_url(bad).is_err(), "{bad}");
+        }
+        let settings = Dashboard::default();
+        let ws: SocketAddr = "[::1]:8080".parse().unwrap();
+        let url = ws_url(&settings, ws, &HeaderMap::new());
+        assert_eq!(origin(&url).as_deref(), Some("ws://[::1]:8080"));
+        let csp = policy("ws://[::1]:8080");
+        assert!(csp.contains("connect-src 'self' ws://[::1]:8080;"), "{csp}");
     }
 }

@@ -60,7 +60,7 @@ struct Serve {
     trips_api: Option<String>,
     /// WebSocket URL the dashboard connects to, when clients reach the gateway through a
     /// proxy; by default the page's host on the `--ws` port.
-    #[arg(long, env = "GATEWAY_PUBLIC_WS_URL")]
+    #[arg(long, env = "GATEWAY_PUBLIC_WS_URL", value_parser = gateway::dashboard::check_ws_url)]
     public_ws_url: Option<String>,
     /// Where the dashboard's map opens, `LAT,LNG`.
     #[arg(long, default_value = "52.52,13.405", value_parser = parse_point)]

@@ -244,7 +244,88 @@ async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
         .unwrap()
         .to_owned();
     assert!(policy.contains("script-src 'self'"), "{policy}");
-    assert!(page.text().await.unwrap().contains("<div id=\"map\">"));
+    // The page may only connect to its own origin and the configured WebSocket's.
+    let ws_origin = format!("ws://127.0.0.1:{}", gateway.ws.port());
+    assert!(
+        policy.contains(&format!("connect-src 'self' {ws_origin};")),
+        "{policy}"
+    );
+    assert!(!policy.contains("ws: wss:"), "{policy}");
+    // The page itself is revalidated on every visit, so a new build is picked up at once.
+    assert_eq!(page.headers()["cache-control"], "no-cache");
+    let index = page.text().await.unwrap();
+    assert!(index.contains("<div id=\"map\">"));
+
+    // Its hashed assets are cached for good, and served precompressed as the browser asks.
+    let script = index
+        .split('"')
+        .find(|part| part.starts_with("./assets/") && part.ends_with(".js"))
+        .expect("index.html names its script")
+        .trim_start_matches("./")
+        .to_owned();
+    let on_disk = std::fs::read(dashboard_dist().join(&script)).unwrap();
+    for (accept, encoding) in [
+        ("br", Some("br")),
+        ("gzip", Some("gzip")),
+        ("gzip, deflate, br", Some("br")),
+        ("identity", None),
+    ] {
+        let asset = http
+            .get(format!("{base}/{script}"))
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), 200, "{script} with {accept}");
+        let headers = asset.headers().clone();
+        assert_eq!(
+            headers["cache-control"], "public, max-age=31536000, immutable",
+            "{script}"
+        );
+        assert_eq!(
+            headers.get("content-encoding").map(|v| v.to_str().unwrap()),
+            encoding,
+            "{script} with accept-encoding {accept}"
+        );
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .contains("javascript"),
+            "{headers:?}"
+        );
+        let body = asset.bytes().await.unwrap();
+        let decoded = match encoding {
+            Some("br") => {
+                assert!(
+                    body.len() * 2 < on_disk.len(),
+                    "brotli saves: {} of {}",
+                    body.len(),
+                    on_disk.len()
+                );
+                let mut out = Vec::new();
+                brotli_decompressor::BrotliDecompress(&mut &body[..], &mut out).unwrap();
+                out
+            }
+            Some("gzip") => {
+                assert!(
+                    body.len() * 2 < on_disk.len(),
+                    "gzip saves: {} of {}",
+                    body.len(),
+                    on_disk.len()
+                );
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
+                    .unwrap();
+                out
+            }
+            _ => body.to_vec(),
+        };
+        assert!(
+            decoded == on_disk,
+            "{script} as {encoding:?} decodes to the file"
+        );
+    }
 
     let settings: serde_json::Value = http
         .get(format!("{base}/dashboard-config.json"))
