@@ -54,6 +54,11 @@ fn ring(value: &Value) -> Result<LineString, AreaError> {
     if coords.len() < 4 {
         return Err(AreaError::Shape("a ring needs at least four positions"));
     }
+    if coords.first() != coords.last() {
+        return Err(AreaError::Shape(
+            "a ring is not closed: its last position must repeat its first",
+        ));
+    }
     Ok(LineString::from(coords))
 }
 
@@ -70,7 +75,9 @@ fn polygon(coordinates: &Value) -> Result<Polygon, AreaError> {
     ))
 }
 
-fn polygons(value: &Value, out: &mut Vec<Polygon>) -> Result<(), AreaError> {
+/// The polygons of a GeoJSON Polygon, MultiPolygon, Feature or FeatureCollection, each ring
+/// checked for range and closure.
+pub(crate) fn polygons(value: &Value, out: &mut Vec<Polygon>) -> Result<(), AreaError> {
     match value.get("type").and_then(Value::as_str) {
         Some("Polygon") => out.push(polygon(&value["coordinates"])?),
         Some("MultiPolygon") => {
@@ -166,6 +173,7 @@ mod tests {
             r#"{"type": "Polygon", "coordinates": [[[13.3, 52.4], [13.5, 52.4]]]}"#,
             r#"{"type": "Polygon", "coordinates": [[[13.3, 952.4], [13.5, 52.4], [13.5, 52.5], [13.3, 952.4]]]}"#,
             r#"{"type": "Polygon", "coordinates": "nope"}"#,
+            r#"{"type": "Polygon", "coordinates": [[[13.3, 52.4], [13.5, 52.4], [13.5, 52.5], [13.3, 52.5]]]}"#,
         ] {
             assert!(
                 ServiceArea::from_geojson(bad, Resolution::Eight).is_err(),

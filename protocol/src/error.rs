@@ -33,14 +33,17 @@ pub enum ErrorCode {
     Conflict,
     /// The point lies outside the service area.
     OutsideServiceArea,
-    /// The driver reported arriving while its latest position is too far from the pickup.
-    NotAtPickup,
     /// A dependency is down; retry later with the same idempotency key.
     Unavailable,
     /// The command was not answered in time; retry later with the same idempotency key.
     Timeout,
     /// A bug on our side.
     Internal,
+    // Later codes go last: the bus encodes variants by position.
+    /// The driver reported arriving while its latest position is too far from the pickup.
+    NotAtPickup,
+    /// The pickup lies in a zone where pickups are not allowed.
+    PickupNotAllowed,
 }
 
 impl ErrorCode {
@@ -69,6 +72,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::OutsideServiceArea => "outside_service_area",
             Self::NotAtPickup => "not_at_pickup",
+            Self::PickupNotAllowed => "pickup_not_allowed",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
@@ -92,6 +96,7 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::OutsideServiceArea,
             ErrorCode::NotAtPickup,
+            ErrorCode::PickupNotAllowed,
             ErrorCode::InvalidTransition,
             ErrorCode::Unavailable,
         ] {

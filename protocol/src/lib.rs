@@ -7,6 +7,7 @@
 //! - [`rights`]: what each role may send, and what its commands become on the bus.
 //! - [`token`]: the signed tokens clients present at connect.
 //! - [`validate`]: the checks that decoding applies, each failure a typed [`ValidationError`].
+//! - [`zone`]: zones (named polygons with a kind), their validation and a point index.
 //!
 //! This crate depends on no service: services depend on it.
 
@@ -22,6 +23,7 @@ pub mod time;
 pub mod token;
 pub mod trip;
 pub mod validate;
+pub mod zone;
 
 pub use error::ErrorCode;
 pub use geo::{GeoConfig, Point};

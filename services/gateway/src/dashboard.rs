@@ -18,10 +18,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::uri::Authority;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use protocol::Point;
 use serde::Serialize;
 use tower_http::services::ServeDir;
@@ -126,7 +126,11 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Forwards a GET under `/api/` to the trips service with the caller's credentials.
+/// Largest request body passed on to the trips API (a zone with many vertices fits).
+const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+
+/// Forwards a request under `/api/` (reads, and the zone changes the page makes) to the trips
+/// service with the caller's credentials.
 async fn proxy(State(state): State<DashState>, request: Request) -> Response {
     let Some(base) = &state.settings.trips_api else {
         return json_error(
@@ -140,11 +144,41 @@ async fn proxy(State(state): State<DashState>, request: Request) -> Response {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let mut forward = state
-        .http
-        .get(format!("{}{path_and_query}", base.trim_end_matches('/')));
-    if let Some(auth) = request.headers().get(header::AUTHORIZATION) {
-        forward = forward.header(header::AUTHORIZATION, auth.clone());
+    let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
+    let (parts, body) = request.into_parts();
+    let mut forward = match parts.method {
+        Method::GET => state.http.get(url),
+        Method::POST => state.http.post(url),
+        Method::PUT => state.http.put(url),
+        Method::DELETE => state.http.delete(url),
+        _ => {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_message",
+                "the API takes GET, POST, PUT and DELETE",
+            );
+        }
+    };
+    for name in [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::IF_MATCH,
+    ] {
+        if let Some(value) = parts.headers.get(&name) {
+            forward = forward.header(name, value.clone());
+        }
+    }
+    if parts.method != Method::GET {
+        match axum::body::to_bytes(body, MAX_API_BODY_BYTES).await {
+            Ok(bytes) => forward = forward.body(bytes),
+            Err(_) => {
+                return json_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than the API takes",
+                );
+            }
+        }
     }
     let answer = match forward.send().await {
         Ok(answer) => answer,
@@ -247,7 +281,7 @@ pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
     let state = DashState { settings, ws, http };
     let router = Router::new()
         .route("/dashboard-config.json", get(page_config))
-        .route("/api/{*path}", get(proxy))
+        .route("/api/{*path}", any(proxy))
         .with_state(state.clone());
     let router = match assets {
         Some(dir) => {

@@ -1,8 +1,10 @@
-//! The HTTP JSON API for dashboards and operators: trip history, one trip's timeline and route.
-//! Every request needs a dispatcher token (`Authorization: Bearer ...`).
+//! The HTTP JSON API for dashboards and operators: trip history, one trip's timeline and route,
+//! and the zones (listed, created, replaced and deleted). Every request needs a dispatcher
+//! token (`Authorization: Bearer ...`).
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,6 +12,7 @@ use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use protocol::client::Role;
 use protocol::trip::{TripState, TripView};
+use protocol::zone::{Zone, ZoneSpec};
 use protocol::{ErrorCode, token, validate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,12 +20,17 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::meters as m;
 use crate::rows::{TRIP_COLUMNS, trip_from_row};
+use crate::zones::{ZoneChangeError, Zones};
 
 #[derive(Clone)]
 struct ApiState {
     pool: Pool,
+    zones: Zones,
     token_secret: std::sync::Arc<[u8]>,
 }
+
+/// Largest request body: a zone of the most vertices allowed fits with room to spare.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// An error as the API returns it.
 #[derive(Debug, Serialize)]
@@ -284,15 +292,118 @@ async fn trip_detail(
     }))
 }
 
+impl From<ZoneChangeError> for ApiError {
+    fn from(error: ZoneChangeError) -> Self {
+        match error {
+            ZoneChangeError::Invalid(error) => bad_request(error.to_string()),
+            ZoneChangeError::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such zone")
+            }
+            conflict @ ZoneChangeError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                conflict.to_string(),
+            ),
+            ZoneChangeError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A body that is not the JSON expected: what was wrong with it, never a server error.
+fn refused_body(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::TooLarge
+    } else {
+        ErrorCode::InvalidMessage
+    };
+    // Unparsable or of the wrong shape alike: 400, as every other refusal of a field.
+    let status = match status {
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => status,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, code, rejection.body_text())
+}
+
+fn zone_id(text: &str) -> Result<Uuid, ApiError> {
+    text.parse()
+        .map_err(|_| bad_request("zone id is not a UUID"))
+}
+
+/// The version an `If-Match` header asks for (`"3"` or `3`), if any.
+fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| bad_request("If-Match must be a zone version, such as \"3\""))
+}
+
+async fn list_zones(State(state): State<ApiState>) -> Result<Json<Vec<Zone>>, ApiError> {
+    Ok(Json(state.zones.list().await?))
+}
+
+async fn get_zone(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Zone>, ApiError> {
+    state
+        .zones
+        .get(zone_id(&id)?)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ZoneChangeError::NotFound.into())
+}
+
+async fn create_zone(
+    State(state): State<ApiState>,
+    body: Result<Json<ZoneSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Zone>), ApiError> {
+    let Json(spec) = body.map_err(refused_body)?;
+    Ok((StatusCode::CREATED, Json(state.zones.create(&spec).await?)))
+}
+
+async fn update_zone(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<ZoneSpec>, JsonRejection>,
+) -> Result<Json<Zone>, ApiError> {
+    let zone_id = zone_id(&id)?;
+    let expected = expected_version(&headers)?;
+    let Json(spec) = body.map_err(refused_body)?;
+    Ok(Json(state.zones.update(zone_id, &spec, expected).await?))
+}
+
+async fn delete_zone(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.zones.delete(zone_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The API routes, each behind dispatcher authentication.
-pub fn routes(pool: Pool, token_secret: &[u8]) -> Router {
+pub fn routes(pool: Pool, zones: Zones, token_secret: &[u8]) -> Router {
     let state = ApiState {
         pool,
+        zones,
         token_secret: token_secret.into(),
     };
     Router::new()
         .route("/api/trips", get(list_trips))
         .route("/api/trips/{trip_id}", get(trip_detail))
+        .route("/api/zones", get(list_zones).post(create_zone))
+        .route(
+            "/api/zones/{zone_id}",
+            get(get_zone).put(update_zone).delete(delete_zone),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(count_requests))
         .with_state(state)
@@ -302,6 +413,8 @@ pub fn routes(pool: Pool, token_secret: &[u8]) -> Router {
 async fn count_requests(request: Request, next: Next) -> Response {
     let route = match request.uri().path() {
         "/api/trips" => "trips",
+        "/api/zones" => "zones",
+        path if path.starts_with("/api/zones/") => "zone",
         _ => "trip",
     };
     let response = next.run(request).await;

@@ -21,6 +21,7 @@ pub mod rows;
 pub mod store;
 pub mod sweep;
 mod writer;
+pub mod zones;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +152,11 @@ pub async fn run(
         store = store.with_service_area(area.clone());
     }
 
+    // Requests are checked against the zones from the first one on.
+    if let Err(error) = store.zones().refresh().await {
+        tracing::warn!(%error, "zones not loaded yet; retrying in the background");
+    }
+
     let tasks = TaskTracker::new();
     let stop_intake = CancellationToken::new();
 
@@ -227,6 +233,7 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
+    tasks.spawn(store.zones().clone().follow(background.clone()));
     tasks.spawn(sweep::run(
         store.clone(),
         config.sweep.clone(),
@@ -238,7 +245,7 @@ pub async fn run(
         stop_intake.clone(),
     ));
 
-    let app = api::routes(pool.clone(), &config.token_secret)
+    let app = api::routes(pool.clone(), store.zones().clone(), &config.token_secret)
         .merge(kit::http::operator_routes(readiness));
     tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
     tracing::info!(prefix = config.subjects.prefix(), "trips service running");

@@ -47,6 +47,9 @@ struct Args {
     /// Completions reported farther than this from the dropoff are flagged, metres.
     #[arg(long, env = "TRIPS_DROPOFF_RADIUS_M", default_value_t = 500.0, value_parser = radius)]
     dropoff_radius_m: f64,
+    /// Most vertices a zone may have; larger zones are refused when drawn.
+    #[arg(long, env = "TRIPS_MAX_ZONE_VERTICES", default_value_t = protocol::zone::DEFAULT_MAX_VERTICES)]
+    max_zone_vertices: usize,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     config.geo = geo;
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
+    config.store.max_zone_vertices = args.max_zone_vertices;
     config.store.plausibility = trips::progress::Plausibility {
         arrival_radius_m: args.arrival_radius_m,
         dropoff_radius_m: args.dropoff_radius_m,

@@ -34,6 +34,10 @@ kit::meters! {
     /// (`near`, `flagged` for a completion far from the dropoff, `refused` for an arrival far
     /// from the pickup, `unchecked` without a position).
     counter PROGRESS_CHECKS = "trips_progress_checks_total" [stage = "arrived", outcome = "near"];
+    /// Zones in force in this process.
+    gauge ZONES = "trips_zones";
+    /// Zones created, changed or deleted through this process.
+    counter ZONE_CHANGES = "trips_zone_changes_total";
     /// HTTP API requests, by `route` and `status`.
     counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
 }

@@ -23,6 +23,7 @@ use crate::meters as m;
 use crate::progress::{Checked, Plausibility};
 use crate::rows::{DRIVER_COLUMNS, DriverColumns, TRIP_COLUMNS, trip_from_row};
 use crate::writer::{Transition, Writer};
+use crate::zones::Zones;
 
 /// Behaviour of the store.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct StoreSettings {
     pub write_batch: usize,
     /// How far from the pickup and dropoff drivers may report progress.
     pub plausibility: Plausibility,
+    /// Most vertices a zone may have.
+    pub max_zone_vertices: usize,
 }
 
 impl Default for StoreSettings {
@@ -51,6 +54,7 @@ impl Default for StoreSettings {
             writers: 2,
             write_batch: 64,
             plausibility: Plausibility::default(),
+            max_zone_vertices: protocol::zone::DEFAULT_MAX_VERTICES,
         }
     }
 }
@@ -101,12 +105,14 @@ pub struct Store {
     /// decided again on a fresh read.
     pub(crate) trips: Arc<quick_cache::sync::Cache<Uuid, TripRecord>>,
     writer: Writer,
+    zones: Zones,
 }
 
 impl Store {
     pub fn new(pool: Pool, geo: GeoConfig, subjects: Subjects, settings: StoreSettings) -> Self {
         Self {
             writer: Writer::start(pool.clone(), settings.writers, settings.write_batch),
+            zones: Zones::new(pool.clone(), settings.max_zone_vertices),
             pool,
             geo,
             area: None,
@@ -126,6 +132,11 @@ impl Store {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The zones requests are checked against.
+    pub fn zones(&self) -> &Zones {
+        &self.zones
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -243,6 +254,13 @@ impl Store {
                 changed: false,
             })
         };
+        if let Some(refusal) = self.zones.refusal(pickup, dropoff) {
+            // A retry of a request stored before the zones changed is still that trip.
+            return match client.query_opt(&find, &[&rider_id, &key]).await? {
+                Some(row) => existing(&row),
+                None => Err(refusal),
+            };
+        }
         // The whole new trip is known here, so one statement stores it with its event and
         // outgoing messages; an earlier create with the same key (a retry, or a concurrent
         // one) makes it store nothing, and the stored trip is the answer.

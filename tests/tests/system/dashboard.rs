@@ -363,6 +363,36 @@ async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Zones are drawn through the same proxy: the body and method pass, and so do refusals.
+    let zone = json!({"name": "Rank", "kind": "queue", "geometry": {"type": "Polygon",
+        "coordinates": [[[13.40, 52.51], [13.41, 52.51], [13.41, 52.52], [13.40, 52.51]]]}});
+    let created = http
+        .post(format!("{base}/api/zones"))
+        .bearer_auth(token(Role::Dispatcher, "ops"))
+        .json(&zone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    let removed = http
+        .delete(format!(
+            "{base}/api/zones/{}",
+            created["zone_id"].as_str().unwrap()
+        ))
+        .bearer_auth(token(Role::Dispatcher, "ops"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let as_rider = http
+        .post(format!("{base}/api/zones"))
+        .bearer_auth(token(Role::Rider, "r"))
+        .json(&zone)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_rider.status(), 403);
 
     // With the trips service gone, the page's API calls fail with a clear, retryable error.
     trips.stop().await.unwrap();

@@ -1,11 +1,13 @@
 //! The trips service against real PostgreSQL and NATS, by subject: [`commands`] and the
 //! state machine, [`replicas`] sharing one database, [`delivery`] of what committed (outbox,
-//! sweeper, an absent database), and [`history`] (breadcrumbs, the history API, migrations).
+//! sweeper, an absent database), [`history`] (breadcrumbs, the history API, migrations) and
+//! [`zones`] (drawn through the API, in force in every replica).
 
 mod commands;
 mod delivery;
 mod history;
 mod replicas;
+mod zones;
 
 use std::time::Duration;
 

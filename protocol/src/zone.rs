@@ -1,0 +1,342 @@
+//! Zones: named GeoJSON polygons (holes allowed) with a kind and metadata, which dispatchers
+//! draw and the services evaluate positions and requests against.
+//!
+//! [`ZoneSpec::validate`] is the one check every zone passes before it is stored: a Polygon or
+//! MultiPolygon with closed rings of positions in range, no self-intersection or crossing
+//! rings, and at most a configured number of vertices. [`ZoneIndex`] answers "which zones hold
+//! this point" with a coarse H3 cover as the fast path: a point in a cell wholly inside a zone
+//! is in it, a point in no covering cell is not, and only a point in a cell on a zone's edge is
+//! tested exactly against its polygons.
+
+use std::collections::HashMap;
+
+use geo::{Contains, Polygon, Validation};
+use h3o::geom::{ContainmentMode, TilerBuilder};
+use h3o::{CellIndex, LatLng, Resolution};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::geo::Point;
+use crate::time::UnixMillis;
+
+/// What a zone is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ZoneKind {
+    /// Where trips may start and end: when any exist, a pickup or dropoff outside all of them
+    /// is refused.
+    ServiceArea,
+    /// Requests with a pickup inside are refused.
+    NoPickup,
+    /// An airport or station rank where drivers wait in order.
+    Queue,
+    /// Events only.
+    Watch,
+}
+
+impl ZoneKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServiceArea => "service_area",
+            Self::NoPickup => "no_pickup",
+            Self::Queue => "queue",
+            Self::Watch => "watch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::ServiceArea, Self::NoPickup, Self::Queue, Self::Watch]
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+    }
+}
+
+/// A zone as a dispatcher writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSpec {
+    pub name: String,
+    pub kind: ZoneKind,
+    /// A GeoJSON Polygon or MultiPolygon, `[lng, lat]` positions.
+    pub geometry: Value,
+    /// Free-form JSON object kept with the zone.
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A stored zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Zone {
+    pub zone_id: Uuid,
+    pub name: String,
+    pub kind: ZoneKind,
+    pub geometry: Value,
+    pub metadata: Value,
+    /// Incremented by every change.
+    pub version: i64,
+    pub updated_at: UnixMillis,
+}
+
+/// Longest zone name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Largest metadata object, bytes of JSON.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Most vertices a zone may have unless configured otherwise.
+pub const DEFAULT_MAX_VERTICES: usize = 10_000;
+
+/// Why a zone was refused; the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneError {
+    #[error("name must be 1 to {MAX_NAME_CHARS} characters with no control characters")]
+    Name,
+    #[error("metadata must be a JSON object of at most {MAX_METADATA_BYTES} bytes")]
+    Metadata,
+    #[error("geometry: {0}")]
+    Geometry(String),
+    #[error("geometry has {count} vertices; at most {max} are allowed")]
+    TooManyVertices { count: usize, max: usize },
+}
+
+impl ZoneSpec {
+    /// Checks the zone and returns its polygons.
+    pub fn validate(&self, max_vertices: usize) -> Result<Vec<Polygon>, ZoneError> {
+        let name = self.name.trim();
+        if name.is_empty()
+            || self.name.chars().count() > MAX_NAME_CHARS
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(ZoneError::Name);
+        }
+        let metadata_ok = self.metadata.is_object()
+            && serde_json::to_vec(&self.metadata).map_or(0, |v| v.len()) <= MAX_METADATA_BYTES;
+        if !metadata_ok {
+            return Err(ZoneError::Metadata);
+        }
+        shape(&self.geometry, max_vertices)
+    }
+}
+
+/// The polygons of a zone's geometry, checked.
+fn shape(geometry: &Value, max_vertices: usize) -> Result<Vec<Polygon>, ZoneError> {
+    match geometry.get("type").and_then(Value::as_str) {
+        Some("Polygon" | "MultiPolygon") => {}
+        _ => {
+            return Err(ZoneError::Geometry(
+                "must be a GeoJSON object of type Polygon or MultiPolygon".into(),
+            ));
+        }
+    }
+    let mut polygons = Vec::new();
+    crate::area::polygons(geometry, &mut polygons)
+        .map_err(|error| ZoneError::Geometry(error.to_string()))?;
+    let count: usize = polygons
+        .iter()
+        .map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>())
+        .sum();
+    if count > max_vertices {
+        return Err(ZoneError::TooManyVertices {
+            count,
+            max: max_vertices,
+        });
+    }
+    for (i, polygon) in polygons.iter().enumerate() {
+        polygon
+            .check_validation()
+            .map_err(|error| ZoneError::Geometry(format!("polygon {}: {error}", i + 1)))?;
+    }
+    Ok(polygons)
+}
+
+/// Resolution of the cells that cover zones: about 0.1 km² each, so that only points within a
+/// cell's width of an edge need the exact test.
+pub const INDEX_RESOLUTION: Resolution = Resolution::Nine;
+
+/// One zone's place in a covering cell.
+#[derive(Debug, Clone, Copy)]
+struct Cover {
+    zone: u32,
+    /// The cell lies wholly inside the zone.
+    inside: bool,
+}
+
+/// Zones indexed for the question "which zones hold this point".
+#[derive(Debug, Default)]
+pub struct ZoneIndex {
+    zones: Vec<(Zone, Vec<Polygon>)>,
+    cells: HashMap<CellIndex, Vec<Cover>>,
+}
+
+impl ZoneIndex {
+    /// Indexes `zones`; one whose geometry does not pass (stored before a stricter check) is
+    /// left out and returned by id with the reason.
+    pub fn build(zones: Vec<Zone>, max_vertices: usize) -> (Self, Vec<(Uuid, ZoneError)>) {
+        let mut index = Self::default();
+        let mut refused = Vec::new();
+        for zone in zones {
+            let polygons = match shape(&zone.geometry, max_vertices) {
+                Ok(polygons) => polygons,
+                Err(error) => {
+                    refused.push((zone.zone_id, error));
+                    continue;
+                }
+            };
+            let n = index.zones.len() as u32;
+            let cover = |mode| {
+                let mut tiler = TilerBuilder::new(INDEX_RESOLUTION)
+                    .containment_mode(mode)
+                    .build();
+                for polygon in &polygons {
+                    // Checked valid above; a polygon the tiler still refuses covers nothing.
+                    let _ = tiler.add(polygon.clone());
+                }
+                tiler.into_coverage().collect::<Vec<_>>()
+            };
+            let inside: std::collections::HashSet<CellIndex> =
+                cover(ContainmentMode::ContainsBoundary)
+                    .into_iter()
+                    .collect();
+            for cell in cover(ContainmentMode::Covers) {
+                index.cells.entry(cell).or_default().push(Cover {
+                    zone: n,
+                    inside: inside.contains(&cell),
+                });
+            }
+            index.zones.push((zone, polygons));
+        }
+        (index, refused)
+    }
+
+    /// The zones that hold `point`.
+    pub fn containing(&self, point: Point) -> impl Iterator<Item = &Zone> {
+        let covers = LatLng::new(point.lat, point.lng)
+            .ok()
+            .and_then(|ll| self.cells.get(&ll.to_cell(INDEX_RESOLUTION)))
+            .map_or(&[][..], Vec::as_slice);
+        let at = geo::Point::new(point.lng, point.lat);
+        covers.iter().filter_map(move |cover| {
+            let (zone, polygons) = &self.zones[cover.zone as usize];
+            (cover.inside || polygons.iter().any(|p| p.contains(&at))).then_some(zone)
+        })
+    }
+
+    /// Whether any zone is of `kind`.
+    pub fn has(&self, kind: ZoneKind) -> bool {
+        self.zones.iter().any(|(zone, _)| zone.kind == kind)
+    }
+
+    pub fn len(&self) -> usize {
+        self.zones.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.zones.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(geometry: Value) -> ZoneSpec {
+        ZoneSpec {
+            name: "Hauptbahnhof".into(),
+            kind: ZoneKind::NoPickup,
+            geometry,
+            metadata: json!({"owner": "ops"}),
+        }
+    }
+
+    /// A square 0.02° a side with a square hole in its middle.
+    fn holed() -> Value {
+        json!({"type": "Polygon", "coordinates": [
+            [[13.39, 52.51], [13.41, 52.51], [13.41, 52.53], [13.39, 52.53], [13.39, 52.51]],
+            [[13.398, 52.518], [13.398, 52.522], [13.402, 52.522], [13.402, 52.518], [13.398, 52.518]]
+        ]})
+    }
+
+    fn zone(geometry: Value) -> Zone {
+        let s = spec(geometry);
+        Zone {
+            zone_id: Uuid::new_v4(),
+            name: s.name,
+            kind: s.kind,
+            geometry: s.geometry,
+            metadata: s.metadata,
+            version: 1,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn invalid_zones_are_refused_with_what_to_fix() {
+        let cases = [
+            (
+                json!({"type": "Polygon", "coordinates": [[[13.39, 52.51], [13.41, 52.53], [13.41, 52.51], [13.39, 52.53], [13.39, 52.51]]]}),
+                "self-intersection",
+            ),
+            (
+                json!({"type": "Polygon", "coordinates": [[[13.39, 52.51], [13.41, 52.51], [13.41, 52.53], [13.39, 52.53]]]}),
+                "not closed",
+            ),
+            (
+                json!({"type": "Polygon", "coordinates": [[[13.39, 52.51], [213.41, 52.51], [13.41, 52.53], [13.39, 52.51]]]}),
+                "in range",
+            ),
+            (
+                json!({"type": "Point", "coordinates": [13.4, 52.5]}),
+                "Polygon or MultiPolygon",
+            ),
+            (json!("nope"), "Polygon or MultiPolygon"),
+        ];
+        for (geometry, says) in cases {
+            let error = spec(geometry.clone()).validate(100).unwrap_err();
+            assert!(error.to_string().contains(says), "{geometry}: {error}");
+        }
+        assert_eq!(
+            spec(holed()).validate(9).unwrap_err(),
+            ZoneError::TooManyVertices { count: 10, max: 9 }
+        );
+        let mut unnamed = spec(holed());
+        unnamed.name = " ".into();
+        assert_eq!(unnamed.validate(100).unwrap_err(), ZoneError::Name);
+        let mut list = spec(holed());
+        list.metadata = json!([1, 2]);
+        assert_eq!(list.validate(100).unwrap_err(), ZoneError::Metadata);
+        assert_eq!(spec(holed()).validate(10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn points_are_placed_exactly_at_the_boundary_and_holes_are_outside() {
+        let (index, refused) = ZoneIndex::build(vec![zone(holed())], 100);
+        assert!(refused.is_empty());
+        let inside = |lat, lng| index.containing(Point::new(lat, lng)).count() == 1;
+        // Well inside, in the hole, outside.
+        assert!(inside(52.515, 13.395));
+        assert!(!inside(52.52, 13.40));
+        assert!(!inside(52.50, 13.40));
+        // A hair either side of the eastern edge (13.41): about 7 cm apart.
+        assert!(inside(52.52, 13.409_999));
+        assert!(!inside(52.52, 13.410_001));
+        // Either side of the hole's western edge.
+        assert!(inside(52.52, 13.397_999));
+        assert!(!inside(52.52, 13.398_001));
+        assert!(index.has(ZoneKind::NoPickup) && !index.has(ZoneKind::ServiceArea));
+    }
+
+    #[test]
+    fn a_stored_zone_that_no_longer_passes_is_left_out_of_the_index() {
+        let bad = zone(json!({"type": "Point", "coordinates": [13.4, 52.5]}));
+        let id = bad.zone_id;
+        let (index, refused) = ZoneIndex::build(vec![bad, zone(holed())], 100);
+        assert_eq!(index.len(), 1);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, id);
+    }
+}

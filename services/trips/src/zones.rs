@@ -1,0 +1,289 @@
+//! Zones in PostgreSQL: created, changed and deleted by dispatchers through the API, and held
+//! by every trips process as a [`ZoneIndex`] that ride requests are checked against.
+//!
+//! Every change bumps `zone_generation` in its transaction. Each process reads that one row
+//! every [`Zones::POLL`] and reloads the zones when it moved, so a change made through any
+//! replica is in force in every replica within about a second, with no restart; the replica
+//! that made it reloads at once.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use protocol::zone::{Zone, ZoneError, ZoneIndex, ZoneKind, ZoneSpec};
+use protocol::{ErrorCode, Point};
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::{StoreError, err};
+use crate::meters as m;
+
+const COLUMNS: &str = "zone_id, name, kind, geometry, metadata, version, \
+                       (extract(epoch from updated_at) * 1000)::int8";
+
+fn zone_from_row(row: &Row) -> Zone {
+    let kind: String = row.get(2);
+    Zone {
+        zone_id: row.get(0),
+        name: row.get(1),
+        kind: ZoneKind::parse(&kind).unwrap_or(ZoneKind::Watch),
+        geometry: row.get(3),
+        metadata: row.get(4),
+        version: row.get(5),
+        updated_at: row.get(6),
+    }
+}
+
+/// Why a zone change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneChangeError {
+    #[error(transparent)]
+    Invalid(#[from] ZoneError),
+    #[error("no such zone")]
+    NotFound,
+    #[error("the zone was changed meanwhile (now version {0}); reload it and retry")]
+    Conflict(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<tokio_postgres::Error> for ZoneChangeError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ZoneChangeError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// The zones as this process holds them, and how to change them.
+#[derive(Debug, Clone)]
+pub struct Zones {
+    pool: Pool,
+    max_vertices: usize,
+    current: Arc<RwLock<(i64, Arc<ZoneIndex>)>>,
+}
+
+impl Zones {
+    /// How often the generation is read.
+    pub const POLL: Duration = Duration::from_millis(500);
+
+    pub fn new(pool: Pool, max_vertices: usize) -> Self {
+        Self {
+            pool,
+            max_vertices,
+            current: Arc::new(RwLock::new((-1, Arc::default()))),
+        }
+    }
+
+    /// The zones in force.
+    pub fn index(&self) -> Arc<ZoneIndex> {
+        self.current.read().expect("zones lock").1.clone()
+    }
+
+    /// Why a trip from `pickup` to `dropoff` may not be taken, if it may not.
+    pub fn refusal(&self, pickup: Point, dropoff: Point) -> Option<StoreError> {
+        let index = self.index();
+        if let Some(zone) = index
+            .containing(pickup)
+            .find(|zone| zone.kind == ZoneKind::NoPickup)
+        {
+            return Some(err(
+                ErrorCode::PickupNotAllowed,
+                &format!("pickups are not allowed in zone {:?}", zone.name),
+            ));
+        }
+        if index.has(ZoneKind::ServiceArea) {
+            for (what, point) in [("pickup", pickup), ("dropoff", dropoff)] {
+                let served = index
+                    .containing(point)
+                    .any(|zone| zone.kind == ZoneKind::ServiceArea);
+                if !served {
+                    return Some(err(
+                        ErrorCode::OutsideServiceArea,
+                        &format!("{what} lies outside every service area zone"),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Reloads the zones if their generation moved since the last load.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let generation: i64 = client
+            .query_one("SELECT generation FROM zone_generation WHERE id = 1", &[])
+            .await?
+            .get(0);
+        if generation == self.current.read().expect("zones lock").0 {
+            return Ok(());
+        }
+        let zones: Vec<Zone> = client
+            .query(
+                &format!("SELECT {COLUMNS} FROM zones ORDER BY zone_id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(zone_from_row)
+            .collect();
+        let max_vertices = self.max_vertices;
+        let (index, refused) =
+            tokio::task::spawn_blocking(move || ZoneIndex::build(zones, max_vertices))
+                .await
+                .expect("indexing zones does not panic");
+        for (zone_id, error) in refused {
+            tracing::warn!(%zone_id, %error, "a stored zone does not pass its checks; left out");
+        }
+        metrics::gauge!(m::ZONES).set(index.len() as f64);
+        let mut current = self.current.write().expect("zones lock");
+        if generation > current.0 {
+            *current = (generation, Arc::new(index));
+        }
+        Ok(())
+    }
+
+    /// Keeps the zones current until `stop`.
+    pub async fn follow(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Self::POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = self.refresh().await {
+                tracing::debug!(%error, "zones not refreshed; keeping the last ones");
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Zone>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                &format!("SELECT {COLUMNS} FROM zones ORDER BY name, zone_id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(zone_from_row)
+            .collect())
+    }
+
+    pub async fn get(&self, zone_id: Uuid) -> Result<Option<Zone>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM zones WHERE zone_id = $1"),
+                &[&zone_id],
+            )
+            .await?
+            .as_ref()
+            .map(zone_from_row))
+    }
+
+    /// Stores a new zone.
+    pub async fn create(&self, spec: &ZoneSpec) -> Result<Zone, ZoneChangeError> {
+        spec.validate(self.max_vertices)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO zones (zone_id, name, kind, geometry, metadata) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+                ),
+                &[
+                    &Uuid::new_v4(),
+                    &spec.name.trim(),
+                    &spec.kind.as_str(),
+                    &spec.geometry,
+                    &spec.metadata,
+                ],
+            )
+            .await?;
+        bump(&tx).await?;
+        tx.commit().await?;
+        self.changed().await;
+        Ok(zone_from_row(&row))
+    }
+
+    /// Replaces a zone; with `expected`, only if it is still at that version.
+    pub async fn update(
+        &self,
+        zone_id: Uuid,
+        spec: &ZoneSpec,
+        expected: Option<i64>,
+    ) -> Result<Zone, ZoneChangeError> {
+        spec.validate(self.max_vertices)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE zones SET name = $2, kind = $3, geometry = $4, metadata = $5, \
+                     version = version + 1, updated_at = now() \
+                     WHERE zone_id = $1 AND ($6::int8 IS NULL OR version = $6) RETURNING {COLUMNS}"
+                ),
+                &[
+                    &zone_id,
+                    &spec.name.trim(),
+                    &spec.kind.as_str(),
+                    &spec.geometry,
+                    &spec.metadata,
+                    &expected,
+                ],
+            )
+            .await?;
+        let Some(row) = row else {
+            let now: Option<i64> = tx
+                .query_opt("SELECT version FROM zones WHERE zone_id = $1", &[&zone_id])
+                .await?
+                .map(|r| r.get(0));
+            return Err(now.map_or(ZoneChangeError::NotFound, ZoneChangeError::Conflict));
+        };
+        bump(&tx).await?;
+        tx.commit().await?;
+        self.changed().await;
+        Ok(zone_from_row(&row))
+    }
+
+    /// Deletes a zone.
+    pub async fn delete(&self, zone_id: Uuid) -> Result<(), ZoneChangeError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
+            .execute("DELETE FROM zones WHERE zone_id = $1", &[&zone_id])
+            .await?;
+        if deleted == 0 {
+            return Err(ZoneChangeError::NotFound);
+        }
+        bump(&tx).await?;
+        tx.commit().await?;
+        self.changed().await;
+        Ok(())
+    }
+
+    /// After a change this process made: in force here at once.
+    async fn changed(&self) {
+        metrics::counter!(m::ZONE_CHANGES).increment(1);
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(%error, "zones not reloaded after a change; the next poll will");
+        }
+    }
+}
+
+async fn bump(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE zone_generation SET generation = generation + 1 WHERE id = 1",
+        &[],
+    )
+    .await
+    .map(|_| ())
+}
