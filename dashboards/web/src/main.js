@@ -41,6 +41,9 @@ const state = {
   route: [],
   dirty: true,
   listed: [],
+  zones: [],
+  // The corners of a zone being drawn, [lng, lat]; null when not drawing.
+  sketch: null,
 };
 
 function readToken() {
@@ -191,6 +194,8 @@ function initMap() {
         requests: { type: "geojson", data: emptyCollection() },
         vehicles: { type: "geojson", data: emptyCollection() },
         route: { type: "geojson", data: emptyCollection() },
+        zones: { type: "geojson", data: emptyCollection() },
+        sketch: { type: "geojson", data: emptyCollection() },
       },
       layers: [
         { id: "sea", type: "background", paint: { "background-color": "#dbe7f0" } },
@@ -217,6 +222,29 @@ function initMap() {
             "fill-opacity": ["min", 0.7, ["+", 0.15, ["/", ["get", "vehicles"], 40]]],
             "fill-outline-color": "#666666",
           },
+        },
+        {
+          id: "zones",
+          type: "fill",
+          source: "zones",
+          paint: {
+            "fill-color": ["match", ["get", "kind"], "no_pickup", "#d73027", "service_area", "#1a9850", "queue", "#4575b4", "#984ea3"],
+            "fill-opacity": ["match", ["get", "kind"], "service_area", 0.06, 0.25],
+            "fill-outline-color": "#333333",
+          },
+        },
+        {
+          id: "sketch",
+          type: "line",
+          source: "sketch",
+          paint: { "line-color": "#000000", "line-width": 2, "line-dasharray": [1, 1] },
+        },
+        {
+          id: "sketch-points",
+          type: "circle",
+          source: "sketch",
+          filter: ["==", ["geometry-type"], "Point"],
+          paint: { "circle-radius": 4, "circle-color": "#000000" },
         },
         {
           id: "trips",
@@ -266,12 +294,20 @@ function initMap() {
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
   map.on("moveend", subscribeViewport);
   map.on("click", "vehicles", (event) => {
+    if (state.sketch) return;
     const f = event.features[0];
     const box = document.createElement("div");
     box.textContent = `${f.properties.driver_id} · ${f.properties.status}`;
     new maplibregl.Popup().setLngLat(event.lngLat).setDOMContent(box).addTo(map);
   });
-  map.on("click", "requests", (event) => selectTrip(event.features[0].properties.trip_id));
+  map.on("click", "requests", (event) => {
+    if (!state.sketch) selectTrip(event.features[0].properties.trip_id);
+  });
+  map.on("click", (event) => {
+    if (!state.sketch) return;
+    state.sketch.push([event.lngLat.lng, event.lngLat.lat]);
+    drawSketch();
+  });
   map.on("load", () => {
     state.dirty = true;
     requestAnimationFrame(render);
@@ -377,8 +413,15 @@ setInterval(() => {
 
 // ---- trips from the API ----
 
-async function api(path) {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+async function api(path, method = "GET", payload = undefined) {
+  const headers = { Authorization: `Bearer ${state.token}` };
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  });
+  if (response.status === 204) return null;
   const body = await response.json().catch(() => null);
   if (response.status === 401) {
     showLogin(body?.message ?? "unauthorised");
@@ -511,6 +554,98 @@ function replayRoute() {
   step();
 }
 
+// ---- zones ----
+
+async function loadZones() {
+  let zones;
+  try {
+    zones = await api("api/zones");
+  } catch (error) {
+    $("zone-error").textContent = error.message;
+    return;
+  }
+  state.zones = zones;
+  map.getSource("zones")?.setData({
+    type: "FeatureCollection",
+    features: zones.map((z) => ({ type: "Feature", geometry: z.geometry, properties: { kind: z.kind, name: z.name } })),
+  });
+  const list = $("zones");
+  list.replaceChildren();
+  for (const zone of zones) {
+    const item = document.createElement("li");
+    item.dataset.zoneId = zone.zone_id;
+    const label = document.createElement("span");
+    label.textContent = `${zone.name} (${zone.kind.replace("_", " ")})`;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "Delete";
+    remove.addEventListener("click", () => deleteZone(zone.zone_id));
+    item.append(label, remove);
+    list.append(item);
+  }
+}
+
+function drawSketch() {
+  const points = state.sketch ?? [];
+  const features = points.map((p) => ({ type: "Feature", geometry: { type: "Point", coordinates: p }, properties: {} }));
+  if (points.length > 1) {
+    const ring = points.length > 2 ? [...points, points[0]] : points;
+    features.push({ type: "Feature", geometry: { type: "LineString", coordinates: ring }, properties: {} });
+  }
+  map.getSource("sketch")?.setData({ type: "FeatureCollection", features });
+  $("zone-save").disabled = points.length < 3;
+  $("zone-hint").textContent = state.sketch
+    ? `${points.length} point${points.length === 1 ? "" : "s"}: click the map to add corners, then Save`
+    : "";
+}
+
+function startSketch() {
+  state.sketch = [];
+  $("zone-error").textContent = "";
+  $("map").classList.add("drawing");
+  $("zone-discard").disabled = false;
+  drawSketch();
+}
+
+function endSketch() {
+  state.sketch = null;
+  $("map").classList.remove("drawing");
+  $("zone-discard").disabled = true;
+  drawSketch();
+}
+
+async function saveZone(event) {
+  event.preventDefault();
+  const points = state.sketch ?? [];
+  if (points.length < 3) return;
+  const zone = {
+    name: $("zone-name").value.trim(),
+    kind: $("zone-kind").value,
+    geometry: { type: "Polygon", coordinates: [[...points, points[0]]] },
+  };
+  $("zone-error").textContent = "";
+  try {
+    await api("api/zones", "POST", zone);
+  } catch (error) {
+    // The server says what to fix (a self-intersecting outline, too many corners); the
+    // sketch stays so it can be discarded and drawn again.
+    $("zone-error").textContent = error.message;
+    return;
+  }
+  $("zone-name").value = "";
+  endSketch();
+  await loadZones();
+}
+
+async function deleteZone(zoneId) {
+  try {
+    await api(`api/zones/${encodeURIComponent(zoneId)}`, "DELETE");
+  } catch (error) {
+    $("zone-error").textContent = error.message;
+  }
+  await loadZones();
+}
+
 async function act(message, done) {
   $("action-result").textContent = "…";
   try {
@@ -556,6 +691,11 @@ async function start() {
     ),
   );
   $("replay").addEventListener("click", replayRoute);
+  $("zone-draw").addEventListener("click", startSketch);
+  $("zone-discard").addEventListener("click", endSketch);
+  $("zone-form").addEventListener("submit", saveZone);
+  map.on("load", loadZones);
+  setInterval(loadZones, 10_000);
   await loadTrips();
   setInterval(loadTrips, 5_000);
 }
@@ -564,6 +704,7 @@ async function start() {
 window.dispatchDashboard = {
   renderedVehicles: () => (map ? map.queryRenderedFeatures({ layers: ["vehicles"] }).length : 0),
   renderedCells: () => (map ? map.queryRenderedFeatures({ layers: ["cells"] }).length : 0),
+  renderedZones: () => (map ? map.queryRenderedFeatures({ layers: ["zones"] }).length : 0),
   get map() {
     return map;
   },

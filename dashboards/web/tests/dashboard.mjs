@@ -5,7 +5,8 @@
 // Environment: DASHBOARD_URL (the page), DISPATCHER_TOKEN, TRIP_ID (a trip to cancel, whose
 // driver's name is DRIVER_NAME), FLAGGED_TRIP_ID (a trip of rider `rider-far`, completed far
 // from its dropoff),
-// SCREENSHOT_DIR, CHROMIUM_BIN.
+// ZONE_NAME (the name to draw a zone under, markup to be shown as text), SCREENSHOT_DIR,
+// CHROMIUM_BIN.
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -21,6 +22,7 @@ const token = env("DISPATCHER_TOKEN");
 const tripId = env("TRIP_ID");
 const driverName = env("DRIVER_NAME");
 const flaggedTripId = env("FLAGGED_TRIP_ID");
+const zoneName = env("ZONE_NAME");
 const screenshots = env("SCREENSHOT_DIR");
 const WAIT = { timeout: 45_000 };
 
@@ -121,6 +123,54 @@ await step("a completion far from the dropoff is flagged in the timeline", async
     unflagged.some((t) => / m from the pickup$/.test(t)),
     `no arrival near the pickup in ${JSON.stringify(unflagged)}`,
   );
+});
+
+// Clicks the map at fractions of its width and height.
+async function clickMap(points) {
+  const box = await page.locator("#map").boundingBox();
+  for (const [fx, fy] of points) {
+    await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
+  }
+}
+
+async function drawZone(name, kind, corners) {
+  await page.fill("#zone-name", name);
+  await page.selectOption("#zone-kind", kind);
+  await page.click("#zone-draw");
+  await clickMap(corners);
+  await page.waitForFunction((n) => document.getElementById("zone-hint").textContent.startsWith(`${n} points`), corners.length, WAIT);
+  await page.click("#zone-save");
+}
+
+const listedZones = () => page.$$eval("#zones li span", (items) => items.map((i) => i.textContent));
+
+await step("a dispatcher draws a no-pickup zone on the map; its name shows as text", async () => {
+  await drawZone(zoneName, "no_pickup", [[0.40, 0.40], [0.60, 0.40], [0.60, 0.60], [0.40, 0.60]]);
+  await page.waitForFunction(
+    (name) => [...document.querySelectorAll("#zones li span")].some((s) => s.textContent === `${name} (no pickup)`),
+    zoneName,
+    WAIT,
+  );
+  await page.waitForFunction(() => window.dispatchDashboard.renderedZones() > 0, null, WAIT);
+  const markup = await page.evaluate(() => document.querySelectorAll("#zones b, #zones img, #zones script").length);
+  expect(markup === 0, `the zone's name made ${markup} elements`);
+});
+
+await page.screenshot({ path: join(screenshots, "dashboard-zone.png") });
+
+await step("a self-intersecting outline is refused with the reason, and discarded", async () => {
+  await drawZone("Bow tie", "watch", [[0.25, 0.25], [0.35, 0.35], [0.35, 0.25], [0.25, 0.35]]);
+  await page.waitForFunction(() => /self-intersection/.test(document.getElementById("zone-error").textContent), null, WAIT);
+  await page.click("#zone-discard");
+  const zones = await listedZones();
+  expect(!zones.some((z) => z.startsWith("Bow tie")), `the refused zone is listed: ${JSON.stringify(zones)}`);
+});
+
+await step("a zone drawn and deleted again", async () => {
+  await drawZone("Temporary", "watch", [[0.70, 0.70], [0.80, 0.70], [0.80, 0.80]]);
+  await page.waitForFunction(() => [...document.querySelectorAll("#zones li span")].some((s) => s.textContent.startsWith("Temporary")), null, WAIT);
+  await page.click('#zones li:has(span:text-is("Temporary (watch)")) button');
+  await page.waitForFunction(() => ![...document.querySelectorAll("#zones li span")].some((s) => s.textContent.startsWith("Temporary")), null, WAIT);
 });
 
 await step("zoomed out, the map shows cells instead of vehicles", async () => {

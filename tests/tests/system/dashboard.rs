@@ -23,6 +23,8 @@ const CENTER: Point = Point::new(52.52, 13.405);
 const QUIET_CORNER: Point = Point::new(52.52, 13.47);
 /// The other side of the city, where a second trip is completed far from its dropoff.
 const WEST_CORNER: Point = Point::new(52.52, 13.34);
+/// A zone the browser draws, named with markup the page must show as text.
+const ZONE_NAME: &str = "Forecourt <b>no</b> pickups";
 /// Markup a hostile client might put in its name; the page must show it as text.
 const MARKUP_NAME: &str = "<img src=x onerror=\"window.__injected=1\"><b>Bold</b> Driver";
 
@@ -169,6 +171,7 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
         .env("TRIP_ID", trip.trip_id.to_string())
         .env("DRIVER_NAME", MARKUP_NAME)
         .env("FLAGGED_TRIP_ID", flagged.to_string())
+        .env("ZONE_NAME", ZONE_NAME)
         .env("SCREENSHOT_DIR", &screenshots)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -215,6 +218,20 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
         .unwrap()
         .get(0);
     assert_eq!(name, MARKUP_NAME);
+    // The zone drawn in the page is stored as drawn; the refused and the deleted one are not.
+    let zones: Vec<(String, String, serde_json::Value)> = pg
+        .query("SELECT name, kind, geometry FROM zones", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(zones.len(), 1, "{zones:?}");
+    let (name, kind, geometry) = &zones[0];
+    assert_eq!((name.as_str(), kind.as_str()), (ZONE_NAME, "no_pickup"));
+    let ring = geometry["coordinates"][0].as_array().unwrap();
+    assert_eq!(ring.len(), 5, "four corners and the first again: {geometry}");
+    assert_eq!(ring.first(), ring.last());
 
     stop_sim.cancel();
     let report = simulation.await.unwrap().unwrap();
