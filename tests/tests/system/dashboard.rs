@@ -230,7 +230,11 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
     let (name, kind, geometry) = &zones[0];
     assert_eq!((name.as_str(), kind.as_str()), (ZONE_NAME, "no_pickup"));
     let ring = geometry["coordinates"][0].as_array().unwrap();
-    assert_eq!(ring.len(), 5, "four corners and the first again: {geometry}");
+    assert_eq!(
+        ring.len(),
+        5,
+        "four corners and the first again: {geometry}"
+    );
     assert_eq!(ring.first(), ring.last());
 
     stop_sim.cancel();
