@@ -213,6 +213,13 @@ pub struct TripEvent {
     pub trip: TripView,
     pub from: Option<TripState>,
     pub actor: Actor,
+    /// Who acted: the rider's, driver's or dispatcher's id; none for the system.
+    pub actor_id: Option<String>,
+    /// For a driver's progress report: where the driver was, how far from the stage's place
+    /// (the pickup, or the dropoff for a completion), and whether it was flagged as far.
+    pub position: Option<Point>,
+    pub distance_m: Option<f64>,
+    pub flagged: bool,
     pub at: UnixMillis,
 }
 

@@ -113,6 +113,11 @@ pub enum ClientMessage {
         id: MessageId,
         trip_id: Uuid,
         stage: TripStage,
+        /// When the driver reached the stage, by the clock of its `location` reports: a
+        /// report sent late (queued while the app had no signal, or retried) is checked
+        /// against where the driver was then. When absent, against its latest position.
+        #[serde(default)]
+        ts: Option<UnixMillis>,
     },
     /// Rider: ask for a ride (or any job from pickup to dropoff).
     RequestRide {
@@ -238,10 +243,11 @@ impl ClientMessage {
                 }
                 Ok(())
             }
+            Self::TripProgress { ts: Some(ts), .. } => validate::timestamp("ts", *ts, now),
             Self::GoOffline { .. }
             | Self::AcceptOffer { .. }
             | Self::DeclineOffer { .. }
-            | Self::TripProgress { .. } => Ok(()),
+            | Self::TripProgress { ts: None, .. } => Ok(()),
             Self::RequestRide {
                 pickup,
                 dropoff,

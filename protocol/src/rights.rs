@@ -120,7 +120,9 @@ pub fn route(message: ClientMessage, sender: &Sender) -> Route {
                 accept: false,
             },
         ),
-        ClientMessage::TripProgress { id, trip_id, stage } => command(
+        ClientMessage::TripProgress {
+            id, trip_id, stage, ..
+        } => command(
             id,
             TripCommand::Progress {
                 trip_id,
@@ -214,6 +216,7 @@ mod tests {
                 id: 5,
                 trip_id,
                 stage: TripStage::Arrived,
+                ts: None,
             },
             ClientMessage::RequestRide {
                 id: 6,

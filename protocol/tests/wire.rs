@@ -70,6 +70,7 @@ fn client_examples() -> Vec<ClientMessage> {
             id: 5,
             trip_id: trip_id(),
             stage: TripStage::Arrived,
+            ts: Some(NOW - 2_000),
         },
         ClientMessage::RequestRide {
             id: 6,

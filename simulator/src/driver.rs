@@ -74,6 +74,9 @@ struct Report {
     kind: &'static str,
     trip_id: Uuid,
     stage: Option<&'static str>,
+    /// When the stage was reached, sent with every attempt so a late one is checked
+    /// against where the vehicle was then.
+    made_at: i64,
 }
 
 /// Wait before re-sending a report the server could not take.
@@ -225,6 +228,7 @@ impl Driver {
                     kind,
                     trip_id: trip.trip_id,
                     stage: None,
+                    made_at: now_ms(),
                 });
                 if accept {
                     self.stats
@@ -326,6 +330,7 @@ impl Driver {
         let mut message = json!({"type": report.kind, "id": id, "trip_id": report.trip_id});
         if let Some(stage) = report.stage {
             message["stage"] = json!(stage);
+            message["ts"] = json!(report.made_at);
         }
         client::send(ws, message).await?;
         self.in_flight = Some((id, Instant::now()));
@@ -348,6 +353,7 @@ impl Driver {
             kind: "trip_progress",
             trip_id: trip.trip_id,
             stage: Some(stage),
+            made_at: now_ms(),
         });
         self.flush_reports(ws).await
     }

@@ -9,6 +9,7 @@ use protocol::trip::{Actor, TripState};
 use protocol::{Subjects, codec};
 
 use crate::machine::{Change, TripRecord};
+use crate::progress::Checked;
 
 /// A message to publish after commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,12 +40,14 @@ pub fn ride_request(subjects: &Subjects, trip: &TripRecord) -> Outgoing {
     }
 }
 
-/// The event for dashboards and matchers and the update for the rider.
+/// The event for dashboards and matchers and the update for the rider. `actor_id` acted;
+/// `checked` is what a driver's report said of its position.
 pub fn event_messages(
     subjects: &Subjects,
     trip: &TripRecord,
     from: Option<TripState>,
-    actor: Actor,
+    (actor, actor_id): (Actor, Option<&str>),
+    checked: &Checked,
     event_id: i64,
 ) -> Vec<Outgoing> {
     let event = TripEvent {
@@ -52,6 +55,10 @@ pub fn event_messages(
         trip: trip.view.clone(),
         from,
         actor,
+        actor_id: actor_id.map(str::to_owned),
+        position: checked.position,
+        distance_m: checked.distance_m,
+        flagged: checked.flagged,
         at: trip.view.updated_at,
     };
     vec![
@@ -75,16 +82,17 @@ pub fn event_messages(
 /// searching.
 pub fn transition_messages(
     subjects: &Subjects,
-    before: &TripRecord,
-    after: &TripRecord,
+    (before, after): (&TripRecord, &TripRecord),
     change: &Change,
+    checked: &Checked,
     event_id: i64,
 ) -> Vec<Outgoing> {
     let mut out = event_messages(
         subjects,
         after,
         Some(before.view.state),
-        change.actor,
+        (change.actor, change.actor_id.as_deref()),
+        checked,
         event_id,
     );
     let update = ServerMessage::TripUpdate {
@@ -187,7 +195,13 @@ mod tests {
             accept: false,
         };
         let (after, change) = after(&before, &decline);
-        let out = transition_messages(&subjects, &before, &after, &change, 41);
+        let out = transition_messages(
+            &subjects,
+            (&before, &after),
+            &change,
+            &Checked::default(),
+            41,
+        );
         let region = &before.view.region;
         assert_eq!(
             subjects_of(&out),
@@ -214,7 +228,13 @@ mod tests {
             accept: true,
         };
         let (after, change) = after(&before, &accept);
-        let out = transition_messages(&subjects, &before, &after, &change, 42);
+        let out = transition_messages(
+            &subjects,
+            (&before, &after),
+            &change,
+            &Checked::default(),
+            42,
+        );
         assert_eq!(out.len(), 3, "{:?}", subjects_of(&out));
         let to_driver: ServerMessage = serde_json::from_slice(&out[2].payload).unwrap();
         assert!(

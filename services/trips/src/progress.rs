@@ -1,5 +1,5 @@
 //! Plausible progress: a driver's `arrived` and `completed` checked against the driver's
-//! latest position, which the gateway adds to the report.
+//! position when it made the report, which the gateway adds to it.
 //!
 //! `arrived` far from the pickup is refused (the rider would be told the driver is there when
 //! it is not); `completed` far from the dropoff is taken, since the rider may have got out
@@ -33,6 +33,8 @@ impl Default for Plausibility {
 /// What a report's position says about it, recorded on its event.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Checked {
+    /// Where the driver was, when the gateway knew.
+    pub position: Option<Point>,
     /// Metres from the stage's place (the pickup for arrived and started, the dropoff for
     /// completed); unknown without a position.
     pub distance_m: Option<f64>,
@@ -60,6 +62,7 @@ impl Plausibility {
         };
         let distance_m = at.distance_m(&place);
         let checked = Checked {
+            position: Some(at),
             distance_m: Some(distance_m),
             flagged: stage == TripStage::Completed && distance_m > self.dropoff_radius_m,
         };

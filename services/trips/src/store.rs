@@ -288,7 +288,14 @@ impl Store {
             offer_expires_at: None,
             dispatch_attempts: 1,
         };
-        let mut out = messages::event_messages(&self.subjects, &trip, None, Actor::Rider, event_id);
+        let mut out = messages::event_messages(
+            &self.subjects,
+            &trip,
+            None,
+            (Actor::Rider, Some(rider_id)),
+            &Checked::default(),
+            event_id,
+        );
         out.push(messages::ride_request(&self.subjects, &trip));
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
@@ -424,6 +431,7 @@ impl Store {
             }
         };
         let mut cached = self.trips.get(&trip_id);
+        let mut checked_once: Option<Checked> = None;
         for _attempt in 0..8 {
             let fresh = cached.is_none();
             let (read, driver) = self.read(fresh.then_some(trip_id), named_driver).await?;
@@ -444,24 +452,35 @@ impl Store {
                     });
                 }
             };
-            // Pickup and dropoff never change, so a cached trip checks as well as a fresh one.
-            let checked = match &command {
-                TripCommand::Progress {
-                    stage, position, ..
-                } => self
+            // Pickup and dropoff never change, so a cached trip checks as well as a fresh one,
+            // and a report is checked (and counted) once however often its write is retried.
+            let checked = match (checked_once, &command) {
+                (Some(checked), _) => checked,
+                (
+                    None,
+                    TripCommand::Progress {
+                        stage, position, ..
+                    },
+                ) => self
                     .settings
                     .plausibility
                     .check(&trip.view, *stage, *position)?,
-                _ => Checked::default(),
+                (None, _) => Checked::default(),
             };
+            checked_once = Some(checked);
             let mut after = trip.clone();
             machine::apply(&mut after, &change, now);
             let event_id = self.event_ids.next(&self.pool).await?;
-            let messages =
-                messages::transition_messages(&self.subjects, &trip, &after, &change, event_id)
-                    .into_iter()
-                    .map(|o| (o.subject, o.payload))
-                    .collect();
+            let messages = messages::transition_messages(
+                &self.subjects,
+                (&trip, &after),
+                &change,
+                &checked,
+                event_id,
+            )
+            .into_iter()
+            .map(|o| (o.subject, o.payload))
+            .collect();
             let transition = Transition {
                 trip_id,
                 version: trip.view.version,

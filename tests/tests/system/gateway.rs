@@ -573,12 +573,22 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
         )
         .await;
     assert_eq!(driver.error_for(3).await, ErrorCode::NotAtPickup);
-    driver.send_json(&location(2, trip.pickup, None)).await;
+    // At the pickup, then gone on before the report got through (no signal, a retry): the
+    // report, made at the pickup, is checked against where the driver was when it made it.
+    let mut at_pickup = location(2, trip.pickup, Some(10));
+    let arrived_at = now_ms();
+    at_pickup["ts"] = json!(arrived_at);
+    driver.send_json(&at_pickup).await;
+    driver.ack_for(10).await;
+    let mut gone_on = location(3, away, Some(11));
+    gone_on["ts"] = json!(arrived_at + 1_000);
+    driver.send_json(&gone_on).await;
+    driver.ack_for(11).await;
     for (id, stage, state) in [
         (4, "arrived", TripState::Arrived),
         (5, "started", TripState::InProgress),
     ] {
-        driver.send_json(&json!({"type": "trip_progress", "id": id, "trip_id": trip.trip_id, "stage": stage})).await;
+        driver.send_json(&json!({"type": "trip_progress", "id": id, "trip_id": trip.trip_id, "stage": stage, "ts": arrived_at})).await;
         let ServerMessage::Ack { changed: true, .. } = driver.ack_for(id).await else {
             panic!("{stage} did not change the trip")
         };
@@ -588,7 +598,9 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
     }
 
     // On board, the ETA is to the dropoff.
-    driver.send_json(&location(3, away, None)).await;
+    let mut on_board = location(4, away, None);
+    on_board["ts"] = json!(arrived_at + 2_000);
+    driver.send_json(&on_board).await;
     let position = rider
         .recv_until(|m| {
             matches!(m, ServerMessage::DriverPosition { eta: Some(eta), .. } if eta.to == EtaTo::Dropoff)

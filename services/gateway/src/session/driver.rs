@@ -2,12 +2,14 @@
 //! positions, checked, labelled and handed to the [`Publisher`] for its cell's subject (and,
 //! on a trip, for the route's breadcrumbs and the rider's view of its driver).
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 use h3o::CellIndex;
 use protocol::Point;
 use protocol::bus::Position;
 use protocol::client::{Eta, EtaTo, Location, Role, ServerMessage, VehicleStatus};
-use protocol::time::now_us;
+use protocol::time::{UnixMillis, now_us};
 use protocol::trip::{TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Subjects, codec};
 use roads::eta::EtaModel;
@@ -28,10 +30,13 @@ pub(super) struct DriverSession {
     pub trip_version: i64,
     last_seq: Option<u64>,
     last_ts: i64,
-    /// The latest position taken from the driver, which its progress reports are checked
-    /// against.
-    pub last_position: Option<Point>,
+    /// The latest positions taken from the driver with their `ts`, oldest first, which its
+    /// progress reports are checked against (see [`DriverSession::position_at`]).
+    recent: VecDeque<(UnixMillis, Point)>,
 }
+
+/// Positions kept per driver for checking progress reports: a minute at one a second.
+const RECENT_POSITIONS: usize = 64;
 
 /// What a driver's session keeps of the trip it holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +69,28 @@ impl HeldTrip {
 }
 
 impl DriverSession {
+    /// Where the driver was at `ts` (its clock): the latest position taken at or before it.
+    /// `None` when every position this session took is later (the report predates the
+    /// session, made before a reconnect), so it cannot be checked. Without `ts`, the latest.
+    pub fn position_at(&self, ts: Option<UnixMillis>) -> Option<Point> {
+        match ts {
+            None => self.recent.back().map(|(_, at)| *at),
+            Some(ts) => self
+                .recent
+                .iter()
+                .rev()
+                .find(|(taken, _)| *taken <= ts)
+                .map(|(_, at)| *at),
+        }
+    }
+
+    fn remember(&mut self, ts: UnixMillis, at: Point) {
+        if self.recent.len() == RECENT_POSITIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((ts, at));
+    }
+
     fn status(&self) -> VehicleStatus {
         match (&self.trip, self.online) {
             (
@@ -198,7 +225,7 @@ impl Session {
             }
             state.last_seq = Some(location.seq);
             state.last_ts = location.ts;
-            state.last_position = Some(location.point());
+            state.remember(location.ts, location.point());
             (
                 state.status(),
                 state.vehicle_class,
@@ -374,6 +401,24 @@ mod tests {
             eta.seconds > 2 * straight.seconds,
             "{eta:?} vs {straight:?}"
         );
+    }
+
+    #[test]
+    fn a_late_report_is_checked_against_where_the_driver_was_when_it_was_made() {
+        let mut driver = DriverSession::default();
+        assert_eq!(driver.position_at(None), None);
+        let at = |i: u32| Point::new(52.52 + f64::from(i) * 0.001, 13.405);
+        for i in 0..100u32 {
+            driver.remember(1_000 + i64::from(i) * 1_000, at(i));
+        }
+        // Only the last 64 are kept: positions 36 to 99, taken at 37,000 to 100,000.
+        assert_eq!(driver.position_at(None), Some(at(99)));
+        assert_eq!(driver.position_at(Some(80_500)), Some(at(79)));
+        assert_eq!(driver.position_at(Some(80_000)), Some(at(79)));
+        assert_eq!(driver.position_at(Some(1_000_000)), Some(at(99)));
+        assert_eq!(driver.position_at(Some(37_000)), Some(at(36)));
+        // Made before the oldest position kept (or before this session): not checkable.
+        assert_eq!(driver.position_at(Some(36_999)), None);
     }
 
     #[test]

@@ -354,6 +354,12 @@ impl Session {
             _ => metrics::counter!(m::MESSAGES, "kind" => kind).increment(1),
         }
         let hello = matches!(message, client::ClientMessage::Hello { .. });
+        // When a driver's progress report says it was made, to check it against where the
+        // driver was then; its route below drops the time.
+        let reported_at = match &message {
+            client::ClientMessage::TripProgress { ts, .. } => *ts,
+            _ => None,
+        };
         if !hello && !rights::allowed(self.sender.role, &message) {
             metrics::counter!(m::FORBIDDEN, "kind" => kind).increment(1);
             self.out.control(error_text(
@@ -376,8 +382,11 @@ impl Session {
             Route::GetTrip { id, trip_id } => self.enqueue(Pending::GetTrip { id, trip_id }),
             Route::Command { id, mut command } => {
                 if let TripCommand::Progress { position, .. } = &mut command {
-                    // Checked against where the driver last said it was.
-                    *position = self.driver.lock().expect("driver lock").last_position;
+                    *position = self
+                        .driver
+                        .lock()
+                        .expect("driver lock")
+                        .position_at(reported_at);
                 }
                 self.enqueue(Pending::Command { id, kind, command })
             }

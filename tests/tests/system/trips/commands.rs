@@ -140,11 +140,34 @@ async fn a_trip_runs_its_course_with_events_in_order() {
     assert_eq!(done.state, TripState::Completed);
 
     let mut seen = Vec::new();
+    let mut told = Vec::new();
     while seen.len() < 6 {
         let event: TripEvent = next(&mut events).await;
         assert_eq!(event.trip.trip_id, id);
         seen.push(event.trip.state);
+        told.push(event);
     }
+    // Each event names who acted; a driver's reports carry where it was, how far from the
+    // stage's place, and the completion (reported at the pickup) is flagged.
+    assert_eq!(
+        (told[0].actor, told[0].actor_id.as_deref()),
+        (Actor::Rider, Some("rider-1"))
+    );
+    let arrived = &told[3];
+    assert_eq!(arrived.actor_id.as_deref(), Some("driver-1"));
+    assert_eq!(arrived.position, Some(PICKUP));
+    assert!(
+        arrived.distance_m.unwrap() < 1.0 && !arrived.flagged,
+        "{arrived:?}"
+    );
+    let completed = &told[5];
+    assert_eq!(completed.position, Some(PICKUP));
+    let far = PICKUP.distance_m(&DROPOFF);
+    assert!(
+        (completed.distance_m.unwrap() - far).abs() < 1.0,
+        "{completed:?}"
+    );
+    assert!(completed.flagged, "{completed:?}");
     assert_eq!(
         seen,
         [
