@@ -208,9 +208,7 @@ impl Zones {
                 ],
             )
             .await?;
-        bump(&tx).await?;
-        tx.commit().await?;
-        self.changed().await;
+        self.commit(tx).await?;
         Ok(zone_from_row(&row))
     }
 
@@ -248,9 +246,7 @@ impl Zones {
                 .map(|r| r.get(0));
             return Err(now.map_or(ZoneChangeError::NotFound, ZoneChangeError::Conflict));
         };
-        bump(&tx).await?;
-        tx.commit().await?;
-        self.changed().await;
+        self.commit(tx).await?;
         Ok(zone_from_row(&row))
     }
 
@@ -264,7 +260,17 @@ impl Zones {
         if deleted == 0 {
             return Err(ZoneChangeError::NotFound);
         }
-        bump(&tx).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Commits a change with the generation bumped, and puts it in force here at once.
+    async fn commit(&self, tx: deadpool_postgres::Transaction<'_>) -> Result<(), ZoneChangeError> {
+        tx.execute(
+            "UPDATE zone_generation SET generation = generation + 1 WHERE id = 1",
+            &[],
+        )
+        .await?;
         tx.commit().await?;
         self.changed().await;
         Ok(())
@@ -277,13 +283,4 @@ impl Zones {
             tracing::warn!(%error, "zones not reloaded after a change; the next poll will");
         }
     }
-}
-
-async fn bump(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE zone_generation SET generation = generation + 1 WHERE id = 1",
-        &[],
-    )
-    .await
-    .map(|_| ())
 }
