@@ -10,9 +10,11 @@ use uuid::Uuid;
 
 use crate::client::{DriverState, Role, VehicleStatus};
 use crate::error::ErrorCode;
+use crate::events::ExitReason;
 use crate::geo::Point;
 use crate::time::UnixMillis;
 use crate::trip::{Actor, TripStage, TripState, TripView, VehicleClass};
+use crate::zone::ZoneKind;
 
 /// A driver's position, published by the gateway on `{p}.loc.{region}.{cell}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,6 +181,10 @@ pub enum TripQuery {
     /// Drivers holding a non-terminal trip in these regions, and online drivers, so a fresh
     /// matcher knows who is busy.
     Drivers { regions: Vec<String> },
+    /// The zones in force, for gateways that evaluate them: nothing new when this replica's
+    /// zones are still at `known` generation; otherwise a page of them from after `after`
+    /// (by id), answered with [`QueryReply::Zones`].
+    Zones { known: i64, after: Option<Uuid> },
 }
 
 /// A driver as the trips service knows it.
@@ -202,7 +208,52 @@ pub enum QueryReply {
     Trip(Option<TripView>),
     Drivers(Vec<DriverRecord>),
     Error(CommandError),
+    /// A page of the zones at `generation` (see [`TripQuery::Zones`]); `zones` is empty and
+    /// `more` false when they are still at the generation asked about.
+    Zones {
+        generation: i64,
+        zones: Vec<ZoneRecord>,
+        more: bool,
+    },
 }
+
+/// A zone as gateways need it to evaluate positions, its geometry as GeoJSON text (the codec
+/// cannot carry free-form JSON values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZoneRecord {
+    pub zone_id: Uuid,
+    pub name: String,
+    pub kind: ZoneKind,
+    pub geometry: String,
+    pub version: i64,
+}
+
+/// What a driver did with respect to a zone, as a gateway saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ZoneTransition {
+    Enter,
+    Exit(ExitReason),
+    Dwell,
+}
+
+/// One zone event a gateway detected, sent to the trips service on `{p}.tracking.record` to
+/// be stored and published (reply: [`RecordReply`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZoneEvent {
+    pub id: Uuid,
+    pub transition: ZoneTransition,
+    pub driver_id: String,
+    pub zone_id: Uuid,
+    pub zone_name: String,
+    pub zone_kind: ZoneKind,
+    /// The driver's timestamp of the position that showed it.
+    pub at: UnixMillis,
+    pub position: Option<Point>,
+}
+
+/// The reply to a batch of [`ZoneEvent`]s: how many were new (the others repeated what was
+/// already recorded: an enter for a zone the driver is in, an exit from one it is not in).
+pub type RecordReply = Result<u32, CommandError>;
 
 /// A committed transition, published on `{p}.evt.{region}` (at least once, in commit order
 /// per trip).

@@ -7,6 +7,7 @@
 //! - [`rights`]: what each role may send, and what its commands become on the bus.
 //! - [`token`]: the signed tokens clients present at connect.
 //! - [`validate`]: the checks that decoding applies, each failure a typed [`ValidationError`].
+//! - [`events`]: the JSON events integrators receive on NATS and by webhook, and their signing.
 //! - [`zone`]: zones (named polygons with a kind), their validation and a point index.
 //!
 //! This crate depends on no service: services depend on it.
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod client;
 pub mod codec;
 pub mod error;
+pub mod events;
 pub mod geo;
 pub mod rights;
 pub mod subjects;

@@ -14,6 +14,9 @@
 //! | `{p}.presence.sync` | empty | trips, gateways, on (re)connecting | gateways (announce all their clients) |
 //! | `{p}.agg.{region}` | [`bus::CellCounts`] | matchers | gateways (zoomed-out dispatcher views) |
 //! | `{p}.crumbs` | [`bus::Position`] | gateway, for drivers on a trip | trips (route breadcrumbs) |
+//! | `{p}.tracking.record` | [`bus::ZoneEvent`]s | gateways (zone events they detect) | trips, queue group; replies [`bus::RecordReply`] |
+//! | `{p}.events.{category}.{action}` | JSON text of an [`events::Event`], such as `zone.enter` on `{p}.events.zone.enter` | trips (outbox) | integrators; the webhook queue is filled in the same transaction |
+//! | `{p}.hooks.due` | empty | trips (outbox), after queueing webhook deliveries | trips, the replica delivering webhooks |
 //!
 //! [`bus::Position`]: crate::bus::Position
 //! [`bus::RideRequest`]: crate::bus::RideRequest
@@ -26,10 +29,14 @@
 //! [`client::ServerMessage`]: crate::client::ServerMessage
 //! [`bus::CellCounts`]: crate::bus::CellCounts
 //! [`bus::Presence`]: crate::bus::Presence
+//! [`bus::ZoneEvent`]: crate::bus::ZoneEvent
+//! [`bus::RecordReply`]: crate::bus::RecordReply
+//! [`events::Event`]: crate::events::Event
 
 use h3o::CellIndex;
 
 use crate::client::Role;
+use crate::events::EventType;
 
 /// Why a prefix was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,6 +200,34 @@ impl Subjects {
     pub fn breadcrumbs(&self) -> String {
         format!("{}.crumbs", self.prefix)
     }
+
+    /// Zone events detected by gateways, to be recorded (request/reply).
+    pub fn tracking_record(&self) -> String {
+        format!("{}.tracking.record", self.prefix)
+    }
+
+    /// Integrators' events of type `kind`: `zone.enter` on `{p}.events.zone.enter`.
+    pub fn event(&self, kind: EventType) -> String {
+        format!("{}.events.{}", self.prefix, kind.as_str())
+    }
+
+    /// Every integrators' event.
+    pub fn events_all(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// Whether `subject` is one of [`Self::event`]'s.
+    pub fn is_event(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with(".events."))
+    }
+
+    /// Webhook deliveries were queued: the delivering replica looks now rather than at its
+    /// next poll.
+    pub fn hooks_due(&self) -> String {
+        format!("{}.hooks.due", self.prefix)
+    }
 }
 
 /// `{role}.{id}` of a driver or rider.
@@ -245,8 +280,16 @@ mod tests {
             s.presence_sync(),
             s.cell_counts(region),
             s.breadcrumbs(),
+            s.tracking_record(),
+            s.event(EventType::ZoneEnter),
+            s.event(EventType::TripCompleted),
+            s.events_all(),
+            s.hooks_due(),
         ];
         insta::assert_snapshot!(all.join("\n"));
+        assert!(s.is_event(&s.event(EventType::ZoneDwell)));
+        assert!(!s.is_event(&s.trip_events("x")));
+        assert!(!s.is_event("t10.events.zone.enter"));
         assert_eq!(
             s.parse_user(&s.user(Role::Rider, "rider-7")),
             Some((Role::Rider, "rider-7"))

@@ -225,6 +225,16 @@ impl ZoneIndex {
         })
     }
 
+    /// Every zone indexed, in the order given to [`Self::build`].
+    pub fn zones(&self) -> impl Iterator<Item = &Zone> {
+        self.zones.iter().map(|(zone, _)| zone)
+    }
+
+    /// Whether a zone with this id is indexed.
+    pub fn holds(&self, zone_id: Uuid) -> bool {
+        self.zones.iter().any(|(zone, _)| zone.zone_id == zone_id)
+    }
+
     /// Whether any zone is of `kind`.
     pub fn has(&self, kind: ZoneKind) -> bool {
         self.zones.iter().any(|(zone, _)| zone.kind == kind)

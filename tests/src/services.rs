@@ -126,6 +126,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         publishing: Default::default(),
         announcing: Default::default(),
         eta: std::sync::Arc::new(roads::eta::StraightLine::default()),
+        tracking: Default::default(),
     }
 }
 

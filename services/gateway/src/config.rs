@@ -95,6 +95,8 @@ pub struct Config {
     /// Estimates the ETA a rider is told with its driver's positions: the matcher's model, so
     /// a rider is told what the matcher assumed.
     pub eta: Arc<dyn EtaModel>,
+    /// How zone events are detected and sent (see [`crate::tracking`]).
+    pub tracking: crate::tracking::TrackingSettings,
 }
 
 /// A fresh gateway id: `gw-` and eight random hexadecimal digits.

@@ -15,6 +15,7 @@ pub mod publisher;
 pub mod ratelimit;
 pub mod session;
 pub mod shared;
+pub mod tracking;
 pub mod viewport;
 
 pub use config::{Config, Limits, Publishing};
@@ -109,19 +110,25 @@ pub async fn run(
     let nats = kit::bus::connect(&config.nats_url, "gateway").await?;
     let (signal_sender, signal) = tokio::sync::watch::channel(Signal::default());
     let tasks = TaskTracker::new();
+    let (tracking, zone_events) = tracking::Tracking::new(config.tracking.clone());
+    let tracking = Arc::new(tracking);
     let shared = Arc::new(Shared {
         tasks: tasks.clone(),
         bus: Bus::new(nats.clone(), config.subjects.clone()),
         nats: nats.clone(),
         signal,
         inboxes: Arc::default(),
-        riders: Arc::new(
+        directory: Arc::new(
             kit::presence::Directory::new(
                 config.subjects.clone(),
-                &[protocol::client::Role::Rider],
+                &[
+                    protocol::client::Role::Rider,
+                    protocol::client::Role::Driver,
+                ],
             )
             .of_others(&config.id),
         ),
+        tracking: tracking.clone(),
         publisher: Arc::new(publisher::Publisher::new(config.publishing.queue)),
         hot: meters::Hot::look_up(),
         config,
@@ -158,8 +165,25 @@ pub async fn run(
     ));
     tasks.spawn(kit::presence::follow(
         nats.clone(),
-        shared.riders.clone(),
+        shared.directory.clone(),
         shutdown.clone(),
+    ));
+    tasks.spawn(tracking::follow(
+        shared.bus.clone(),
+        tracking.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(tracking::sweep(
+        tracking.clone(),
+        shared.directory.clone(),
+        shutdown.clone(),
+    ));
+    // Stopped after the sessions, so the zone events of their last positions are recorded.
+    let recording_stop = CancellationToken::new();
+    let recording = tokio::spawn(tracking::record(
+        shared.bus.clone(),
+        zone_events,
+        recording_stop.clone(),
     ));
     // Stopped after the sessions, so that their leaving is announced before the gateway's.
     let announcing_stop = CancellationToken::new();
@@ -258,6 +282,8 @@ pub async fn run(
     }
     announcing_stop.cancel();
     let _ = announcing.await;
+    recording_stop.cancel();
+    let _ = recording.await;
     publishing_stop.cancel();
     let _ = publishing.await;
     nats.drain().await.context("draining nats")?;

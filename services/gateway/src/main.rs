@@ -78,6 +78,13 @@ struct Serve {
     /// as soon as it can).
     #[arg(long, env = "GATEWAY_PUBLISH_LINGER_US", default_value_t = 1_000)]
     publish_linger_us: u64,
+    /// Time inside a zone after which a driver's `zone.dwell` event is sent, seconds.
+    #[arg(long, env = "GATEWAY_ZONE_DWELL_S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    zone_dwell_s: u64,
+    /// A driver silent this long leaves the zones it was in (`zone.exit`, reason `stale`),
+    /// seconds.
+    #[arg(long, env = "GATEWAY_ZONE_STALE_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    zone_stale_s: u64,
     /// Tell riders their driver's ETA over the roads of this OpenStreetMap extract (.osm.pbf),
     /// the one the matchers rank by; straight-line estimates when not given.
     #[arg(long, env = "GATEWAY_ROADS")]
@@ -179,6 +186,11 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             ..Default::default()
         },
         announcing: Default::default(),
+        tracking: gateway::tracking::TrackingSettings {
+            dwell: Duration::from_secs(args.zone_dwell_s),
+            stale_after: Duration::from_secs(args.zone_stale_s),
+            ..Default::default()
+        },
         eta: kit::cli::or_exit(roads::eta::load(
             args.roads.as_deref(),
             "telling riders ETAs",

@@ -26,6 +26,14 @@ kit::meters! {
     /// (targeted: on this gateway's subject; broadcast: on every client's) and `outcome`
     /// (delivered, forwarded: the client left, sent on to every gateway; not_here).
     counter CLIENT_MESSAGES = "gateway_client_messages_total" [];
+    /// Zone events detected, by `type` (zone.enter, zone.exit, zone.dwell).
+    counter ZONE_EVENTS = "gateway_zone_events_total" [type = "zone.enter"];
+    /// Zone events dropped because the queue to the trips service was full.
+    counter ZONE_EVENTS_DROPPED = "gateway_zone_events_dropped_total";
+    /// Batches of zone events the trips service did not take (retried).
+    counter ZONE_RECORD_FAILURES = "gateway_zone_record_failures_total";
+    /// Zones in force in this gateway.
+    gauge ZONES = "gateway_zones";
     /// Publications handed to the NATS client together (see `publisher`).
     histogram PUBLISH_BATCH = "gateway_publish_batch_size";
     /// Time from a trip's change being committed (its `updated_at`) to its update reaching this

@@ -29,8 +29,11 @@ pub struct Shared {
     pub signal: tokio::sync::watch::Receiver<Signal>,
     /// Where each client's messages go.
     pub inboxes: Arc<inbox::Inboxes>,
-    /// Which gateway holds each rider, so a driver's position goes to its rider's gateway.
-    pub riders: Arc<kit::presence::Directory>,
+    /// Which gateway holds each rider (so a driver's position goes to its rider's gateway)
+    /// and each driver (so a driver that moved to another gateway is left to it).
+    pub directory: Arc<kit::presence::Directory>,
+    /// The zones and the drivers' places in them.
+    pub tracking: Arc<crate::tracking::Tracking>,
     /// Where sessions hand their positions for NATS.
     pub publisher: Arc<publisher::Publisher>,
     /// The metrics every position moves.

@@ -66,6 +66,11 @@ impl Directory {
         self
     }
 
+    /// The subjects it addresses messages with.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
     /// Takes in one announcement.
     pub fn apply(&self, presence: &Presence, now: Instant) {
         if self.own.as_deref() == Some(presence.gateway.as_str()) {

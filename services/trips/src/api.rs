@@ -1,5 +1,6 @@
 //! The HTTP JSON API for dashboards and operators: trip history, one trip's timeline and route,
-//! and the zones (listed, created, replaced and deleted). Every request needs a dispatcher
+//! the zones (listed, created, replaced and deleted), and the webhooks (registered, listed,
+//! deleted, their dead letters listed and delivered again). Every request needs a dispatcher
 //! token (`Authorization: Bearer ...`).
 
 use axum::extract::rejection::JsonRejection;
@@ -7,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use protocol::client::Role;
@@ -20,12 +21,14 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::meters as m;
 use crate::rows::{TRIP_COLUMNS, trip_from_row};
+use crate::webhooks::{DeadLetter, Webhook, WebhookError, WebhookSpec, Webhooks};
 use crate::zones::{ZoneChangeError, Zones};
 
 #[derive(Clone)]
 struct ApiState {
     pool: Pool,
     zones: Zones,
+    webhooks: Webhooks,
     token_secret: std::sync::Arc<[u8]>,
 }
 
@@ -388,11 +391,119 @@ async fn delete_zone(
     Ok(StatusCode::NO_CONTENT)
 }
 
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        match error {
+            WebhookError::Invalid(_) | WebhookError::Destination(_) => {
+                bad_request(error.to_string())
+            }
+            WebhookError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such webhook",
+            ),
+            WebhookError::TooMany => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, error.to_string())
+            }
+            WebhookError::Store(error) => error.into(),
+        }
+    }
+}
+
+fn webhook_id(text: &str) -> Result<Uuid, ApiError> {
+    text.parse()
+        .map_err(|_| bad_request("webhook id is not a UUID"))
+}
+
+async fn list_webhooks(State(state): State<ApiState>) -> Result<Json<Vec<Webhook>>, ApiError> {
+    Ok(Json(state.webhooks.list().await?))
+}
+
+async fn create_webhook(
+    State(state): State<ApiState>,
+    body: Result<Json<WebhookSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<Webhook>), ApiError> {
+    let Json(spec) = body.map_err(refused_body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.webhooks.create(&spec).await?),
+    ))
+}
+
+async fn get_webhook(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Webhook>, ApiError> {
+    Ok(Json(state.webhooks.get(webhook_id(&id)?).await?))
+}
+
+async fn delete_webhook(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.webhooks.delete(webhook_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadFilter {
+    /// At most this many, oldest first (default 100, at most 1,000).
+    limit: Option<i64>,
+}
+
+async fn dead_letters(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(filter): Query<DeadFilter>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_request("limit must be between 1 and 1000"));
+    }
+    Ok(Json(
+        state.webhooks.dead_letters(webhook_id(&id)?, limit).await?,
+    ))
+}
+
+/// Which dead letters to deliver again: those named, or all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Redeliver {
+    #[serde(default)]
+    delivery_ids: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Requeued {
+    requeued: u64,
+}
+
+async fn redeliver(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<Redeliver>, JsonRejection>,
+) -> Result<Json<Requeued>, ApiError> {
+    let id = webhook_id(&id)?;
+    // An empty body redelivers all.
+    let only = match body {
+        Ok(Json(Redeliver { delivery_ids })) => delivery_ids,
+        Err(JsonRejection::MissingJsonContentType(_)) => None,
+        Err(rejection) => return Err(refused_body(rejection)),
+    };
+    if only.as_ref().is_some_and(|ids| ids.len() > 10_000) {
+        return Err(bad_request("at most 10000 delivery ids at once"));
+    }
+    let requeued = state.webhooks.redeliver(id, only.as_deref()).await?;
+    Ok(Json(Requeued { requeued }))
+}
+
 /// The API routes, each behind dispatcher authentication.
-pub fn routes(pool: Pool, zones: Zones, token_secret: &[u8]) -> Router {
+pub fn routes(pool: Pool, zones: Zones, webhooks: Webhooks, token_secret: &[u8]) -> Router {
     let state = ApiState {
         pool,
         zones,
+        webhooks,
         token_secret: token_secret.into(),
     };
     Router::new()
@@ -403,6 +514,13 @@ pub fn routes(pool: Pool, zones: Zones, token_secret: &[u8]) -> Router {
             "/api/zones/{zone_id}",
             get(get_zone).put(update_zone).delete(delete_zone),
         )
+        .route("/api/webhooks", get(list_webhooks).post(create_webhook))
+        .route(
+            "/api/webhooks/{webhook_id}",
+            get(get_webhook).delete(delete_webhook),
+        )
+        .route("/api/webhooks/{webhook_id}/dead", get(dead_letters))
+        .route("/api/webhooks/{webhook_id}/redeliver", post(redeliver))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(count_requests))
@@ -415,6 +533,8 @@ async fn count_requests(request: Request, next: Next) -> Response {
         "/api/trips" => "trips",
         "/api/zones" => "zones",
         path if path.starts_with("/api/zones/") => "zone",
+        "/api/webhooks" => "webhooks",
+        path if path.starts_with("/api/webhooks/") => "webhook",
         _ => "trip",
     };
     let response = next.run(request).await;

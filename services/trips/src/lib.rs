@@ -5,7 +5,9 @@
 //! decided by the state machine in [`machine`] and written in one statement guarded by the
 //! trip's version; what it publishes goes through
 //! the [`outbox`], so a crash after commit loses no event. A sweeper keeps every request moving
-//! until it reaches a terminal state. [`api`] serves history over HTTP.
+//! until it reaches a terminal state. [`api`] serves history, zones and webhooks over HTTP.
+//! Gateways send the zone events they detect on `{p}.tracking.record` ([`tracking`]);
+//! integrators' events are delivered to [`webhooks`].
 
 pub mod api;
 pub mod breadcrumbs;
@@ -20,6 +22,8 @@ mod queries;
 pub mod rows;
 pub mod store;
 pub mod sweep;
+pub mod tracking;
+pub mod webhooks;
 mod writer;
 pub mod zones;
 
@@ -29,7 +33,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use kit::Readiness;
-use protocol::bus::{CommandError, QueryReply, TripCommand, TripQuery, TripReply};
+use protocol::bus::{
+    CommandError, QueryReply, RecordReply, TripCommand, TripQuery, TripReply, ZoneEvent,
+};
 use protocol::{ErrorCode, GeoConfig, Subjects, codec};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -59,6 +65,9 @@ pub struct Config {
     pub migrate: bool,
     /// Where trips may start and end; anywhere when absent.
     pub service_area: Option<Arc<protocol::area::ServiceArea>>,
+    /// Internal addresses webhooks may be delivered to (none by default).
+    pub webhook_destinations: webhooks::policy::Destinations,
+    pub webhook_delivery: webhooks::deliver::DeliverySettings,
 }
 
 impl Config {
@@ -82,6 +91,8 @@ impl Config {
             max_in_flight: 512,
             migrate: true,
             service_area: None,
+            webhook_destinations: Default::default(),
+            webhook_delivery: Default::default(),
         }
     }
 }
@@ -175,6 +186,12 @@ pub async fn run(
     let crumbs = nats
         .queue_subscribe(config.subjects.breadcrumbs(), config.subjects.trips_queue())
         .await?;
+    let zone_events = nats
+        .queue_subscribe(
+            config.subjects.tracking_record(),
+            config.subjects.trips_queue(),
+        )
+        .await?;
     // Readiness follows the connection; make sure the server has our subscriptions first.
     let _ = nats.flush().await;
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
@@ -192,10 +209,19 @@ pub async fn run(
         queries,
         nats.clone(),
         store.clone(),
-        limit,
+        limit.clone(),
         stop_intake.clone(),
         tasks.clone(),
         Handler::Query,
+    ));
+    tasks.spawn(serve(
+        zone_events,
+        nats.clone(),
+        store.clone(),
+        limit,
+        stop_intake.clone(),
+        tasks.clone(),
+        Handler::Record,
     ));
     let background = CancellationToken::new();
     tasks.spawn(kit::bus::track_readiness(
@@ -233,6 +259,14 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
+    tasks.spawn(webhooks::deliver::run(
+        pool.clone(),
+        nats.clone(),
+        config.subjects.clone(),
+        config.webhook_destinations.clone(),
+        config.webhook_delivery.clone(),
+        background.clone(),
+    ));
     tasks.spawn(store.zones().clone().follow(background.clone()));
     tasks.spawn(sweep::run(
         store.clone(),
@@ -245,8 +279,14 @@ pub async fn run(
         stop_intake.clone(),
     ));
 
-    let app = api::routes(pool.clone(), store.zones().clone(), &config.token_secret)
-        .merge(kit::http::operator_routes(readiness));
+    let hooks = webhooks::Webhooks::new(pool.clone(), config.webhook_destinations.clone());
+    let app = api::routes(
+        pool.clone(),
+        store.zones().clone(),
+        hooks,
+        &config.token_secret,
+    )
+    .merge(kit::http::operator_routes(readiness));
     tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
     tracing::info!(prefix = config.subjects.prefix(), "trips service running");
 
@@ -274,6 +314,8 @@ pub async fn run(
 enum Handler {
     Command,
     Query,
+    /// Zone events from gateways.
+    Record,
 }
 
 async fn serve(
@@ -301,6 +343,7 @@ async fn serve(
             let what = match handler {
                 Handler::Command => "command",
                 Handler::Query => "query",
+                Handler::Record => "zone_events",
             };
             metrics::counter!(meters::STALE_REQUESTS, "subject" => what).increment(1);
             tracing::warn!(
@@ -328,6 +371,24 @@ async fn serve(
                 Handler::Query => match codec::decode::<TripQuery>(&message.payload) {
                     Ok(query) => codec::encode(&store.query(query).await),
                     Err(error) => codec::encode(&QueryReply::Error(malformed("query", error))),
+                },
+                Handler::Record => match codec::decode::<Vec<ZoneEvent>>(&message.payload) {
+                    Ok(events) if events.len() > tracking::MAX_BATCH => {
+                        codec::encode(&RecordReply::Err(CommandError::new(
+                            ErrorCode::TooLarge,
+                            "too many zone events in one batch",
+                        )))
+                    }
+                    Ok(events) => {
+                        let recorded =
+                            tracking::record(store.pool(), store.subjects(), &events).await;
+                        if matches!(recorded, Ok(n) if n > 0) {
+                            store.outbox_ready().notify_one();
+                        }
+                        let reply: RecordReply = recorded.map_err(StoreError::into_command_error);
+                        codec::encode(&reply)
+                    }
+                    Err(error) => codec::encode(&RecordReply::Err(malformed("zone_events", error))),
                 },
             };
             if let Err(error) = nats.publish(reply_to, reply.into()).await {

@@ -50,9 +50,26 @@ struct Args {
     /// Most vertices a zone may have; larger zones are refused when drawn.
     #[arg(long, env = "TRIPS_MAX_ZONE_VERTICES", default_value_t = protocol::zone::DEFAULT_MAX_VERTICES)]
     max_zone_vertices: usize,
+    /// Internal networks webhooks may be delivered to, comma-separated (`127.0.0.1/32,10.0.0.0/8`);
+    /// loopback, private and link-local addresses are refused unless named here.
+    #[arg(long, env = "TRIPS_WEBHOOK_ALLOW", default_value = "", value_parser = destinations)]
+    webhook_allow: trips::webhooks::policy::Destinations,
+    /// How long one webhook request may take, seconds.
+    #[arg(long, env = "TRIPS_WEBHOOK_TIMEOUT_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    webhook_timeout_s: u64,
+    /// How long a webhook delivery is retried before it is a dead letter, hours.
+    #[arg(long, env = "TRIPS_WEBHOOK_RETRY_H", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+    webhook_retry_h: u64,
+    /// Webhook requests in flight per endpoint.
+    #[arg(long, env = "TRIPS_WEBHOOK_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    webhook_concurrency: u64,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
+}
+
+fn destinations(s: &str) -> Result<trips::webhooks::policy::Destinations, String> {
+    trips::webhooks::policy::Destinations::parse(s)
 }
 
 /// A radius in metres: a positive number.
@@ -80,6 +97,10 @@ async fn main() -> anyhow::Result<()> {
     };
     config.breadcrumb_retention = Duration::from_secs(args.breadcrumb_retention_h * 3600);
     config.migrate = !args.no_migrate;
+    config.webhook_destinations = args.webhook_allow.clone();
+    config.webhook_delivery.timeout = Duration::from_secs(args.webhook_timeout_s);
+    config.webhook_delivery.max_age = Duration::from_secs(args.webhook_retry_h * 3600);
+    config.webhook_delivery.concurrency = args.webhook_concurrency as usize;
     if let Some(path) = &args.service_area {
         let area = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))

@@ -1,10 +1,12 @@
 //! What a transition publishes, built as pure functions of the trip before and after: the
 //! event for matchers and dashboards, the messages for the rider's and driver's inboxes, and
-//! the request again for matchers when the trip is back to searching. They are written to the
+//! the request again for matchers when the trip is back to searching, and the JSON event for
+//! integrators. They are written to the
 //! outbox by the statement that writes the transition, and published after commit.
 
 use protocol::bus::{DriverStatus, RideRequest, TripEvent};
 use protocol::client::{Role, ServerMessage};
+use protocol::events::{Event, EventType};
 use protocol::trip::{Actor, TripState};
 use protocol::{Subjects, codec};
 
@@ -16,6 +18,15 @@ use crate::progress::Checked;
 pub struct Outgoing {
     pub subject: String,
     pub payload: Vec<u8>,
+}
+
+/// An event for integrators, as JSON on its subject (the outbox also queues its webhook
+/// deliveries).
+pub fn public_event(subjects: &Subjects, event: &Event) -> Outgoing {
+    Outgoing {
+        subject: subjects.event(event.kind),
+        payload: event.to_json().into_bytes(),
+    }
 }
 
 /// A server message for one client's inbox.
@@ -61,11 +72,27 @@ pub fn event_messages(
         flagged: checked.flagged,
         at: trip.view.updated_at,
     };
+    let public = Event {
+        id: format!("trip-event-{event_id}"),
+        kind: EventType::of_trip(trip.view.state),
+        at: trip.view.updated_at,
+        driver_id: trip.view.driver_id.clone(),
+        zone: None,
+        position: checked.position,
+        reason: None,
+        trip: Some(trip.view.clone()),
+        from,
+        actor: Some(actor),
+        actor_id: actor_id.map(str::to_owned),
+        distance_m: checked.distance_m,
+        flagged: checked.flagged,
+    };
     vec![
         Outgoing {
             subject: subjects.trip_events(&trip.view.region),
             payload: codec::encode(&event),
         },
+        public_event(subjects, &public),
         to_user(
             subjects,
             Role::Rider,
@@ -207,6 +234,7 @@ mod tests {
             subjects_of(&out),
             [
                 format!("t.evt.{region}").as_str(),
+                "t.events.trip.requested",
                 "t.user.rider.r1",
                 "t.user.driver.d1",
                 format!("t.req.{region}").as_str(),
@@ -214,7 +242,15 @@ mod tests {
         );
         let event: TripEvent = codec::decode(&out[0].payload).unwrap();
         assert_eq!((event.event_id, event.from), (41, Some(TripState::Offered)));
-        let request: RideRequest = codec::decode(&out[3].payload).unwrap();
+        let public: Event = serde_json::from_slice(&out[1].payload).unwrap();
+        assert_eq!(public.id, "trip-event-41");
+        assert_eq!(public.from, Some(TripState::Offered));
+        assert_eq!(public.actor_id.as_deref(), Some("d1"));
+        assert_eq!(
+            public.ordering_key(),
+            format!("trip:{}", before.view.trip_id)
+        );
+        let request: RideRequest = codec::decode(&out[4].payload).unwrap();
         assert_eq!(request.excluded_drivers, ["d1"]);
     }
 
@@ -235,8 +271,8 @@ mod tests {
             &Checked::default(),
             42,
         );
-        assert_eq!(out.len(), 3, "{:?}", subjects_of(&out));
-        let to_driver: ServerMessage = serde_json::from_slice(&out[2].payload).unwrap();
+        assert_eq!(out.len(), 4, "{:?}", subjects_of(&out));
+        let to_driver: ServerMessage = serde_json::from_slice(&out[3].payload).unwrap();
         assert!(
             matches!(to_driver, ServerMessage::TripUpdate { trip } if trip.state == TripState::Accepted)
         );

@@ -38,6 +38,22 @@ kit::meters! {
     gauge ZONES = "trips_zones";
     /// Zones created, changed or deleted through this process.
     counter ZONE_CHANGES = "trips_zone_changes_total";
+    /// Zone events from gateways, by `type` and `outcome` (`recorded`, or `repeated` when it
+    /// repeated what was known and was dropped).
+    counter ZONE_EVENTS = "trips_zone_events_total" [type = "zone.enter", outcome = "recorded"];
+    /// Webhook deliveries queued by the outbox.
+    counter WEBHOOKS_QUEUED = "trips_webhook_queued_total";
+    /// Webhook attempts, by `outcome`: `delivered`, `failed` (to be retried) or `dead`.
+    counter WEBHOOK_DELIVERIES = "trips_webhook_deliveries_total" [outcome = "delivered"];
+    /// From an event to its delivery to an endpoint, for delivered events.
+    histogram WEBHOOK_LAG = "trips_webhook_delivery_lag_seconds";
+    /// One webhook request, answered or not.
+    histogram WEBHOOK_ATTEMPT_DURATION = "trips_webhook_attempt_duration_seconds";
+    /// Deliveries waiting (retries included), and dead, measured by the delivering replica.
+    gauge WEBHOOK_BACKLOG = "trips_webhook_backlog";
+    gauge WEBHOOK_DEAD = "trips_webhook_dead";
+    /// 1 while this replica delivers webhooks.
+    gauge WEBHOOK_LEADER = "trips_webhook_leader";
     /// HTTP API requests, by `route` and `status`.
     counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
 }

@@ -7,7 +7,8 @@
 //! commit order; rows are deleted in the same transaction once the NATS server has read them
 //! (a [`Receipts`] round trip on the same connection, not only a flush: the bytes of a flush
 //! die in the kernel's buffers when the server has silently gone), so a crash or a lost server
-//! at any point means re-publishing, never losing.
+//! at any point means re-publishing, never losing. The integrators' events among them are
+//! queued for their webhooks in the same transaction ([`crate::webhooks::queue`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,27 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StoreError;
+use crate::messages::Outgoing;
 use crate::meters as m;
+
+/// Writes `out` as one outbox row in the transaction `tx`, to be published after it commits.
+pub(crate) async fn enqueue(
+    tx: &impl deadpool_postgres::GenericClient,
+    out: Vec<Outgoing>,
+) -> Result<(), StoreError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
+        out.into_iter().map(|o| (o.subject, o.payload)).unzip();
+    tx.execute(
+        &tx.prepare_cached("INSERT INTO outbox (subjects, payloads) VALUES ($1, $2)")
+            .await?,
+        &[&subjects, &payloads],
+    )
+    .await?;
+    Ok(())
+}
 
 const BATCH: i64 = 500;
 /// The advisory lock a replica holds, for one transaction, while it publishes.
@@ -56,6 +77,7 @@ pub async fn publish_batch(
         return Ok(0);
     }
     let mut messages = 0;
+    let mut events = Vec::new();
     let now = std::time::Instant::now();
     let nats = receipts.client();
     let mark = receipts.mark();
@@ -64,6 +86,9 @@ pub async fn publish_batch(
             let subjects: Vec<String> = row.get(1);
             let payloads: Vec<Vec<u8>> = row.get(2);
             for (subject, payload) in subjects.into_iter().zip(payloads) {
+                if directory.subjects().is_event(&subject) {
+                    events.push(payload.clone());
+                }
                 nats.publish(directory.route(subject, now), payload.into())
                     .await?;
                 messages += 1;
@@ -86,9 +111,16 @@ pub async fn publish_batch(
         }
     }
     let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    // Queued with the rows' deletion: every event published is also queued for its webhooks.
+    let queued = crate::webhooks::queue(&tx, &events).await?;
     tx.execute(&delete, &[&ids]).await?;
     tx.commit().await?;
     metrics::counter!(m::OUTBOX_PUBLISHED).increment(messages);
+    if queued > 0 {
+        let _ = nats
+            .publish(directory.subjects().hooks_due(), bytes::Bytes::new())
+            .await;
+    }
     Ok(ids.len())
 }
 

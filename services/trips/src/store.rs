@@ -112,7 +112,7 @@ impl Store {
     pub fn new(pool: Pool, geo: GeoConfig, subjects: Subjects, settings: StoreSettings) -> Self {
         Self {
             writer: Writer::start(pool.clone(), settings.writers, settings.write_batch),
-            zones: Zones::new(pool.clone(), settings.max_zone_vertices),
+            zones: Zones::new(pool.clone(), settings.max_zone_vertices, subjects.clone()),
             pool,
             geo,
             area: None,
@@ -569,17 +569,6 @@ impl Store {
         tx: &impl GenericClient,
         out: Vec<Outgoing>,
     ) -> Result<(), StoreError> {
-        if out.is_empty() {
-            return Ok(());
-        }
-        let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
-            out.into_iter().map(|o| (o.subject, o.payload)).unzip();
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO outbox (subjects, payloads) VALUES ($1, $2)")
-                .await?,
-            &[&subjects, &payloads],
-        )
-        .await?;
-        Ok(())
+        crate::outbox::enqueue(tx, out).await
     }
 }

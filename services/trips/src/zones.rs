@@ -4,14 +4,17 @@
 //! Every change bumps `zone_generation` in its transaction. Each process reads that one row
 //! every [`Zones::POLL`] and reloads the zones when it moved, so a change made through any
 //! replica is in force in every replica within about a second, with no restart; the replica
-//! that made it reloads at once.
+//! that made it reloads at once. Gateways, which evaluate zones for their drivers' positions,
+//! are sent them from memory in pages ([`Zones::page`]); deleting a zone records the exits of
+//! the drivers inside.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use protocol::bus::{CommandError, QueryReply, ZoneRecord};
 use protocol::zone::{Zone, ZoneError, ZoneIndex, ZoneKind, ZoneSpec};
-use protocol::{ErrorCode, Point};
+use protocol::{ErrorCode, Point, Subjects};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -60,11 +63,16 @@ impl From<deadpool_postgres::PoolError> for ZoneChangeError {
     }
 }
 
+/// About how much zone geometry one page of [`Zones::page`] carries: well under NATS's
+/// default largest message (1 MiB), a zone of the most vertices allowed included.
+const PAGE_BYTES: usize = 256 * 1024;
+
 /// The zones as this process holds them, and how to change them.
 #[derive(Debug, Clone)]
 pub struct Zones {
     pool: Pool,
     max_vertices: usize,
+    subjects: Subjects,
     current: Arc<RwLock<(i64, Arc<ZoneIndex>)>>,
 }
 
@@ -72,10 +80,11 @@ impl Zones {
     /// How often the generation is read.
     pub const POLL: Duration = Duration::from_millis(500);
 
-    pub fn new(pool: Pool, max_vertices: usize) -> Self {
+    pub fn new(pool: Pool, max_vertices: usize, subjects: Subjects) -> Self {
         Self {
             pool,
             max_vertices,
+            subjects,
             current: Arc::new(RwLock::new((-1, Arc::default()))),
         }
     }
@@ -83,6 +92,48 @@ impl Zones {
     /// The zones in force.
     pub fn index(&self) -> Arc<ZoneIndex> {
         self.current.read().expect("zones lock").1.clone()
+    }
+
+    /// A page of the zones in force for a gateway (see [`TripQuery::Zones`]), from memory.
+    ///
+    /// [`TripQuery::Zones`]: protocol::bus::TripQuery::Zones
+    pub fn page(&self, known: i64, after: Option<Uuid>) -> QueryReply {
+        let (generation, index) = self.current.read().expect("zones lock").clone();
+        if generation < 0 {
+            return QueryReply::Error(CommandError::new(
+                ErrorCode::Unavailable,
+                "zones not loaded yet",
+            ));
+        }
+        let mut zones = Vec::new();
+        let mut more = false;
+        if generation != known || after.is_some() {
+            let mut bytes = 0;
+            // Loaded in id order, so a page resumes after the last id of the one before.
+            for zone in index
+                .zones()
+                .filter(|zone| after.is_none_or(|after| zone.zone_id > after))
+            {
+                if bytes >= PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                let geometry = zone.geometry.to_string();
+                bytes += geometry.len() + zone.name.len() + 64;
+                zones.push(ZoneRecord {
+                    zone_id: zone.zone_id,
+                    name: zone.name.clone(),
+                    kind: zone.kind,
+                    geometry,
+                    version: zone.version,
+                });
+            }
+        }
+        QueryReply::Zones {
+            generation,
+            zones,
+            more,
+        }
     }
 
     /// Why a trip from `pickup` to `dropoff` may not be taken, if it may not.
@@ -254,12 +305,21 @@ impl Zones {
     pub async fn delete(&self, zone_id: Uuid) -> Result<(), ZoneChangeError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let deleted = tx
-            .execute("DELETE FROM zones WHERE zone_id = $1", &[&zone_id])
-            .await?;
-        if deleted == 0 {
+        let Some(deleted) = tx
+            .query_opt(
+                "DELETE FROM zones WHERE zone_id = $1 RETURNING name, kind",
+                &[&zone_id],
+            )
+            .await?
+        else {
             return Err(ZoneChangeError::NotFound);
-        }
+        };
+        let kind = ZoneKind::parse(deleted.get(1)).unwrap_or(ZoneKind::Watch);
+        // Whoever was inside has left it.
+        let exits =
+            crate::tracking::exits_of_deleted(&tx, &self.subjects, (zone_id, deleted.get(0), kind))
+                .await?;
+        crate::outbox::enqueue(&tx, exits).await?;
         self.commit(tx).await?;
         Ok(())
     }

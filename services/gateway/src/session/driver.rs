@@ -191,7 +191,7 @@ impl Session {
                 .gateway_user(&shared.config.id, Role::Rider, rider);
         }
         shared
-            .riders
+            .directory
             .subject(Role::Rider, rider, std::time::Instant::now())
     }
 
@@ -233,6 +233,11 @@ impl Session {
                 state.trip.clone(),
             )
         };
+        // Zones are evaluated for every position taken, whether or not NATS takes it now:
+        // their events are queued and recorded once the trips service answers.
+        shared
+            .tracking
+            .observe(&self.sender.id, location.point(), location.ts);
         if shared.nats.connection_state() != async_nats::connection::State::Connected {
             metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
             if location.id.is_some() {

@@ -1,0 +1,429 @@
+//! Sends the queued webhook deliveries, one replica at a time.
+//!
+//! The replica holding a session advisory lock delivers; when its connection to PostgreSQL
+//! goes (a failover, a partition), the lock goes with it and another replica takes over.
+//! Each endpoint has a worker of its own, so a slow, failing or hanging endpoint only ever
+//! holds up itself. A worker keeps up to [`DeliverySettings::concurrency`] requests in
+//! flight, each for a different ordering key (a driver, a trip), and sends only the oldest
+//! delivery of each key: one key's events arrive in order. A failed attempt is retried with
+//! jittered exponential backoff; one still failing [`DeliverySettings::max_age`] after it was
+//! queued is marked dead, and the key's later deliveries go on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use protocol::Subjects;
+use protocol::events::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::policy::Destinations;
+use crate::error::StoreError;
+use crate::meters as m;
+
+/// The advisory lock the delivering replica holds for as long as it delivers.
+pub const DELIVERY_LOCK: i64 = 0x686f_6f6b_73;
+
+/// How deliveries are sent and retried.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// How long one request may take, connecting included.
+    pub timeout: Duration,
+    /// How long a delivery is retried before it is dead.
+    pub max_age: Duration,
+    /// The first retry's delay, doubled each time up to `max_backoff` (each less up to half,
+    /// at random).
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Requests in flight per endpoint.
+    pub concurrency: usize,
+    /// How often the queue is looked at without a nudge.
+    pub poll: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_age: Duration::from_secs(24 * 3600),
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(600),
+            concurrency: 4,
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The delay before the attempt after `attempts` failed ones.
+    pub fn backoff(&self, attempts: i32) -> Duration {
+        let doubled = self
+            .base_backoff
+            .saturating_mul(1u32 << attempts.clamp(0, 20) as u32);
+        let capped = doubled.min(self.max_backoff);
+        capped.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+/// An endpoint as its worker needs it.
+#[derive(Debug, Clone, PartialEq)]
+struct Endpoint {
+    id: Uuid,
+    url: String,
+    secret: String,
+}
+
+/// The oldest waiting delivery of one ordering key.
+#[derive(Debug)]
+struct Due {
+    delivery_id: i64,
+    event_id: String,
+    key: String,
+    body: String,
+    event_at_ms: i64,
+    /// Attempts made before this one.
+    attempts: i32,
+}
+
+/// What became of one attempt.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    Failed(String),
+}
+
+/// Delivers until `stop`, whenever this replica holds the delivery lock.
+pub async fn run(
+    pool: Pool,
+    nats: async_nats::Client,
+    subjects: Subjects,
+    destinations: Destinations,
+    settings: DeliverySettings,
+    stop: CancellationToken,
+) {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(destinations.resolver())
+        .connect_timeout(settings.timeout)
+        .user_agent(concat!("dispatch-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "no HTTP client for webhooks; they are not delivered");
+            return;
+        }
+    };
+    // Nudges from the outbox of every replica, counted so each worker sees them all.
+    let (due_tx, due_rx) = watch::channel(0u64);
+    let nudges = match nats.subscribe(subjects.hooks_due()).await {
+        Ok(subscription) => Some(subscription),
+        Err(error) => {
+            tracing::warn!(%error, "no webhook nudges; polling only");
+            None
+        }
+    };
+    if let Some(mut nudges) = nudges {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    message = nudges.next() => match message {
+                        Some(_) => { due_tx.send_modify(|n| *n += 1); }
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+    let delivery = Delivery {
+        pool,
+        client,
+        destinations,
+        settings: Arc::new(settings),
+        due: due_rx,
+    };
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(error) = delivery.lead(&stop).await {
+            tracing::debug!(%error, "webhook delivery lock not held");
+        }
+        metrics::gauge!(m::WEBHOOK_LEADER).set(0.0);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    pool: Pool,
+    client: reqwest::Client,
+    destinations: Destinations,
+    settings: Arc<DeliverySettings>,
+    due: watch::Receiver<u64>,
+}
+
+impl Delivery {
+    /// Takes the lock if it is free and delivers while it is held; returns at once when
+    /// another replica holds it.
+    async fn lead(&self, stop: &CancellationToken) -> Result<(), StoreError> {
+        let holder = self.pool.get().await?;
+        let got: bool = holder
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&DELIVERY_LOCK])
+            .await?
+            .get(0);
+        if !got {
+            return Ok(());
+        }
+        tracing::info!("this replica delivers webhooks");
+        metrics::gauge!(m::WEBHOOK_LEADER).set(1.0);
+        let mut workers: HashMap<Uuid, (Endpoint, CancellationToken)> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // The lock lives as long as this connection: a failed check means it may be gone.
+            let alive =
+                tokio::time::timeout(Duration::from_secs(2), holder.simple_query("SELECT 1"))
+                    .await
+                    .is_ok_and(|answer| answer.is_ok());
+            if !alive {
+                tracing::warn!("lost the connection holding the webhook lock; stepping down");
+                break;
+            }
+            let endpoints = match self.endpoints().await {
+                Ok(endpoints) => endpoints,
+                Err(error) => {
+                    tracing::warn!(%error, "webhook endpoints not read");
+                    continue;
+                }
+            };
+            workers.retain(|id, (endpoint, cancel)| {
+                let keep = endpoints.get(id) == Some(endpoint);
+                if !keep {
+                    cancel.cancel();
+                }
+                keep
+            });
+            for (id, endpoint) in endpoints {
+                if workers.contains_key(&id) {
+                    continue;
+                }
+                let cancel = stop.child_token();
+                tasks.spawn(self.clone().work(endpoint.clone(), cancel.clone()));
+                workers.insert(id, (endpoint, cancel));
+            }
+            self.measure().await;
+        }
+        for (_, cancel) in workers.values() {
+            cancel.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
+        let _ = holder
+            .query_one("SELECT pg_advisory_unlock($1)", &[&DELIVERY_LOCK])
+            .await;
+        Ok(())
+    }
+
+    async fn endpoints(&self) -> Result<HashMap<Uuid, Endpoint>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT endpoint_id, url, secret FROM webhook_endpoints",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                let endpoint = Endpoint {
+                    id: row.get(0),
+                    url: row.get(1),
+                    secret: row.get(2),
+                };
+                (endpoint.id, endpoint)
+            })
+            .collect())
+    }
+
+    /// Records how many deliveries wait and how many are dead.
+    async fn measure(&self) {
+        let Ok(client) = self.pool.get().await else {
+            return;
+        };
+        if let Ok(row) = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT dead), count(*) FILTER (WHERE dead) \
+                 FROM webhook_deliveries",
+                &[],
+            )
+            .await
+        {
+            metrics::gauge!(m::WEBHOOK_BACKLOG).set(row.get::<_, i64>(0) as f64);
+            metrics::gauge!(m::WEBHOOK_DEAD).set(row.get::<_, i64>(1) as f64);
+        }
+    }
+
+    /// Delivers one endpoint's queue until `stop`.
+    async fn work(self, endpoint: Endpoint, stop: CancellationToken) {
+        let mut due = self.due.clone();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut attempts: JoinSet<(Due, Outcome, Duration)> = JoinSet::new();
+        let mut nudged = true;
+        loop {
+            // Each wake-up (an attempt done, a nudge, the poll) looks for more to send.
+            if in_flight.len() < self.settings.concurrency {
+                match self.next_due(endpoint.id, &in_flight).await {
+                    Ok(ready) => {
+                        for delivery in ready {
+                            in_flight.insert(delivery.key.clone());
+                            attempts.spawn(self.clone().attempt(endpoint.clone(), delivery));
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "webhook queue not read"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    if let Ok((delivery, outcome, took)) = done {
+                        in_flight.remove(&delivery.key);
+                        self.record(&delivery, outcome, took).await;
+                    }
+                }
+                changed = due.changed(), if nudged => {
+                    // When the nudges stop, polling goes on.
+                    nudged = changed.is_ok();
+                }
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+        // Attempts in flight are let go: their deliveries stay queued and are sent again by
+        // whoever delivers next (a receiver de-duplicates on the event id).
+        attempts.abort_all();
+    }
+
+    /// The oldest ready delivery of each ordering key not already in flight, oldest first.
+    async fn next_due(
+        &self,
+        endpoint: Uuid,
+        in_flight: &HashSet<String>,
+    ) -> Result<Vec<Due>, StoreError> {
+        let client = self.pool.get().await?;
+        let busy: Vec<&str> = in_flight.iter().map(String::as_str).collect();
+        let room = (self.settings.concurrency - in_flight.len()) as i64;
+        let statement = client
+            .prepare_cached(
+                "SELECT delivery_id, event_id, ordering_key, body, \
+                   (extract(epoch from event_at) * 1000)::int8, attempts \
+                 FROM (SELECT DISTINCT ON (ordering_key) * FROM webhook_deliveries \
+                       WHERE endpoint_id = $1 AND NOT dead \
+                       ORDER BY ordering_key, delivery_id) heads \
+                 WHERE next_attempt_at <= now() AND NOT (ordering_key = ANY($2::text[])) \
+                 ORDER BY delivery_id LIMIT $3",
+            )
+            .await?;
+        Ok(client
+            .query(&statement, &[&endpoint, &busy, &room])
+            .await?
+            .iter()
+            .map(|row| Due {
+                delivery_id: row.get(0),
+                event_id: row.get(1),
+                key: row.get(2),
+                body: row.get(3),
+                event_at_ms: row.get(4),
+                attempts: row.get(5),
+            })
+            .collect())
+    }
+
+    /// One request: the event signed with the endpoint's secret.
+    async fn attempt(self, endpoint: Endpoint, delivery: Due) -> (Due, Outcome, Duration) {
+        let started = std::time::Instant::now();
+        // An address in the URL is checked here; a name, by the client's resolver.
+        if let Err(refused) = self.destinations.check_form(&endpoint.url) {
+            let outcome = Outcome::Failed(refused.to_string());
+            return (delivery, outcome, started.elapsed());
+        }
+        let now_s = protocol::time::now_ms() / 1000;
+        let signature = events::sign(endpoint.secret.as_bytes(), now_s, delivery.body.as_bytes());
+        let sent = self
+            .client
+            .post(&endpoint.url)
+            .timeout(self.settings.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(ID_HEADER, &delivery.event_id)
+            .header(TIMESTAMP_HEADER, now_s.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(delivery.body.clone())
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(response) if response.status().is_success() => Outcome::Delivered,
+            Ok(response) => Outcome::Failed(format!("answered {}", response.status().as_u16())),
+            Err(error) if error.is_timeout() => Outcome::Failed("timed out".into()),
+            Err(error) if error.is_connect() => Outcome::Failed("could not connect".into()),
+            Err(error) => {
+                tracing::debug!(%error, "webhook request failed");
+                Outcome::Failed("the request failed".into())
+            }
+        };
+        (delivery, outcome, started.elapsed())
+    }
+
+    /// Deletes a delivered row, or schedules the next attempt (or the dead letter).
+    async fn record(&self, delivery: &Due, outcome: Outcome, took: Duration) {
+        metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(took);
+        let result = async {
+            let client = self.pool.get().await?;
+            match outcome {
+                Outcome::Delivered => {
+                    client
+                        .execute(
+                            "DELETE FROM webhook_deliveries WHERE delivery_id = $1",
+                            &[&delivery.delivery_id],
+                        )
+                        .await?;
+                    let lag_ms = (protocol::time::now_ms() - delivery.event_at_ms).max(0);
+                    metrics::histogram!(m::WEBHOOK_LAG).record(lag_ms as f64 / 1000.0);
+                    metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => "delivered").increment(1);
+                }
+                Outcome::Failed(reason) => {
+                    let wait_ms = self.settings.backoff(delivery.attempts).as_millis() as i64;
+                    let max_age_ms = self.settings.max_age.as_millis() as i64;
+                    let dead: Option<bool> = client
+                        .query_opt(
+                            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $2, \
+                             next_attempt_at = now() + $3 * interval '1 millisecond', \
+                             dead = now() - queued_at > $4 * interval '1 millisecond' \
+                             WHERE delivery_id = $1 RETURNING dead",
+                            &[&delivery.delivery_id, &reason, &wait_ms, &max_age_ms],
+                        )
+                        .await?
+                        .map(|row| row.get(0));
+                    let outcome = if dead == Some(true) { "dead" } else { "failed" };
+                    metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+                }
+            }
+            Ok::<_, StoreError>(())
+        };
+        if let Err(error) = result.await {
+            // The row stays as it was and is attempted again.
+            tracing::warn!(%error, "webhook delivery not recorded");
+        }
+    }
+}
