@@ -1,7 +1,8 @@
 //! The harness every system test uses: real `nats-server` processes on free ports (killed on
 //! drop, restartable, able to form a cluster), a fresh PostgreSQL database per test with the
 //! migrations applied (dropped afterwards), a unique subject prefix per test, the services
-//! started in-process, and waiting for conditions with a deadline.
+//! started in-process, a webhook receiver ([`hooks`]), and waiting for conditions with a
+//! deadline.
 //!
 //! Where the servers come from: `NATS_SERVER_BIN` (or `nats-server` on the PATH, or
 //! `/usr/sbin/nats-server`) and `DISPATCH_TEST_DATABASE_URL` (or `DATABASE_URL`, or
@@ -9,6 +10,7 @@
 //! server fails the test loudly; nothing is skipped.
 
 pub mod client;
+pub mod hooks;
 pub mod nats;
 pub mod pg;
 pub mod process;

@@ -12,4 +12,5 @@ mod matcher;
 mod scaleout;
 mod sessions;
 mod simulator;
+mod tracking;
 mod trips;

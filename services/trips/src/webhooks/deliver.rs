@@ -283,9 +283,13 @@ impl Delivery {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut attempts: JoinSet<(Due, Outcome, Duration)> = JoinSet::new();
         let mut nudged = true;
+        // After an attempt whose outcome could not be written, nothing is sent until then.
+        let mut hold_until = tokio::time::Instant::now();
         loop {
             // Each wake-up (an attempt done, a nudge, the poll) looks for more to send.
-            if in_flight.len() < self.settings.concurrency {
+            if in_flight.len() < self.settings.concurrency
+                && tokio::time::Instant::now() >= hold_until
+            {
                 match self.next_due(endpoint.id, &in_flight).await {
                     Ok(ready) => {
                         for delivery in ready {
@@ -301,7 +305,9 @@ impl Delivery {
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
                     if let Ok((delivery, outcome, took)) = done {
                         in_flight.remove(&delivery.key);
-                        self.record(&delivery, outcome, took).await;
+                        if !self.record(&delivery, outcome, took).await {
+                            hold_until = tokio::time::Instant::now() + self.settings.poll;
+                        }
                     }
                 }
                 changed = due.changed(), if nudged => {
@@ -385,8 +391,9 @@ impl Delivery {
         (delivery, outcome, started.elapsed())
     }
 
-    /// Deletes a delivered row, or schedules the next attempt (or the dead letter).
-    async fn record(&self, delivery: &Due, outcome: Outcome, took: Duration) {
+    /// Deletes a delivered row, or schedules the next attempt (or the dead letter); `false`
+    /// when that could not be written.
+    async fn record(&self, delivery: &Due, outcome: Outcome, took: Duration) -> bool {
         metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(took);
         let result = async {
             let client = self.pool.get().await?;
@@ -403,13 +410,13 @@ impl Delivery {
                     metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => "delivered").increment(1);
                 }
                 Outcome::Failed(reason) => {
-                    let wait_ms = self.settings.backoff(delivery.attempts).as_millis() as i64;
-                    let max_age_ms = self.settings.max_age.as_millis() as i64;
+                    let wait_ms = self.settings.backoff(delivery.attempts).as_secs_f64() * 1000.0;
+                    let max_age_ms = self.settings.max_age.as_secs_f64() * 1000.0;
                     let dead: Option<bool> = client
                         .query_opt(
                             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $2, \
-                             next_attempt_at = now() + $3 * interval '1 millisecond', \
-                             dead = now() - queued_at > $4 * interval '1 millisecond' \
+                             next_attempt_at = now() + $3::float8 * interval '1 millisecond', \
+                             dead = now() - queued_at > $4::float8 * interval '1 millisecond' \
                              WHERE delivery_id = $1 RETURNING dead",
                             &[&delivery.delivery_id, &reason, &wait_ms, &max_age_ms],
                         )
@@ -421,9 +428,13 @@ impl Delivery {
             }
             Ok::<_, StoreError>(())
         };
-        if let Err(error) = result.await {
-            // The row stays as it was and is attempted again.
-            tracing::warn!(%error, "webhook delivery not recorded");
+        match result.await {
+            Ok(()) => true,
+            Err(error) => {
+                // The row stays as it was and is attempted again, after a pause.
+                tracing::warn!(%error, "webhook delivery not recorded");
+                false
+            }
         }
     }
 }

@@ -1,0 +1,481 @@
+//! Tracking: zone events detected by the gateway from real drivers' positions, recorded by the
+//! trips service, published on NATS and delivered to webhooks (signed, in order, retried,
+//! dead-lettered and redelivered), and webhook URLs checked when registered.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use protocol::client::Role;
+use protocol::events::{self, Event, EventType, ExitReason};
+use protocol::time::now_ms;
+use protocol::{GeoConfig, Point, Subjects};
+use serde_json::{Value, json};
+use simulator::{Scenario, Settings};
+use tests::client::{Client, token};
+use tests::hooks::{Mode, Receiver};
+use tests::services::{
+    Running, TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_matcher,
+    start_trips, trips_config, wait_ready,
+};
+use tests::{NatsServer, Patience, TestDb, eventually, unique_prefix};
+use tokio::sync::watch;
+use trips::webhooks::policy::Destinations;
+
+const CENTER: Point = Point::new(52.52, 13.405);
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A square of `half` degrees either side of `at`.
+fn square(at: Point, half: f64) -> Value {
+    let (w, e, s, n) = (at.lng - half, at.lng + half, at.lat - half, at.lat + half);
+    json!({"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]})
+}
+
+fn dispatcher() -> String {
+    token(Role::Dispatcher, "ops")
+}
+
+/// Sends `request` and returns the status and the JSON body (null when there is none).
+async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A trips service that delivers to loopback receivers and retries quickly.
+fn trips_for_hooks(db: &TestDb, nats: &NatsServer, prefix: &str) -> trips::Config {
+    let mut config = trips_config(&db.url, &nats.url(), prefix);
+    config.webhook_destinations = Destinations::parse("127.0.0.1/32").unwrap();
+    config.webhook_delivery.base_backoff = Duration::from_millis(50);
+    config.webhook_delivery.max_backoff = Duration::from_millis(500);
+    config.webhook_delivery.timeout = Duration::from_secs(3);
+    config.webhook_delivery.poll = Duration::from_millis(100);
+    config
+}
+
+/// Registers `receiver` for `types` through the API and tells it the secret; returns the id
+/// and the secret.
+async fn register(trips: &Running, receiver: &Receiver, types: &[&str]) -> (String, String) {
+    let (status, hook) = call(
+        reqwest::Client::new()
+            .post(format!("http://{}/api/webhooks", trips.http))
+            .bearer_auth(dispatcher())
+            .json(&json!({"url": receiver.url(), "event_types": types, "description": "test"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.len() >= 32, "{hook}");
+    receiver.set_secret(&secret);
+    (hook["endpoint_id"].as_str().unwrap().to_owned(), secret)
+}
+
+/// Every event published on `{p}.events.>`, in the order received.
+async fn collect_events(nats: &NatsServer, subjects: &Subjects) -> watch::Receiver<Vec<Event>> {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut subscription = client.subscribe(subjects.events_all()).await.unwrap();
+    client.flush().await.unwrap();
+    let (sender, receiver) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(message) = subscription.next().await {
+            let event: Event = serde_json::from_slice(&message.payload).unwrap();
+            sender.send_modify(|events| events.push(event));
+        }
+    });
+    receiver
+}
+
+/// Waits until `events` holds at least `n`, or `patience` passes.
+async fn at_least(events: &mut watch::Receiver<Vec<Event>>, n: usize, patience: Duration) -> bool {
+    tokio::time::timeout(patience, events.wait_for(|e| e.len() >= n))
+        .await
+        .is_ok()
+}
+
+/// One driver's zone events, as (type, exit reason, zone id).
+fn zone_steps(events: &[Event], driver: &str) -> Vec<(EventType, Option<ExitReason>, String)> {
+    events
+        .iter()
+        .filter(|e| e.driver_id.as_deref() == Some(driver) && e.zone.is_some())
+        .map(|e| {
+            (
+                e.kind,
+                e.reason,
+                e.zone.as_ref().unwrap().zone_id.to_string(),
+            )
+        })
+        .collect()
+}
+
+struct Driver {
+    client: Client,
+    seq: u64,
+}
+
+impl Driver {
+    /// Reports `at` and waits for the gateway's ack.
+    async fn at(&mut self, at: Point) {
+        self.seq += 1;
+        let id = 1000 + self.seq;
+        self.client
+            .send_json(
+                &json!({"type": "location", "id": id, "lat": at.lat, "lng": at.lng,
+                               "ts": now_ms(), "seq": self.seq + 1}),
+            )
+            .await;
+        self.client.ack_for(id).await;
+    }
+
+    /// Reports `at` until `events` holds `n`, as it does once the gateway has the zones that
+    /// make `at` an event.
+    async fn until(
+        &mut self,
+        at: Point,
+        events: &mut watch::Receiver<Vec<Event>>,
+        n: usize,
+        what: &'static str,
+    ) {
+        let patience = Patience::new(what, PATIENCE);
+        loop {
+            self.at(at).await;
+            if at_least(events, n, Duration::from_millis(250)).await {
+                return;
+            }
+            patience.check();
+        }
+    }
+}
+
+#[tokio::test]
+async fn zone_events_reach_nats_and_webhooks_once_per_crossing() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let subjects = Subjects::new(&prefix).unwrap();
+    let trips = start_trips(trips_for_hooks(&db, &nats, &prefix)).await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.tracking.dwell = Duration::from_secs(3);
+    config.tracking.stale_after = Duration::from_secs(2);
+    config.tracking.reload_every = Duration::from_millis(200);
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+    let receiver = Receiver::start(Mode::Up).await;
+    let (hook, secret) = register(
+        &trips,
+        &receiver,
+        &["zone.enter", "zone.exit", "zone.dwell"],
+    )
+    .await;
+    let mut events = collect_events(&nats, &subjects).await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}/api/zones", trips.http);
+
+    let half = 0.002;
+    let (status, zone) =
+        call(http.post(&api).bearer_auth(dispatcher()).json(
+            &json!({"name": "Forecourt", "kind": "watch", "geometry": square(CENTER, half)}),
+        ))
+        .await;
+    assert_eq!(status, 201, "{zone}");
+    let zone_a = zone["zone_id"].as_str().unwrap().to_owned();
+
+    let outside = Point::new(CENTER.lat, CENTER.lng + 0.01);
+    let edge = CENTER.lng + half;
+    // Within a metre either side of the east edge.
+    let (in_edge, out_edge) = (
+        Point::new(CENTER.lat, edge - 0.000_01),
+        Point::new(CENTER.lat, edge + 0.000_01),
+    );
+    let mut driver = Driver {
+        client: Client::driver_online_at(gateway.ws, &token(Role::Driver, "d1"), outside).await,
+        seq: 1,
+    };
+    driver
+        .until(CENTER, &mut events, 1, "the first enter")
+        .await;
+    // Zig-zagging on the edge: every crossing is one event.
+    for _ in 0..6 {
+        driver.at(out_edge).await;
+        driver.at(in_edge).await;
+    }
+    assert!(
+        at_least(&mut events, 13, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+    // Staying inside, reporting as drivers do: one dwell.
+    driver.until(in_edge, &mut events, 14, "the dwell").await;
+
+    // Redrawn elsewhere while the driver is inside: it has left; drawn back, it is in again.
+    let zone_url = format!("{api}/{zone_a}");
+    let moved = json!({"name": "Forecourt", "kind": "watch",
+                       "geometry": square(Point::new(CENTER.lat + 0.05, CENTER.lng), half)});
+    let (status, _) = call(http.put(&zone_url).bearer_auth(dispatcher()).json(&moved)).await;
+    assert_eq!(status, 200);
+    driver
+        .until(in_edge, &mut events, 15, "the exit from the redrawn zone")
+        .await;
+    let back = json!({"name": "Forecourt", "kind": "watch", "geometry": square(CENTER, half)});
+    let (status, _) = call(http.put(&zone_url).bearer_auth(dispatcher()).json(&back)).await;
+    assert_eq!(status, 200);
+    driver
+        .until(
+            in_edge,
+            &mut events,
+            16,
+            "the enter into the zone drawn back",
+        )
+        .await;
+
+    // Deleted while the driver is inside: one exit, from the deletion.
+    let (status, _) = call(http.delete(&zone_url).bearer_auth(dispatcher())).await;
+    assert_eq!(status, 204);
+    assert!(
+        at_least(&mut events, 17, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+    // Into another zone: its enter comes after whatever the gateway sent of the deleted one.
+    let east = Point::new(CENTER.lat, CENTER.lng + 0.02);
+    let (status, zone) = call(
+        http.post(&api)
+            .bearer_auth(dispatcher())
+            .json(&json!({"name": "Rank", "kind": "queue", "geometry": square(east, half)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{zone}");
+    let zone_b = zone["zone_id"].as_str().unwrap().to_owned();
+    driver
+        .until(east, &mut events, 18, "the enter into the second zone")
+        .await;
+
+    // Gone silent inside it (here: disconnected): it leaves once stale.
+    drop(driver);
+    assert!(
+        at_least(&mut events, 19, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+
+    use EventType::{ZoneDwell as Dwell, ZoneEnter as Enter, ZoneExit as Exit};
+    let a = || zone_a.clone();
+    let mut expected = vec![(Enter, None, a())];
+    for _ in 0..6 {
+        expected.push((Exit, Some(ExitReason::Left), a()));
+        expected.push((Enter, None, a()));
+    }
+    expected.extend([
+        (Dwell, None, a()),
+        (Exit, Some(ExitReason::Left), a()),
+        (Enter, None, a()),
+        (Exit, Some(ExitReason::ZoneDeleted), a()),
+        (Enter, None, zone_b.clone()),
+        (Exit, Some(ExitReason::Stale), zone_b.clone()),
+    ]);
+    let published = events.borrow().clone();
+    assert_eq!(zone_steps(&published, "d1"), expected);
+    let b = published
+        .iter()
+        .find(|e| e.zone.as_ref().unwrap().zone_id.to_string() == zone_b)
+        .unwrap();
+    assert_eq!(b.zone.as_ref().unwrap().name, "Rank");
+    assert!(b.position.is_some_and(|p| (p.lng - east.lng).abs() < 1e-9));
+
+    // The webhook got the same events, in the same order, each signed.
+    let wanted = published.len();
+    let delivered = eventually("every zone event delivered", PATIENCE, || {
+        let accepted = receiver.accepted();
+        async move { (accepted.len() >= wanted).then_some(accepted) }
+    })
+    .await;
+    let ids: Vec<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
+    let sent: Vec<&str> = published.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, sent);
+    assert_eq!(receiver.forged(), 0);
+    let (_, hooks) = call(
+        http.get(format!("http://{}/api/webhooks", trips.http))
+            .bearer_auth(dispatcher()),
+    )
+    .await;
+    assert!(
+        hooks[0].get("secret").is_none(),
+        "the secret is shown once: {hooks}"
+    );
+    assert_eq!(hooks[0]["endpoint_id"], hook.as_str());
+    assert_eq!(
+        (hooks[0]["pending"].as_i64(), hooks[0]["dead"].as_i64()),
+        (Some(0), Some(0)),
+        "{hooks}"
+    );
+    // A receiver's check of the signature fails for a body changed on the way.
+    let first = &delivered[0];
+    let mut tampered = first.body.clone();
+    let at = tampered.iter().position(|b| *b == b'd').unwrap();
+    tampered[at] = b'D';
+    assert_eq!(
+        events::verify(
+            secret.as_bytes(),
+            first.timestamp,
+            &first.signature,
+            &tampered,
+            first.timestamp,
+            300
+        ),
+        Err(events::VerifyError::Mismatch)
+    );
+}
+
+#[tokio::test]
+async fn webhooks_are_checked_when_registered_and_dead_letters_can_be_redelivered() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let mut config = trips_for_hooks(&db, &nats, &prefix);
+    // Given up on quickly, so the dead letter comes within the test.
+    config.webhook_delivery.max_age = Duration::from_secs(1);
+    let trips = start_trips(config).await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}/api/webhooks", trips.http);
+
+    // Who may register: dispatchers only.
+    let body = json!({"url": "http://127.0.0.1:9/hook"});
+    let (status, _) = call(http.post(&api).json(&body)).await;
+    assert_eq!(status, 401);
+    for role in [Role::Rider, Role::Driver] {
+        let (status, refused) =
+            call(http.post(&api).bearer_auth(token(role, "x")).json(&body)).await;
+        assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")));
+    }
+    // What may be registered: each refusal says what to fix, and nothing is stored.
+    for (body, says) in [
+        (json!({"url": "http://10.0.0.1/hook"}), "allow-list"),
+        (
+            json!({"url": "http://169.254.169.254/latest/meta-data"}),
+            "allow-list",
+        ),
+        (json!({"url": "http://[::1]:9/hook"}), "allow-list"),
+        (json!({"url": "ftp://127.0.0.1/hook"}), "http and https"),
+        (json!({"url": "http://user:pw@127.0.0.1/hook"}), "user name"),
+        (json!({"url": "not a url"}), "does not parse"),
+        (
+            json!({"url": "http://127.0.0.1:9/", "event_types": ["zone.teleport"]}),
+            "unknown event type",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "secret": "short"}),
+            "16 to 256",
+        ),
+        (
+            json!({"url": "http://127.0.0.1:9/", "headers": {"x": 1}}),
+            "unknown field",
+        ),
+        (json!({"url": 7}), "invalid type"),
+    ] {
+        let (status, refused) = call(http.post(&api).bearer_auth(dispatcher()).json(&body)).await;
+        assert_eq!(status, 400, "{body}: {refused}");
+        assert!(
+            refused["message"].as_str().unwrap().contains(says),
+            "{body}: {refused}"
+        );
+        assert!(
+            !refused["message"].as_str().unwrap().contains("tokio"),
+            "{refused}"
+        );
+    }
+    let (status, refused) = call(
+        http.post(&api)
+            .bearer_auth(dispatcher())
+            .header("content-type", "application/json")
+            .body("{\"url\": "),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (400, Some("invalid_message"))
+    );
+    let (status, listed) = call(http.get(&api).bearer_auth(dispatcher())).await;
+    assert_eq!((status, listed), (200, json!([])));
+    for path in ["not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+        let (status, _) = call(http.get(format!("{api}/{path}")).bearer_auth(dispatcher())).await;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+    }
+
+    // A receiver that keeps failing: the delivery is retried, then dead.
+    let receiver = Receiver::start(Mode::Failing).await;
+    let (hook, _) = register(&trips, &receiver, &["trip.requested"]).await;
+    let bus = kit::Bus::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        Subjects::new(&prefix).unwrap(),
+    );
+    let create = protocol::bus::TripCommand::CreateTrip {
+        rider_id: "r1".into(),
+        idempotency_key: "k1".into(),
+        pickup: CENTER,
+        dropoff: Point::new(52.5, 13.45),
+        vehicle_class: None,
+        min_capacity: None,
+    };
+    let trip = bus.command(&create, PATIENCE).await.unwrap().trip.unwrap();
+    let dead_url = format!("{api}/{hook}/dead");
+    let dead = eventually("the delivery given up", PATIENCE, || {
+        let request = http.get(&dead_url).bearer_auth(dispatcher());
+        async move {
+            let (_, dead) = call(request).await;
+            (dead.as_array().is_some_and(|d| d.len() == 1)).then_some(dead)
+        }
+    })
+    .await;
+    let letter = &dead[0];
+    assert_eq!(letter["event_type"], "trip.requested");
+    assert_eq!(letter["last_error"], "answered 503");
+    assert!(letter["attempts"].as_i64().unwrap() >= 2, "{letter}");
+    assert_eq!(letter["event"]["trip"]["trip_id"], trip.trip_id.to_string());
+    assert!(receiver.attempts() >= 2);
+    assert!(receiver.accepted().is_empty());
+
+    // Redelivered once the receiver is back: delivered, and no longer dead.
+    receiver.set_mode(Mode::Up);
+    let (status, requeued) = call(
+        http.post(format!("{api}/{hook}/redeliver"))
+            .bearer_auth(dispatcher()),
+    )
+    .await;
+    assert_eq!(
+        (status, requeued["requeued"].as_u64()),
+        (200, Some(1)),
+        "{requeued}"
+    );
+    let delivered = eventually("the redelivery", PATIENCE, || {
+        let accepted = receiver.accepted();
+        async move { (!accepted.is_empty()).then_some(accepted) }
+    })
+    .await;
+    assert_eq!(delivered[0].id, letter["event_id"].as_str().unwrap());
+    assert_eq!(
+        delivered[0].event.trip.as_ref().unwrap().trip_id,
+        trip.trip_id
+    );
+    let (_, dead) = call(http.get(&dead_url).bearer_auth(dispatcher())).await;
+    assert_eq!(dead, json!([]));
+    let (status, requeued) = call(
+        http.post(format!("{api}/{hook}/redeliver"))
+            .bearer_auth(dispatcher())
+            .json(&json!({"delivery_ids": [letter["delivery_id"]]})),
+    )
+    .await;
+    assert_eq!((status, requeued["requeued"].as_u64()), (200, Some(0)));
+
+    let (status, _) = call(
+        http.delete(format!("{api}/{hook}"))
+            .bearer_auth(dispatcher()),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call(http.get(format!("{api}/{hook}")).bearer_auth(dispatcher())).await;
+    assert_eq!(status, 404);
+}
