@@ -102,6 +102,30 @@ pub(crate) fn polygons(value: &Value, out: &mut Vec<Polygon>) -> Result<(), Area
     Ok(())
 }
 
+/// The polygons of a GeoJSON file (a Polygon, MultiPolygon, Feature or FeatureCollection of
+/// them) as one MultiPolygon geometry, as a zone holds it.
+pub fn multipolygon(text: &str) -> Result<Value, AreaError> {
+    let value: Value = serde_json::from_str(text)?;
+    let mut shapes = Vec::new();
+    polygons(&value, &mut shapes)?;
+    let ring = |line: &LineString| -> Value {
+        Value::Array(
+            line.coords()
+                .map(|c| Value::Array(vec![c.x.into(), c.y.into()]))
+                .collect(),
+        )
+    };
+    let coordinates: Vec<Value> = shapes
+        .iter()
+        .map(|shape| {
+            let mut rings = vec![ring(shape.exterior())];
+            rings.extend(shape.interiors().iter().map(ring));
+            Value::Array(rings)
+        })
+        .collect();
+    Ok(serde_json::json!({"type": "MultiPolygon", "coordinates": coordinates}))
+}
+
 impl ServiceArea {
     /// Reads a GeoJSON polygon (or several) and covers it with cells at `resolution`.
     pub fn from_geojson(text: &str, resolution: Resolution) -> Result<Self, AreaError> {

@@ -63,8 +63,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Whether to apply migrations at startup.
     pub migrate: bool,
-    /// Where trips may start and end; anywhere when absent.
-    pub service_area: Option<Arc<protocol::area::ServiceArea>>,
+    /// The `SERVICE_AREA` file's polygons (a GeoJSON MultiPolygon), made the service area zone
+    /// at startup.
+    pub service_area: Option<serde_json::Value>,
     /// Internal addresses webhooks may be delivered to (none by default).
     pub webhook_destinations: webhooks::policy::Destinations,
     pub webhook_delivery: webhooks::deliver::DeliverySettings,
@@ -153,14 +154,19 @@ pub async fn run(
     }
     let pool = db::pool(&config.database_url, &config.pool)?;
     let nats = kit::bus::connect(&config.nats_url, "trips").await?;
-    let mut store = Store::new(
+    let store = Store::new(
         pool.clone(),
         config.geo,
         config.subjects.clone(),
         config.store.clone(),
     );
     if let Some(area) = &config.service_area {
-        store = store.with_service_area(area.clone());
+        // Every replica does this; only a changed file changes the zone.
+        store
+            .zones()
+            .ensure_service_area(area)
+            .await
+            .context("making the service area file a zone")?;
     }
 
     // Requests are checked against the zones from the first one on.

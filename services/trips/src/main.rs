@@ -39,6 +39,7 @@ struct Args {
     #[arg(long, default_value_t = 720)]
     breadcrumb_retention_h: u64,
     /// GeoJSON polygon of the service area; trips starting or ending outside it are refused.
+    /// It becomes the zone "Service area", which dispatchers see and may redraw.
     #[arg(long, env = "SERVICE_AREA")]
     service_area: Option<std::path::PathBuf>,
     /// Drivers reporting `arrived` farther than this from the pickup are refused, metres.
@@ -104,13 +105,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.service_area {
         let area = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))
-            .and_then(|text| {
-                Ok(protocol::area::ServiceArea::from_geojson(
-                    &text,
-                    h3o::Resolution::Eight,
-                )?)
-            });
-        config.service_area = Some(std::sync::Arc::new(kit::cli::or_exit(area)));
+            .and_then(|text| Ok(protocol::area::multipolygon(&text)?));
+        config.service_area = Some(kit::cli::or_exit(area));
     }
 
     let http = tokio::net::TcpListener::bind(args.http).await?;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool};
-use protocol::area::ServiceArea;
 use protocol::bus::{CommandError, DriverStatus, TripCommand, TripOutcome, TripReply};
 use protocol::time::now_ms;
 use protocol::trip::{Actor, TripState, TripView, VehicleClass};
@@ -93,8 +92,6 @@ impl EventIds {
 pub struct Store {
     pub(crate) pool: Pool,
     geo: GeoConfig,
-    /// Where pickups and dropoffs are accepted; anywhere when absent.
-    area: Option<Arc<ServiceArea>>,
     pub(crate) subjects: Subjects,
     pub(crate) settings: StoreSettings,
     pub(crate) outbox_ready: Arc<Notify>,
@@ -115,19 +112,12 @@ impl Store {
             zones: Zones::new(pool.clone(), settings.max_zone_vertices, subjects.clone()),
             pool,
             geo,
-            area: None,
             subjects,
             trips: Arc::new(quick_cache::sync::Cache::new(settings.cached_trips.max(1))),
             settings,
             outbox_ready: Arc::new(Notify::new()),
             event_ids: Arc::default(),
         }
-    }
-
-    /// Refuses trips whose pickup or dropoff lies outside `area`.
-    pub fn with_service_area(mut self, area: Arc<ServiceArea>) -> Self {
-        self.area = Some(area);
-        self
     }
 
     pub fn pool(&self) -> &Pool {
@@ -223,16 +213,6 @@ impl Store {
         self.geo
             .region_of(dropoff)
             .map_err(|e| err(ErrorCode::InvalidCoordinates, &e.to_string()))?;
-        if let Some(area) = &self.area {
-            for (what, point) in [("pickup", pickup), ("dropoff", dropoff)] {
-                if !area.contains(point) {
-                    return Err(err(
-                        ErrorCode::OutsideServiceArea,
-                        &format!("{what} lies outside the service area"),
-                    ));
-                }
-            }
-        }
         // Taken before a connection: a new block of ids needs a connection of its own.
         let event_id = self.event_ids.next(&self.pool).await?;
         let client = self.pool.get().await?;

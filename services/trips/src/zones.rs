@@ -15,6 +15,7 @@ use deadpool_postgres::Pool;
 use protocol::bus::{CommandError, QueryReply, ZoneRecord};
 use protocol::zone::{Zone, ZoneError, ZoneIndex, ZoneKind, ZoneSpec};
 use protocol::{ErrorCode, Point, Subjects};
+use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -237,6 +238,46 @@ impl Zones {
             .await?
             .as_ref()
             .map(zone_from_row))
+    }
+
+    /// The zone the `SERVICE_AREA` file becomes.
+    pub const SERVICE_AREA_ID: Uuid = Uuid::from_u128(0x5e41_ce0a_4ea0);
+
+    /// Makes `geometry` (the `SERVICE_AREA` file's) the service area zone
+    /// [`Self::SERVICE_AREA_ID`], creating it or redrawing it when the file changed; a zone
+    /// like any other from then on.
+    pub async fn ensure_service_area(&self, geometry: &Value) -> Result<(), ZoneChangeError> {
+        let spec = ZoneSpec {
+            name: "Service area".into(),
+            kind: ZoneKind::ServiceArea,
+            geometry: geometry.clone(),
+            metadata: serde_json::json!({"source": "SERVICE_AREA"}),
+        };
+        spec.validate(self.max_vertices)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let changed = tx
+            .execute(
+                "INSERT INTO zones (zone_id, name, kind, geometry, metadata) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (zone_id) DO UPDATE SET kind = EXCLUDED.kind, \
+                   geometry = EXCLUDED.geometry, version = zones.version + 1, updated_at = now() \
+                 WHERE zones.geometry IS DISTINCT FROM EXCLUDED.geometry \
+                   OR zones.kind IS DISTINCT FROM EXCLUDED.kind",
+                &[
+                    &Self::SERVICE_AREA_ID,
+                    &spec.name,
+                    &spec.kind.as_str(),
+                    &spec.geometry,
+                    &spec.metadata,
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Ok(());
+        }
+        tracing::info!("the service area file is in force as a zone");
+        self.commit(tx).await
     }
 
     /// Stores a new zone.

@@ -3,7 +3,6 @@
 //! dead-lettered and redelivered), and webhook URLs checked when registered.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -533,7 +532,7 @@ async fn a_receiver_down_for_60_s_under_load_gets_every_event_in_order_and_a_han
     }
     a.stop();
     let a_down_at = tokio::time::Instant::now();
-    let mut events = collect_events(&nats, &subjects).await;
+    let events = collect_events(&nats, &subjects).await;
     // The northern half of the city is watched, so drivers cross its edge.
     let north = json!({"type": "Polygon", "coordinates": [[
         [13.37, 52.52], [13.44, 52.52], [13.44, 52.54], [13.37, 52.54], [13.37, 52.52]]]});

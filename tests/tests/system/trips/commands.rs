@@ -299,13 +299,39 @@ async fn wrong_actors_and_invalid_transitions_write_nothing() {
 
 #[tokio::test]
 async fn trips_outside_the_service_area_are_refused() {
-    let area = protocol::area::ServiceArea::from_geojson(
-        r#"{"type": "Polygon", "coordinates": [[[13.30, 52.45], [13.50, 52.45], [13.50, 52.58],
-            [13.30, 52.58], [13.30, 52.45]]]}"#,
-        h3o::Resolution::Eight,
+    // The file's polygon becomes a service area zone, which a restart leaves as it is.
+    let area = protocol::area::multipolygon(
+        r#"{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[13.30, 52.45],
+            [13.50, 52.45], [13.50, 52.58], [13.30, 52.58], [13.30, 52.45]]]}}"#,
     )
     .unwrap();
-    let f = Fixture::start_with(|c| c.service_area = Some(std::sync::Arc::new(area))).await;
+    let mut f = Fixture::start_with(|c| c.service_area = Some(area.clone())).await;
+    let prefix = f.subjects().prefix().to_owned();
+    let mut again = trips_config(&f.db.url, &f._nats.url(), &prefix);
+    again.service_area = Some(area);
+    let again = start_trips(again).await;
+    f.trips.take().unwrap().stop().await.unwrap();
+    let dispatcher = Claims {
+        role: Role::Dispatcher,
+        sub: "ops".into(),
+        exp: now_ms() / 1000 + 600,
+        name: None,
+    };
+    let zones: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("http://{}/api/zones", again.http))
+        .bearer_auth(token::mint(TOKEN_SECRET, &dispatcher).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(zones.len(), 1, "{zones:?}");
+    assert_eq!(
+        (zones[0]["kind"].as_str(), zones[0]["version"].as_i64()),
+        (Some("service_area"), Some(1))
+    );
+    assert_eq!(zones[0]["geometry"]["type"], "MultiPolygon");
     f.create("rider-1", "inside").await;
     for (pickup, dropoff) in [
         (Point::new(48.85, 2.35), DROPOFF),
@@ -324,7 +350,7 @@ async fn trips_outside_the_service_area_are_refused() {
         let error = reply.unwrap_err();
         assert_eq!(error.code, ErrorCode::OutsideServiceArea);
         assert!(
-            error.message.contains("outside the service area"),
+            error.message.contains("outside every service area"),
             "{}",
             error.message
         );
