@@ -55,6 +55,9 @@ pub struct RideRequest {
     pub deadline: UnixMillis,
     /// How many times the request has been published (1 on creation).
     pub attempt: u32,
+    /// For a pickup in a queue zone: the driver at the head of its queue (not excluded), to
+    /// be offered the trip before any other.
+    pub queue_head: Option<String>,
 }
 
 /// A command to the trips service on `{p}.trips.cmd`; the reply is a [`TripReply`].

@@ -534,6 +534,16 @@ pub enum ServerMessage {
         resolution: u8,
         cells: Vec<CellAggregate>,
     },
+    /// Driver: its place in a queue zone (an airport or station rank), sent whenever the
+    /// queue changes; `place` 0 means it is no longer in the queue.
+    QueuePlace {
+        zone_id: Uuid,
+        zone_name: String,
+        /// 1 for the head of the queue.
+        place: u32,
+        /// Drivers waiting in the queue.
+        length: u32,
+    },
 }
 
 impl ServerMessage {
@@ -558,6 +568,7 @@ impl ServerMessage {
             Self::DriverPosition { .. } => "driver_position",
             Self::Vehicles { .. } => "vehicles",
             Self::CellAggregates { .. } => "cell_aggregates",
+            Self::QueuePlace { .. } => "queue_place",
         }
     }
 

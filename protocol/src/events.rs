@@ -113,6 +113,8 @@ pub enum ExitReason {
     Stale,
     /// The zone was deleted.
     ZoneDeleted,
+    /// The driver went offline, which leaves a queue zone (its place in the queue is lost).
+    Offline,
 }
 
 /// The zone an event is about.

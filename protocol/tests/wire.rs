@@ -173,6 +173,12 @@ fn server_examples() -> Vec<ServerMessage> {
                 open_requests: 2,
             }],
         },
+        ServerMessage::QueuePlace {
+            zone_id: trip_id(),
+            zone_name: "Airport rank".into(),
+            place: 3,
+            length: 11,
+        },
     ]
 }
 

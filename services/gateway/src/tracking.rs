@@ -82,23 +82,29 @@ pub struct Transition {
 
 impl DriverZones {
     /// Takes a position at `at` (the driver's clock `ts`, received at `now`) inside the zones
-    /// `containing` (of `index`): the exits, then the enters, then the dwells it brings.
+    /// `containing` (of `index`): the exits, then the enters, then the dwells it brings. A
+    /// driver that is not `online` is in no queue zone.
     pub fn observe(
         &mut self,
         index: &ZoneIndex,
         containing: &[&Zone],
+        online: bool,
         (at, ts): (Point, UnixMillis),
         now: Instant,
         dwell: Duration,
     ) -> Vec<Transition> {
         self.last_seen = Some(now);
         self.last = Some((at, ts));
+        let counts = |zone: &Zone| online || zone.kind != ZoneKind::Queue;
         let mut out = Vec::new();
         self.inside.retain(|zone_id, stay| {
-            if containing.iter().any(|zone| zone.zone_id == *zone_id) {
+            let holds = containing.iter().find(|zone| zone.zone_id == *zone_id);
+            if holds.is_some_and(|zone| counts(zone)) {
                 return true;
             }
-            let reason = if index.holds(*zone_id) {
+            let reason = if holds.is_some() {
+                ExitReason::Offline
+            } else if index.holds(*zone_id) {
                 ExitReason::Left
             } else {
                 ExitReason::ZoneDeleted
@@ -112,7 +118,7 @@ impl DriverZones {
             false
         });
         for zone in containing {
-            if self.inside.contains_key(&zone.zone_id) {
+            if self.inside.contains_key(&zone.zone_id) || !counts(zone) {
                 continue;
             }
             self.inside.insert(
@@ -211,8 +217,9 @@ impl Tracking {
         self.zones.read().expect("zones lock").0
     }
 
-    /// Takes `driver`'s accepted position.
-    pub fn observe(&self, driver: &str, at: Point, ts: UnixMillis) {
+    /// Takes `driver`'s accepted position; a driver that is not `online` leaves its queue
+    /// zones and enters none.
+    pub fn observe(&self, driver: &str, at: Point, ts: UnixMillis, online: bool) {
         let index = self.index();
         let containing: Vec<&Zone> = index.containing(at).collect();
         let now = Instant::now();
@@ -222,8 +229,14 @@ impl Tracking {
                 return;
             }
             let zones = drivers.entry(driver.to_owned()).or_default();
-            let transitions =
-                zones.observe(&index, &containing, (at, ts), now, self.settings.dwell);
+            let transitions = zones.observe(
+                &index,
+                &containing,
+                online,
+                (at, ts),
+                now,
+                self.settings.dwell,
+            );
             if zones.is_empty() {
                 drivers.remove(driver);
             }
@@ -496,7 +509,7 @@ mod tests {
     ) -> Vec<ZoneTransition> {
         let containing: Vec<&Zone> = index.containing(at).collect();
         zones
-            .observe(index, &containing, (at, 0), now, dwell)
+            .observe(index, &containing, true, (at, 0), now, dwell)
             .into_iter()
             .map(|t| t.transition)
             .collect()
@@ -608,7 +621,14 @@ mod tests {
         let long = Duration::from_secs(3600);
         step(&mut zones, &index, Point::new(52.5, 13.405), t0, long);
         let containing: Vec<&Zone> = index.containing(Point::new(52.5, 13.42)).collect();
-        let moved = zones.observe(&index, &containing, (Point::new(52.5, 13.42), 0), t0, long);
+        let moved = zones.observe(
+            &index,
+            &containing,
+            true,
+            (Point::new(52.5, 13.42), 0),
+            t0,
+            long,
+        );
         assert_eq!(moved.len(), 2);
         assert_eq!(
             (moved[0].transition, moved[0].zone_id),
@@ -621,6 +641,38 @@ mod tests {
     }
 
     #[test]
+    fn going_offline_leaves_a_queue_zone_and_coming_back_joins_it_again() {
+        let mut queue = square(1, 0.01);
+        queue.kind = ZoneKind::Queue;
+        let index = index(vec![queue, square(2, 0.02)]);
+        let mut zones = DriverZones::default();
+        let t0 = Instant::now();
+        let long = Duration::from_secs(3600);
+        let centre = Point::new(52.5, 13.4);
+        let containing: Vec<&Zone> = index.containing(centre).collect();
+        let mut step = |online: bool| -> Vec<(ZoneTransition, u128)> {
+            zones
+                .observe(&index, &containing, online, (centre, 0), t0, long)
+                .into_iter()
+                .map(|t| (t.transition, t.zone_id.as_u128()))
+                .collect()
+        };
+        let mut entered = step(true);
+        entered.sort_by_key(|(_, zone)| *zone);
+        assert_eq!(
+            entered,
+            [(ZoneTransition::Enter, 1), (ZoneTransition::Enter, 2)]
+        );
+        // Offline: out of the queue, still in the watched zone.
+        assert_eq!(
+            step(false),
+            [(ZoneTransition::Exit(ExitReason::Offline), 1)]
+        );
+        assert!(step(false).is_empty());
+        assert_eq!(step(true), [(ZoneTransition::Enter, 1)]);
+    }
+
+    #[test]
     fn a_silent_driver_leaves_unless_another_gateway_has_it() {
         let settings = TrackingSettings {
             stale_after: Duration::from_secs(60),
@@ -629,8 +681,8 @@ mod tests {
         };
         let (tracking, mut events) = Tracking::new(settings);
         tracking.replace(1, index(vec![square(1, 0.01)]));
-        tracking.observe("here", Point::new(52.5, 13.4), 1);
-        tracking.observe("moved", Point::new(52.5, 13.4), 1);
+        tracking.observe("here", Point::new(52.5, 13.4), 1, true);
+        tracking.observe("moved", Point::new(52.5, 13.4), 1, true);
         let first: Vec<ZoneEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|e| e.transition == ZoneTransition::Enter));

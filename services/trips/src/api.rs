@@ -383,6 +383,35 @@ async fn update_zone(
     Ok(Json(state.zones.update(zone_id, &spec, expected).await?))
 }
 
+/// A queue zone's drivers, in order.
+#[derive(Debug, Serialize)]
+struct ZoneQueue {
+    zone_id: Uuid,
+    drivers: Vec<crate::tracking::Queued>,
+}
+
+async fn zone_queue(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ZoneQueue>, ApiError> {
+    let zone_id = zone_id(&id)?;
+    let zone = state
+        .zones
+        .get(zone_id)
+        .await?
+        .ok_or(ZoneChangeError::NotFound)?;
+    if zone.kind != protocol::zone::ZoneKind::Queue {
+        return Err(bad_request(format!(
+            "zone {:?} is a {} zone; only queue zones have a queue",
+            zone.name,
+            zone.kind.as_str()
+        )));
+    }
+    let client = state.pool.get().await?;
+    let drivers = crate::tracking::queue(&client, zone_id, &[], 1000).await?;
+    Ok(Json(ZoneQueue { zone_id, drivers }))
+}
+
 async fn delete_zone(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -514,6 +543,7 @@ pub fn routes(pool: Pool, zones: Zones, webhooks: Webhooks, token_secret: &[u8])
             "/api/zones/{zone_id}",
             get(get_zone).put(update_zone).delete(delete_zone),
         )
+        .route("/api/zones/{zone_id}/queue", get(zone_queue))
         .route("/api/webhooks", get(list_webhooks).post(create_webhook))
         .route(
             "/api/webhooks/{webhook_id}",

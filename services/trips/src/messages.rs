@@ -37,8 +37,13 @@ pub fn to_user(subjects: &Subjects, role: Role, id: &str, message: &ServerMessag
     }
 }
 
-/// The request matchers receive for a trip waiting for a driver.
-pub fn ride_request(subjects: &Subjects, trip: &TripRecord) -> Outgoing {
+/// The request matchers receive for a trip waiting for a driver; `queue_head` is the driver
+/// to offer it first (the head of the queue zone its pickup lies in).
+pub fn ride_request(
+    subjects: &Subjects,
+    trip: &TripRecord,
+    queue_head: Option<String>,
+) -> Outgoing {
     let region = protocol::geo::parse_cell(&trip.view.region).expect("stored regions are cells");
     Outgoing {
         subject: subjects.ride_requests(region),
@@ -47,6 +52,7 @@ pub fn ride_request(subjects: &Subjects, trip: &TripRecord) -> Outgoing {
             excluded_drivers: trip.excluded_drivers.clone(),
             deadline: trip.search_deadline,
             attempt: trip.dispatch_attempts.max(1) as u32,
+            queue_head,
         }),
     }
 }
@@ -106,13 +112,13 @@ pub fn event_messages(
 
 /// A transition's messages: its event, the rider's update, the driver's offer or update,
 /// an update for a driver who lost the trip, and the request again when it is back to
-/// searching.
+/// searching (with `queue_head`, see [`ride_request`]).
 pub fn transition_messages(
     subjects: &Subjects,
     (before, after): (&TripRecord, &TripRecord),
     change: &Change,
     checked: &Checked,
-    event_id: i64,
+    (event_id, queue_head): (i64, Option<String>),
 ) -> Vec<Outgoing> {
     let mut out = event_messages(
         subjects,
@@ -143,7 +149,7 @@ pub fn transition_messages(
         out.push(to_user(subjects, Role::Driver, previous, &update));
     }
     if after.view.state == TripState::Requested {
-        out.push(ride_request(subjects, after));
+        out.push(ride_request(subjects, after, queue_head));
     }
     out
 }
@@ -227,7 +233,7 @@ mod tests {
             (&before, &after),
             &change,
             &Checked::default(),
-            41,
+            (41, Some("d2".into())),
         );
         let region = &before.view.region;
         assert_eq!(
@@ -252,6 +258,7 @@ mod tests {
         );
         let request: RideRequest = codec::decode(&out[4].payload).unwrap();
         assert_eq!(request.excluded_drivers, ["d1"]);
+        assert_eq!(request.queue_head.as_deref(), Some("d2"));
     }
 
     #[test]
@@ -269,7 +276,7 @@ mod tests {
             (&before, &after),
             &change,
             &Checked::default(),
-            42,
+            (42, None),
         );
         assert_eq!(out.len(), 4, "{:?}", subjects_of(&out));
         let to_driver: ServerMessage = serde_json::from_slice(&out[3].payload).unwrap();

@@ -276,7 +276,8 @@ impl Store {
             &Checked::default(),
             event_id,
         );
-        out.push(messages::ride_request(&self.subjects, &trip));
+        let head = self.queue_head(&trip).await?;
+        out.push(messages::ride_request(&self.subjects, &trip, head));
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
         let insert = client
@@ -451,12 +452,17 @@ impl Store {
             let mut after = trip.clone();
             machine::apply(&mut after, &change, now);
             let event_id = self.event_ids.next(&self.pool).await?;
+            let head = if after.view.state == TripState::Requested {
+                self.queue_head(&after).await?
+            } else {
+                None
+            };
             let messages = messages::transition_messages(
                 &self.subjects,
                 (&trip, &after),
                 &change,
                 &checked,
-                event_id,
+                (event_id, head),
             )
             .into_iter()
             .map(|o| (o.subject, o.payload))
@@ -542,6 +548,17 @@ impl Store {
         )?;
         let driver = driver.map(|row| DriverColumns::read(&row, 0).record());
         Ok((trip.as_ref().map(trip_from_row), driver))
+    }
+
+    /// For a trip whose pickup lies in a queue zone, the driver to offer it first: the head
+    /// of that queue among the drivers not excluded from the trip.
+    pub(crate) async fn queue_head(&self, trip: &TripRecord) -> Result<Option<String>, StoreError> {
+        let Some(zone) = self.zones.queue_at(trip.view.pickup) else {
+            return Ok(None);
+        };
+        let client = self.pool.get().await?;
+        let queue = crate::tracking::queue(&client, zone, &trip.excluded_drivers, 1).await?;
+        Ok(queue.into_iter().next().map(|queued| queued.driver_id))
     }
 
     pub(crate) async fn enqueue(

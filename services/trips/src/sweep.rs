@@ -118,10 +118,11 @@ impl Store {
             )
             .await?;
         let trips: Vec<TripRecord> = rows.iter().map(trip_from_row).collect();
-        let out: Vec<Outgoing> = trips
-            .iter()
-            .map(|trip| messages::ride_request(&self.subjects, trip))
-            .collect();
+        let mut out: Vec<Outgoing> = Vec::with_capacity(trips.len());
+        for trip in &trips {
+            let head = self.queue_head(trip).await?;
+            out.push(messages::ride_request(&self.subjects, trip, head));
+        }
         let count = out.len();
         self.enqueue(&tx, out).await?;
         tx.commit().await?;

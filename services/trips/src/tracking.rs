@@ -6,16 +6,25 @@
 //! already in, an exit from one it is not in, or a second dwell repeats what is recorded and
 //! is dropped. So a gateway's retry of a batch whose answer was lost, or a driver that
 //! reconnects to another gateway inside a zone, publishes nothing twice.
+//!
+//! A queue zone's drivers wait in the order they were recorded entering it ([`queue`]): online,
+//! holding no trip. Every enter or exit of a queue zone tells each of its drivers its place
+//! (`queue_place`); a request with its pickup inside is offered to the head first.
 
-use deadpool_postgres::Pool;
+use std::collections::BTreeSet;
+
+use deadpool_postgres::{GenericClient, Pool};
 use protocol::Subjects;
 use protocol::bus::{ZoneEvent, ZoneTransition};
+use protocol::client::{Role, ServerMessage};
 use protocol::events::{Event, EventType, ExitReason, ZoneRef};
+use protocol::time::UnixMillis;
 use protocol::zone::ZoneKind;
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::messages::{Outgoing, public_event};
+use crate::messages::{Outgoing, public_event, to_user};
 use crate::meters as m;
 
 /// Most events a gateway sends in one batch.
@@ -73,6 +82,7 @@ pub async fn record(
         .await?;
     let tx = client.transaction().await?;
     let mut out = Vec::new();
+    let mut queues_moved: BTreeSet<(Uuid, String)> = BTreeSet::new();
     for event in events {
         let changed = match event.transition {
             ZoneTransition::Enter => {
@@ -94,18 +104,94 @@ pub async fn record(
             .increment(1);
         if changed == 1 {
             out.push(public_event(subjects, &public));
+            if event.zone_kind == ZoneKind::Queue && event.transition != ZoneTransition::Dwell {
+                queues_moved.insert((event.zone_id, event.zone_name.clone()));
+            }
         }
     }
     let recorded = out.len() as u32;
+    // Each queue that moved tells its drivers, and those who left it, their place.
+    for &(zone_id, ref name) in &queues_moved {
+        let queue = queue(&tx, zone_id, &[], MAX_QUEUE_TOLD).await?;
+        let length = queue.len() as u32;
+        for queued in &queue {
+            let place = ServerMessage::QueuePlace {
+                zone_id,
+                zone_name: name.clone(),
+                place: queued.place,
+                length,
+            };
+            out.push(to_user(subjects, Role::Driver, &queued.driver_id, &place));
+        }
+        for event in events
+            .iter()
+            .filter(|e| e.zone_id == zone_id && matches!(e.transition, ZoneTransition::Exit(_)))
+        {
+            if queue.iter().any(|q| q.driver_id == event.driver_id) {
+                continue;
+            }
+            let left = ServerMessage::QueuePlace {
+                zone_id,
+                zone_name: name.clone(),
+                place: 0,
+                length,
+            };
+            out.push(to_user(subjects, Role::Driver, &event.driver_id, &left));
+        }
+    }
     crate::outbox::enqueue(&tx, out).await?;
     tx.commit().await?;
     Ok(recorded)
 }
 
+/// Most drivers of one queue told their place after a change.
+const MAX_QUEUE_TOLD: i64 = 1000;
+
+/// A driver waiting in a queue zone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Queued {
+    pub driver_id: String,
+    /// 1 for the head.
+    pub place: u32,
+    /// When it entered the zone, milliseconds since the epoch.
+    pub since: UnixMillis,
+}
+
+/// The first `limit` drivers waiting in `zone`, in order: inside it, online and holding no
+/// trip, and not in `excluded`.
+pub async fn queue(
+    client: &impl GenericClient,
+    zone: Uuid,
+    excluded: &[String],
+    limit: i64,
+) -> Result<Vec<Queued>, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT zp.driver_id, (extract(epoch from zp.entered_at) * 1000)::int8 \
+             FROM zone_presence zp JOIN drivers d ON d.driver_id = zp.driver_id \
+             WHERE zp.zone_id = $1 AND d.online AND NOT (zp.driver_id = ANY($2)) \
+               AND NOT EXISTS (SELECT 1 FROM trips t WHERE t.driver_id = zp.driver_id \
+                 AND t.state IN ('offered', 'accepted', 'arrived', 'in_progress')) \
+             ORDER BY zp.queued_seq LIMIT $3",
+        )
+        .await?;
+    Ok(client
+        .query(&statement, &[&zone, &excluded, &limit])
+        .await?
+        .iter()
+        .enumerate()
+        .map(|(i, row)| Queued {
+            driver_id: row.get(0),
+            place: i as u32 + 1,
+            since: row.get(1),
+        })
+        .collect())
+}
+
 /// The exits of every driver recorded inside a zone that is being deleted, in the deleting
 /// transaction `tx`.
 pub(crate) async fn exits_of_deleted(
-    tx: &impl deadpool_postgres::GenericClient,
+    tx: &impl GenericClient,
     subjects: &Subjects,
     (zone_id, name, kind): (Uuid, String, ZoneKind),
 ) -> Result<Vec<Outgoing>, StoreError> {

@@ -137,6 +137,14 @@ impl Zones {
         }
     }
 
+    /// The queue zone `point` lies in, if any.
+    pub fn queue_at(&self, point: Point) -> Option<Uuid> {
+        self.index()
+            .containing(point)
+            .find(|zone| zone.kind == ZoneKind::Queue)
+            .map(|zone| zone.zone_id)
+    }
+
     /// Why a trip from `pickup` to `dropoff` may not be taken, if it may not.
     pub fn refusal(&self, pickup: Point, dropoff: Point) -> Option<StoreError> {
         let index = self.index();

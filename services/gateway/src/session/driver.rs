@@ -235,9 +235,12 @@ impl Session {
         };
         // Zones are evaluated for every position taken, whether or not NATS takes it now:
         // their events are queued and recorded once the trips service answers.
-        shared
-            .tracking
-            .observe(&self.sender.id, location.point(), location.ts);
+        shared.tracking.observe(
+            &self.sender.id,
+            location.point(),
+            location.ts,
+            status != VehicleStatus::Offline,
+        );
         if shared.nats.connection_state() != async_nats::connection::State::Connected {
             metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
             if location.id.is_some() {

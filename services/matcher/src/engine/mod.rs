@@ -520,6 +520,18 @@ impl<L: Link> Engine<L> {
                         * waiting.received.elapsed().as_secs_f64())
                 .min(self.settings.max_radius_m);
                 let pickup = waiting.request.trip.pickup;
+                // A pickup in a queue zone goes to the head of its queue first, when it can
+                // take it; otherwise (and once the head has declined) the usual search.
+                let head = waiting
+                    .request
+                    .queue_head
+                    .as_deref()
+                    .and_then(|id| self.index.get(id))
+                    .filter(|driver| self.eligible(driver, waiting, now));
+                if let Some(head) = head {
+                    let eta = self.eta.etas_to_s(&[head.point], pickup);
+                    return vec![(head.id.clone(), eta[0])];
+                }
                 let nearest = self
                     .index
                     .nearest(pickup, self.settings.candidates, radius, |d| {

@@ -102,6 +102,7 @@ async fn an_unanswered_offer_is_expired_after_its_ttl() {
         excluded_drivers: vec![],
         deadline: now_ms() + 600_000,
         attempt: 1,
+        queue_head: None,
     }));
     // Greedy claims at once.
     let claimed = rx.recv().await.unwrap();
@@ -158,6 +159,7 @@ async fn a_search_without_drivers_expires_at_its_deadline() {
         excluded_drivers: vec![],
         deadline: now_ms() - 1,
         attempt: 1,
+        queue_head: None,
     }));
     engine.on_tick().await;
     assert_eq!(engine.waiting(), 0);
@@ -217,6 +219,7 @@ async fn excluded_busy_and_unfit_drivers_are_never_offered() {
         excluded_drivers: vec!["near-excluded".into()],
         deadline: now_ms() + 60_000,
         attempt: 2,
+        queue_head: None,
     }));
     let Input::Claimed { driver, .. } = rx.recv().await.unwrap() else {
         panic!()
@@ -259,6 +262,7 @@ async fn stopping_waits_for_the_claims_in_flight() {
         excluded_drivers: vec![],
         deadline: now_ms() + 60_000,
         attempt: 1,
+        queue_head: None,
     }));
     assert!(
         slow.answered.lock().unwrap().is_empty(),
@@ -296,6 +300,7 @@ async fn claimed_under(eta: Arc<dyn EtaModel>) -> String {
         excluded_drivers: vec![],
         deadline: now_ms() + 600_000,
         attempt: 1,
+        queue_head: None,
     }));
     match rx.recv().await.unwrap() {
         Input::Claimed { driver, .. } => driver,
@@ -345,5 +350,55 @@ async fn ranking_by_road_eta_prefers_the_driver_the_roads_bring_sooner() {
         claimed_under(Arc::new(roads)).await,
         "north",
         "by road the east driver must go round the block"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_a_queue_zone_goes_to_the_head_of_the_queue_first() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let fake = Fake::default();
+    let geo = GeoConfig::default();
+    let regions = [geo.region_of(BERLIN).unwrap()].into();
+    let mut engine = Engine::new(
+        Settings::default(),
+        geo,
+        regions,
+        h3o::Resolution::Eight,
+        Arc::new(assign::StraightLine::default()),
+        fake.clone(),
+        tx,
+    );
+    // d1 is nearer the pickup; d2 waits at the head of the queue farther off.
+    engine.on_input(Input::Position(driver_at(
+        "d1",
+        Point::new(52.5201, 13.405),
+    )));
+    engine.on_input(Input::Position(driver_at("d2", Point::new(52.523, 13.405))));
+    let first = Uuid::new_v4();
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(first),
+        excluded_drivers: vec![],
+        deadline: now_ms() + 600_000,
+        attempt: 1,
+        queue_head: Some("d2".into()),
+    }));
+    let claimed = rx.recv().await.unwrap();
+    assert!(
+        matches!(&claimed, Input::Claimed { driver, .. } if driver == "d2"),
+        "{claimed:?}"
+    );
+    // A head that is not there (or was excluded) leaves the usual search.
+    let second = Uuid::new_v4();
+    engine.on_input(Input::Request(RideRequest {
+        trip: trip(second),
+        excluded_drivers: vec!["d3".into()],
+        deadline: now_ms() + 600_000,
+        attempt: 1,
+        queue_head: Some("d3".into()),
+    }));
+    let claimed = rx.recv().await.unwrap();
+    assert!(
+        matches!(&claimed, Input::Claimed { driver, .. } if driver == "d1"),
+        "{claimed:?}"
     );
 }
