@@ -23,6 +23,15 @@
 //! latency tail). Every step reports the CPU time per position of the gateway, of the
 //! nats-server and of this process (the clients, the subscriber, the matcher and the trips
 //! service), so what the system costs is told apart from what the load costs.
+//!
+//! Zones (issue: tracking): each climb is followed by one with `BENCH_INGEST_ZONES` watch
+//! zones (10,000; 0 leaves them out) in force in the same gateway, one around every point the
+//! clients report from and the rest beside them, each smaller than an index cell so every
+//! position takes the exact point-in-polygon test: the lossless rate with zones over the one
+//! without, climb by climb. Then, with the zones, at half the first climb's lossless rate,
+//! `BENCH_INGEST_CROSSERS` clients (10, 1% of them) step across their zone's edge with every
+//! report, and a webhook receiver on loopback times each zone event from the client's send to
+//! its delivery.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -36,10 +45,12 @@ use protocol::bus::Position;
 use protocol::client::{Role, VehicleStatus};
 use protocol::{GeoConfig, Point, codec};
 use tests::client::{Client, Ws};
+use tests::hooks::{Mode, Receiver};
 use tests::process::{bare_ws_server, cpu_seconds, free_port};
 use tests::services::{matcher_config, start_matcher, start_trips, trips_config, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
+use trips::webhooks::policy::Destinations;
 
 const CONNECTIONS: usize = 1_000;
 const STEP: Duration = Duration::from_secs(4);
@@ -64,6 +75,10 @@ fn rates() -> Vec<u64> {
 }
 
 const BASELINE_MESSAGES: u64 = 1_000_000;
+/// Degrees between the clients' points, and between zones.
+const ZONE_SPACING: f64 = 1e-3;
+/// Half a zone's side, degrees: about 90 by 55 m, smaller than an index cell.
+const ZONE_HALF: f64 = 0.4e-3;
 const CENTER: Point = Point::new(52.52, 13.405);
 
 /// Microseconds since the benchmark started: the clock every latency is measured on.
@@ -126,12 +141,26 @@ fn aligned_sends() -> bool {
 }
 
 /// Offers `rate` updates per second over the clients for `STEP` and counts what arrives.
+/// Where client `i` reports from: a grid of 100 by 10 points about 100 m apart; one of the
+/// `crossing` clients steps between the point and the gap north of it on every other report.
+fn client_point(i: usize, report: u64, crossing: usize) -> Point {
+    let across = if i < crossing && report % 2 == 1 {
+        ZONE_SPACING / 2.0
+    } else {
+        0.0
+    };
+    Point::new(
+        CENTER.lat + (i % 100) as f64 * ZONE_SPACING + across,
+        CENTER.lng + (i / 100) as f64 * ZONE_SPACING,
+    )
+}
+
 async fn step(
     clients: Vec<Ws>,
     received: &Arc<AtomicU64>,
     latency: &Arc<Mutex<Histogram<u64>>>,
     epoch: Instant,
-    rate: u64,
+    (rate, crossing): (u64, usize),
 ) -> (Vec<Ws>, Step) {
     let before = received.load(Ordering::SeqCst);
     latency.lock().unwrap().reset();
@@ -151,12 +180,15 @@ async fn step(
         };
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(start + phase, period);
+            let mut reports = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
+                let at = client_point(i, reports, crossing);
+                reports += 1;
                 let text = format!(
                     r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
-                    CENTER.lat + (i % 100) as f64 * 1e-3,
-                    CENTER.lng + (i / 100) as f64 * 1e-3,
+                    at.lat,
+                    at.lng,
                     protocol::time::now_ms(),
                     micros(epoch)
                 );
@@ -255,6 +287,15 @@ impl Cpu {
 impl Rig {
     /// A step, with each process's CPU per position received.
     async fn step(&self, clients: Vec<Ws>, rate: u64) -> (Vec<Ws>, Step, Cpu) {
+        self.step_crossing(clients, rate, 0).await
+    }
+
+    async fn step_crossing(
+        &self,
+        clients: Vec<Ws>,
+        rate: u64,
+        crossing: usize,
+    ) -> (Vec<Ws>, Step, Cpu) {
         let pids = [self.gateway_pid, self.nats_pid, std::process::id()];
         let before = pids.map(cpu_seconds);
         let (clients, result) = step(
@@ -262,7 +303,7 @@ impl Rig {
             &self.received,
             &self.latency,
             self.epoch,
-            rate.max(1),
+            (rate.max(1), crossing),
         )
         .await;
         let after = pids.map(cpu_seconds);
@@ -376,6 +417,155 @@ impl Rig {
 }
 
 /// Each climb's figure, with `decimals` places, for the summary lines.
+/// A whole number from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Puts `n` watch zones in force, written straight to the trips database with one change of
+/// the generation (through the API, each create re-indexes every zone: a benchmark of its own).
+async fn put_zones(db: &TestDb, n: usize) -> anyhow::Result<()> {
+    let client = db.client().await;
+    let mut ids = Vec::with_capacity(n);
+    let mut shapes = Vec::with_capacity(n);
+    for k in 0..n {
+        let lat = CENTER.lat + (k % 100) as f64 * ZONE_SPACING;
+        let lng = CENTER.lng + (k / 100) as f64 * ZONE_SPACING;
+        let (w, e, s, north) = (
+            lng - ZONE_HALF,
+            lng + ZONE_HALF,
+            lat - ZONE_HALF,
+            lat + ZONE_HALF,
+        );
+        ids.push(uuid::Uuid::new_v4());
+        shapes.push(serde_json::json!({"type": "Polygon",
+            "coordinates": [[[w, s], [e, s], [e, north], [w, north], [w, s]]]}));
+    }
+    client
+        .execute(
+            "INSERT INTO zones (zone_id, name, kind, geometry) \
+             SELECT id, 'bench ' || n, 'watch', shape \
+             FROM unnest($1::uuid[], $2::jsonb[]) WITH ORDINALITY AS x(id, shape, n)",
+            &[&ids, &shapes],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE zone_generation SET generation = generation + 1",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn clear_zones(db: &TestDb) -> anyhow::Result<()> {
+    let client = db.client().await;
+    client.execute("DELETE FROM zones", &[]).await?;
+    client
+        .execute(
+            "UPDATE zone_generation SET generation = generation + 1",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Waits until the gateway at `http` has `n` zones in force.
+async fn gateway_has_zones(http: std::net::SocketAddr, n: usize) {
+    tests::eventually(
+        "the gateway to load the zones",
+        Duration::from_secs(120),
+        || async move {
+            let text = tests::services::metrics_text(http).await;
+            let loaded = text
+                .lines()
+                .find_map(|line| line.strip_prefix("gateway_zones "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            (loaded == Some(n as f64)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Zone events timed from the client's send to a webhook receiver's receipt, at `rate` with
+/// `crossing` clients stepping across an edge on every report, `runs` times.
+async fn event_latency(
+    rig: &Rig,
+    mut clients: Vec<Ws>,
+    trips_http: std::net::SocketAddr,
+    (rate, crossing, runs): (u64, usize, usize),
+) -> anyhow::Result<(Vec<Ws>, serde_json::Value)> {
+    let receiver = Receiver::start(Mode::Up).await;
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{trips_http}/api/webhooks"))
+        .bearer_auth(tests::client::token(Role::Dispatcher, "bench"))
+        .json(
+            &serde_json::json!({"url": receiver.url(), "event_types": ["zone.enter", "zone.exit"]}),
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    let secret = registered["secret"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no webhook registered: {registered}"))?;
+    receiver.set_secret(secret);
+    let (mut p50s, mut p99s, mut rates, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+    for run in 1..=runs {
+        settle(&rig.last_arrival_us, rig.epoch).await;
+        let before = receiver.accepted().len();
+        let (back, result, _) = rig.step_crossing(clients, rate, crossing).await;
+        clients = back;
+        lost += result.sent.saturating_sub(result.received);
+        // Delivered once the count stops moving for a second.
+        let mut last = (receiver.accepted().len(), Instant::now());
+        tests::eventually("the deliveries to drain", Duration::from_secs(120), || {
+            let now = receiver.accepted().len();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            let quiet = last.1.elapsed() >= Duration::from_secs(1);
+            async move { quiet.then_some(()) }
+        })
+        .await;
+        let accepted = receiver.accepted();
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+        for delivered in &accepted[before..] {
+            let ms = (delivered.received_ms - delivered.event.at).max(1) as u64;
+            histogram.record(ms)?;
+        }
+        let events = accepted.len() - before;
+        let (p50, p99) = (
+            histogram.value_at_quantile(0.5) as f64,
+            histogram.value_at_quantile(0.99) as f64,
+        );
+        println!(
+            "zone events, run {run}: {events} delivered ({:.0}/s) at {rate} positions/s, send to webhook p50 {p50:.0} ms, p99 {p99:.0} ms, max {} ms",
+            events as f64 / STEP.as_secs_f64(),
+            histogram.max()
+        );
+        p50s.push(p50);
+        p99s.push(p99);
+        rates.push(events as f64 / STEP.as_secs_f64());
+    }
+    assert_eq!(
+        receiver.forged(),
+        0,
+        "every delivery carried a good signature"
+    );
+    let json = serde_json::json!({
+        "rate_per_sec": rate,
+        "crossing_clients": crossing,
+        "positions_lost": lost,
+        "events_per_sec": spread(&rates),
+        "event_latency_ms": {"p50": spread(&p50s), "p99": spread(&p99s)},
+    });
+    Ok((clients, json))
+}
+
 fn listed(values: &[f64], decimals: usize) -> String {
     values
         .iter()
@@ -408,7 +598,12 @@ async fn main() -> anyhow::Result<()> {
     let prefix = unique_prefix();
     // The trips service answers the drivers' session state at hello.
     let db = TestDb::create().await;
-    let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let mut trips = trips_config(&db.url, &nats.url(), &prefix);
+    // The event latency's webhook receiver is on loopback.
+    trips.webhook_destinations = Destinations::parse("127.0.0.1/32").map_err(anyhow::Error::msg)?;
+    let trips = start_trips(trips).await;
+    let zones = env_count("BENCH_INGEST_ZONES", 10_000);
+    let crossers = env_count("BENCH_INGEST_CROSSERS", 10);
     let regions = GeoConfig::default().regions_covering(CENTER, 20_000.0)?;
     let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
     wait_ready(matcher.http).await;
@@ -474,12 +669,56 @@ async fn main() -> anyhow::Result<()> {
         let client = Client::connect(gateway_ws, Role::Driver, &format!("bench-driver-{i}")).await;
         clients.push(client.ws);
     }
+    let gateway_http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
     let mut climbs = Vec::new();
+    let mut zoned = Vec::new();
     for run in 1..=runs {
         println!("climb {run} of {runs}");
         let (back, climb) = rig.climb(clients).await;
         clients = back;
         climbs.push(climb);
+        if zones > 0 {
+            put_zones(&db, zones).await?;
+            gateway_has_zones(gateway_http, zones).await;
+            println!("climb {run} of {runs} with {zones} zones");
+            let (back, climb) = rig.climb(clients).await;
+            clients = back;
+            zoned.push(climb);
+            if run < runs {
+                clear_zones(&db).await?;
+                gateway_has_zones(gateway_http, 0).await;
+            }
+        }
+    }
+    let mut tracking = serde_json::Value::Null;
+    if zones > 0 {
+        let half = (climbs[0].lossless * 0.5) as u64;
+        let (back, events) =
+            event_latency(&rig, clients, trips.http, (half, crossers, runs)).await?;
+        clients = back;
+        let with: Vec<f64> = zoned.iter().map(|c| c.lossless).collect();
+        let ratios: Vec<f64> = zoned
+            .iter()
+            .zip(&climbs)
+            .map(|(z, c)| z.lossless / c.lossless.max(1.0))
+            .collect();
+        let cpu_with: Vec<f64> = zoned
+            .iter()
+            .map(|c| c.cpu_at_half.map_or(f64::NAN, |cpu| cpu.gateway))
+            .collect();
+        println!(
+            "with {zones} zones: lossless {} /s, {} of the climb before each; gateway CPU per position at half: {} us",
+            listed(&with, 0),
+            listed(&ratios, 3),
+            listed(&cpu_with, 2)
+        );
+        tracking = serde_json::json!({
+            "zones": zones,
+            "lossless_updates_per_sec": spread(&with),
+            "ratio": spread(&ratios),
+            "gateway_cpu_us_per_position": spread(&cpu_with),
+            "events": events,
+        });
     }
     drop(clients);
     let _ = gateway.kill();
@@ -514,7 +753,7 @@ async fn main() -> anyhow::Result<()> {
         &Arc::new(AtomicU64::new(u64::MAX / 2)),
         &rig.latency,
         epoch,
-        half.max(1),
+        (half.max(1), 0),
     )
     .await;
     let bare_cpu_us = (cpu_seconds(bare_ws.id()) - cpu) * 1e6 / bare_step.sent.max(1) as f64;
@@ -566,6 +805,7 @@ async fn main() -> anyhow::Result<()> {
             "knee_per_sec": spread(&knees),
             "gateway_cpu_us_per_position": spread(&cpu_us),
         },
+        "zones": tracking,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

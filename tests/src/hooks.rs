@@ -32,6 +32,8 @@ pub struct Received {
     pub signature: String,
     pub body: Vec<u8>,
     pub event: Event,
+    /// When it arrived, milliseconds since the epoch.
+    pub received_ms: i64,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,7 @@ impl Receiver {
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let received_ms = protocol::time::now_ms();
     let mode = {
         let mut inner = receiver.inner.lock().unwrap();
         inner.attempts += 1;
@@ -175,6 +178,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
         signature,
         body: body.to_vec(),
         event,
+        received_ms,
     });
     StatusCode::NO_CONTENT
 }

@@ -225,6 +225,7 @@ fn assemble(dir: &Path) -> Result<String> {
                 "cpu_us_per_position": ingest["cpu_us_per_position"].clone(),
                 "bare_ws_clients_cpu_us_per_message": ingest["bare_ws_clients_cpu_us_per_message"].clone(),
                 "spread": ingest["spread"].clone(),
+                "zones": ingest["zones"].clone(),
             }),
         );
     }
@@ -526,6 +527,8 @@ mod tests {
                 "latency": {"at_50_percent": {"rate_per_sec": 50_143, "lost": 0,
                             "latency_ms": {"p50": 2.29, "p99": 3.73, "p999": 4.79}}},
                 "steps": [step(5_014.0, 0, 3.0), step(100_287.0, 0, 8.1), step(120_378.0, 29_316, 31.1)],
+                "zones": {"zones": 10_000, "ratio": {"min": 0.83, "max": 0.91},
+                          "events": {"event_latency_ms": {"p99": {"min": 21.0, "max": 64.0}}}},
             }),
         );
         write(
@@ -574,7 +577,8 @@ mod tests {
             .collect();
         // Ingest (2), the fan-out and memory met; the ingest spread (2), the fleet and
         // matching (5) not measured; the city of 10,000 drivers slower to offer than its aim
-        // (its worst run), fast enough with positions, and losing nothing.
+        // (its worst run), fast enough with positions, and losing nothing; ingest with zones
+        // fast enough in every climb, and zone events slower than their aim in the worst run.
         assert_eq!(
             outcomes,
             [
@@ -593,6 +597,8 @@ mod tests {
                 "not measured",
                 "not measured",
                 "not measured",
+                "met",
+                "missed",
             ]
         );
         assert_eq!(

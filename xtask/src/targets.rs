@@ -87,6 +87,20 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
     let pickup_ratio = matching_ratio("high_load_mean_pickup_time_s");
     let offer_p99_ratio = matching_ratio("high_load_offer_p99_ms");
     let road_ratio = matching_ratio("roads_mean_pickup_time_s");
+    // Tracking: ingest with 10,000 zones over ingest without, climb by climb, and zone events
+    // from a client's send to the webhook: the worst of each.
+    let zones_ratio = at(report, &["ingest", "zones", "ratio", "min"]);
+    let event_p99 = at(
+        report,
+        &[
+            "ingest",
+            "zones",
+            "events",
+            "event_latency_ms",
+            "p99",
+            "max",
+        ],
+    );
     let served_difference = served("value")
         .zip(served("baseline"))
         .map(|(batched, greedy)| batched - greedy);
@@ -195,6 +209,18 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             |v| format!("{:+.1} points", v * 100.0),
             |v| v >= 0.0,
         ),
+        judge(
+            "ingest with 10,000 zones at least 0.8 of ingest with none, every climb",
+            zones_ratio,
+            |v| format!("{v:.3} at the lowest"),
+            |v| v >= 0.8,
+        ),
+        judge(
+            "zone event, position sent to webhook received, p99 at most 50 ms at half the lossless rate, every run",
+            event_p99,
+            |v| format!("{v:.0} ms at the worst"),
+            |v| v <= 50.0,
+        ),
     ]
 }
 
@@ -230,6 +256,7 @@ mod tests {
                 "lossless_updates": {"value": lossless, "baseline": 1.2e6},
                 "latency_ms": {"at_50_percent": {"latency_ms": {"p50": 2.0, "p99": p99}}},
                 "spread": {"knee_per_sec": {"min": 85_000.0}, "ratio": {"min": 0.11}},
+                "zones": {"ratio": {"min": 0.84}, "events": {"event_latency_ms": {"p99": {"max": 31.0}}}},
             },
             "connections": {
                 "held": held,
@@ -267,7 +294,7 @@ mod tests {
     #[test]
     fn figures_on_the_right_side_of_every_aim_are_met() {
         let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
-        assert_eq!(verdicts.len(), 15);
+        assert_eq!(verdicts.len(), 17);
         for v in &verdicts {
             assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
         }
@@ -310,6 +337,15 @@ mod tests {
             "1.68 × greedy's"
         );
         assert_eq!(outcome(&verdicts, "ranking by road ETA"), Outcome::Missed);
+        let mut zones = report(100_287.0, 3.73, 102_000.0, 1e6, (1.0, 2.0));
+        zones["ingest"]["zones"] =
+            json!({"ratio": {"min": 0.79}, "events": {"event_latency_ms": {"p99": {"max": 51.0}}}});
+        let verdicts = judge_all(&zones);
+        assert_eq!(
+            outcome(&verdicts, "ingest with 10,000 zones"),
+            Outcome::Missed
+        );
+        assert_eq!(outcome(&verdicts, "zone event"), Outcome::Missed);
     }
 
     #[test]
