@@ -221,7 +221,11 @@ impl Tracking {
     /// zones and enters none.
     pub fn observe(&self, driver: &str, at: Point, ts: UnixMillis, online: bool) {
         let index = self.index();
-        let containing: Vec<&Zone> = index.containing(at).collect();
+        let containing: Vec<&Zone> = if index.is_empty() {
+            Vec::new()
+        } else {
+            index.containing(at).collect()
+        };
         let now = Instant::now();
         let transitions = {
             let mut drivers = self.drivers.lock().expect("tracking lock");

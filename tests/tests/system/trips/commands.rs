@@ -311,15 +311,9 @@ async fn trips_outside_the_service_area_are_refused() {
     again.service_area = Some(area);
     let again = start_trips(again).await;
     f.trips.take().unwrap().stop().await.unwrap();
-    let dispatcher = Claims {
-        role: Role::Dispatcher,
-        sub: "ops".into(),
-        exp: now_ms() / 1000 + 600,
-        name: None,
-    };
     let zones: Vec<serde_json::Value> = reqwest::Client::new()
         .get(format!("http://{}/api/zones", again.http))
-        .bearer_auth(token::mint(TOKEN_SECRET, &dispatcher).unwrap())
+        .bearer_auth(tests::client::token(Role::Dispatcher, "ops"))
         .send()
         .await
         .unwrap()
