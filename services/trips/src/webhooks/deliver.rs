@@ -27,7 +27,7 @@ use crate::error::StoreError;
 use crate::meters as m;
 
 /// The advisory lock the delivering replica holds for as long as it delivers.
-pub const DELIVERY_LOCK: i64 = 0x686f_6f6b_73;
+pub const DELIVERY_LOCK: i64 = 0x0068_6f6f_6b73;
 
 /// How deliveries are sent and retried.
 #[derive(Debug, Clone)]
