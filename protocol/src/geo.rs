@@ -114,6 +114,19 @@ impl GeoConfig {
         Ok((self.region_of_cell(cell), cell))
     }
 
+    /// The region and cell of a point, and its cell at `fine` as well (for a finer index, such
+    /// as the zones'), from one conversion of the point: the coarser cells are its parents.
+    pub fn locate_with(
+        &self,
+        point: Point,
+        fine: Resolution,
+    ) -> Result<(CellIndex, CellIndex, CellIndex), ValidationError> {
+        let finest = point.to_latlng()?.to_cell(fine.max(self.cell_res));
+        let cell = finest.parent(self.cell_res).unwrap_or(finest);
+        let at_fine = finest.parent(fine).unwrap_or(finest);
+        Ok((self.region_of_cell(cell), cell, at_fine))
+    }
+
     /// The region of a point.
     pub fn region_of(&self, point: Point) -> Result<CellIndex, ValidationError> {
         Ok(point.to_latlng()?.to_cell(self.region_res))

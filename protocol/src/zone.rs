@@ -214,9 +214,21 @@ impl ZoneIndex {
 
     /// The zones that hold `point`.
     pub fn containing(&self, point: Point) -> impl Iterator<Item = &Zone> {
-        let covers = LatLng::new(point.lat, point.lng)
+        let cell = LatLng::new(point.lat, point.lng)
             .ok()
-            .and_then(|ll| self.cells.get(&ll.to_cell(INDEX_RESOLUTION)))
+            .map(|ll| ll.to_cell(INDEX_RESOLUTION));
+        self.containing_in(cell, point)
+    }
+
+    /// The zones that hold `point`, whose cell at [`INDEX_RESOLUTION`] the caller has already
+    /// computed (none for a point off the globe).
+    pub fn containing_in(
+        &self,
+        cell: Option<CellIndex>,
+        point: Point,
+    ) -> impl Iterator<Item = &Zone> {
+        let covers = cell
+            .and_then(|cell| self.cells.get(&cell))
             .map_or(&[][..], Vec::as_slice);
         let at = geo::Point::new(point.lng, point.lat);
         covers.iter().filter_map(move |cover| {

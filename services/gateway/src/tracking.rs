@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use h3o::CellIndex;
 use kit::Bus;
 use protocol::Point;
 use protocol::bus::{QueryReply, RecordReply, TripQuery, ZoneEvent, ZoneTransition};
@@ -187,9 +188,15 @@ impl DriverZones {
 pub struct Tracking {
     settings: TrackingSettings,
     zones: RwLock<(i64, Arc<ZoneIndex>)>,
-    drivers: Mutex<HashMap<String, DriverZones>>,
+    /// Drivers inside any zone, in shards so that sessions on different threads seldom wait
+    /// for each other.
+    drivers: Vec<Mutex<HashMap<String, DriverZones>>>,
+    shards_hasher: std::collections::hash_map::RandomState,
     events: mpsc::Sender<ZoneEvent>,
 }
+
+/// Shards of [`Tracking`]'s map of drivers.
+const SHARDS: usize = 16;
 
 impl Tracking {
     /// The tracker, and the receiving end of its events for [`record`].
@@ -198,7 +205,8 @@ impl Tracking {
         let tracking = Self {
             settings,
             zones: RwLock::new((-1, Arc::default())),
-            drivers: Mutex::default(),
+            drivers: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards_hasher: Default::default(),
             events,
         };
         (tracking, receiver)
@@ -217,31 +225,42 @@ impl Tracking {
         self.zones.read().expect("zones lock").0
     }
 
-    /// Takes `driver`'s accepted position; a driver that is not `online` leaves its queue
-    /// zones and enters none.
-    pub fn observe(&self, driver: &str, at: Point, ts: UnixMillis, online: bool) {
-        let index = self.index();
-        let containing: Vec<&Zone> = if index.is_empty() {
-            Vec::new()
-        } else {
-            index.containing(at).collect()
-        };
-        let now = Instant::now();
+    /// Takes `driver`'s accepted position, `at` in the index cell `cell` (from the gateway's
+    /// own location of it); a driver that is not `online` leaves its queue zones and enters
+    /// none.
+    pub fn observe(
+        &self,
+        driver: &str,
+        (at, cell): (Point, CellIndex),
+        ts: UnixMillis,
+        online: bool,
+    ) {
         let transitions = {
-            let mut drivers = self.drivers.lock().expect("tracking lock");
-            if containing.is_empty() && !drivers.contains_key(driver) {
+            let zones = self.zones.read().expect("zones lock");
+            let index = &zones.1;
+            let containing: Vec<&Zone> = if index.is_empty() {
+                Vec::new()
+            } else {
+                index.containing_in(Some(cell), at).collect()
+            };
+            let mut drivers = self.shard(driver).lock().expect("tracking lock");
+            let known = drivers.get_mut(driver);
+            if containing.is_empty() && known.is_none() {
                 return;
             }
-            let zones = drivers.entry(driver.to_owned()).or_default();
-            let transitions = zones.observe(
-                &index,
-                &containing,
-                online,
-                (at, ts),
-                now,
-                self.settings.dwell,
-            );
-            if zones.is_empty() {
+            let now = Instant::now();
+            let dwell = self.settings.dwell;
+            let transitions = match known {
+                Some(zones) => zones.observe(index, &containing, online, (at, ts), now, dwell),
+                None => {
+                    let mut zones = DriverZones::default();
+                    let transitions =
+                        zones.observe(index, &containing, online, (at, ts), now, dwell);
+                    drivers.insert(driver.to_owned(), zones);
+                    transitions
+                }
+            };
+            if drivers.get(driver).is_some_and(DriverZones::is_empty) {
                 drivers.remove(driver);
             }
             transitions
@@ -251,13 +270,21 @@ impl Tracking {
         }
     }
 
+    /// The part of the drivers' map `driver` is in.
+    fn shard(&self, driver: &str) -> &Mutex<HashMap<String, DriverZones>> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = self.shards_hasher.build_hasher();
+        hasher.write(driver.as_bytes());
+        &self.drivers[hasher.finish() as usize % self.drivers.len()]
+    }
+
     /// The dwells of drivers that stand still, and the exits of drivers silent for
     /// `stale_after`; `elsewhere` tells whether a driver is connected to another gateway now
     /// (which then takes it over, and nothing is sent).
     pub fn sweep(&self, now: Instant, elsewhere: impl Fn(&str) -> bool) {
         let mut out = Vec::new();
-        {
-            let mut drivers = self.drivers.lock().expect("tracking lock");
+        for shard in &self.drivers {
+            let mut drivers = shard.lock().expect("tracking lock");
             drivers.retain(|driver, zones| {
                 let (at, ts) = zones
                     .last
@@ -685,8 +712,12 @@ mod tests {
         };
         let (tracking, mut events) = Tracking::new(settings);
         tracking.replace(1, index(vec![square(1, 0.01)]));
-        tracking.observe("here", Point::new(52.5, 13.4), 1, true);
-        tracking.observe("moved", Point::new(52.5, 13.4), 1, true);
+        let at = Point::new(52.5, 13.4);
+        let cell = h3o::LatLng::new(at.lat, at.lng)
+            .unwrap()
+            .to_cell(protocol::zone::INDEX_RESOLUTION);
+        tracking.observe("here", (at, cell), 1, true);
+        tracking.observe("moved", (at, cell), 1, true);
         let first: Vec<ZoneEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|e| e.transition == ZoneTransition::Enter));
@@ -696,6 +727,11 @@ mod tests {
         assert_eq!(swept.len(), 1, "{swept:?}");
         assert_eq!(swept[0].driver_id, "here");
         assert_eq!(swept[0].transition, ZoneTransition::Exit(ExitReason::Stale));
-        assert!(tracking.drivers.lock().unwrap().is_empty());
+        assert!(
+            tracking
+                .drivers
+                .iter()
+                .all(|s| s.lock().unwrap().is_empty())
+        );
     }
 }

@@ -199,8 +199,12 @@ impl Session {
     /// away; otherwise published, and acknowledged when the driver asked for an ack.
     pub(super) fn location(&self, location: Location) {
         let shared = &self.shared;
-        let located = match shared.config.geo.locate(location.point()) {
-            Ok(located) => located,
+        let located = match shared
+            .config
+            .geo
+            .locate_with(location.point(), protocol::zone::INDEX_RESOLUTION)
+        {
+            Ok((region, cell, zone_cell)) => ((region, cell), zone_cell),
             Err(error) => {
                 let told = error_text(location.id, error.code(), error.to_string());
                 self.out.control(told);
@@ -235,9 +239,10 @@ impl Session {
         };
         // Zones are evaluated for every position taken, whether or not NATS takes it now:
         // their events are queued and recorded once the trips service answers.
+        let (located, zone_cell) = located;
         shared.tracking.observe(
             &self.sender.id,
-            location.point(),
+            (location.point(), zone_cell),
             location.ts,
             status != VehicleStatus::Offline,
         );
