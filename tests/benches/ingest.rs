@@ -29,9 +29,9 @@
 //! clients report from and the rest beside them, each smaller than an index cell so every
 //! position takes the exact point-in-polygon test: the lossless rate with zones over the one
 //! without, climb by climb. Then, with the zones, at half the first climb's lossless rate,
-//! `BENCH_INGEST_CROSSERS` clients (10, 1% of them) step across their zone's edge with every
-//! report, and a webhook receiver on loopback times each zone event from the client's send to
-//! its delivery.
+//! every client steps out of its zone and back every `BENCH_INGEST_CROSS_EVERY` (100) reports,
+//! so 1% of the reports cross an edge, and a webhook receiver on loopback times each zone event
+//! from the client's send to its delivery.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -141,14 +141,12 @@ fn aligned_sends() -> bool {
 }
 
 /// Offers `rate` updates per second over the clients for `STEP` and counts what arrives.
-/// Where client `i` reports from: a grid of 100 by 10 points about 100 m apart; one of the
-/// `crossing` clients steps between the point and the gap north of it on every other report.
-fn client_point(i: usize, report: u64, crossing: usize) -> Point {
-    let across = if i < crossing && report % 2 == 1 {
-        ZONE_SPACING / 2.0
-    } else {
-        0.0
-    };
+/// Where client `i` reports from: a grid of 100 by 10 points about 100 m apart. With
+/// `cross_every` (n), every client steps between its point and the gap north of it every n
+/// reports (its own phase), so one report in n crosses a zone's edge.
+fn client_point(i: usize, report: u64, cross_every: u64) -> Point {
+    let outside = cross_every > 0 && ((report + i as u64) / cross_every) % 2 == 1;
+    let across = if outside { ZONE_SPACING / 2.0 } else { 0.0 };
     Point::new(
         CENTER.lat + (i % 100) as f64 * ZONE_SPACING + across,
         CENTER.lng + (i / 100) as f64 * ZONE_SPACING,
@@ -160,7 +158,7 @@ async fn step(
     received: &Arc<AtomicU64>,
     latency: &Arc<Mutex<Histogram<u64>>>,
     epoch: Instant,
-    (rate, crossing): (u64, usize),
+    (rate, cross_every): (u64, u64),
 ) -> (Vec<Ws>, Step) {
     let before = received.load(Ordering::SeqCst);
     latency.lock().unwrap().reset();
@@ -183,7 +181,7 @@ async fn step(
             let mut reports = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let at = client_point(i, reports, crossing);
+                let at = client_point(i, reports, cross_every);
                 reports += 1;
                 let text = format!(
                     r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
@@ -294,7 +292,7 @@ impl Rig {
         &self,
         clients: Vec<Ws>,
         rate: u64,
-        crossing: usize,
+        cross_every: u64,
     ) -> (Vec<Ws>, Step, Cpu) {
         let pids = [self.gateway_pid, self.nats_pid, std::process::id()];
         let before = pids.map(cpu_seconds);
@@ -303,7 +301,7 @@ impl Rig {
             &self.received,
             &self.latency,
             self.epoch,
-            (rate.max(1), crossing),
+            (rate.max(1), cross_every),
         )
         .await;
         let after = pids.map(cpu_seconds);
@@ -491,12 +489,12 @@ async fn gateway_has_zones(http: std::net::SocketAddr, n: usize) {
 }
 
 /// Zone events timed from the client's send to a webhook receiver's receipt, at `rate` with
-/// `crossing` clients stepping across an edge on every report, `runs` times.
+/// one report in `cross_every` crossing an edge, `runs` times.
 async fn event_latency(
     rig: &Rig,
     mut clients: Vec<Ws>,
     trips_http: std::net::SocketAddr,
-    (rate, crossing, runs): (u64, usize, usize),
+    (rate, cross_every, runs): (u64, u64, usize),
 ) -> anyhow::Result<(Vec<Ws>, serde_json::Value)> {
     let receiver = Receiver::start(Mode::Up).await;
     let registered: serde_json::Value = reqwest::Client::new()
@@ -517,7 +515,7 @@ async fn event_latency(
     for run in 1..=runs {
         settle(&rig.last_arrival_us, rig.epoch).await;
         let before = receiver.accepted().len();
-        let (back, result, _) = rig.step_crossing(clients, rate, crossing).await;
+        let (back, result, _) = rig.step_crossing(clients, rate, cross_every).await;
         clients = back;
         lost += result.sent.saturating_sub(result.received);
         // Delivered once the count stops moving for a second.
@@ -558,7 +556,7 @@ async fn event_latency(
     );
     let json = serde_json::json!({
         "rate_per_sec": rate,
-        "crossing_clients": crossing,
+        "reports_per_crossing": cross_every,
         "positions_lost": lost,
         "events_per_sec": spread(&rates),
         "event_latency_ms": {"p50": spread(&p50s), "p99": spread(&p99s)},
@@ -603,7 +601,7 @@ async fn main() -> anyhow::Result<()> {
     trips.webhook_destinations = Destinations::parse("127.0.0.1/32").map_err(anyhow::Error::msg)?;
     let trips = start_trips(trips).await;
     let zones = env_count("BENCH_INGEST_ZONES", 10_000);
-    let crossers = env_count("BENCH_INGEST_CROSSERS", 10);
+    let cross_every = env_count("BENCH_INGEST_CROSS_EVERY", 100) as u64;
     let regions = GeoConfig::default().regions_covering(CENTER, 20_000.0)?;
     let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
     wait_ready(matcher.http).await;
@@ -694,7 +692,7 @@ async fn main() -> anyhow::Result<()> {
     if zones > 0 {
         let half = (climbs[0].lossless * 0.5) as u64;
         let (back, events) =
-            event_latency(&rig, clients, trips.http, (half, crossers, runs)).await?;
+            event_latency(&rig, clients, trips.http, (half, cross_every, runs)).await?;
         clients = back;
         let with: Vec<f64> = zoned.iter().map(|c| c.lossless).collect();
         let ratios: Vec<f64> = zoned

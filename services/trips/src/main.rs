@@ -62,7 +62,7 @@ struct Args {
     #[arg(long, env = "TRIPS_WEBHOOK_RETRY_H", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
     webhook_retry_h: u64,
     /// Webhook requests in flight per endpoint.
-    #[arg(long, env = "TRIPS_WEBHOOK_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, env = "TRIPS_WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
     webhook_concurrency: u64,
     /// Do not apply migrations at startup.
     #[arg(long)]

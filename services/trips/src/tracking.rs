@@ -81,23 +81,28 @@ pub async fn record(
         )
         .await?;
     let tx = client.transaction().await?;
+    // Sent together (the connection pipelines them) and carried out in order.
+    let changes = futures_util::future::try_join_all(events.iter().map(|event| {
+        let (tx, enter, exit, dwell) = (&tx, &enter, &exit, &dwell);
+        async move {
+            match event.transition {
+                ZoneTransition::Enter => {
+                    tx.execute(enter, &[&event.driver_id, &event.zone_id, &event.at])
+                        .await
+                }
+                ZoneTransition::Exit(_) => {
+                    tx.execute(exit, &[&event.driver_id, &event.zone_id]).await
+                }
+                ZoneTransition::Dwell => {
+                    tx.execute(dwell, &[&event.driver_id, &event.zone_id]).await
+                }
+            }
+        }
+    }))
+    .await?;
     let mut out = Vec::new();
     let mut queues_moved: BTreeSet<(Uuid, String)> = BTreeSet::new();
-    for event in events {
-        let changed = match event.transition {
-            ZoneTransition::Enter => {
-                tx.execute(&enter, &[&event.driver_id, &event.zone_id, &event.at])
-                    .await?
-            }
-            ZoneTransition::Exit(_) => {
-                tx.execute(&exit, &[&event.driver_id, &event.zone_id])
-                    .await?
-            }
-            ZoneTransition::Dwell => {
-                tx.execute(&dwell, &[&event.driver_id, &event.zone_id])
-                    .await?
-            }
-        };
+    for (event, changed) in events.iter().zip(changes) {
         let public = to_public(event);
         let outcome = if changed == 1 { "recorded" } else { "repeated" };
         metrics::counter!(m::ZONE_EVENTS, "type" => public.kind.as_str(), "outcome" => outcome)

@@ -53,7 +53,7 @@ impl Default for DeliverySettings {
             max_age: Duration::from_secs(24 * 3600),
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
-            concurrency: 4,
+            concurrency: 16,
             poll: Duration::from_millis(500),
         }
     }
