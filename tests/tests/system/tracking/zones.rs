@@ -1,0 +1,183 @@
+//! Zone events once per crossing, on NATS and by webhook.
+
+use super::*;
+
+#[tokio::test]
+async fn zone_events_reach_nats_and_webhooks_once_per_crossing() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let subjects = Subjects::new(&prefix).unwrap();
+    let trips = start_trips(trips_for_hooks(&db, &nats, &prefix)).await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.tracking.dwell = Duration::from_secs(3);
+    config.tracking.stale_after = Duration::from_secs(2);
+    config.tracking.reload_every = Duration::from_millis(200);
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+    let receiver = Receiver::start(Mode::Up).await;
+    let (hook, secret) = register(
+        &trips,
+        &receiver,
+        &["zone.enter", "zone.exit", "zone.dwell"],
+    )
+    .await;
+    let mut events = collect_events(&nats, &subjects).await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}/api/zones", trips.http);
+
+    let half = 0.002;
+    let (status, zone) =
+        call(http.post(&api).bearer_auth(dispatcher()).json(
+            &json!({"name": "Forecourt", "kind": "watch", "geometry": square(CENTER, half)}),
+        ))
+        .await;
+    assert_eq!(status, 201, "{zone}");
+    let zone_a = zone["zone_id"].as_str().unwrap().to_owned();
+
+    let outside = Point::new(CENTER.lat, CENTER.lng + 0.01);
+    let edge = CENTER.lng + half;
+    // Within a metre either side of the east edge.
+    let (in_edge, out_edge) = (
+        Point::new(CENTER.lat, edge - 0.000_01),
+        Point::new(CENTER.lat, edge + 0.000_01),
+    );
+    let mut driver = Driver {
+        client: Client::driver_online_at(gateway.ws, &token(Role::Driver, "d1"), outside).await,
+        seq: 1,
+    };
+    driver
+        .until(CENTER, &mut events, 1, "the first enter")
+        .await;
+    // Zig-zagging on the edge: every crossing is one event.
+    for _ in 0..6 {
+        driver.at(out_edge).await;
+        driver.at(in_edge).await;
+    }
+    assert!(
+        at_least(&mut events, 13, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+    // Staying inside, reporting as drivers do: one dwell.
+    driver.until(in_edge, &mut events, 14, "the dwell").await;
+
+    // Redrawn elsewhere while the driver is inside: it has left; drawn back, it is in again.
+    let zone_url = format!("{api}/{zone_a}");
+    let moved = json!({"name": "Forecourt", "kind": "watch",
+                       "geometry": square(Point::new(CENTER.lat + 0.05, CENTER.lng), half)});
+    let (status, _) = call(http.put(&zone_url).bearer_auth(dispatcher()).json(&moved)).await;
+    assert_eq!(status, 200);
+    driver
+        .until(in_edge, &mut events, 15, "the exit from the redrawn zone")
+        .await;
+    let back = json!({"name": "Forecourt", "kind": "watch", "geometry": square(CENTER, half)});
+    let (status, _) = call(http.put(&zone_url).bearer_auth(dispatcher()).json(&back)).await;
+    assert_eq!(status, 200);
+    driver
+        .until(
+            in_edge,
+            &mut events,
+            16,
+            "the enter into the zone drawn back",
+        )
+        .await;
+
+    // Deleted while the driver is inside: one exit, from the deletion.
+    let (status, _) = call(http.delete(&zone_url).bearer_auth(dispatcher())).await;
+    assert_eq!(status, 204);
+    assert!(
+        at_least(&mut events, 17, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+    // Into another zone: its enter comes after whatever the gateway sent of the deleted one.
+    let east = Point::new(CENTER.lat, CENTER.lng + 0.02);
+    let (status, zone) = call(
+        http.post(&api)
+            .bearer_auth(dispatcher())
+            .json(&json!({"name": "Rank", "kind": "queue", "geometry": square(east, half)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{zone}");
+    let zone_b = zone["zone_id"].as_str().unwrap().to_owned();
+    driver
+        .until(east, &mut events, 18, "the enter into the second zone")
+        .await;
+
+    // Gone silent inside it (here: disconnected): it leaves once stale.
+    drop(driver);
+    assert!(
+        at_least(&mut events, 19, PATIENCE).await,
+        "{:?}",
+        events.borrow()
+    );
+
+    use EventType::{ZoneDwell as Dwell, ZoneEnter as Enter, ZoneExit as Exit};
+    let a = || zone_a.clone();
+    let mut expected = vec![(Enter, None, a())];
+    for _ in 0..6 {
+        expected.push((Exit, Some(ExitReason::Left), a()));
+        expected.push((Enter, None, a()));
+    }
+    expected.extend([
+        (Dwell, None, a()),
+        (Exit, Some(ExitReason::Left), a()),
+        (Enter, None, a()),
+        (Exit, Some(ExitReason::ZoneDeleted), a()),
+        (Enter, None, zone_b.clone()),
+        (Exit, Some(ExitReason::Stale), zone_b.clone()),
+    ]);
+    let published = events.borrow().clone();
+    assert_eq!(zone_steps(&published, "d1"), expected);
+    let b = published
+        .iter()
+        .find(|e| e.zone.as_ref().unwrap().zone_id.to_string() == zone_b)
+        .unwrap();
+    assert_eq!(b.zone.as_ref().unwrap().name, "Rank");
+    assert!(b.position.is_some_and(|p| (p.lng - east.lng).abs() < 1e-9));
+
+    // The webhook got the same events, in the same order, each signed.
+    let wanted = published.len();
+    let delivered = eventually("every zone event delivered", PATIENCE, || {
+        let accepted = receiver.accepted();
+        async move { (accepted.len() >= wanted).then_some(accepted) }
+    })
+    .await;
+    let ids: Vec<&str> = delivered.iter().map(|r| r.id.as_str()).collect();
+    let sent: Vec<&str> = published.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, sent);
+    assert_eq!(receiver.forged(), 0);
+    let (_, hooks) = call(
+        http.get(format!("http://{}/api/webhooks", trips.http))
+            .bearer_auth(dispatcher()),
+    )
+    .await;
+    assert!(
+        hooks[0].get("secret").is_none(),
+        "the secret is shown once: {hooks}"
+    );
+    assert_eq!(hooks[0]["endpoint_id"], hook.as_str());
+    assert_eq!(
+        (hooks[0]["pending"].as_i64(), hooks[0]["dead"].as_i64()),
+        (Some(0), Some(0)),
+        "{hooks}"
+    );
+    // A receiver's check of the signature fails for a body changed on the way.
+    let first = &delivered[0];
+    let mut tampered = first.body.clone();
+    let at = tampered.iter().position(|b| *b == b'd').unwrap();
+    tampered[at] = b'D';
+    assert_eq!(
+        events::verify(
+            secret.as_bytes(),
+            first.timestamp,
+            &first.signature,
+            &tampered,
+            first.timestamp,
+            300
+        ),
+        Err(events::VerifyError::Mismatch)
+    );
+}
