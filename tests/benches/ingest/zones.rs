@@ -32,18 +32,17 @@ pub(super) async fn put_zones(db: &TestDb, n: usize) -> anyhow::Result<()> {
             &[&ids, &shapes],
         )
         .await?;
-    client
-        .execute(
-            "UPDATE zone_generation SET generation = generation + 1",
-            &[],
-        )
-        .await?;
-    Ok(())
+    changed(&client).await
 }
 
 pub(super) async fn clear_zones(db: &TestDb) -> anyhow::Result<()> {
     let client = db.client().await;
     client.execute("DELETE FROM zones", &[]).await?;
+    changed(&client).await
+}
+
+/// Tells every trips process the zones changed, as the API does with each change.
+async fn changed(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     client
         .execute(
             "UPDATE zone_generation SET generation = generation + 1",
