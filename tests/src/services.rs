@@ -120,7 +120,7 @@ pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
         nats_url: nats_url.into(),
         subjects: Subjects::new(prefix).expect("test prefixes are valid"),
         geo: Default::default(),
-        token_secret: TOKEN_SECRET.to_vec(),
+        verifier: protocol::token::Verifier::hs256(TOKEN_SECRET),
         limits: Default::default(),
         dashboard: Default::default(),
         publishing: Default::default(),

@@ -85,7 +85,8 @@ pub struct Config {
     pub nats_url: String,
     pub subjects: Subjects,
     pub geo: GeoConfig,
-    pub token_secret: Vec<u8>,
+    /// Checks clients' tokens.
+    pub verifier: protocol::token::Verifier,
     pub limits: Limits,
     /// The dispatcher's web page on the HTTP listener.
     pub dashboard: dashboard::Dashboard,

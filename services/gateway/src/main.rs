@@ -136,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
     match Args::parse().command {
         Command::Token(args) => {
-            let secret = kit::cli::or_exit(args.token.validate());
+            let secret = kit::cli::or_exit(args.token.secret());
             let claims = Claims {
                 role: args.role,
                 sub: args.sub,
@@ -158,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(args: Serve) -> anyhow::Result<()> {
     let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
-    let token_secret = kit::cli::or_exit(args.token.validate());
+    let tokens = kit::cli::or_exit(args.token.validate());
     let limits = gateway::Limits {
         max_connections: args.max_connections,
         messages_per_sec: args.messages_per_sec,
@@ -172,7 +172,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
         nats_url: args.bus.nats_url,
         subjects,
         geo,
-        token_secret,
+        verifier: tokens.verifier.clone(),
         limits,
         dashboard: gateway::dashboard::Dashboard {
             assets: args.dashboard_dir,
@@ -206,5 +206,13 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
     );
     let shutdown = CancellationToken::new();
     kit::shutdown::on_signal(shutdown.clone(), Duration::from_secs(30));
+    if let Some((url, every)) = tokens.follow {
+        tokio::spawn(kit::auth::follow_keys(
+            tokens.verifier,
+            url,
+            every,
+            shutdown.clone(),
+        ));
+    }
     gateway::run(config, ws, http, shutdown).await
 }

@@ -3,9 +3,10 @@
 //! Telemetry (tracing and the Prometheus recorder), the operator HTTP endpoints (`/metrics`,
 //! `/healthz`, `/readyz`), NATS connections with slow-consumer accounting, typed
 //! request/reply over NATS with a deadline (and the trips service's commands and queries on
-//! it), shared command-line options and their checks, retry with backoff, and stopping on a
+//! it), shared command-line options and their checks, token checking with a key set, retry with backoff, and stopping on a
 //! signal with a grace period.
 
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod http;

@@ -14,7 +14,8 @@ use deadpool_postgres::Pool;
 use protocol::client::Role;
 use protocol::trip::{TripState, TripView};
 use protocol::zone::{Zone, ZoneSpec};
-use protocol::{ErrorCode, token, validate};
+use protocol::token::Verifier;
+use protocol::{ErrorCode, validate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -29,7 +30,7 @@ struct ApiState {
     pool: Pool,
     zones: Zones,
     webhooks: Webhooks,
-    token_secret: std::sync::Arc<[u8]>,
+    verifier: Verifier,
 }
 
 /// Largest request body: a zone of the most vertices allowed fits with room to spare.
@@ -101,7 +102,7 @@ async fn authenticate(
         ));
     };
     let now_s = protocol::time::now_ms() / 1000;
-    let claims = token::verify(&state.token_secret, bearer, now_s).map_err(|e| {
+    let claims = state.verifier.verify(bearer, now_s).map_err(|e| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
@@ -528,12 +529,12 @@ async fn redeliver(
 }
 
 /// The API routes, each behind dispatcher authentication.
-pub fn routes(pool: Pool, zones: Zones, webhooks: Webhooks, token_secret: &[u8]) -> Router {
+pub fn routes(pool: Pool, zones: Zones, webhooks: Webhooks, verifier: Verifier) -> Router {
     let state = ApiState {
         pool,
         zones,
         webhooks,
-        token_secret: token_secret.into(),
+        verifier,
     };
     Router::new()
         .route("/api/trips", get(list_trips))

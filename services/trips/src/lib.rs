@@ -53,7 +53,8 @@ pub struct Config {
     pub nats_url: String,
     pub subjects: Subjects,
     pub geo: GeoConfig,
-    pub token_secret: Vec<u8>,
+    /// Checks the API's bearer tokens.
+    pub verifier: protocol::token::Verifier,
     pub pool: db::PoolSettings,
     pub store: StoreSettings,
     pub sweep: SweepSettings,
@@ -84,7 +85,7 @@ impl Config {
             nats_url: nats_url.into(),
             subjects,
             geo: GeoConfig::default(),
-            token_secret: token_secret.into(),
+            verifier: protocol::token::Verifier::hs256(token_secret),
             pool: db::PoolSettings::default(),
             store: StoreSettings::default(),
             sweep: SweepSettings::default(),
@@ -290,7 +291,7 @@ pub async fn run(
         pool.clone(),
         store.zones().clone(),
         hooks,
-        &config.token_secret,
+        config.verifier.clone(),
     )
     .merge(kit::http::operator_routes(readiness));
     tasks.spawn(kit::http::serve(http, app, shutdown.clone()));

@@ -86,8 +86,9 @@ async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
     let args = Args::parse();
     let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
-    let secret = kit::cli::or_exit(args.token.validate());
-    let mut config = trips::Config::new(&args.database_url, &args.bus.nats_url, subjects, &secret);
+    let tokens = kit::cli::or_exit(args.token.validate());
+    let mut config = trips::Config::new(&args.database_url, &args.bus.nats_url, subjects, &[]);
+    config.verifier = tokens.verifier.clone();
     config.geo = geo;
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
@@ -113,5 +114,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), http = %http.local_addr()?, "dispatch-trips starting");
     let shutdown = CancellationToken::new();
     kit::shutdown::on_signal(shutdown.clone(), Duration::from_secs(30));
+    if let Some((url, every)) = tokens.follow {
+        tokio::spawn(kit::auth::follow_keys(
+            tokens.verifier,
+            url,
+            every,
+            shutdown.clone(),
+        ));
+    }
     trips::run(config, http, shutdown).await
 }

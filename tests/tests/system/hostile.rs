@@ -107,7 +107,7 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     for (name, bad) in [
         ("token missing (empty)", String::new()),
         ("token forged with another secret", forged),
-        ("token expired", token_with(Role::Driver, "d1", None, -10)),
+        ("token expired", token_with(Role::Driver, "d1", None, -120)),
         ("token with claims swapped under another signature", spliced),
         ("token that is not a token", "garbage".repeat(3)),
     ] {

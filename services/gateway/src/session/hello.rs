@@ -10,7 +10,7 @@ use protocol::ErrorCode;
 use protocol::client::{self, ClientMessage, ServerMessage, SessionLimits, close_code};
 use protocol::rights::Sender;
 use protocol::time::now_ms;
-use protocol::token::{self, Claims};
+use protocol::token::Claims;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -47,7 +47,7 @@ pub async fn open(
     let Ok(ClientMessage::Hello { token, versions }) = client::decode(&text, now_ms()) else {
         return refuse_no_hello(&mut sink).await;
     };
-    let claims = match token::verify(&shared.config.token_secret, &token, now_ms() / 1000) {
+    let claims = match shared.config.verifier.verify(&token, now_ms() / 1000) {
         Ok(claims) => claims,
         Err(error) => {
             let told = error_text(None, ErrorCode::Unauthorized, error.to_string());
