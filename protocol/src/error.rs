@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a request failed. Clients branch on this; the accompanying message is for people.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No token, a forged or an expired one.

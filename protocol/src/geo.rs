@@ -15,12 +15,15 @@ use crate::validate::{self, ValidationError};
 
 /// A WGS84 position in degrees.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Point {
     /// Latitude in degrees, -90 to 90.
     #[schemars(range(min = -90.0, max = 90.0))]
+    #[cfg_attr(feature = "openapi", schema(minimum = -90.0, maximum = 90.0))]
     pub lat: f64,
     /// Longitude in degrees, -180 to 180.
     #[schemars(range(min = -180.0, max = 180.0))]
+    #[cfg_attr(feature = "openapi", schema(minimum = -180.0, maximum = 180.0))]
     pub lng: f64,
 }
 

@@ -16,6 +16,7 @@ use crate::time::UnixMillis;
 /// any non-terminal -> cancelled   (rider, driver, dispatcher or system, with a reason)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TripState {
     Requested,
@@ -91,6 +92,7 @@ impl std::fmt::Display for TripState {
 
 /// Who caused a transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     Rider,
@@ -115,6 +117,7 @@ impl Actor {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VehicleClass {
     Standard,
@@ -173,6 +176,7 @@ impl TripStage {
 
 /// A trip as shown to its rider, its driver and dispatchers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TripView {
     pub trip_id: Uuid,
     pub state: TripState,

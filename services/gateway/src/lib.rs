@@ -12,7 +12,6 @@ pub mod meters;
 pub mod outbound;
 pub mod presence;
 pub mod publisher;
-pub mod ratelimit;
 pub mod session;
 pub mod shared;
 pub mod tracking;

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod http;
 pub mod meters;
 pub mod presence;
+pub mod ratelimit;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use protocol::client::Role;
 use protocol::trip::{TripState, TripView};
 use protocol::zone::{Zone, ZoneSpec};
@@ -187,7 +187,7 @@ async fn list_trips(
 }
 
 /// One entry of a trip's timeline.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
     pub event_id: i64,
     pub from: Option<String>,
@@ -207,7 +207,7 @@ pub struct EventView {
 }
 
 /// One point of a trip's route.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoutePoint {
     pub lat: f64,
     pub lng: f64,
@@ -217,7 +217,7 @@ pub struct RoutePoint {
 }
 
 /// A trip with its timeline and route.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TripDetail {
     pub trip: TripView,
     pub driver_name: Option<String>,
@@ -233,13 +233,26 @@ async fn trip_detail(
         .parse()
         .map_err(|_| bad_request("trip id is not a UUID"))?;
     let client = state.pool.get().await?;
-    let row = client
+    let detail = load_detail(&client, trip_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such trip"))?;
+    Ok(Json(detail))
+}
+
+/// A trip with its driver's name, timeline and route, if it exists.
+pub async fn load_detail(
+    client: &impl GenericClient,
+    trip_id: Uuid,
+) -> Result<Option<TripDetail>, tokio_postgres::Error> {
+    let Some(row) = client
         .query_opt(
             &format!("SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"),
             &[&trip_id],
         )
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such trip"))?;
+    else {
+        return Ok(None);
+    };
     let trip = trip_from_row(&row).view;
     let driver_name = match &trip.driver_id {
         Some(driver) => client
@@ -288,7 +301,7 @@ async fn trip_detail(
             ts: r.get(4),
         })
         .collect();
-    Ok(Json(TripDetail {
+    Ok(Some(TripDetail {
         trip,
         driver_name,
         events,

@@ -7,7 +7,7 @@
 //! the [`outbox`], so a crash after commit loses no event. A sweeper keeps every request moving
 //! until it reaches a terminal state. [`api`] serves history, zones and webhooks over HTTP.
 //! Gateways send the zone events they detect on `{p}.tracking.record` ([`tracking`]);
-//! integrators' events are delivered to [`webhooks`].
+//! integrators' events are delivered to [`webhooks`]; integrators' servers use the [`v1`] API.
 
 pub mod api;
 pub mod breadcrumbs;
@@ -23,6 +23,7 @@ pub mod rows;
 pub mod store;
 pub mod sweep;
 pub mod tracking;
+pub mod v1;
 pub mod webhooks;
 mod writer;
 pub mod zones;
@@ -70,6 +71,8 @@ pub struct Config {
     /// Internal addresses webhooks may be delivered to (none by default).
     pub webhook_destinations: webhooks::policy::Destinations,
     pub webhook_delivery: webhooks::deliver::DeliverySettings,
+    /// Each API key's request rate on each replica.
+    pub api_key_rate: v1::KeyRate,
 }
 
 impl Config {
@@ -95,6 +98,7 @@ impl Config {
             service_area: None,
             webhook_destinations: Default::default(),
             webhook_delivery: Default::default(),
+            api_key_rate: Default::default(),
         }
     }
 }
@@ -293,6 +297,12 @@ pub async fn run(
         hooks,
         config.verifier.clone(),
     )
+    .merge(v1::routes(
+        pool.clone(),
+        store.clone(),
+        config.verifier.clone(),
+        config.api_key_rate,
+    ))
     .merge(kit::http::operator_routes(readiness));
     tasks.spawn(kit::http::serve(http, app, shutdown.clone()));
     tracing::info!(prefix = config.subjects.prefix(), "trips service running");

@@ -87,6 +87,29 @@ impl EventIds {
     }
 }
 
+/// A trip to create: a rider's request, or a job created through the API.
+#[derive(Debug, Clone)]
+pub struct NewTrip {
+    pub rider_id: String,
+    pub idempotency_key: String,
+    pub pickup: Point,
+    pub dropoff: Point,
+    pub vehicle_class: Option<VehicleClass>,
+    pub min_capacity: Option<u16>,
+    pub job: Option<JobOrigin>,
+}
+
+/// Who created a job through the API, and the integrator's own fields.
+#[derive(Debug, Clone)]
+pub struct JobOrigin {
+    /// `key:{key_id}` or `dispatcher:{sub}`: whose job it is.
+    pub created_by: String,
+    /// Recorded as the actor of the `requested` event.
+    pub actor_id: String,
+    pub external_ref: Option<String>,
+    pub notes: Option<String>,
+}
+
 /// Trip commands and queries.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -173,14 +196,15 @@ impl Store {
                 vehicle_class,
                 min_capacity,
             } => {
-                self.create(
-                    &rider_id,
-                    &idempotency_key,
+                self.create(NewTrip {
+                    rider_id,
+                    idempotency_key,
                     pickup,
                     dropoff,
                     vehicle_class,
                     min_capacity,
-                )
+                    job: None,
+                })
                 .await
             }
             TripCommand::SetDriverStatus {
@@ -197,15 +221,49 @@ impl Store {
         }
     }
 
-    async fn create(
-        &self,
-        rider_id: &str,
-        key: &str,
-        pickup: Point,
-        dropoff: Point,
-        vehicle_class: Option<VehicleClass>,
-        min_capacity: Option<u16>,
-    ) -> Result<TripOutcome, StoreError> {
+    /// Creates a job for an integrator (or a dispatcher) through the API: a trip like a
+    /// rider's, idempotent on `(created_by, idempotency_key)`, within the command timeout.
+    pub async fn create_job(&self, trip: NewTrip) -> TripReply {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.settings.command_timeout, self.create(trip))
+            .await
+        {
+            Ok(result) => result.map_err(StoreError::into_command_error),
+            Err(_) => Err(CommandError::new(
+                ErrorCode::Unavailable,
+                "database did not answer in time",
+            )),
+        };
+        let outcome = match &result {
+            Ok(o) if o.changed => "changed",
+            Ok(_) => "unchanged",
+            Err(e) => e.code.as_str(),
+        };
+        metrics::counter!(m::COMMANDS, "command" => "create_job", "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(m::COMMAND_DURATION, "command" => "create_job")
+            .record(started.elapsed());
+        if matches!(&result, Ok(o) if o.changed) {
+            self.outbox_ready.notify_one();
+        }
+        result
+    }
+
+    async fn create(&self, new: NewTrip) -> Result<TripOutcome, StoreError> {
+        let NewTrip {
+            rider_id,
+            idempotency_key: key,
+            pickup,
+            dropoff,
+            vehicle_class,
+            min_capacity,
+            job,
+        } = new;
+        let (rider_id, key) = (rider_id.as_str(), key.as_str());
+        let (actor, actor_id) = match &job {
+            Some(job) => (Actor::Dispatcher, job.actor_id.as_str()),
+            None => (Actor::Rider, rider_id),
+        };
         let region = self
             .geo
             .region_of(pickup)
@@ -216,14 +274,32 @@ impl Store {
         // Taken before a connection: a new block of ids needs a connection of its own.
         let event_id = self.event_ids.next(&self.pool).await?;
         let client = self.pool.get().await?;
-        let find = client
-            .prepare_cached(&format!(
-                "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
-            ))
-            .await?;
+        // A rider's request is the same request for the same rider and key; a job, for the
+        // same creator and key.
+        let (find, owner) = match &job {
+            Some(job) => (
+                client
+                    .prepare_cached(&format!(
+                        "SELECT {TRIP_COLUMNS} FROM trips WHERE created_by = $1 AND idempotency_key = $2"
+                    ))
+                    .await?,
+                job.created_by.as_str(),
+            ),
+            None => (
+                client
+                    .prepare_cached(&format!(
+                        "SELECT {TRIP_COLUMNS} FROM trips WHERE rider_id = $1 AND idempotency_key = $2"
+                    ))
+                    .await?,
+                rider_id,
+            ),
+        };
         let existing = |row: &Row| {
             let trip = trip_from_row(row);
-            if trip.view.pickup != pickup || trip.view.dropoff != dropoff {
+            if trip.view.pickup != pickup
+                || trip.view.dropoff != dropoff
+                || trip.view.rider_id != rider_id
+            {
                 return Err(err(
                     ErrorCode::Conflict,
                     "idempotency key was already used for a different request",
@@ -236,7 +312,7 @@ impl Store {
         };
         if let Some(refusal) = self.zones.refusal(pickup, dropoff) {
             // A retry of a request stored before the zones changed is still that trip.
-            return match client.query_opt(&find, &[&rider_id, &key]).await? {
+            return match client.query_opt(&find, &[&owner, &key]).await? {
                 Some(row) => existing(&row),
                 None => Err(refusal),
             };
@@ -272,7 +348,7 @@ impl Store {
             &self.subjects,
             &trip,
             None,
-            (Actor::Rider, Some(rider_id)),
+            (actor, Some(actor_id)),
             &Checked::default(),
             event_id,
         );
@@ -286,15 +362,16 @@ impl Store {
                  ins AS ( \
                    INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, pickup_lat, \
                      pickup_lng, dropoff_lat, dropoff_lng, vehicle_class, min_capacity, \
-                     search_deadline, requested_at, updated_at, last_dispatched_at) \
+                     search_deadline, requested_at, updated_at, last_dispatched_at, created_by, \
+                     external_ref, notes) \
                    VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
                      to_timestamp(($11::int8 + $12::int8) / 1000.0), to_timestamp($11::int8 / 1000.0), \
-                     to_timestamp($11::int8 / 1000.0), to_timestamp($11::int8 / 1000.0)) \
-                   ON CONFLICT (rider_id, idempotency_key) DO NOTHING RETURNING trip_id), \
+                     to_timestamp($11::int8 / 1000.0), to_timestamp($11::int8 / 1000.0), $18, $19, $20) \
+                   ON CONFLICT DO NOTHING RETURNING trip_id), \
                  event AS ( \
                    INSERT INTO trip_events (event_id, trip_id, version, from_state, to_state, actor, \
                      actor_id, at) \
-                   SELECT $13, trip_id, 1, NULL, 'requested', 'rider', $2, \
+                   SELECT $13, trip_id, 1, NULL, 'requested', $16, $17, \
                      to_timestamp($11::int8 / 1000.0) FROM ins), \
                  outgoing AS ( \
                    INSERT INTO outbox (subjects, payloads) SELECT $14::text[], $15::bytea[] \
@@ -321,6 +398,11 @@ impl Store {
                     &event_id,
                     &subjects,
                     &payloads,
+                    &actor.as_str(),
+                    &actor_id,
+                    &job.as_ref().map(|j| j.created_by.as_str()),
+                    &job.as_ref().and_then(|j| j.external_ref.as_deref()),
+                    &job.as_ref().and_then(|j| j.notes.as_deref()),
                 ],
             )
             .await?
@@ -333,7 +415,7 @@ impl Store {
                 changed: true,
             });
         }
-        match client.query_opt(&find, &[&rider_id, &key]).await? {
+        match client.query_opt(&find, &[&owner, &key]).await? {
             Some(row) => existing(&row),
             None => Err(err(ErrorCode::Unavailable, "trip is being created; retry")),
         }

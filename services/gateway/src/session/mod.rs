@@ -60,7 +60,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::inbox::Recipient;
 use crate::meters as m;
 use crate::outbound::{Close, Key, Outbound};
-use crate::ratelimit::TokenBucket;
+use kit::ratelimit::TokenBucket;
 use crate::shared::Shared;
 use commands::Pending;
 use dispatcher::Feeds;

@@ -1,4 +1,4 @@
-//! A token bucket per connection.
+//! Token buckets: a gateway's per connection, the HTTP API's per API key.
 
 use tokio::time::Instant;
 
@@ -34,6 +34,12 @@ impl TokenBucket {
             false
         }
     }
+
+    /// How long until a token is back, as the seconds of a `Retry-After` (at least 1).
+    pub fn retry_after_s(&self) -> u64 {
+        let missing = (1.0 - self.tokens).max(0.0);
+        (missing / self.rate.max(1e-3)).ceil().clamp(1.0, 3600.0) as u64
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +56,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(bucket.allow());
         assert!(!bucket.allow());
+        assert_eq!(bucket.retry_after_s(), 1);
+        let mut slow = TokenBucket::new(1, 1);
+        assert!(slow.allow());
+        assert!(!slow.allow());
+        assert_eq!(slow.retry_after_s(), 1);
     }
 }

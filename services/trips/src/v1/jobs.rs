@@ -1,0 +1,479 @@
+//! Jobs: dispatch requests created by integrators (or dispatchers) through the API. A job is a
+//! trip, with the same state machine, events and timeline as a rider's, plus who created it,
+//! the integrator's reference and notes. Creating one is idempotent on the `Idempotency-Key`
+//! header, per creator.
+
+// utoipa's expansion of `params(SomeFilter)` names the type with a path the lint flags.
+#![allow(unused_qualifications)]
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use deadpool_postgres::GenericClient;
+use protocol::bus::TripCommand;
+use protocol::trip::{Actor, TripState, TripView, VehicleClass};
+use protocol::{ErrorCode, Point, validate};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::paging::{self, TripPosition};
+use super::{Principal, Problem, Scope, V1State};
+use crate::rows::{TRIP_COLUMNS, trip_from_row};
+use crate::store::{JobOrigin, NewTrip};
+
+/// The columns a [`Trip`] is read from: [`TRIP_COLUMNS`], then the job's own and the cursor.
+pub(crate) fn columns() -> String {
+    format!(
+        "{TRIP_COLUMNS}, created_by, external_ref, notes, \
+         (extract(epoch from requested_at) * 1000000)::int8"
+    )
+}
+
+/// A trip as the API shows it; a job is a trip whose `created_by` is set.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Trip {
+    #[serde(flatten)]
+    pub trip: TripView,
+    /// Who created the job (`key:{key_id}` or `dispatcher:{id}`); null for a rider's request.
+    pub created_by: Option<String>,
+    /// The integrator's own reference.
+    pub external_ref: Option<String>,
+    pub notes: Option<String>,
+}
+
+/// A trip and where it sits in the list order.
+pub(crate) fn trip_from(row: &Row) -> (Trip, TripPosition) {
+    let trip = Trip {
+        trip: trip_from_row(row).view,
+        created_by: row.get(20),
+        external_ref: row.get(21),
+        notes: row.get(22),
+    };
+    let position = TripPosition {
+        t: row.get(23),
+        id: trip.trip.trip_id,
+    };
+    (trip, position)
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A job to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    pub pickup: Point,
+    pub dropoff: Point,
+    pub vehicle_class: Option<VehicleClass>,
+    /// Seats or load the vehicle must have, 1 to 64.
+    #[schema(minimum = 1, maximum = 64)]
+    pub min_capacity: Option<u16>,
+    /// The customer the job is for: the rider id its events name (letters, digits, `_ : -`,
+    /// at most 64). The caller's own id when not given.
+    #[schema(max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
+    pub customer_id: Option<String>,
+    /// The integrator's own reference, at most 200 bytes.
+    #[schema(max_length = 200)]
+    pub external_ref: Option<String>,
+    /// Free text for the driver and dispatchers, at most 2000 bytes.
+    #[schema(max_length = 2000)]
+    pub notes: Option<String>,
+}
+
+/// Why a job is cancelled.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelJob {
+    /// At most 500 bytes.
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+/// Filters of the job list; all optional.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    pub state: Option<TripState>,
+    pub customer_id: Option<String>,
+    pub external_ref: Option<String>,
+    /// Requested at or after, milliseconds since the epoch.
+    pub from: Option<i64>,
+    /// Requested before, milliseconds since the epoch.
+    pub to: Option<i64>,
+    /// At most this many, newest first (default 50, at most 500).
+    pub limit: Option<i64>,
+    /// From a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// Everything a trip list can be filtered by.
+#[derive(Debug, Default)]
+pub(crate) struct ListQuery {
+    pub rider_id: Option<String>,
+    pub driver_id: Option<String>,
+    pub state: Option<TripState>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub created_by: Option<String>,
+    pub jobs_only: bool,
+    pub external_ref: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// A page of trips, newest first.
+pub(crate) async fn list_page(
+    client: &impl GenericClient,
+    query: &ListQuery,
+) -> Result<Page<Trip>, Problem> {
+    for (field, value) in [
+        ("rider_id", &query.rider_id),
+        ("driver_id", &query.driver_id),
+    ] {
+        if let Some(value) = value {
+            validate::id(field, value).map_err(|e| Problem::invalid(e.to_string()))?;
+        }
+    }
+    if let Some(reference) = &query.external_ref {
+        validate::text("external_ref", reference).map_err(|e| Problem::invalid(e.to_string()))?;
+    }
+    let limit = paging::limit(query.limit)?;
+    let after = match &query.cursor {
+        Some(cursor) => Some(paging::decode::<TripPosition>(cursor)?),
+        None => None,
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {} FROM trips \
+             WHERE ($1::text IS NULL OR rider_id = $1) \
+               AND ($2::text IS NULL OR driver_id = $2) \
+               AND ($3::text IS NULL OR state = $3) \
+               AND ($4::int8 IS NULL OR requested_at >= 'epoch'::timestamptz + $4::int8 * interval '1 millisecond') \
+               AND ($5::int8 IS NULL OR requested_at < 'epoch'::timestamptz + $5::int8 * interval '1 millisecond') \
+               AND ($6::text IS NULL OR created_by = $6) \
+               AND (NOT $7::bool OR created_by IS NOT NULL) \
+               AND ($8::text IS NULL OR external_ref = $8) \
+               AND ($9::int8 IS NULL OR (requested_at, trip_id) < \
+                    ('epoch'::timestamptz + $9::int8 * interval '1 microsecond', $10::uuid)) \
+             ORDER BY requested_at DESC, trip_id DESC LIMIT $11",
+            columns()
+        ))
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &query.rider_id,
+                &query.driver_id,
+                &query.state.map(TripState::as_str),
+                &query.from,
+                &query.to,
+                &query.created_by,
+                &query.jobs_only,
+                &query.external_ref,
+                &after.as_ref().map(|a| a.t),
+                &after.as_ref().map(|a| a.id),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let mut items: Vec<(Trip, TripPosition)> = rows.iter().map(trip_from).collect();
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|(_, position)| paging::encode(position))
+    } else {
+        None
+    };
+    Ok(Page {
+        items: items.into_iter().map(|(trip, _)| trip).collect(),
+        next_cursor,
+    })
+}
+
+/// Whose jobs `principal` may see: all of them (`None`), or only its own.
+fn visible_to(principal: &Principal) -> Result<Option<String>, Problem> {
+    if principal.has(Scope::TripsRead) {
+        return Ok(None);
+    }
+    principal.require(Scope::JobsWrite)?;
+    Ok(Some(principal.owner()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Problem> {
+    id.parse()
+        .map_err(|_| Problem::invalid("job id is not a UUID"))
+}
+
+/// A job `principal` may see, or `not_found`: another key's job is indistinguishable from
+/// none.
+async fn load(
+    client: &impl GenericClient,
+    job_id: Uuid,
+    owner: Option<&str>,
+) -> Result<Trip, Problem> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {} FROM trips WHERE trip_id = $1 AND created_by IS NOT NULL \
+             AND ($2::text IS NULL OR created_by = $2)",
+            columns()
+        ))
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&job_id, &owner])
+        .await?
+        .ok_or_else(|| Problem::not_found("job"))?;
+    Ok(trip_from(&row).0)
+}
+
+/// Longest idempotency key, bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(Uuid::new_v4().to_string());
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            Problem::invalid("Idempotency-Key must be 1 to 200 visible ASCII characters")
+        })?;
+    Ok(key.to_owned())
+}
+
+fn check_text(field: &'static str, value: &Option<String>, max: usize) -> Result<(), Problem> {
+    if let Some(value) = value {
+        validate::text(field, value).map_err(|e| Problem::invalid(e.to_string()))?;
+        if value.len() > max {
+            return Err(Problem::invalid(format!("{field} is longer than {max} bytes")));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a job. A retry with the same `Idempotency-Key` (per caller) returns the same job
+/// with `200` and `Idempotent-Replayed: true`; the same key with a different pickup, dropoff
+/// or customer is a conflict.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = NewJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key returns the same job")),
+    responses(
+        (status = 201, description = "Created", body = Trip),
+        (status = 200, description = "A retry: the job the key created", body = Trip),
+        (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The key was used for another job", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Outside the service area, or a pickup where none is allowed", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    State(state): State<V1State>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Json<NewJob>, JsonRejection>,
+) -> Result<Response, Problem> {
+    principal.require(Scope::JobsWrite)?;
+    let key = idempotency_key(&headers)?;
+    let Json(job) = body?;
+    if let Some(customer) = &job.customer_id {
+        validate::id("customer_id", customer).map_err(|e| Problem::invalid(e.to_string()))?;
+    }
+    check_text("external_ref", &job.external_ref, 200)?;
+    check_text("notes", &job.notes, 2000)?;
+    if job.min_capacity.is_some_and(|c| !(1..=64).contains(&c)) {
+        return Err(Problem::invalid("min_capacity must be between 1 and 64"));
+    }
+    let owner = principal.owner();
+    let new = NewTrip {
+        rider_id: job.customer_id.unwrap_or_else(|| principal.actor_id()),
+        idempotency_key: format!("{owner}/{key}"),
+        pickup: job.pickup,
+        dropoff: job.dropoff,
+        vehicle_class: job.vehicle_class,
+        min_capacity: job.min_capacity,
+        job: Some(JobOrigin {
+            created_by: owner.clone(),
+            actor_id: principal.actor_id(),
+            external_ref: job.external_ref,
+            notes: job.notes,
+        }),
+    };
+    let outcome = state.store.create_job(new).await?;
+    let job_id = outcome
+        .trip
+        .map(|t| t.trip_id)
+        .ok_or_else(|| Problem::new(ErrorCode::Unavailable, "job is being created; retry"))?;
+    let client = state.pool.get().await?;
+    let trip = load(&client, job_id, Some(&owner)).await?;
+    let location = HeaderValue::from_str(&format!("/v1/jobs/{job_id}"))
+        .expect("a UUID path is a header value");
+    if outcome.changed {
+        return Ok((
+            StatusCode::CREATED,
+            [(header::LOCATION, location)],
+            Json(trip),
+        )
+            .into_response());
+    }
+    let replayed = HeaderName::from_static("idempotent-replayed");
+    Ok((
+        StatusCode::OK,
+        [(header::LOCATION, location), (replayed, HeaderValue::from_static("true"))],
+        Json(trip),
+    )
+        .into_response())
+}
+
+/// One job. A key with only `jobs:write` sees only the jobs it created.
+#[utoipa::path(
+    get, path = "/v1/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = Trip),
+        (status = 400, description = "Invalid id", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_one(
+    State(state): State<V1State>,
+    Extension(principal): Extension<Principal>,
+    Path(job_id): Path<String>,
+) -> Result<Json<Trip>, Problem> {
+    let owner = visible_to(&principal)?;
+    let job_id = parse_id(&job_id)?;
+    let client = state.pool.get().await?;
+    Ok(Json(load(&client, job_id, owner.as_deref()).await?))
+}
+
+/// Jobs, newest first. A key with only `jobs:write` lists only the jobs it created.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(JobFilter),
+    responses(
+        (status = 200, description = "A page of jobs", body = Page<Trip>),
+        (status = 400, description = "Invalid filter", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<V1State>,
+    Extension(principal): Extension<Principal>,
+    filter: Result<Query<JobFilter>, QueryRejection>,
+) -> Result<Json<Page<Trip>>, Problem> {
+    let owner = visible_to(&principal)?;
+    let Query(filter) = filter?;
+    let query = ListQuery {
+        rider_id: filter.customer_id,
+        state: filter.state,
+        from: filter.from,
+        to: filter.to,
+        created_by: owner,
+        jobs_only: true,
+        external_ref: filter.external_ref,
+        limit: filter.limit,
+        cursor: filter.cursor,
+        ..Default::default()
+    };
+    let client = state.pool.get().await?;
+    Ok(Json(list_page(&client, &query).await?))
+}
+
+/// Cancels a job that has not ended; the cancel is the job's next event, with the caller as
+/// its actor.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = Uuid, Path, description = "The job's id")),
+    request_body(content = CancelJob, description = "Optional"),
+    responses(
+        (status = 200, description = "The cancelled job", body = Trip),
+        (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The job has ended", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel(
+    State(state): State<V1State>,
+    Extension(principal): Extension<Principal>,
+    Path(job_id): Path<String>,
+    body: Result<Json<CancelJob>, JsonRejection>,
+) -> Result<Json<Trip>, Problem> {
+    principal.require(Scope::JobsWrite)?;
+    let job_id = parse_id(&job_id)?;
+    let reason = match body {
+        Ok(Json(CancelJob { reason })) => reason,
+        Err(JsonRejection::MissingJsonContentType(_)) => None,
+        Err(rejection) => return Err(rejection.into()),
+    };
+    check_text("reason", &reason, 500)?;
+    let owner = (!principal.is_dispatcher()).then(|| principal.owner());
+    let client = state.pool.get().await?;
+    let job = load(&client, job_id, owner.as_deref()).await?;
+    if job.trip.state.is_terminal() {
+        return Err(Problem::new(
+            ErrorCode::InvalidTransition,
+            format!("the job has ended ({})", job.trip.state.as_str()),
+        ));
+    }
+    state
+        .store
+        .execute(TripCommand::Cancel {
+            trip_id: job_id,
+            actor: Actor::Dispatcher,
+            actor_id: principal.actor_id(),
+            reason,
+        })
+        .await?;
+    Ok(Json(load(&client, job_id, owner.as_deref()).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).unwrap().len(), 36);
+        headers.insert("idempotency-key", HeaderValue::from_static("order-42"));
+        assert_eq!(idempotency_key(&headers).unwrap(), "order-42");
+        for bad in ["", "a b", &"k".repeat(201)] {
+            headers.insert("idempotency-key", HeaderValue::from_str(bad).unwrap());
+            assert!(idempotency_key(&headers).is_err(), "{bad:?}");
+        }
+    }
+}
