@@ -8,6 +8,7 @@ mod faults;
 mod gateway;
 mod harness;
 mod hostile;
+mod integrator;
 mod matcher;
 mod scaleout;
 mod sessions;
