@@ -20,6 +20,7 @@ mod fuzz;
 mod hops;
 mod infra;
 mod netns;
+mod python;
 mod soak;
 mod supply;
 mod targets;

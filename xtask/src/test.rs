@@ -95,6 +95,7 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let dashboard = crate::web::build_dashboard(&root)?;
     let chromium = crate::web::ensure_chromium()?;
+    let schemathesis = crate::python::ensure_schemathesis(&root)?;
     // The deploy files are checked against the binaries' own --help.
     step(
         "cargo build --bins",
@@ -114,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
             .env("DISPATCH_TEST_NATS_URL", &infra.nats_url)
             .env("DISPATCH_DASHBOARD_DIST", &dashboard)
             .env("CHROMIUM_BIN", &chromium)
+            .env("SCHEMATHESIS_BIN", &schemathesis)
             .env("DISPATCH_BIN_DIR", &bin_dir),
     )?;
     drop(infra);

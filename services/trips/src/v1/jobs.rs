@@ -77,25 +77,46 @@ pub struct NewJob {
     pub vehicle_class: Option<VehicleClass>,
     /// Seats or load the vehicle must have, 1 to 64.
     #[schema(minimum = 1, maximum = 64)]
+    #[serde(default, deserialize_with = "integral")]
     pub min_capacity: Option<u16>,
     /// The customer the job is for: the rider id its events name (letters, digits, `_ : -`,
     /// at most 64). The caller's own id when not given.
-    #[schema(max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
     pub customer_id: Option<String>,
-    /// The integrator's own reference, at most 200 bytes.
-    #[schema(max_length = 200)]
+    /// The integrator's own reference, at most 200 characters.
+    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
     pub external_ref: Option<String>,
-    /// Free text for the driver and dispatchers, at most 2000 bytes.
-    #[schema(max_length = 2000)]
+    /// Free text for the driver and dispatchers, at most 2000 characters.
+    #[schema(max_length = 2000, pattern = "^[^\\u0000]*$")]
     pub notes: Option<String>,
+}
+
+/// A small whole number, written as JSON Schema counts integers: `2` and `2.0` alike.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u16::MAX))
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u16::try_from(n).ok());
+    whole
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number from 0 to 65535")))
 }
 
 /// Why a job is cancelled.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelJob {
-    /// At most 500 bytes.
-    #[schema(max_length = 500)]
+    /// At most 500 characters.
+    #[schema(max_length = 500, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
 }
 
@@ -105,15 +126,21 @@ pub struct CancelJob {
 #[serde(deny_unknown_fields)]
 pub struct JobFilter {
     pub state: Option<TripState>,
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
     pub customer_id: Option<String>,
+    #[param(max_length = 200, pattern = "^[^\\u0000]*$")]
     pub external_ref: Option<String>,
     /// Requested at or after, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub from: Option<i64>,
     /// Requested before, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub to: Option<i64>,
     /// At most this many, newest first (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor`.
+    #[param(min_length = 1, max_length = 512)]
     pub cursor: Option<String>,
 }
 
@@ -145,8 +172,13 @@ pub(crate) async fn list_page(
             validate::id(field, value).map_err(|e| Problem::invalid(e.to_string()))?;
         }
     }
-    if let Some(reference) = &query.external_ref {
-        validate::text("external_ref", reference).map_err(|e| Problem::invalid(e.to_string()))?;
+    check_text("external_ref", &query.external_ref, 200)?;
+    for (field, value) in [("from", query.from), ("to", query.to)] {
+        if value.is_some_and(|ms| !(0..=MAX_TIME_MS).contains(&ms)) {
+            return Err(Problem::invalid(format!(
+                "{field} must be milliseconds since the epoch, before 2100"
+            )));
+        }
     }
     let limit = paging::limit(query.limit)?;
     let after = match &query.cursor {
@@ -257,15 +289,27 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(key.to_owned())
 }
 
-fn check_text(field: &'static str, value: &Option<String>, max: usize) -> Result<(), Problem> {
+/// Free text: at most `max` characters, and no NUL (which PostgreSQL's text cannot hold).
+pub(crate) fn check_text(
+    field: &'static str,
+    value: &Option<String>,
+    max: usize,
+) -> Result<(), Problem> {
     if let Some(value) = value {
-        validate::text(field, value).map_err(|e| Problem::invalid(e.to_string()))?;
-        if value.len() > max {
-            return Err(Problem::invalid(format!("{field} is longer than {max} bytes")));
+        if value.chars().count() > max {
+            return Err(Problem::invalid(format!(
+                "{field} is longer than {max} characters"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(Problem::invalid(format!("{field} holds a NUL character")));
         }
     }
     Ok(())
 }
+
+/// The latest time a filter may name: 2100-01-01, milliseconds since the epoch.
+const MAX_TIME_MS: i64 = 4_102_444_800_000;
 
 /// Creates a job. A retry with the same `Idempotency-Key` (per caller) returns the same job
 /// with `200` and `Idempotent-Replayed: true`; the same key with a different pickup, dropoff
@@ -273,7 +317,7 @@ fn check_text(field: &'static str, value: &Option<String>, max: usize) -> Result
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = NewJob,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key returns the same job")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key returns the same job", min_length = 1, max_length = 200, pattern = "^[\\x21-\\x7E]+$")),
     responses(
         (status = 201, description = "Created", body = Trip),
         (status = 200, description = "A retry: the job the key created", body = Trip),
@@ -412,7 +456,7 @@ pub(crate) async fn list(
 #[utoipa::path(
     post, path = "/v1/jobs/{job_id}/cancel", tag = "jobs",
     params(("job_id" = Uuid, Path, description = "The job's id")),
-    request_body(content = CancelJob, description = "Optional"),
+    request_body(content = Option<CancelJob>, description = "Optional"),
     responses(
         (status = 200, description = "The cancelled job", body = Trip),
         (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
@@ -430,12 +474,12 @@ pub(crate) async fn cancel(
     State(state): State<V1State>,
     Extension(principal): Extension<Principal>,
     Path(job_id): Path<String>,
-    body: Result<Json<CancelJob>, JsonRejection>,
+    body: Result<Json<Option<CancelJob>>, JsonRejection>,
 ) -> Result<Json<Trip>, Problem> {
     principal.require(Scope::JobsWrite)?;
     let job_id = parse_id(&job_id)?;
     let reason = match body {
-        Ok(Json(CancelJob { reason })) => reason,
+        Ok(Json(cancel)) => cancel.and_then(|c| c.reason),
         Err(JsonRejection::MissingJsonContentType(_)) => None,
         Err(rejection) => return Err(rejection.into()),
     };
@@ -464,6 +508,23 @@ pub(crate) async fn cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacities_are_whole_numbers_however_written() {
+        let parse = |json: &str| {
+            serde_json::from_str::<NewJob>(&format!(
+                r#"{{"pickup": {{"lat": 1, "lng": 1}}, "dropoff": {{"lat": 1, "lng": 1}}, {json}}}"#
+            ))
+            .map(|job| job.min_capacity)
+        };
+        assert_eq!(parse(r#""min_capacity": 2"#).unwrap(), Some(2));
+        assert_eq!(parse(r#""min_capacity": 2.0"#).unwrap(), Some(2));
+        assert_eq!(parse(r#""min_capacity": null"#).unwrap(), None);
+        assert_eq!(parse(r#""notes": "n""#).unwrap(), None);
+        for bad in ["2.5", "-1", "70000", "\"2\"", "1e300"] {
+            assert!(parse(&format!(r#""min_capacity": {bad}"#)).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn idempotency_keys_are_visible_ascii() {

@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_postgres::Pool;
 use kit::ratelimit::TokenBucket;
-use protocol::{ErrorCode, validate};
+use protocol::ErrorCode;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -172,8 +172,8 @@ impl ApiKeys {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// What the key is for, shown to dispatchers (at most 200 bytes).
-    #[schema(max_length = 200)]
+    /// What the key is for, shown to dispatchers (1 to 200 characters).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000]*$")]
     pub name: String,
     /// At least one scope.
     #[schema(min_items = 1)]
@@ -210,10 +210,10 @@ pub async fn insert(
     scopes: &[Scope],
     created_by: &str,
 ) -> Result<CreatedApiKey, Problem> {
-    validate::text("name", name).map_err(|e| Problem::invalid(e.to_string()))?;
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(Problem::invalid("name must be 1 to 200 bytes"));
+    if name.is_empty() {
+        return Err(Problem::invalid("name must not be empty"));
     }
+    super::jobs::check_text("name", &Some(name.to_owned()), 200)?;
     if scopes.is_empty() {
         return Err(Problem::invalid("a key needs at least one scope"));
     }
@@ -294,6 +294,8 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<bool, Problem> {
         (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -330,9 +332,10 @@ pub(crate) async fn list(
 /// Revokes an API key at once (dispatchers only).
 #[utoipa::path(
     delete, path = "/v1/api-keys/{key_id}", tag = "api-keys",
-    params(("key_id" = String, Path, description = "The key's id")),
+    params(("key_id" = String, Path, description = "The key's id", pattern = "^[0-9a-f]{16}$")),
     responses(
         (status = 204, description = "Revoked"),
+        (status = 400, description = "Not a key id", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such key, or already revoked", body = super::ProblemBody, content_type = "application/problem+json"),
@@ -345,6 +348,9 @@ pub(crate) async fn revoke(
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     principal.require_dispatcher()?;
+    if key_id.len() != KEY_ID_LEN || !key_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Problem::invalid("a key id is 16 lowercase hexadecimal digits"));
+    }
     if !revoke_key(&state.pool, &key_id).await? {
         return Err(Problem::not_found("API key"));
     }

@@ -21,16 +21,22 @@ use crate::api::{TripDetail, load_detail};
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TripFilter {
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
     pub rider_id: Option<String>,
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$")]
     pub driver_id: Option<String>,
     pub state: Option<TripState>,
     /// Requested at or after, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub from: Option<i64>,
     /// Requested before, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub to: Option<i64>,
     /// At most this many, newest first (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor`.
+    #[param(min_length = 1, max_length = 512)]
     pub cursor: Option<String>,
 }
 
@@ -120,8 +126,10 @@ pub struct DriverFilter {
     /// Only drivers online (true) or offline (false).
     pub online: Option<bool>,
     /// At most this many, by id (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor`.
+    #[param(min_length = 1, max_length = 512)]
     pub cursor: Option<String>,
 }
 
@@ -241,19 +249,23 @@ pub(crate) async fn list_drivers(
 pub struct HistoryFilter {
     pub state: Option<TripState>,
     /// Requested at or after, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub from: Option<i64>,
     /// Requested before, milliseconds since the epoch.
+    #[param(minimum = 0, maximum = 4102444800000_i64)]
     pub to: Option<i64>,
     /// At most this many, newest first (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// From a previous page's `next_cursor`.
+    #[param(min_length = 1, max_length = 512)]
     pub cursor: Option<String>,
 }
 
 /// One driver's trips, newest first.
 #[utoipa::path(
     get, path = "/v1/drivers/{driver_id}/trips", tag = "drivers",
-    params(("driver_id" = String, Path, description = "The driver's id"), HistoryFilter),
+    params(("driver_id" = String, Path, description = "The driver's id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$"), HistoryFilter),
     responses(
         (status = 200, description = "A page of the driver's trips", body = Page<Trip>),
         (status = 400, description = "Invalid id or filter", body = super::ProblemBody, content_type = "application/problem+json"),

@@ -1,9 +1,11 @@
 //! The integrators' API (`/v1`) against a real trips service, PostgreSQL and NATS: [`jobs`]
 //! (idempotent creates, paging, cancels, the request reaching matchers) and [`auth`] (every
 //! endpoint against every role and scope, identity-provider tokens from a key set served over
-//! HTTP, the common attacks).
+//! HTTP, the common attacks) and the [`contract`]: schemathesis fuzzing the API against its
+//! own OpenAPI document.
 
 mod auth;
+mod contract;
 mod jobs;
 
 use std::net::SocketAddr;
