@@ -5,6 +5,13 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1/postgres NATS_URL=nats://127.0.0.1:4222 \
 //! TOKEN_SECRET=dev-secret-0123456789 dispatch-trips --http 127.0.0.1:8082
 //! ```
+//!
+//! Integrators' API keys from the command line (the same as `POST /v1/api-keys`):
+//! ```text
+//! DATABASE_URL=... dispatch-trips api-key create --name "courier backend" --scope jobs:write
+//! DATABASE_URL=... dispatch-trips api-key list
+//! DATABASE_URL=... dispatch-trips api-key revoke 0123456789abcdef
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -64,9 +71,81 @@ struct Args {
     /// Webhook requests in flight per endpoint.
     #[arg(long, env = "TRIPS_WEBHOOK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=64))]
     webhook_concurrency: u64,
+    /// Requests a second each integrator API key may make on each replica; bursts of twice as
+    /// many. Beyond it the API answers 429 with Retry-After.
+    #[arg(long, env = "TRIPS_API_KEY_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    api_key_rate: u32,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Integrators' API keys: create (the token is printed once), list, revoke.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ApiKeyCommand {
+    /// Creates a key and prints it as JSON, with its token (shown only now).
+    Create {
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        /// A scope: jobs:write, trips:read or drivers:read; repeat for several.
+        #[arg(long = "scope", required = true, value_parser = scope)]
+        scopes: Vec<trips::v1::Scope>,
+        /// Who creates it, recorded with the key.
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
+    /// Prints every key as JSON, revoked ones included.
+    List,
+    /// Revokes a key at once.
+    Revoke {
+        key_id: String,
+    },
+}
+
+fn scope(s: &str) -> Result<trips::v1::Scope, String> {
+    trips::v1::Scope::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = trips::v1::Scope::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown scope {s:?}; one of {}", known.join(", "))
+    })
+}
+
+/// Carries out an `api-key` command against the database.
+async fn api_key(database_url: &str, command: ApiKeyCommand) -> anyhow::Result<()> {
+    let pool = trips::db::pool(database_url, &Default::default())?;
+    let failed = |problem: trips::v1::Problem| anyhow::anyhow!("{}", problem.detail());
+    let out = match command {
+        ApiKeyCommand::Create { name, scopes, by } => serde_json::to_string_pretty(
+            &trips::v1::keys::insert(&pool, &name, &scopes, &by)
+                .await
+                .map_err(failed)?,
+        )?,
+        ApiKeyCommand::List => {
+            serde_json::to_string_pretty(&trips::v1::keys::all(&pool).await.map_err(failed)?)?
+        }
+        ApiKeyCommand::Revoke { key_id } => {
+            if !trips::v1::keys::revoke_key(&pool, &key_id)
+                .await
+                .map_err(failed)?
+            {
+                anyhow::bail!("no key {key_id:?} that is not revoked already");
+            }
+            format!("revoked {key_id}")
+        }
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{out}");
+    }
+    Ok(())
 }
 
 fn destinations(s: &str) -> Result<trips::webhooks::policy::Destinations, String> {
@@ -84,7 +163,17 @@ fn radius(s: &str) -> Result<f64, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     kit::telemetry::init_tracing();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::ApiKey(command)) = args.command.take() {
+        if let Err(error) = api_key(&args.database_url, command).await {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {error:#}");
+            }
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
     let tokens = kit::cli::or_exit(args.token.validate());
     let mut config = trips::Config::new(&args.database_url, &args.bus.nats_url, subjects, &[]);
@@ -103,6 +192,10 @@ async fn main() -> anyhow::Result<()> {
     config.webhook_delivery.timeout = Duration::from_secs(args.webhook_timeout_s);
     config.webhook_delivery.max_age = Duration::from_secs(args.webhook_retry_h * 3600);
     config.webhook_delivery.concurrency = args.webhook_concurrency as usize;
+    config.api_key_rate = trips::v1::KeyRate {
+        per_second: args.api_key_rate,
+        burst: args.api_key_rate.saturating_mul(2),
+    };
     if let Some(path) = &args.service_area {
         let area = std::fs::read_to_string(path)
             .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))

@@ -84,6 +84,11 @@ impl Problem {
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("no such {what}"))
     }
+
+    /// What the caller is told.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 /// The HTTP status of each code.

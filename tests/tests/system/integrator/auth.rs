@@ -411,3 +411,67 @@ async fn the_gateway_takes_identity_provider_tokens_from_a_key_set_file() {
         );
     }
 }
+
+/// The built `dispatch-trips`: beside this test's executable, or in `DISPATCH_BIN_DIR`.
+fn trips_binary() -> std::path::PathBuf {
+    let dir = std::env::var_os("DISPATCH_BIN_DIR").map_or_else(
+        || {
+            let exe = std::env::current_exe().expect("the test's executable");
+            exe.parent()
+                .and_then(std::path::Path::parent)
+                .expect("a target directory")
+                .to_path_buf()
+        },
+        std::path::PathBuf::from,
+    );
+    let binary = dir.join("dispatch-trips");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the binaries first (`cargo xtask test` does)",
+        binary.display()
+    );
+    binary
+}
+
+#[tokio::test]
+async fn keys_made_and_revoked_on_the_command_line_work_at_the_api() {
+    let f = Fixture::start(|_| {}).await;
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(trips_binary())
+            .arg("api-key")
+            .args(args)
+            .env("DATABASE_URL", &f.db.url)
+            .env_remove("TOKEN_SECRET")
+            .output()
+            .expect("running dispatch-trips api-key");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["create", "--name", "ops script", "--scope", "jobs:write"]);
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+    let made = f
+        .call(Method::POST, "/v1/jobs", Some(&token), Some(&job("cli")))
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    // The list never shows a secret.
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok);
+    assert!(out.contains(&key_id) && !out.contains(&token));
+    // Bad input is refused with a clear message and no key.
+    let (ok, _, err) = cli(&["create", "--name", "x", "--scope", "jobs:admin"]);
+    assert!(!ok && err.contains("unknown scope"), "{err}");
+    let (ok, _, _) = cli(&["revoke", &key_id]);
+    assert!(ok);
+    let refused = f
+        .call(Method::POST, "/v1/jobs", Some(&token), Some(&job("cli-2")))
+        .await;
+    assert_problem(&refused, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (ok, _, err) = cli(&["revoke", &key_id]);
+    assert!(!ok && err.contains("not revoked already"), "{err}");
+}
