@@ -75,6 +75,9 @@ struct Args {
     /// many. Beyond it the API answers 429 with Retry-After.
     #[arg(long, env = "TRIPS_API_KEY_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     api_key_rate: u32,
+    /// How long before its pickup time a scheduled job is dispatched, seconds.
+    #[arg(long, env = "TRIPS_SCHEDULE_LEAD_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    schedule_lead_s: u64,
     /// Do not apply migrations at startup.
     #[arg(long)]
     no_migrate: bool,
@@ -182,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
     config.store.max_zone_vertices = args.max_zone_vertices;
+    config.store.schedule_lead = Duration::from_secs(args.schedule_lead_s);
     config.store.plausibility = trips::progress::Plausibility {
         arrival_radius_m: args.arrival_radius_m,
         dropoff_radius_m: args.dropoff_radius_m,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool};
 use protocol::bus::{CommandError, DriverStatus, TripCommand, TripOutcome, TripReply};
-use protocol::time::now_ms;
+use protocol::time::{UnixMillis, now_ms};
 use protocol::trip::{Actor, TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, GeoConfig, Point, Subjects};
 use tokio::sync::Notify;
@@ -42,6 +42,8 @@ pub struct StoreSettings {
     pub plausibility: Plausibility,
     /// Most vertices a zone may have.
     pub max_zone_vertices: usize,
+    /// How long before its pickup time a scheduled job is dispatched.
+    pub schedule_lead: Duration,
 }
 
 impl Default for StoreSettings {
@@ -54,6 +56,7 @@ impl Default for StoreSettings {
             write_batch: 64,
             plausibility: Plausibility::default(),
             max_zone_vertices: protocol::zone::DEFAULT_MAX_VERTICES,
+            schedule_lead: Duration::from_secs(600),
         }
     }
 }
@@ -99,6 +102,15 @@ pub struct NewTrip {
     pub job: Option<JobOrigin>,
 }
 
+/// When a scheduled job is to be picked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// The pickup time, milliseconds since the epoch.
+    pub pickup_at: UnixMillis,
+    /// The end of the pickup window: a job with no driver by then expires.
+    pub window_end: UnixMillis,
+}
+
 /// Who created a job through the API, and the integrator's own fields.
 #[derive(Debug, Clone)]
 pub struct JobOrigin {
@@ -108,6 +120,8 @@ pub struct JobOrigin {
     pub actor_id: String,
     pub external_ref: Option<String>,
     pub notes: Option<String>,
+    /// For a job to be picked up later.
+    pub schedule: Option<Schedule>,
 }
 
 /// Trip commands and queries.
@@ -322,6 +336,17 @@ impl Store {
         // one) makes it store nothing, and the stored trip is the answer.
         let now = now_ms();
         let search_ms = self.settings.search_timeout.as_millis() as i64;
+        let schedule = job.as_ref().and_then(|j| j.schedule);
+        // A scheduled job waits until its pickup time less the lead; until then it is not
+        // published and has made no dispatch attempt.
+        let (deadline, dispatch_at) = match schedule {
+            Some(s) => (
+                s.window_end,
+                (s.pickup_at - self.settings.schedule_lead.as_millis() as i64).max(now),
+            ),
+            None => (now + search_ms, now),
+        };
+        let waits = dispatch_at > now;
         let trip = TripRecord {
             view: TripView {
                 trip_id: Uuid::new_v4(),
@@ -340,9 +365,9 @@ impl Store {
                 end_reason: None,
             },
             excluded_drivers: Vec::new(),
-            search_deadline: now + search_ms,
+            search_deadline: deadline,
             offer_expires_at: None,
-            dispatch_attempts: 1,
+            dispatch_attempts: if waits { 0 } else { 1 },
         };
         let mut out = messages::event_messages(
             &self.subjects,
@@ -352,8 +377,10 @@ impl Store {
             &Checked::default(),
             event_id,
         );
-        let head = self.queue_head(&trip).await?;
-        out.push(messages::ride_request(&self.subjects, &trip, head));
+        if !waits {
+            let head = self.queue_head(&trip).await?;
+            out.push(messages::ride_request(&self.subjects, &trip, head));
+        }
         let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
             out.into_iter().map(|o| (o.subject, o.payload)).unzip();
         let insert = client
@@ -363,10 +390,11 @@ impl Store {
                    INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, pickup_lat, \
                      pickup_lng, dropoff_lat, dropoff_lng, vehicle_class, min_capacity, \
                      search_deadline, requested_at, updated_at, last_dispatched_at, created_by, \
-                     external_ref, notes) \
+                     external_ref, notes, dispatch_attempts, pickup_at) \
                    VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
-                     to_timestamp(($11::int8 + $12::int8) / 1000.0), to_timestamp($11::int8 / 1000.0), \
-                     to_timestamp($11::int8 / 1000.0), to_timestamp($11::int8 / 1000.0), $18, $19, $20) \
+                     to_timestamp($12::int8 / 1000.0), to_timestamp($11::int8 / 1000.0), \
+                     to_timestamp($11::int8 / 1000.0), to_timestamp($21::int8 / 1000.0), $18, $19, $20, \
+                     $22, to_timestamp($23::int8 / 1000.0)) \
                    ON CONFLICT DO NOTHING RETURNING trip_id), \
                  event AS ( \
                    INSERT INTO trip_events (event_id, trip_id, version, from_state, to_state, actor, \
@@ -394,7 +422,7 @@ impl Store {
                     &vehicle_class.map(VehicleClass::as_str),
                     &min_capacity.map(|c| c as i16),
                     &now,
-                    &search_ms,
+                    &deadline,
                     &event_id,
                     &subjects,
                     &payloads,
@@ -403,6 +431,9 @@ impl Store {
                     &job.as_ref().map(|j| j.created_by.as_str()),
                     &job.as_ref().and_then(|j| j.external_ref.as_deref()),
                     &job.as_ref().and_then(|j| j.notes.as_deref()),
+                    &dispatch_at,
+                    &trip.dispatch_attempts,
+                    &schedule.map(|s| s.pickup_at),
                 ],
             )
             .await?

@@ -1,6 +1,6 @@
-//! The sweeper: keeps every request moving until it ends. It re-publishes requests that went
-//! quiet, expires offers and searches that ran out (matchers normally do), and cancels trips
-//! abandoned mid-way.
+//! The sweeper: keeps every request moving until it ends. It publishes scheduled jobs when
+//! they are due, re-publishes requests that went quiet, expires offers and searches that ran
+//! out (matchers normally do), and cancels trips abandoned mid-way.
 
 use std::time::Duration;
 
@@ -54,7 +54,8 @@ impl Store {
             .await?;
         let searches_over = client
             .query(
-                "SELECT trip_id FROM trips WHERE state = 'requested' AND search_deadline < now() LIMIT 500",
+                "SELECT trip_id, pickup_at IS NOT NULL FROM trips \
+                 WHERE state = 'requested' AND search_deadline < now() LIMIT 500",
                 &[],
             )
             .await?;
@@ -77,10 +78,16 @@ impl Store {
             touched += usize::from(reply.is_ok_and(|o| o.changed));
         }
         for row in searches_over {
+            let scheduled: bool = row.get(1);
+            let reason = if scheduled {
+                "no driver found by the end of the pickup window"
+            } else {
+                "no driver found before the search deadline"
+            };
             let reply = self
                 .execute(TripCommand::Expire {
                     trip_id: row.get(0),
-                    reason: "no driver found before the search deadline".into(),
+                    reason: reason.into(),
                 })
                 .await;
             touched += usize::from(reply.is_ok_and(|o| o.changed));
@@ -110,7 +117,8 @@ impl Store {
                 &format!(
                     "UPDATE trips SET last_dispatched_at = now(), dispatch_attempts = dispatch_attempts + 1 \
                      WHERE trip_id IN (SELECT trip_id FROM trips WHERE state = 'requested' \
-                       AND last_dispatched_at < now() - make_interval(secs => $1::int8 / 1000.0) \
+                       AND (last_dispatched_at < now() - make_interval(secs => $1::int8 / 1000.0) \
+                         OR (dispatch_attempts = 0 AND last_dispatched_at <= now())) \
                        AND search_deadline > now() LIMIT 500 FOR UPDATE SKIP LOCKED) \
                      RETURNING {TRIP_COLUMNS}"
                 ),

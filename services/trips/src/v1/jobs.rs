@@ -23,13 +23,14 @@ use uuid::Uuid;
 use super::paging::{self, TripPosition};
 use super::{Principal, Problem, Scope, V1State};
 use crate::rows::{TRIP_COLUMNS, trip_from_row};
-use crate::store::{JobOrigin, NewTrip};
+use crate::store::{JobOrigin, NewTrip, Schedule};
 
 /// The columns a [`Trip`] is read from: [`TRIP_COLUMNS`], then the job's own and the cursor.
 pub(crate) fn columns() -> String {
     format!(
         "{TRIP_COLUMNS}, created_by, external_ref, notes, \
-         (extract(epoch from requested_at) * 1000000)::int8"
+         (extract(epoch from requested_at) * 1000000)::int8, \
+         (extract(epoch from pickup_at) * 1000)::int8"
     )
 }
 
@@ -43,15 +44,23 @@ pub struct Trip {
     /// The integrator's own reference.
     pub external_ref: Option<String>,
     pub notes: Option<String>,
+    /// A scheduled job's pickup time, milliseconds since the epoch.
+    pub pickup_at: Option<i64>,
+    /// A scheduled job's end of the pickup window: with no driver by then, it expires.
+    pub pickup_window_end: Option<i64>,
 }
 
 /// A trip and where it sits in the list order.
 pub(crate) fn trip_from(row: &Row) -> (Trip, TripPosition) {
+    let record = trip_from_row(row);
+    let pickup_at: Option<i64> = row.get(24);
     let trip = Trip {
-        trip: trip_from_row(row).view,
+        trip: record.view,
         created_by: row.get(20),
         external_ref: row.get(21),
         notes: row.get(22),
+        pickup_at,
+        pickup_window_end: pickup_at.map(|_| record.search_deadline),
     };
     let position = TripPosition {
         t: row.get(23),
@@ -89,26 +98,50 @@ pub struct NewJob {
     /// Free text for the driver and dispatchers, at most 2000 characters.
     #[schema(max_length = 2000, pattern = "^[^\\u0000]*$")]
     pub notes: Option<String>,
+    /// For a job to be picked up later: the pickup time, milliseconds since the epoch, at most
+    /// 30 days ahead. It is dispatched at this time less the service's lead time
+    /// (`TRIPS_SCHEDULE_LEAD_S`).
+    #[schema(minimum = 0, maximum = 4102444800000_i64)]
+    pub pickup_at: Option<i64>,
+    /// With `pickup_at`: how long after the pickup time a driver may still be found, seconds
+    /// (default 900). A job with no driver by then expires.
+    #[schema(minimum = 5, maximum = 86400)]
+    #[serde(default, deserialize_with = "integral_u32")]
+    pub window_s: Option<u32>,
 }
 
-/// A small whole number, written as JSON Schema counts integers: `2` and `2.0` alike.
-fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+/// A whole number, written as JSON Schema counts integers: `2` and `2.0` alike.
+fn whole<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
-    let whole = number
+    number
         .as_u64()
         .or_else(|| {
             number
                 .as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u16::MAX))
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
                 .map(|f| f as u64)
         })
-        .and_then(|n| u16::try_from(n).ok());
-    whole
         .map(Some)
-        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number from 0 to 65535")))
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number")))
+}
+
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    use serde::de::Error;
+    whole(deserializer)?
+        .map(|n| u16::try_from(n).map_err(|_| D::Error::custom(format!("{n} is above 65535"))))
+        .transpose()
+}
+
+fn integral_u32<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    whole(deserializer)?
+        .map(|n| u32::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large"))))
+        .transpose()
 }
 
 /// Why a job is cancelled.
@@ -268,6 +301,44 @@ async fn load(
     Ok(trip_from(&row).0)
 }
 
+/// Farthest ahead a job may be scheduled.
+const MAX_SCHEDULE_AHEAD_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Pickup window when none is given, seconds.
+const DEFAULT_WINDOW_S: u32 = 900;
+
+/// The schedule of a job with a pickup time, checked against `now`.
+fn schedule(
+    pickup_at: Option<i64>,
+    window_s: Option<u32>,
+    now: i64,
+) -> Result<Option<Schedule>, Problem> {
+    let Some(pickup_at) = pickup_at else {
+        if window_s.is_some() {
+            return Err(Problem::invalid("window_s needs pickup_at"));
+        }
+        return Ok(None);
+    };
+    let window_s = window_s.unwrap_or(DEFAULT_WINDOW_S);
+    if !(5..=86_400).contains(&window_s) {
+        return Err(Problem::invalid("window_s must be between 5 and 86400"));
+    }
+    let window_end = pickup_at + i64::from(window_s) * 1000;
+    if window_end <= now {
+        return Err(Problem::invalid(
+            "pickup_at and its window are already over",
+        ));
+    }
+    if pickup_at > now + MAX_SCHEDULE_AHEAD_MS {
+        return Err(Problem::invalid(
+            "pickup_at is more than 30 days ahead",
+        ));
+    }
+    Ok(Some(Schedule {
+        pickup_at,
+        window_end,
+    }))
+}
+
 /// Longest idempotency key, bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
@@ -349,6 +420,7 @@ pub(crate) async fn create(
     if job.min_capacity.is_some_and(|c| !(1..=64).contains(&c)) {
         return Err(Problem::invalid("min_capacity must be between 1 and 64"));
     }
+    let schedule = schedule(job.pickup_at, job.window_s, protocol::time::now_ms())?;
     let owner = principal.owner();
     let new = NewTrip {
         rider_id: job.customer_id.unwrap_or_else(|| principal.actor_id()),
@@ -362,6 +434,7 @@ pub(crate) async fn create(
             actor_id: principal.actor_id(),
             external_ref: job.external_ref,
             notes: job.notes,
+            schedule,
         }),
     };
     let outcome = state.store.create_job(new).await?;
@@ -524,6 +597,25 @@ mod tests {
         for bad in ["2.5", "-1", "70000", "\"2\"", "1e300"] {
             assert!(parse(&format!(r#""min_capacity": {bad}"#)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn schedules_are_checked() {
+        let now = 1_000_000_000;
+        assert_eq!(schedule(None, None, now).unwrap(), None);
+        assert!(schedule(None, Some(60), now).is_err());
+        assert_eq!(
+            schedule(Some(now + 60_000), None, now).unwrap(),
+            Some(Schedule {
+                pickup_at: now + 60_000,
+                window_end: now + 60_000 + 900_000,
+            })
+        );
+        // A pickup time just past is still within its window.
+        assert!(schedule(Some(now - 1_000), Some(60), now).is_ok());
+        assert!(schedule(Some(now - 61_000), Some(60), now).is_err());
+        assert!(schedule(Some(now + 31 * 86_400_000), None, now).is_err());
+        assert!(schedule(Some(now + 60_000), Some(4), now).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The integrators' API (`/v1`) against a real trips service, PostgreSQL and NATS: [`jobs`]
-//! (idempotent creates, paging, cancels, the request reaching matchers) and [`auth`] (every
+//! (idempotent creates, paging, cancels, the request reaching matchers), [`schedule`]d jobs
+//! (waiting through a restart, dispatched ahead of the pickup, expiring after the window) and
+//! [`auth`] (every
 //! endpoint against every role and scope, identity-provider tokens from a key set served over
 //! HTTP, the common attacks) and the [`contract`]: schemathesis fuzzing the API against its
 //! own OpenAPI document.
@@ -7,6 +9,7 @@
 mod auth;
 mod contract;
 mod jobs;
+mod schedule;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -82,6 +85,7 @@ struct Fixture {
     db: TestDb,
     bus: Bus,
     trips: Running,
+    config: trips::Config,
     http: reqwest::Client,
     stop_keys: CancellationToken,
     _key_set: tokio::task::JoinHandle<()>,
@@ -128,7 +132,7 @@ impl Fixture {
         })
         .await;
         tune(&mut config);
-        let trips = start_trips(config).await;
+        let trips = start_trips(config.clone()).await;
         let client = async_nats::connect(nats.url()).await.unwrap();
         let bus = Bus::new(client, Subjects::new(&prefix).unwrap());
         Self {
@@ -136,10 +140,17 @@ impl Fixture {
             db,
             bus,
             trips,
+            config,
             http: reqwest::Client::new(),
             stop_keys,
             _key_set: key_set_task,
         }
+    }
+
+    /// Stops the trips service and starts it again on the same database.
+    async fn restart_trips(&mut self) {
+        self.trips.halt().await.unwrap();
+        self.trips = start_trips(self.config.clone()).await;
     }
 
     fn url(&self, path: &str) -> String {
