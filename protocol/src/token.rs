@@ -194,7 +194,11 @@ impl Verifier {
                 })
         };
         let claims = if header.alg == Algorithm::HS256 {
-            decode(self.secret.as_deref().ok_or(TokenError::UnsupportedAlgorithm)?)?
+            decode(
+                self.secret
+                    .as_deref()
+                    .ok_or(TokenError::UnsupportedAlgorithm)?,
+            )?
         } else if ASYMMETRIC.contains(&header.alg) {
             let keys = self.keys.read().expect("key set lock").clone();
             let fits = |k: &&Key| {
@@ -384,7 +388,11 @@ mod tests {
         forged.role = Role::Dispatcher;
         let body = b64(&serde_json::to_value(&forged).unwrap());
         assert_eq!(
-            verify(b"secret", &format!("{}.{body}.{}", parts[0], parts[2]), 1_000),
+            verify(
+                b"secret",
+                &format!("{}.{body}.{}", parts[0], parts[2]),
+                1_000
+            ),
             Err(TokenError::BadSignature)
         );
         // `alg: none`, with or without a signature.
@@ -451,7 +459,10 @@ mod tests {
             Err(TokenError::Expired)
         );
         let cases = [
-            (json!({"iss": "https://evil.example"}), TokenError::WrongIssuer),
+            (
+                json!({"iss": "https://evil.example"}),
+                TokenError::WrongIssuer,
+            ),
             (json!({"iss": null}), TokenError::WrongIssuer),
             (json!({"aud": "other"}), TokenError::WrongAudience),
             (json!({"aud": null}), TokenError::WrongAudience),
@@ -517,9 +528,7 @@ mod tests {
             (
                 Algorithm::RS256,
                 "test-rs256",
-                EncodingKey::from_rsa_der(include_bytes!(
-                    "../../tests/fixtures/jwt/rs256.pk1.der"
-                )),
+                EncodingKey::from_rsa_der(include_bytes!("../../tests/fixtures/jwt/rs256.pk1.der")),
             ),
         ];
         for (alg, kid, key) in keys {

@@ -3,12 +3,15 @@
 //! (up to the timing of the system under test).
 //!
 //! [`run`] ramps connections up at a bounded rate, drives the scenario for its duration, stops
-//! new demand, lets open trips finish (the drain), and returns a [`Report`].
+//! new demand, lets open trips finish (the drain), and returns a [`Report`]. With
+//! [`Settings::jobs`], an [`integrator`] creates jobs through the HTTP API beside the riders,
+//! some of them scheduled.
 
 pub mod chart;
 pub mod city;
 pub mod client;
 pub mod driver;
+pub mod integrator;
 pub mod report;
 pub mod rider;
 pub mod stats;
@@ -106,6 +109,8 @@ pub struct Settings {
     pub report_patience: Duration,
     /// Vehicles drive along this network at its speeds (none: straight lines at `speed_mps`).
     pub roads: Option<Arc<roads::RoadNetwork>>,
+    /// Jobs created through the integrator API beside the riders' requests (none: riders only).
+    pub jobs: Option<integrator::Jobs>,
 }
 
 impl Settings {
@@ -162,6 +167,7 @@ impl Settings {
             liveness: None,
             report_patience: Duration::from_secs(10),
             roads: None,
+            jobs: None,
         }
     }
 
@@ -318,6 +324,14 @@ pub async fn run_until(settings: Settings, stop: CancellationToken) -> anyhow::R
         shape,
         stop_demand.clone(),
     ));
+    let jobs = settings.jobs.clone().map(|jobs| {
+        tokio::spawn(integrator::run(
+            settings.clone(),
+            jobs,
+            stop_demand.clone(),
+            stop_clients.clone(),
+        ))
+    });
 
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -396,7 +410,11 @@ pub async fn run_until(settings: Settings, stop: CancellationToken) -> anyhow::R
     for (trip_id, state) in &lost {
         tracing::warn!(%trip_id, last_heard = ?state, "trip lost: acknowledged and not ended");
     }
-    Ok(Report::build(&settings, &stats, lost, elapsed))
+    let mut report = Report::build(&settings, &stats, lost, elapsed);
+    if let Some(jobs) = jobs {
+        report.jobs = jobs.await.ok();
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -85,6 +85,22 @@ struct Args {
     /// about 64k connections to one gateway; the gateway must be on loopback.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
     source_ips: u8,
+    /// Also create jobs through the integrator API at this trips service (`http://host:port`),
+    /// as an integrator's server would; needs --api-key.
+    #[arg(long, requires = "api_key")]
+    jobs_api: Option<String>,
+    /// An API key with the jobs:write scope (`dispatch-trips api-key create`).
+    #[arg(long, env = "DISPATCH_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Jobs created per second.
+    #[arg(long, default_value_t = 0.2)]
+    jobs_per_sec: f64,
+    /// The share of jobs scheduled ahead, 0 to 1.
+    #[arg(long, default_value_t = 0.5)]
+    scheduled_share: f64,
+    /// How far ahead scheduled pickups are: between a third of this and all of it.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    schedule_ahead: Duration,
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {
@@ -116,6 +132,24 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     settings.drivers = args.drivers;
     settings.riders = args.riders;
     settings.scenario = args.scenario;
+    if let Some(api) = &args.jobs_api {
+        anyhow::ensure!(
+            args.jobs_per_sec > 0.0 && args.jobs_per_sec <= 1000.0,
+            "--jobs-per-sec must be in (0, 1000]"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&args.scheduled_share),
+            "--scheduled-share must be in [0, 1]"
+        );
+        settings.jobs = Some(simulator::integrator::Jobs {
+            api: api.trim_end_matches('/').to_owned(),
+            key: args.api_key.clone().unwrap_or_default(),
+            per_sec: args.jobs_per_sec,
+            scheduled_share: args.scheduled_share,
+            ahead: args.schedule_ahead.max(Duration::from_secs(3)),
+            window: Duration::from_secs(120),
+        });
+    }
     settings.duration = args.duration;
     settings.drain = args.drain;
     settings.city.radius_m = args.radius_km * 1000.0;

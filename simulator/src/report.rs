@@ -79,6 +79,9 @@ pub struct Report {
     /// Trips drivers took up because the server said they held them.
     pub trips_taken_up: u64,
     pub series: Vec<Sample>,
+    /// Jobs created through the integrator API, when the run made any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<crate::integrator::JobsReport>,
     #[serde(skip)]
     pub location_distribution_us: Vec<(u64, u64)>,
 }
@@ -130,6 +133,7 @@ impl Report {
             reports_resent: get(&stats.reports_resent),
             trips_taken_up: get(&stats.trips_taken_up),
             series: stats.series.lock().expect("series lock").clone(),
+            jobs: None,
             location_distribution_us: stats.location_latency_us.distribution(),
         }
     }
@@ -213,7 +217,24 @@ impl Report {
             ("LOST", self.lost.to_string()),
             ("DOUBLE-ASSIGNED", self.double_assigned.to_string()),
         ];
-        rows.iter().map(|(k, v)| format!("{k:<34} {v}\n")).collect()
+        let mut table: String = rows.iter().map(|(k, v)| format!("{k:<34} {v}\n")).collect();
+        if let Some(jobs) = &self.jobs {
+            let states: Vec<String> = jobs
+                .by_state
+                .iter()
+                .map(|(state, n)| format!("{state} {n}"))
+                .collect();
+            table.push_str(&format!(
+                "{:<34} {} / {} / {} / {} ({})\n",
+                "jobs created / scheduled / refused / failed",
+                jobs.created,
+                jobs.scheduled,
+                jobs.refused,
+                jobs.failed,
+                states.join(", ")
+            ));
+        }
+        table
     }
 }
 

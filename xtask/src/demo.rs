@@ -160,6 +160,36 @@ pub(crate) fn dispatcher_token(gateway: &Path) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
+/// A `jobs:write` API key for the simulated integrator, made with `dispatch-trips api-key`.
+fn integrator_key(trips: &Path, database_url: &str) -> Result<String> {
+    let output = Command::new(trips)
+        .args([
+            "api-key",
+            "create",
+            "--name",
+            "demo simulator",
+            "--scope",
+            "jobs:write",
+            "--by",
+            "demo",
+        ])
+        .env("DATABASE_URL", database_url)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("creating the simulator's API key")?;
+    if !output.status.success() {
+        bail!(
+            "creating the simulator's API key failed ({})",
+            output.status
+        );
+    }
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    created["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("dispatch-trips api-key create printed no token")
+}
+
 /// The body of a successful GET of `http://{addr}{path}`, if any.
 pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
     http_agent(Duration::from_secs(5))
@@ -425,7 +455,16 @@ pub fn run(args: Args) -> Result<()> {
         start(
             "trips",
             &bin("dispatch-trips"),
-            &["--http", trips_http, "--search-timeout-s", "30"],
+            // Scheduled jobs are dispatched 30 s before their pickup time, so the simulated
+            // integrator's (a few minutes ahead) wait a while first.
+            &[
+                "--http",
+                trips_http,
+                "--search-timeout-s",
+                "30",
+                "--schedule-lead-s",
+                "30",
+            ],
             &common,
             &logs,
         )?,
@@ -549,6 +588,16 @@ pub fn run(args: Args) -> Result<()> {
         if let Some(path) = &args.report_json {
             sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
         }
+        // An integrator's server beside the riders: jobs through the API, half scheduled.
+        let api_key = integrator_key(&bin("dispatch-trips"), &infra.database_url)?;
+        sim_args.extend([
+            "--jobs-api".to_owned(),
+            format!("http://{trips_http}"),
+            "--jobs-per-sec".into(),
+            (args.request_rate / 5.0).to_string(),
+        ]);
+        let mut sim_env = common.to_vec();
+        sim_env.push(("DISPATCH_API_KEY", api_key.as_str()));
         if let Some(path) = &args.report_html {
             sim_args.extend(["--report-html".to_owned(), path.display().to_string()]);
         }
@@ -557,7 +606,7 @@ pub fn run(args: Args) -> Result<()> {
             "simulator",
             &bin("dispatch-sim"),
             &sim_args,
-            &common,
+            &sim_env,
             &logs,
         )?);
         // What the city costs: from the simulator's start to its last snapshot while it ran.
@@ -585,6 +634,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         say(format!(
             "  trips API and metrics  http://{trips_http}/api/trips"
+        ));
+        say(format!(
+            "  integrator API         http://{trips_http}/v1 (contract: /v1/openapi.json)"
         ));
         say(format!(
             "  a dispatcher token     TOKEN_SECRET={DEMO_SECRET} {} token --role dispatcher --sub ops",

@@ -11,7 +11,9 @@ use anyhow::{Context, Result, bail};
 use crate::infra::{self, say};
 
 fn run(command: &mut Command, what: &str) -> Result<()> {
-    let status = command.status().with_context(|| format!("running {what}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }

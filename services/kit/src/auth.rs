@@ -20,7 +20,9 @@ impl KeySource {
     /// A path, or an `http`/`https` URL.
     pub fn parse(value: &str) -> anyhow::Result<Self> {
         if value.starts_with("http://") || value.starts_with("https://") {
-            return Ok(Self::Url(value.parse().context("AUTH_JWKS is not a valid URL")?));
+            return Ok(Self::Url(
+                value.parse().context("AUTH_JWKS is not a valid URL")?,
+            ));
         }
         Ok(Self::File(value.into()))
     }
@@ -56,7 +58,11 @@ pub fn verifier(
 /// Largest key set accepted from a URL.
 const MAX_SET_BYTES: usize = 1024 * 1024;
 
-async fn fetch(client: &reqwest::Client, url: &url::Url, verifier: &Verifier) -> anyhow::Result<usize> {
+async fn fetch(
+    client: &reqwest::Client,
+    url: &url::Url,
+    verifier: &Verifier,
+) -> anyhow::Result<usize> {
     let response = client.get(url.clone()).send().await?.error_for_status()?;
     anyhow::ensure!(
         response.content_length().unwrap_or(0) <= MAX_SET_BYTES as u64,
@@ -114,7 +120,10 @@ mod tests {
             KeySource::Url(_)
         ));
         assert!(KeySource::parse("https://").is_err());
-        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/jwt/jwks.json");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/jwt/jwks.json"
+        );
         let source = KeySource::parse(fixture).unwrap();
         let verifier = verifier(None, ClaimRules::default(), Some(&source)).unwrap();
         assert_eq!(verifier.key_count(), 2);
@@ -122,9 +131,16 @@ mod tests {
         assert!(super::verifier(None, ClaimRules::default(), Some(&missing)).is_err());
         let empty = std::env::temp_dir().join(format!("jwks-empty-{}.json", std::process::id()));
         std::fs::write(&empty, br#"{"keys": []}"#).unwrap();
-        let error = super::verifier(None, ClaimRules::default(), Some(&KeySource::File(empty.clone())))
-            .unwrap_err();
-        assert!(format!("{error:#}").contains("no RSA or EC signing key"), "{error:#}");
+        let error = super::verifier(
+            None,
+            ClaimRules::default(),
+            Some(&KeySource::File(empty.clone())),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no RSA or EC signing key"),
+            "{error:#}"
+        );
         std::fs::remove_file(empty).unwrap();
     }
 }

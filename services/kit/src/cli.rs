@@ -109,8 +109,15 @@ impl TokenArgs {
             self.token_secret.is_some() || self.jwks.is_some(),
             "set TOKEN_SECRET, AUTH_JWKS or both"
         );
-        let secret = self.token_secret.as_ref().map(|_| self.secret()).transpose()?;
-        anyhow::ensure!(self.jwks_refresh_s >= 1, "AUTH_JWKS_REFRESH_S must be at least 1");
+        let secret = self
+            .token_secret
+            .as_ref()
+            .map(|_| self.secret())
+            .transpose()?;
+        anyhow::ensure!(
+            self.jwks_refresh_s >= 1,
+            "AUTH_JWKS_REFRESH_S must be at least 1"
+        );
         for (name, claim) in [
             ("AUTH_ROLE_CLAIM", &self.role_claim),
             ("AUTH_SUBJECT_CLAIM", &self.subject_claim),
@@ -127,7 +134,11 @@ impl TokenArgs {
             audience: self.audience.clone(),
             leeway_s: self.leeway_s.into(),
         };
-        let source = self.jwks.as_deref().map(crate::auth::KeySource::parse).transpose()?;
+        let source = self
+            .jwks
+            .as_deref()
+            .map(crate::auth::KeySource::parse)
+            .transpose()?;
         let verifier = crate::auth::verifier(secret.as_deref(), rules, source.as_ref())?;
         let follow = match source {
             Some(crate::auth::KeySource::Url(url)) => {
@@ -161,8 +172,14 @@ mod tests {
 
     #[test]
     fn a_token_secret_needs_sixteen_bytes() {
-        assert!(TokenArgs::with_secret("0123456789abcde").validate().is_err());
-        let settings = TokenArgs::with_secret("0123456789abcdef").validate().unwrap();
+        assert!(
+            TokenArgs::with_secret("0123456789abcde")
+                .validate()
+                .is_err()
+        );
+        let settings = TokenArgs::with_secret("0123456789abcdef")
+            .validate()
+            .unwrap();
         assert_eq!(settings.secret.as_deref(), Some(&b"0123456789abcdef"[..]));
         assert!(settings.follow.is_none());
     }
@@ -176,7 +193,9 @@ mod tests {
         let settings = args.validate().unwrap();
         assert!(settings.secret.is_none());
         assert_eq!(
-            settings.follow.map(|(url, every)| (url.to_string(), every.as_secs())),
+            settings
+                .follow
+                .map(|(url, every)| (url.to_string(), every.as_secs())),
             Some(("https://id.example/jwks.json".into(), 300))
         );
         for claim in ["", "a..b", ".role"] {

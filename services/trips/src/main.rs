@@ -109,9 +109,7 @@ enum ApiKeyCommand {
     /// Prints every key as JSON, revoked ones included.
     List,
     /// Revokes a key at once.
-    Revoke {
-        key_id: String,
-    },
+    Revoke { key_id: String },
 }
 
 fn scope(s: &str) -> Result<trips::v1::Scope, String> {

@@ -239,15 +239,14 @@ impl Store {
     /// rider's, idempotent on `(created_by, idempotency_key)`, within the command timeout.
     pub async fn create_job(&self, trip: NewTrip) -> TripReply {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.settings.command_timeout, self.create(trip))
-            .await
-        {
-            Ok(result) => result.map_err(StoreError::into_command_error),
-            Err(_) => Err(CommandError::new(
-                ErrorCode::Unavailable,
-                "database did not answer in time",
-            )),
-        };
+        let result =
+            match tokio::time::timeout(self.settings.command_timeout, self.create(trip)).await {
+                Ok(result) => result.map_err(StoreError::into_command_error),
+                Err(_) => Err(CommandError::new(
+                    ErrorCode::Unavailable,
+                    "database did not answer in time",
+                )),
+            };
         let outcome = match &result {
             Ok(o) if o.changed => "changed",
             Ok(_) => "unchanged",

@@ -37,7 +37,10 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let mut config = trips_config(&db.url, &nats.url(), &prefix);
+    // The simulated integrator schedules pickups 1 to 3 s ahead: they wait until 1 s before.
+    config.store.schedule_lead = Duration::from_secs(1);
+    let trips = start_trips(config).await;
     let regions = GeoConfig::default()
         .regions_covering(CENTER, 3_000.0)
         .unwrap();
@@ -66,7 +69,56 @@ async fn a_short_steady_city_ends_every_request_and_reports() {
     settings.answer_delay = Duration::from_millis(200);
     settings.accept_probability = 0.9;
     settings.cancel_probability = 0.1;
+    // An integrator's server beside the riders, with a key made through the API.
+    let dispatcher = tests::client::token(protocol::client::Role::Dispatcher, "ops");
+    let key: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/api-keys", trips.http))
+        .bearer_auth(dispatcher)
+        .json(&serde_json::json!({"name": "simulated integrator", "scopes": ["jobs:write"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    settings.jobs = Some(simulator::integrator::Jobs {
+        api: format!("http://{}", trips.http),
+        key: key["token"].as_str().unwrap().to_owned(),
+        per_sec: 2.0,
+        scheduled_share: 0.5,
+        ahead: Duration::from_secs(3),
+        window: Duration::from_secs(30),
+    });
     let report = simulator::run(settings).await.unwrap();
+    let jobs = report.jobs.clone().expect("a jobs report");
+    assert!(
+        jobs.created >= 5 && jobs.scheduled >= 1,
+        "{}",
+        report.table()
+    );
+    assert_eq!((jobs.refused, jobs.failed), (0, 0), "{}", report.table());
+    assert_eq!(
+        jobs.by_state.values().sum::<u64>(),
+        jobs.created,
+        "{}",
+        report.table()
+    );
+    assert!(
+        jobs.by_state.get("completed").copied().unwrap_or(0) >= 1,
+        "drivers served jobs too\n{}",
+        report.table()
+    );
+    let scheduled_stored: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM trips WHERE created_by IS NOT NULL AND pickup_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scheduled_stored as u64, jobs.scheduled);
 
     assert!(report.acknowledged > 5, "{}", report.table());
     assert_eq!(

@@ -60,11 +60,11 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::inbox::Recipient;
 use crate::meters as m;
 use crate::outbound::{Close, Key, Outbound};
-use kit::ratelimit::TokenBucket;
 use crate::shared::Shared;
 use commands::Pending;
 use dispatcher::Feeds;
 use driver::DriverSession;
+use kit::ratelimit::TokenBucket;
 use versions::TripVersions;
 
 /// After the close frame, how long the client's answer to it is waited for.

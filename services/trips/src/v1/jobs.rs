@@ -26,7 +26,7 @@ use crate::rows::{TRIP_COLUMNS, trip_from_row};
 use crate::store::{JobOrigin, NewTrip, Schedule};
 
 /// The columns a [`Trip`] is read from: [`TRIP_COLUMNS`], then the job's own and the cursor.
-pub(crate) fn columns() -> String {
+pub fn columns() -> String {
     format!(
         "{TRIP_COLUMNS}, created_by, external_ref, notes, \
          (extract(epoch from requested_at) * 1000000)::int8, \
@@ -329,9 +329,7 @@ fn schedule(
         ));
     }
     if pickup_at > now + MAX_SCHEDULE_AHEAD_MS {
-        return Err(Problem::invalid(
-            "pickup_at is more than 30 days ahead",
-        ));
+        return Err(Problem::invalid("pickup_at is more than 30 days ahead"));
     }
     Ok(Some(Schedule {
         pickup_at,
@@ -457,7 +455,10 @@ pub(crate) async fn create(
     let replayed = HeaderName::from_static("idempotent-replayed");
     Ok((
         StatusCode::OK,
-        [(header::LOCATION, location), (replayed, HeaderValue::from_static("true"))],
+        [
+            (header::LOCATION, location),
+            (replayed, HeaderValue::from_static("true")),
+        ],
         Json(trip),
     )
         .into_response())
@@ -595,7 +596,10 @@ mod tests {
         assert_eq!(parse(r#""min_capacity": null"#).unwrap(), None);
         assert_eq!(parse(r#""notes": "n""#).unwrap(), None);
         for bad in ["2.5", "-1", "70000", "\"2\"", "1e300"] {
-            assert!(parse(&format!(r#""min_capacity": {bad}"#)).is_err(), "{bad}");
+            assert!(
+                parse(&format!(r#""min_capacity": {bad}"#)).is_err(),
+                "{bad}"
+            );
         }
     }
 

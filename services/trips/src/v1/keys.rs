@@ -348,8 +348,14 @@ pub(crate) async fn revoke(
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, Problem> {
     principal.require_dispatcher()?;
-    if key_id.len() != KEY_ID_LEN || !key_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(Problem::invalid("a key id is 16 lowercase hexadecimal digits"));
+    if key_id.len() != KEY_ID_LEN
+        || !key_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(Problem::invalid(
+            "a key id is 16 lowercase hexadecimal digits",
+        ));
     }
     if !revoke_key(&state.pool, &key_id).await? {
         return Err(Problem::not_found("API key"));

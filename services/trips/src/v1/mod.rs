@@ -119,11 +119,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = ProblemBody {
             kind: format!("urn:dispatch:problem:{}", self.code.as_str()),
-            title: self
-                .status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .to_owned(),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code,
@@ -361,7 +357,10 @@ mod tests {
 
     #[test]
     fn every_code_has_a_status_and_internal_text_stays_inside() {
-        assert_eq!(status_of(ErrorCode::RateLimited), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            status_of(ErrorCode::RateLimited),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         assert_eq!(
             status_of(ErrorCode::OutsideServiceArea),
             StatusCode::UNPROCESSABLE_ENTITY
@@ -375,7 +374,10 @@ mod tests {
     fn route_names_are_bounded() {
         use axum::http::Method;
         assert_eq!(route_name(&Method::GET, "/v1/jobs/abc"), "v1_get_job");
-        assert_eq!(route_name(&Method::POST, "/v1/jobs/a/cancel"), "v1_cancel_job");
+        assert_eq!(
+            route_name(&Method::POST, "/v1/jobs/a/cancel"),
+            "v1_cancel_job"
+        );
         assert_eq!(route_name(&Method::GET, "/v1/x/y/z"), "v1_other");
     }
 }

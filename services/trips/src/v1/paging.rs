@@ -50,7 +50,10 @@ mod tests {
             t: 1_764_800_000_123_456,
             id: uuid::Uuid::new_v4(),
         };
-        assert_eq!(decode::<TripPosition>(&encode(&position)).unwrap(), position);
+        assert_eq!(
+            decode::<TripPosition>(&encode(&position)).unwrap(),
+            position
+        );
         for bad in ["", "!!", "eyJ0IjoxfQ", "' OR 1=1 --", &"a".repeat(600)] {
             assert!(decode::<TripPosition>(bad).is_err(), "{bad}");
         }

@@ -35,7 +35,12 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
         .await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT);
     let created = f
-        .call(Method::POST, "/v1/jobs", Some(&jobs_key), Some(&job("table")))
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&jobs_key),
+            Some(&job("table")),
+        )
         .await;
     let job_id = created.body["trip_id"].as_str().unwrap().to_owned();
     let (throwaway, _) = f.api_key(&["trips:read"]).await;
@@ -53,9 +58,18 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
         ("no token", None),
         ("forged", Some(forged)),
         ("revoked key", Some(revoked_key)),
-        ("unknown key", Some(format!("dk_0123456789abcdef_{}", "x".repeat(43)))),
-        ("rider", Some(sign(Algorithm::HS256, &claims("rider", "rider-1")))),
-        ("driver", Some(sign(Algorithm::RS256, &claims("driver", "driver-1")))),
+        (
+            "unknown key",
+            Some(format!("dk_0123456789abcdef_{}", "x".repeat(43))),
+        ),
+        (
+            "rider",
+            Some(sign(Algorithm::HS256, &claims("rider", "rider-1"))),
+        ),
+        (
+            "driver",
+            Some(sign(Algorithm::RS256, &claims("driver", "driver-1"))),
+        ),
         ("dispatcher", Some(dispatcher())),
         ("jobs:write", Some(jobs_key)),
         ("trips:read", Some(trips_key)),
@@ -63,22 +77,42 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
     ];
     let new_key = json!({"name": "n", "scopes": ["trips:read"]});
     let operations: Vec<(Method, String, Option<Value>, &[&str])> = vec![
-        (Method::POST, "/v1/jobs".into(), Some(job("t")), &["dispatcher", "jobs:write"]),
-        (Method::GET, "/v1/jobs".into(), None, &["dispatcher", "jobs:write", "trips:read"]),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            Some(job("t")),
+            &["dispatcher", "jobs:write"],
+        ),
+        (
+            Method::GET,
+            "/v1/jobs".into(),
+            None,
+            &["dispatcher", "jobs:write", "trips:read"],
+        ),
         (
             Method::GET,
             format!("/v1/jobs/{job_id}"),
             None,
             &["dispatcher", "jobs:write", "trips:read"],
         ),
-        (Method::GET, "/v1/trips".into(), None, &["dispatcher", "trips:read"]),
+        (
+            Method::GET,
+            "/v1/trips".into(),
+            None,
+            &["dispatcher", "trips:read"],
+        ),
         (
             Method::GET,
             format!("/v1/trips/{job_id}"),
             None,
             &["dispatcher", "jobs:write", "trips:read"],
         ),
-        (Method::GET, "/v1/drivers".into(), None, &["dispatcher", "drivers:read"]),
+        (
+            Method::GET,
+            "/v1/drivers".into(),
+            None,
+            &["dispatcher", "drivers:read"],
+        ),
         (
             Method::GET,
             "/v1/drivers/driver-1/trips".into(),
@@ -86,7 +120,12 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
             &["dispatcher", "drivers:read"],
         ),
         (Method::GET, "/v1/api-keys".into(), None, &["dispatcher"]),
-        (Method::POST, "/v1/api-keys".into(), Some(new_key), &["dispatcher"]),
+        (
+            Method::POST,
+            "/v1/api-keys".into(),
+            Some(new_key),
+            &["dispatcher"],
+        ),
         (
             Method::DELETE,
             format!("/v1/api-keys/{throwaway}"),
@@ -114,7 +153,10 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
             let answer = f
                 .call(method.clone(), path, token.as_deref(), body.as_ref())
                 .await;
-            let what = format!("{caller} {method} {path}: {} {}", answer.status, answer.body);
+            let what = format!(
+                "{caller} {method} {path}: {} {}",
+                answer.status, answer.body
+            );
             assert!(answer.status.as_u16() < 500, "{what}");
             match expect {
                 Expect::Allowed if path.ends_with("/cancel") => {
@@ -172,11 +214,26 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
     let signature = valid.rsplit('.').next().unwrap().to_owned();
     let public_key_as_secret = std::fs::read(format!("{FIXTURES}/jwks.json")).unwrap();
     let broken: Vec<(&str, String)> = vec![
-        ("expired", sign(Algorithm::ES256, &with(json!({"exp": now - 120})))),
-        ("not yet valid", sign(Algorithm::ES256, &with(json!({"nbf": now + 600})))),
-        ("no expiry", sign(Algorithm::ES256, &with(json!({"exp": null})))),
-        ("wrong issuer", sign(Algorithm::ES256, &with(json!({"iss": "https://evil.test"})))),
-        ("wrong audience", sign(Algorithm::RS256, &with(json!({"aud": "another-api"})))),
+        (
+            "expired",
+            sign(Algorithm::ES256, &with(json!({"exp": now - 120}))),
+        ),
+        (
+            "not yet valid",
+            sign(Algorithm::ES256, &with(json!({"nbf": now + 600}))),
+        ),
+        (
+            "no expiry",
+            sign(Algorithm::ES256, &with(json!({"exp": null}))),
+        ),
+        (
+            "wrong issuer",
+            sign(Algorithm::ES256, &with(json!({"iss": "https://evil.test"}))),
+        ),
+        (
+            "wrong audience",
+            sign(Algorithm::RS256, &with(json!({"aud": "another-api"}))),
+        ),
         (
             "alg none",
             format!(
@@ -193,21 +250,18 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
                 b64(&claims("dispatcher", "someone-else"))
             ),
         ),
-        (
-            "unknown kid",
-            {
-                let mut header = Header::new(Algorithm::RS256);
-                header.kid = Some("rotated-away".into());
-                jsonwebtoken::encode(
-                    &header,
-                    &claims("dispatcher", "ops-1"),
-                    &EncodingKey::from_rsa_der(
-                        &std::fs::read(format!("{FIXTURES}/rs256.pk1.der")).unwrap(),
-                    ),
-                )
-                .unwrap()
-            },
-        ),
+        ("unknown kid", {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some("rotated-away".into());
+            jsonwebtoken::encode(
+                &header,
+                &claims("dispatcher", "ops-1"),
+                &EncodingKey::from_rsa_der(
+                    &std::fs::read(format!("{FIXTURES}/rs256.pk1.der")).unwrap(),
+                ),
+            )
+            .unwrap()
+        }),
         (
             "HS256 keyed with the public key set",
             jsonwebtoken::encode(
@@ -222,7 +276,12 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
     ];
     for (what, token) in broken {
         let answer = get_jobs(token).await;
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            answer.body
+        );
         assert_problem(&answer, StatusCode::UNAUTHORIZED, "unauthorized");
     }
 
@@ -230,7 +289,12 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
     let (_, mine) = f.api_key(&["jobs:write"]).await;
     let (_, theirs) = f.api_key(&["jobs:write"]).await;
     let their_job = f
-        .call(Method::POST, "/v1/jobs", Some(&theirs), Some(&job("theirs")))
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&theirs),
+            Some(&job("theirs")),
+        )
         .await;
     let their_id = their_job.body["trip_id"].as_str().unwrap().to_owned();
     for (method, path) in [
@@ -244,7 +308,12 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
     let listed = f.call(Method::GET, "/v1/jobs", Some(&mine), None).await;
     assert_eq!(listed.body["items"], json!([]));
     let still = f
-        .call(Method::GET, &format!("/v1/jobs/{their_id}"), Some(&theirs), None)
+        .call(
+            Method::GET,
+            &format!("/v1/jobs/{their_id}"),
+            Some(&theirs),
+            None,
+        )
         .await;
     assert_eq!(still.body["state"], "requested");
 
@@ -263,7 +332,12 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
         assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid_field");
     }
     let as_text = f
-        .call(Method::GET, "/v1/jobs?external_ref='%20OR%20'1'='1", Some(&ops), None)
+        .call(
+            Method::GET,
+            "/v1/jobs?external_ref='%20OR%20'1'='1",
+            Some(&ops),
+            None,
+        )
         .await;
     assert_eq!(as_text.status, StatusCode::OK);
     assert_eq!(as_text.body["items"], json!([]));
@@ -282,14 +356,13 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
         .call(Method::POST, "/v1/jobs", Some(&ops), Some(&bad_customer))
         .await;
     assert_problem(&refused, StatusCode::BAD_REQUEST, "invalid_field");
-    let trips: i64 = f
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM trips", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let trips: i64 =
+        f.db.client()
+            .await
+            .query_one("SELECT count(*) FROM trips", &[])
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(trips, 2);
 
     // Bodies: too large, too deep, not JSON, the wrong shape.
@@ -336,7 +409,9 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
     let (_, flood) = f.api_key(&["trips:read"]).await;
     let mut limited = None;
     for _ in 0..40 {
-        let answer = f.call(Method::GET, "/v1/trips?limit=1", Some(&flood), None).await;
+        let answer = f
+            .call(Method::GET, "/v1/trips?limit=1", Some(&flood), None)
+            .await;
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             limited = Some(answer);
             break;
@@ -352,7 +427,9 @@ async fn broken_tokens_other_keys_jobs_injection_and_floods_are_refused() {
         .unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     for _ in 0..40 {
-        let answer = f.call(Method::GET, "/v1/trips?limit=1", Some(&ops), None).await;
+        let answer = f
+            .call(Method::GET, "/v1/trips?limit=1", Some(&ops), None)
+            .await;
         assert_eq!(answer.status, StatusCode::OK);
     }
 }

@@ -42,7 +42,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
     std::fs::create_dir_all(&reports).unwrap();
     // Ids that exist, so operations on one job get past `not_found` too.
     let job = f
-        .call(Method::POST, "/v1/jobs", Some(&dispatcher()), Some(&job("fuzzed")))
+        .call(
+            Method::POST,
+            "/v1/jobs",
+            Some(&dispatcher()),
+            Some(&job("fuzzed")),
+        )
         .await;
     let job_id = job.body["trip_id"].as_str().unwrap().to_owned();
     let config = reports.join("schemathesis.toml");

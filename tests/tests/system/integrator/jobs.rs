@@ -151,17 +151,32 @@ async fn jobs_page_with_cursors_and_cancel_with_a_reason() {
     assert_eq!(seen, newest_first);
     // Filters.
     let one = f
-        .call(Method::GET, "/v1/jobs?external_ref=order-3", Some(&key), None)
+        .call(
+            Method::GET,
+            "/v1/jobs?external_ref=order-3",
+            Some(&key),
+            None,
+        )
         .await;
     assert_eq!(one.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(one.body["items"][0]["trip_id"], created[3].as_str());
     let bad_cursor = f
-        .call(Method::GET, "/v1/jobs?cursor=bm90LWEtY3Vyc29y", Some(&key), None)
+        .call(
+            Method::GET,
+            "/v1/jobs?cursor=bm90LWEtY3Vyc29y",
+            Some(&key),
+            None,
+        )
         .await;
     assert_problem(&bad_cursor, StatusCode::BAD_REQUEST, "invalid_field");
     // The dispatcher's trip list holds the rider's trip as well.
     let all = f
-        .call(Method::GET, "/v1/trips?limit=500", Some(&dispatcher()), None)
+        .call(
+            Method::GET,
+            "/v1/trips?limit=500",
+            Some(&dispatcher()),
+            None,
+        )
         .await;
     assert_eq!(all.body["items"].as_array().unwrap().len(), 6);
 
@@ -188,7 +203,12 @@ async fn jobs_page_with_cursors_and_cancel_with_a_reason() {
         .await;
     assert_problem(&again, StatusCode::CONFLICT, "invalid_transition");
     let timeline = f
-        .call(Method::GET, &format!("/v1/trips/{target}"), Some(&key), None)
+        .call(
+            Method::GET,
+            &format!("/v1/trips/{target}"),
+            Some(&key),
+            None,
+        )
         .await;
     assert_eq!(timeline.status, StatusCode::OK, "{}", timeline.body);
     let events = timeline.body["events"].as_array().unwrap();

@@ -122,7 +122,9 @@ impl Fixture {
         let stop_keys = CancellationToken::new();
         tokio::spawn(kit::auth::follow_keys(
             config.verifier.clone(),
-            format!("http://{key_set}/.well-known/jwks.json").parse().unwrap(),
+            format!("http://{key_set}/.well-known/jwks.json")
+                .parse()
+                .unwrap(),
             Duration::from_secs(300),
             stop_keys.clone(),
         ));
@@ -224,8 +226,5 @@ fn assert_problem(answer: &Answer, status: StatusCode, code: &str) {
     );
     assert_eq!(answer.body["code"], code, "{}", answer.body);
     assert_eq!(answer.body["status"], status.as_u16());
-    assert_eq!(
-        answer.body["type"],
-        format!("urn:dispatch:problem:{code}")
-    );
+    assert_eq!(answer.body["type"], format!("urn:dispatch:problem:{code}"));
 }

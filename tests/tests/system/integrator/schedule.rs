@@ -77,7 +77,12 @@ async fn a_scheduled_job_waits_through_a_restart_is_dispatched_ahead_of_pickup_a
     // No driver: it expires once its window is over, saying why.
     let expired = eventually("the scheduled job expired", PATIENCE, || async {
         let answer = f
-            .call(Method::GET, &format!("/v1/jobs/{scheduled_id}"), Some(&key), None)
+            .call(
+                Method::GET,
+                &format!("/v1/jobs/{scheduled_id}"),
+                Some(&key),
+                None,
+            )
             .await;
         (answer.body["state"] == "expired").then_some(answer.body)
     })
@@ -91,14 +96,19 @@ async fn a_scheduled_job_waits_through_a_restart_is_dispatched_ahead_of_pickup_a
     // Schedules that cannot be kept are refused.
     for (patch, why) in [
         (json!({"pickup_at": now_ms() - 3_600_000}), "already over"),
-        (json!({"pickup_at": now_ms() + 40 * 86_400_000_i64}), "30 days"),
+        (
+            json!({"pickup_at": now_ms() + 40 * 86_400_000_i64}),
+            "30 days",
+        ),
         (json!({"window_s": 60}), "needs pickup_at"),
     ] {
         let mut body = job("bad");
         for (k, v) in patch.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let answer = f.call(Method::POST, "/v1/jobs", Some(&key), Some(&body)).await;
+        let answer = f
+            .call(Method::POST, "/v1/jobs", Some(&key), Some(&body))
+            .await;
         assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid_field");
         assert!(
             answer.body["detail"].as_str().unwrap().contains(why),
