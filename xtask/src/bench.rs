@@ -116,6 +116,7 @@ pub fn run(args: Args) -> Result<()> {
         ("protocol", "codec"),
         ("roads", "eta"),
         ("tests", "trips"),
+        ("tests", "api"),
         ("tests", "geo"),
         ("tests", "matching"),
         ("tests", "ingest"),
@@ -403,6 +404,31 @@ fn assemble(dir: &Path) -> Result<String> {
                         "per second",
                     ),
                 ),
+            }),
+        );
+    }
+    if let Some(api) = read("api") {
+        report.insert(
+            "api".into(),
+            serde_json::json!({
+                "get_job_p99_ms": row(
+                    "api: GET /v1/jobs/{id} p99 ms at 2,000/s vs /healthz, worst run",
+                    compared(
+                        number(&api, &["worst_get_job_p99_ms"]),
+                        number(&api, &["worst_healthz_p99_ms"]),
+                        "ms",
+                    ),
+                ),
+                "creates_per_sec": row(
+                    "api: POST /v1/jobs creates/s vs the store alone, lowest run",
+                    compared(
+                        number(&api, &["lowest_creates_per_sec"]),
+                        number(&api, &["lowest_store_creates_per_sec"]),
+                        "per second",
+                    ),
+                ),
+                "most_creates_lost": api["most_creates_lost"].clone(),
+                "runs": api["runs"].clone(),
             }),
         );
     }

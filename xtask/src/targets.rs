@@ -101,6 +101,10 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             "max",
         ],
     );
+    // The integrator API: the worst of three runs each.
+    let get_job_p99 = at(report, &["api", "get_job_p99_ms", "value"]);
+    let creates = at(report, &["api", "creates_per_sec", "value"]);
+    let creates_lost = at(report, &["api", "most_creates_lost"]);
     let served_difference = served("value")
         .zip(served("baseline"))
         .map(|(batched, greedy)| batched - greedy);
@@ -216,6 +220,20 @@ pub fn judge_all(report: &Value) -> Vec<Verdict> {
             |v| v >= 0.8,
         ),
         judge(
+            "GET /v1/jobs/{id} p99 at most 5 ms at 2,000 requests/s, every run",
+            get_job_p99,
+            |v| format!("{v:.2} ms at the worst"),
+            |v| v <= 5.0,
+        ),
+        judge(
+            "POST /v1/jobs at least 2,000 creates/s with none lost, every run",
+            creates
+                .zip(creates_lost)
+                .map(|(rate, lost)| if lost > 0.0 { 0.0 } else { rate }),
+            |v| format!("{v:.0}/s at the lowest"),
+            |v| v >= 2_000.0,
+        ),
+        judge(
             "zone event, position sent to webhook received, p99 at most 50 ms at half the lossless rate, every run",
             event_p99,
             |v| format!("{v:.0} ms at the worst"),
@@ -277,6 +295,11 @@ mod tests {
                 "high_load_offer_p99_ms": {"value": 11_000.0, "baseline": 12_000.0},
                 "roads_mean_pickup_time_s": {"value": 50.0, "baseline": 55.0},
             },
+            "api": {
+                "get_job_p99_ms": {"value": 3.1, "baseline": 1.2},
+                "creates_per_sec": {"value": 2_400.0, "baseline": 3_000.0},
+                "most_creates_lost": 0.0,
+            },
         })
     }
 
@@ -294,7 +317,7 @@ mod tests {
     #[test]
     fn figures_on_the_right_side_of_every_aim_are_met() {
         let verdicts = judge_all(&report(100_287.0, 3.73, 100_000.0, 1e6, (134.4, 221.7)));
-        assert_eq!(verdicts.len(), 17);
+        assert_eq!(verdicts.len(), 19);
         for v in &verdicts {
             assert_eq!(v.outcome, Outcome::Met, "{}: {}", v.aim, v.measured);
         }
@@ -346,6 +369,13 @@ mod tests {
             Outcome::Missed
         );
         assert_eq!(outcome(&verdicts, "zone event"), Outcome::Missed);
+        // The API: slow reads, and fast creates that lost one.
+        let mut api = report(100_287.0, 3.73, 102_000.0, 1e6, (1.0, 2.0));
+        api["api"]["get_job_p99_ms"]["value"] = json!(5.4);
+        api["api"]["most_creates_lost"] = json!(1.0);
+        let verdicts = judge_all(&api);
+        assert_eq!(outcome(&verdicts, "GET /v1/jobs"), Outcome::Missed);
+        assert_eq!(outcome(&verdicts, "POST /v1/jobs"), Outcome::Missed);
     }
 
     #[test]

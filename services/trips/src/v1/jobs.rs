@@ -420,6 +420,13 @@ pub(crate) async fn create(
     }
     let schedule = schedule(job.pickup_at, job.window_s, protocol::time::now_ms())?;
     let owner = principal.owner();
+    let origin = JobOrigin {
+        created_by: owner.clone(),
+        actor_id: principal.actor_id(),
+        external_ref: job.external_ref,
+        notes: job.notes,
+        schedule,
+    };
     let new = NewTrip {
         rider_id: job.customer_id.unwrap_or_else(|| principal.actor_id()),
         idempotency_key: format!("{owner}/{key}"),
@@ -427,24 +434,25 @@ pub(crate) async fn create(
         dropoff: job.dropoff,
         vehicle_class: job.vehicle_class,
         min_capacity: job.min_capacity,
-        job: Some(JobOrigin {
-            created_by: owner.clone(),
-            actor_id: principal.actor_id(),
-            external_ref: job.external_ref,
-            notes: job.notes,
-            schedule,
-        }),
+        job: Some(origin.clone()),
     };
     let outcome = state.store.create_job(new).await?;
-    let job_id = outcome
+    let view = outcome
         .trip
-        .map(|t| t.trip_id)
         .ok_or_else(|| Problem::new(ErrorCode::Unavailable, "job is being created; retry"))?;
-    let client = state.pool.get().await?;
-    let trip = load(&client, job_id, Some(&owner)).await?;
+    let job_id = view.trip_id;
     let location = HeaderValue::from_str(&format!("/v1/jobs/{job_id}"))
         .expect("a UUID path is a header value");
     if outcome.changed {
+        // Just stored as given: no need to read it back.
+        let trip = Trip {
+            trip: view,
+            created_by: Some(origin.created_by),
+            external_ref: origin.external_ref,
+            notes: origin.notes,
+            pickup_at: schedule.map(|s| s.pickup_at),
+            pickup_window_end: schedule.map(|s| s.window_end),
+        };
         return Ok((
             StatusCode::CREATED,
             [(header::LOCATION, location)],
@@ -452,6 +460,8 @@ pub(crate) async fn create(
         )
             .into_response());
     }
+    let client = state.pool.get().await?;
+    let trip = load(&client, job_id, Some(&owner)).await?;
     let replayed = HeaderName::from_static("idempotent-replayed");
     Ok((
         StatusCode::OK,

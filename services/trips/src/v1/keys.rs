@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -68,12 +69,25 @@ impl Default for KeyRate {
     }
 }
 
-/// The key store and each key's token bucket.
+/// The key store, the keys checked lately, and each key's token bucket.
 #[derive(Debug, Clone)]
 pub struct ApiKeys {
     pool: Pool,
     rate: KeyRate,
     buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
+    /// Keys read from the database within [`KEY_TTL`]: their secret's hash and scopes. A key
+    /// revoked on another replica stops working here within that time; on this one, at once.
+    checked: Arc<quick_cache::sync::Cache<String, CheckedKey>>,
+}
+
+/// How long a key read from the database is trusted without reading it again.
+pub const KEY_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct CheckedKey {
+    hash: Vec<u8>,
+    scopes: Vec<Scope>,
+    read_at: Instant,
 }
 
 const PREFIX: &str = "dk_";
@@ -115,13 +129,18 @@ impl ApiKeys {
             pool,
             rate,
             buckets: Default::default(),
+            checked: Arc::new(quick_cache::sync::Cache::new(10_000)),
         }
     }
 
-    /// The principal a key stands for, once its secret matched and its rate allows.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, Problem> {
-        let refused = || Problem::new(ErrorCode::Unauthorized, "unknown or revoked API key");
-        let (key_id, secret) = split(token).ok_or_else(refused)?;
+    /// The key's hash and scopes, from the last `KEY_TTL` or the database; `None` when there
+    /// is no such key or it is revoked.
+    async fn lookup(&self, key_id: &str) -> Result<Option<CheckedKey>, Problem> {
+        if let Some(known) = self.checked.get(key_id)
+            && known.read_at.elapsed() < KEY_TTL
+        {
+            return Ok(Some(known));
+        }
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
@@ -129,20 +148,37 @@ impl ApiKeys {
                  WHERE key_id = $1 AND revoked_at IS NULL",
             )
             .await?;
-        let row = client
-            .query_opt(&statement, &[&key_id])
-            .await?
-            .ok_or_else(refused)?;
-        let stored: Vec<u8> = row.get(0);
-        if !bool::from(stored.ct_eq(&hash(secret))) {
+        let Some(row) = client.query_opt(&statement, &[&key_id]).await? else {
+            self.checked.remove(key_id);
+            return Ok(None);
+        };
+        let scopes: Vec<String> = row.get(1);
+        let known = CheckedKey {
+            hash: row.get(0),
+            scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            read_at: Instant::now(),
+        };
+        self.checked.insert(key_id.to_owned(), known.clone());
+        Ok(Some(known))
+    }
+
+    /// Forgets a key at once (it was just revoked here).
+    pub fn forget(&self, key_id: &str) {
+        self.checked.remove(key_id);
+    }
+
+    /// The principal a key stands for, once its secret matched and its rate allows.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Problem> {
+        let refused = || Problem::new(ErrorCode::Unauthorized, "unknown or revoked API key");
+        let (key_id, secret) = split(token).ok_or_else(refused)?;
+        let known = self.lookup(key_id).await?.ok_or_else(refused)?;
+        if !bool::from(known.hash.ct_eq(&hash(secret))) {
             return Err(refused());
         }
-        let scopes: Vec<String> = row.get(1);
-        let scopes = scopes.iter().filter_map(|s| Scope::parse(s)).collect();
         self.take(key_id)?;
         Ok(Principal::Key {
             key_id: key_id.to_owned(),
-            scopes,
+            scopes: known.scopes,
         })
     }
 
@@ -360,6 +396,7 @@ pub(crate) async fn revoke(
     if !revoke_key(&state.pool, &key_id).await? {
         return Err(Problem::not_found("API key"));
     }
+    state.keys.forget(&key_id);
     tracing::info!(%key_id, by = %principal.actor_id(), "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

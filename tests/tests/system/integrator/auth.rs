@@ -545,9 +545,16 @@ async fn keys_made_and_revoked_on_the_command_line_work_at_the_api() {
     assert!(!ok && err.contains("unknown scope"), "{err}");
     let (ok, _, _) = cli(&["revoke", &key_id]);
     assert!(ok);
-    let refused = f
-        .call(Method::POST, "/v1/jobs", Some(&token), Some(&job("cli-2")))
-        .await;
+    // Revoked in the database, the key stops working within the replica's `KEY_TTL`.
+    let refused = eventually(
+        "the revoked key refused",
+        trips::v1::keys::KEY_TTL + PATIENCE,
+        || async {
+            let answer = f.call(Method::GET, "/v1/jobs", Some(&token), None).await;
+            (answer.status == StatusCode::UNAUTHORIZED).then_some(answer)
+        },
+    )
+    .await;
     assert_problem(&refused, StatusCode::UNAUTHORIZED, "unauthorized");
     let (ok, _, err) = cli(&["revoke", &key_id]);
     assert!(!ok && err.contains("not revoked already"), "{err}");
