@@ -589,6 +589,17 @@ mod tests {
             "city",
             json!({"scenarios": [city(200, (9.0, 12.0), (3.0, 4.0)), city(10_000, (80.0, 120.0), (20.0, 30.0))]}),
         );
+        write(
+            "api",
+            json!({
+                "runs": [],
+                "worst_get_job_p99_ms": 6.1,
+                "worst_healthz_p99_ms": 4.0,
+                "lowest_creates_per_sec": 2_100.0,
+                "lowest_store_creates_per_sec": 2_700.0,
+                "most_creates_lost": 0.0,
+            }),
+        );
         let table = assemble(&dir).unwrap();
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap())
@@ -604,7 +615,8 @@ mod tests {
         // Ingest (2), the fan-out and memory met; the ingest spread (2), the fleet and
         // matching (5) not measured; the city of 10,000 drivers slower to offer than its aim
         // (its worst run), fast enough with positions, and losing nothing; ingest with zones
-        // fast enough in every climb, and zone events slower than their aim in the worst run.
+        // fast enough in every climb; the API's reads slower than their aim in the worst run,
+        // its creates fast enough; and zone events slower than their aim in the worst run.
         assert_eq!(
             outcomes,
             [
@@ -625,8 +637,12 @@ mod tests {
                 "not measured",
                 "met",
                 "missed",
+                "met",
+                "missed",
             ]
         );
+        assert_eq!(report["api"]["creates_per_sec"]["ratio"], 2_100.0 / 2_700.0);
+        assert!(table.contains("api: GET /v1/jobs/{id} p99 ms at 2,000/s vs /healthz"));
         assert_eq!(
             report["city"]["at_10000_drivers"]["match_p99_ms"]["max"],
             120.0

@@ -32,7 +32,7 @@ enum Command {
     /// Serve clients.
     Serve(Box<Serve>),
     /// Print a signed token for a client (development, simulator, operators).
-    Token(MintToken),
+    Token(Box<MintToken>),
 }
 
 #[derive(Debug, clap::Args)]
