@@ -98,11 +98,11 @@ async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
     .unwrap();
     let rider_token = token(Role::Rider, "mallory");
     let dispatcher_token = token(Role::Dispatcher, "mallory");
-    // A dispatcher's claims under a rider's signature.
+    // A dispatcher's header and claims under a rider's signature.
     let spliced = format!(
         "{}.{}",
-        dispatcher_token.split_once('.').unwrap().0,
-        rider_token.split_once('.').unwrap().1
+        dispatcher_token.rsplit_once('.').unwrap().0,
+        rider_token.rsplit_once('.').unwrap().1
     );
     for (name, bad) in [
         ("token missing (empty)", String::new()),
