@@ -100,6 +100,9 @@ pub struct Verifier {
     secret: Option<Arc<DecodingKey>>,
     keys: Arc<RwLock<Arc<Vec<Key>>>>,
     rules: Arc<ClaimRules>,
+    /// Set when a token named a key the set does not hold: the provider may have rotated its
+    /// keys, so whoever keeps the set should fetch it again soon.
+    unknown_key_seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -134,6 +137,7 @@ impl Verifier {
                 .map(Arc::new),
             keys: Default::default(),
             rules: Arc::new(rules),
+            unknown_key_seen: Default::default(),
         }
     }
 
@@ -167,6 +171,12 @@ impl Verifier {
         let kept = keys.len();
         *self.keys.write().expect("key set lock") = Arc::new(keys);
         kept
+    }
+
+    /// Whether a token named an unknown key since the last call (and forgets it).
+    pub fn take_unknown_key_seen(&self) -> bool {
+        self.unknown_key_seen
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many keys the key set holds.
@@ -207,6 +217,8 @@ impl Verifier {
             };
             let mut candidates = keys.iter().filter(fits).peekable();
             if candidates.peek().is_none() {
+                self.unknown_key_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 return Err(TokenError::UnknownKey);
             }
             // Without a `kid` any fitting key may have signed it; the first that verifies wins.
@@ -501,10 +513,13 @@ mod tests {
         // An RS256 header with no key set configured.
         let header = b64(&json!({"alg": "RS256", "kid": "k1"}));
         let body = b64(&serde_json::to_value(claims()).unwrap());
+        assert!(!verifier.take_unknown_key_seen());
         assert_eq!(
             verifier.verify(&format!("{header}.{body}.c2ln"), 1_000),
             Err(TokenError::UnknownKey)
         );
+        assert!(verifier.take_unknown_key_seen());
+        assert!(!verifier.take_unknown_key_seen());
         // A symmetric key in a key set is never used.
         let set: JwkSet = serde_json::from_value(json!({"keys": [
             {"kty": "oct", "kid": "k1", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(b"secret")}

@@ -6,9 +6,11 @@
 //!   every job then counted in the database, beside the store creating jobs directly (no HTTP,
 //!   no authentication) in the same run.
 //!
-//! The load and the trips service share this process and the machine's cores. Run with
-//! `cargo xtask bench api` (or `cargo bench -p tests --bench api` with
-//! `DISPATCH_TEST_DATABASE_URL` and `NATS_SERVER_BIN`). Writes `target/bench/api.json`.
+//! The trips service runs as its own release process (`TRIPS_BIN`, built by `cargo xtask
+//! bench`), as integrators' servers are elsewhere; it shares the machine's cores with the load,
+//! PostgreSQL and nats-server. Run with `cargo xtask bench api` (or `cargo bench -p tests
+//! --bench api` with `DISPATCH_TEST_DATABASE_URL`, `NATS_SERVER_BIN` and a release
+//! `dispatch-trips`). Writes `target/bench/api.json`.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -22,7 +24,7 @@ use protocol::time::now_ms;
 use protocol::token::{self, Claims};
 use protocol::{Point, Subjects};
 use serde_json::{Value, json};
-use tests::services::{TOKEN_SECRET, start_trips, trips_config};
+use tests::services::{TOKEN_SECRET, trips_config};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::sync::{Mutex, Semaphore};
 use trips::store::{JobOrigin, NewTrip};
@@ -124,14 +126,24 @@ async fn main() {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let mut config = trips_config(&db.url, &nats.url(), &prefix);
-    config.migrate = true;
-    config.api_key_rate = trips::v1::KeyRate {
-        per_second: 1_000_000,
-        burst: 1_000_000,
-    };
     config.pool.max_size = 32;
-    let running = start_trips(config.clone()).await;
-    let base = format!("http://{}", running.http);
+    let binary = tests::process::trips_binary("api").unwrap();
+    let http_port = tests::process::free_port();
+    let mut trips_process = std::process::Command::new(&binary)
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--pool-size", "32"])
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", nats.url())
+        .env("SUBJECT_PREFIX", &prefix)
+        .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET).unwrap())
+        .env("TRIPS_API_KEY_RATE", "1000000")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let trips_http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    tests::services::wait_ready(trips_http).await;
+    let base = format!("http://{trips_http}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
@@ -349,5 +361,6 @@ async fn main() {
     )
     .unwrap();
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
-    drop(running);
+    let _ = trips_process.kill();
+    let _ = trips_process.wait();
 }

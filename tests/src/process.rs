@@ -100,10 +100,21 @@ pub async fn bare_ws_server(port: u16) {
 /// The release gateway binary a benchmark runs: `GATEWAY_BIN` (`cargo xtask bench` sets it to
 /// the one it builds), else the workspace's `target/release/dispatch-gateway`.
 pub fn gateway_binary(bench: &str) -> anyhow::Result<std::path::PathBuf> {
-    let binary = std::env::var_os("GATEWAY_BIN").map_or_else(
+    release_binary("GATEWAY_BIN", "dispatch-gateway", bench)
+}
+
+/// The release trips binary a benchmark runs: `TRIPS_BIN` (`cargo xtask bench` sets it to the
+/// one it builds), else the workspace's `target/release/dispatch-trips`.
+pub fn trips_binary(bench: &str) -> anyhow::Result<std::path::PathBuf> {
+    release_binary("TRIPS_BIN", "dispatch-trips", bench)
+}
+
+fn release_binary(variable: &str, name: &str, bench: &str) -> anyhow::Result<std::path::PathBuf> {
+    let binary = std::env::var_os(variable).map_or_else(
         || {
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/release/dispatch-gateway")
+                .join("../target/release")
+                .join(name)
         },
         std::path::PathBuf::from,
     );

@@ -95,6 +95,24 @@ pub fn run(args: Args) -> Result<()> {
     let redis = Redis::up(&root.join("target/dev"))?;
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let gateway_bin = infra::target_dir(&root)?.join("release/dispatch-gateway");
+    let trips_bin = infra::target_dir(&root)?.join("release/dispatch-trips");
+    if wanted("api") {
+        say("building the trips service (release) for the API benchmark");
+        let built = Command::new(&cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "trips",
+                "--bin",
+                "dispatch-trips",
+            ])
+            .status()?;
+        if !built.success() {
+            bail!("building the trips service failed");
+        }
+    }
     if wanted("connections") || wanted("fleet") || wanted("ingest") {
         say("building the gateway (release) for the ingest, connections and fleet benchmarks");
         let built = Command::new(&cargo)
@@ -135,6 +153,7 @@ pub fn run(args: Args) -> Result<()> {
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)
             .env("REDIS_URL", &redis.url)
             .env("GATEWAY_BIN", &gateway_bin)
+            .env("TRIPS_BIN", &trips_bin)
             .status()?;
         if !status.success() {
             bail!("benchmark {bench} failed");

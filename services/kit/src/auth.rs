@@ -73,12 +73,29 @@ async fn fetch(
     parse_set(&body, verifier)
 }
 
+/// Soonest a token naming an unknown key makes the set be fetched again: often enough to pick
+/// up a rotation at once, never so often that made-up key ids hammer the provider.
+pub const REFETCH_ON_UNKNOWN_KEY: Duration = Duration::from_secs(30);
+
 /// Keeps a URL's key set loaded until `stop`: fetched now, then every `every`, retried every
-/// few seconds while it fails. A failed fetch keeps the keys already loaded.
+/// few seconds while it fails, and fetched early (at most every
+/// [`REFETCH_ON_UNKNOWN_KEY`]) when a token named a key the set does not hold. A failed fetch
+/// keeps the keys already loaded.
 pub async fn follow_keys(
     verifier: Verifier,
     url: url::Url,
     every: Duration,
+    stop: CancellationToken,
+) {
+    follow_keys_checking(verifier, url, every, REFETCH_ON_UNKNOWN_KEY, stop).await
+}
+
+/// [`follow_keys`], with the least time between fetches for unknown keys given.
+pub async fn follow_keys_checking(
+    verifier: Verifier,
+    url: url::Url,
+    every: Duration,
+    unknown_key_gap: Duration,
     stop: CancellationToken,
 ) {
     let client = reqwest::Client::builder()
@@ -86,6 +103,7 @@ pub async fn follow_keys(
         .build()
         .expect("an HTTP client without custom TLS builds");
     loop {
+        let fetched_at = tokio::time::Instant::now();
         let wait = match fetch(&client, &url, &verifier).await {
             Ok(kept) => {
                 tracing::debug!(%url, keys = kept, "key set loaded");
@@ -98,16 +116,102 @@ pub async fn follow_keys(
                 Duration::from_secs(5).min(every)
             }
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        // Wait out `wait`, looking every half second for tokens that named an unknown key.
+        let due = fetched_at + wait;
+        let early = fetched_at + unknown_key_gap;
+        verifier.take_unknown_key_seen();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= due || (now >= early && verifier.take_unknown_key_seen()) {
+                break;
+            }
+            let next = (now + Duration::from_millis(500)).min(due);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use protocol::token::TokenError;
+
     use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/jwt");
+
+    /// A provider whose key set can change, counting the fetches.
+    async fn provider(set: Arc<Mutex<String>>, fetches: Arc<AtomicUsize>) -> url::Url {
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let body = set.lock().unwrap().clone();
+                async move { body }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/jwks.json").parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_fetched_once_a_token_names_it() {
+        let full: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).unwrap(),
+        )
+        .unwrap();
+        let mut old = full.clone();
+        old["keys"].as_array_mut().unwrap().truncate(1);
+        let set = Arc::new(Mutex::new(old.to_string()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let url = provider(set.clone(), fetches.clone()).await;
+        let verifier = Verifier::new(None, ClaimRules::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(follow_keys_checking(
+            verifier.clone(),
+            url,
+            Duration::from_secs(3600),
+            Duration::from_millis(200),
+            stop.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while verifier.key_count() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the set was not fetched"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The provider rotates in its RSA key and signs with it.
+        *set.lock().unwrap() = full.to_string();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-rs256".into());
+        let claims = serde_json::json!({"role": "driver", "sub": "d1", "exp": 4_000_000_000_i64});
+        let der = std::fs::read(format!("{FIXTURES}/rs256.pk1.der")).unwrap();
+        let token =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(&der)).unwrap();
+        assert_eq!(
+            verifier.verify(&token, 1_000).unwrap_err(),
+            TokenError::UnknownKey
+        );
+        while verifier.verify(&token, 1_000).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rotated key never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        stop.cancel();
+    }
 
     #[test]
     fn sources_and_files() {
