@@ -97,6 +97,22 @@ pub async fn bare_ws_server(port: u16) {
     }
 }
 
+/// Where the workspace's binaries were built for the system tests: `DISPATCH_BIN_DIR` (`cargo
+/// xtask test` builds them there), else beside the running test's executable.
+pub fn built_binaries() -> std::path::PathBuf {
+    std::env::var_os("DISPATCH_BIN_DIR").map_or_else(
+        || {
+            // target/<profile>/deps/system-<hash>: the binaries are two levels up.
+            let exe = std::env::current_exe().expect("the test's executable");
+            exe.parent()
+                .and_then(std::path::Path::parent)
+                .expect("a target directory")
+                .to_path_buf()
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 /// The release gateway binary a benchmark runs: `GATEWAY_BIN` (`cargo xtask bench` sets it to
 /// the one it builds), else the workspace's `target/release/dispatch-gateway`.
 pub fn gateway_binary(bench: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -138,58 +138,6 @@ pub(crate) fn city_args(
     ]
 }
 
-/// A day's dispatcher token for the dashboard link.
-pub(crate) fn dispatcher_token(gateway: &Path) -> Result<String> {
-    let output = Command::new(gateway)
-        .args([
-            "token",
-            "--role",
-            "dispatcher",
-            "--sub",
-            "ops",
-            "--name",
-            "Operations",
-        ])
-        .env("TOKEN_SECRET", DEMO_SECRET)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("minting a dispatcher token")?;
-    if !output.status.success() {
-        bail!("minting a dispatcher token failed ({})", output.status);
-    }
-    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
-}
-
-/// A `jobs:write` API key for the simulated integrator, made with `dispatch-trips api-key`.
-fn integrator_key(trips: &Path, database_url: &str) -> Result<String> {
-    let output = Command::new(trips)
-        .args([
-            "api-key",
-            "create",
-            "--name",
-            "demo simulator",
-            "--scope",
-            "jobs:write",
-            "--by",
-            "demo",
-        ])
-        .env("DATABASE_URL", database_url)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("creating the simulator's API key")?;
-    if !output.status.success() {
-        bail!(
-            "creating the simulator's API key failed ({})",
-            output.status
-        );
-    }
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    created["token"]
-        .as_str()
-        .map(str::to_owned)
-        .context("dispatch-trips api-key create printed no token")
-}
-
 /// The body of a successful GET of `http://{addr}{path}`, if any.
 pub(crate) fn http_get(addr: &str, path: &str) -> Option<String> {
     http_agent(Duration::from_secs(5))
@@ -589,7 +537,8 @@ pub fn run(args: Args) -> Result<()> {
             sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
         }
         // An integrator's server beside the riders: jobs through the API, half scheduled.
-        let api_key = integrator_key(&bin("dispatch-trips"), &infra.database_url)?;
+        let api_key =
+            crate::credentials::integrator_key(&bin("dispatch-trips"), &infra.database_url)?;
         sim_args.extend([
             "--jobs-api".to_owned(),
             format!("http://{trips_http}"),
@@ -618,7 +567,7 @@ pub fn run(args: Args) -> Result<()> {
             "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
             args.drivers, args.riders, CITY
         ));
-        let token = dispatcher_token(&bin("dispatch-gateway"))?;
+        let token = crate::credentials::dispatcher_token(&bin("dispatch-gateway"))?;
         let first_http = &gateway_addrs[0].1;
         say("the system is up:");
         say(format!(

@@ -15,6 +15,7 @@ mod bench;
 mod city;
 mod cluster;
 mod cpu;
+mod credentials;
 mod demo;
 mod fuzz;
 mod hops;

@@ -17,17 +17,7 @@ fn root() -> PathBuf {
 }
 
 fn bin_dir() -> PathBuf {
-    std::env::var_os("DISPATCH_BIN_DIR").map_or_else(
-        || {
-            // target/<profile>/deps/system-<hash>: the binaries are two levels up.
-            let exe = std::env::current_exe().expect("the test's executable");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("a target directory")
-                .to_path_buf()
-        },
-        PathBuf::from,
-    )
+    tests::process::built_binaries()
 }
 
 /// A YAML file as JSON, with merge keys (`<<: *anchor`) applied.

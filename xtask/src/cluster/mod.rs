@@ -786,7 +786,7 @@ fn drive(
     )?;
 
     print_topology(cluster, urls);
-    let token = demo::dispatcher_token(&bin("dispatch-gateway"))?;
+    let token = crate::credentials::dispatcher_token(&bin("dispatch-gateway"))?;
     for addr in &gateways {
         say(format!(
             "  dashboard              http://{addr}:{GATEWAY_HTTP_PORT}/#token={token}"

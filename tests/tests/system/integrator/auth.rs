@@ -489,19 +489,9 @@ async fn the_gateway_takes_identity_provider_tokens_from_a_key_set_file() {
     }
 }
 
-/// The built `dispatch-trips`: beside this test's executable, or in `DISPATCH_BIN_DIR`.
+/// The built `dispatch-trips`.
 fn trips_binary() -> std::path::PathBuf {
-    let dir = std::env::var_os("DISPATCH_BIN_DIR").map_or_else(
-        || {
-            let exe = std::env::current_exe().expect("the test's executable");
-            exe.parent()
-                .and_then(std::path::Path::parent)
-                .expect("a target directory")
-                .to_path_buf()
-        },
-        std::path::PathBuf::from,
-    );
-    let binary = dir.join("dispatch-trips");
+    let binary = tests::process::built_binaries().join("dispatch-trips");
     assert!(
         binary.is_file(),
         "{} is missing: build the binaries first (`cargo xtask test` does)",
