@@ -211,6 +211,10 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             tokens.verifier,
             url,
             every,
+            kit::auth::KeyMeters {
+                keys: gateway::meters::JWKS_KEYS,
+                failures: gateway::meters::JWKS_FAILURES,
+            },
             shutdown.clone(),
         ));
     }

@@ -2,6 +2,10 @@
 //! error codes and reasons, never a client id.
 
 kit::meters! {
+    /// Keys in the identity provider's key set, when it is fetched from a URL.
+    gauge JWKS_KEYS = "gateway_jwks_keys";
+    /// Fetches of the identity provider's key set that failed.
+    counter JWKS_FAILURES = "gateway_jwks_failures_total";
     /// Open client connections, by `role`.
     gauge CONNECTIONS = "gateway_connections" [role = "driver"];
     /// Connection attempts, by `outcome` (accepted, over_capacity, handshake_failed, unauthorized,

@@ -73,6 +73,13 @@ async fn fetch(
     parse_set(&body, verifier)
 }
 
+/// The metrics a service reports its key set under: the number of keys, and failed fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyMeters {
+    pub keys: &'static str,
+    pub failures: &'static str,
+}
+
 /// Soonest a token naming an unknown key makes the set be fetched again: often enough to pick
 /// up a rotation at once, never so often that made-up key ids hammer the provider.
 pub const REFETCH_ON_UNKNOWN_KEY: Duration = Duration::from_secs(30);
@@ -85,9 +92,10 @@ pub async fn follow_keys(
     verifier: Verifier,
     url: url::Url,
     every: Duration,
+    meters: KeyMeters,
     stop: CancellationToken,
 ) {
-    follow_keys_checking(verifier, url, every, REFETCH_ON_UNKNOWN_KEY, stop).await
+    follow_keys_checking(verifier, url, every, REFETCH_ON_UNKNOWN_KEY, meters, stop).await
 }
 
 /// [`follow_keys`], with the least time between fetches for unknown keys given.
@@ -96,6 +104,7 @@ pub async fn follow_keys_checking(
     url: url::Url,
     every: Duration,
     unknown_key_gap: Duration,
+    meters: KeyMeters,
     stop: CancellationToken,
 ) {
     let client = reqwest::Client::builder()
@@ -107,12 +116,12 @@ pub async fn follow_keys_checking(
         let wait = match fetch(&client, &url, &verifier).await {
             Ok(kept) => {
                 tracing::debug!(%url, keys = kept, "key set loaded");
-                metrics::gauge!("auth_jwks_keys").set(kept as f64);
+                metrics::gauge!(meters.keys).set(kept as f64);
                 every
             }
             Err(error) => {
                 tracing::warn!(%url, error = format!("{error:#}"), "cannot load the key set");
-                metrics::counter!("auth_jwks_failures_total").increment(1);
+                metrics::counter!(meters.failures).increment(1);
                 Duration::from_secs(5).min(every)
             }
         };
@@ -180,6 +189,10 @@ mod tests {
             url,
             Duration::from_secs(3600),
             Duration::from_millis(200),
+            KeyMeters {
+                keys: "test_jwks_keys",
+                failures: "test_jwks_failures_total",
+            },
             stop.clone(),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -214,6 +214,10 @@ async fn main() -> anyhow::Result<()> {
             tokens.verifier,
             url,
             every,
+            kit::auth::KeyMeters {
+                keys: trips::meters::JWKS_KEYS,
+                failures: trips::meters::JWKS_FAILURES,
+            },
             shutdown.clone(),
         ));
     }

@@ -56,4 +56,10 @@ kit::meters! {
     gauge WEBHOOK_LEADER = "trips_webhook_leader";
     /// HTTP API requests, by `route` and `status`.
     counter HTTP_REQUESTS = "trips_http_requests_total" [route = "trips", status = "200"];
+    /// Integrator API requests refused because their key went past its rate.
+    counter API_RATE_LIMITED = "trips_api_rate_limited_total";
+    /// Keys in the identity provider's key set, when it is fetched from a URL.
+    gauge JWKS_KEYS = "trips_jwks_keys";
+    /// Fetches of the identity provider's key set that failed.
+    counter JWKS_FAILURES = "trips_jwks_failures_total";
 }

@@ -191,7 +191,7 @@ impl ApiKeys {
         if bucket.allow() {
             return Ok(());
         }
-        metrics::counter!("trips_api_rate_limited_total").increment(1);
+        metrics::counter!(crate::meters::API_RATE_LIMITED).increment(1);
         let mut problem = Problem::new(
             ErrorCode::RateLimited,
             format!(

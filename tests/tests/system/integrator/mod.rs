@@ -126,6 +126,10 @@ impl Fixture {
                 .parse()
                 .unwrap(),
             Duration::from_secs(300),
+            kit::auth::KeyMeters {
+                keys: trips::meters::JWKS_KEYS,
+                failures: trips::meters::JWKS_FAILURES,
+            },
             stop_keys.clone(),
         ));
         let verifier = config.verifier.clone();
