@@ -178,15 +178,24 @@ impl Store {
     /// Carries out a command; never takes longer than the command timeout.
     pub async fn execute(&self, command: TripCommand) -> TripReply {
         let kind = command.kind();
+        self.timed(kind, self.run(command)).await
+    }
+
+    /// Runs `work` within the command timeout, counts and times it as `kind`, and wakes the
+    /// outbox when it changed something.
+    async fn timed(
+        &self,
+        kind: &'static str,
+        work: impl Future<Output = Result<TripOutcome, StoreError>>,
+    ) -> TripReply {
         let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.settings.command_timeout, self.run(command)).await {
-                Ok(result) => result.map_err(StoreError::into_command_error),
-                Err(_) => Err(CommandError::new(
-                    ErrorCode::Unavailable,
-                    "database did not answer in time",
-                )),
-            };
+        let result = match tokio::time::timeout(self.settings.command_timeout, work).await {
+            Ok(result) => result.map_err(StoreError::into_command_error),
+            Err(_) => Err(CommandError::new(
+                ErrorCode::Unavailable,
+                "database did not answer in time",
+            )),
+        };
         let outcome = match &result {
             Ok(o) if o.changed => "changed",
             Ok(_) => "unchanged",
@@ -238,28 +247,7 @@ impl Store {
     /// Creates a job for an integrator (or a dispatcher) through the API: a trip like a
     /// rider's, idempotent on `(created_by, idempotency_key)`, within the command timeout.
     pub async fn create_job(&self, trip: NewTrip) -> TripReply {
-        let started = Instant::now();
-        let result =
-            match tokio::time::timeout(self.settings.command_timeout, self.create(trip)).await {
-                Ok(result) => result.map_err(StoreError::into_command_error),
-                Err(_) => Err(CommandError::new(
-                    ErrorCode::Unavailable,
-                    "database did not answer in time",
-                )),
-            };
-        let outcome = match &result {
-            Ok(o) if o.changed => "changed",
-            Ok(_) => "unchanged",
-            Err(e) => e.code.as_str(),
-        };
-        metrics::counter!(m::COMMANDS, "command" => "create_job", "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!(m::COMMAND_DURATION, "command" => "create_job")
-            .record(started.elapsed());
-        if matches!(&result, Ok(o) if o.changed) {
-            self.outbox_ready.notify_one();
-        }
-        result
+        self.timed("create_job", self.create(trip)).await
     }
 
     async fn create(&self, new: NewTrip) -> Result<TripOutcome, StoreError> {
