@@ -1,5 +1,5 @@
 //! Supply-chain checks that need no network: every Rust crate built for this platform and every
-//! npm package of the dashboard carries a license on the allow-list, and every crate comes from
+//! npm package (the pages' and the SDK's) carries a license on the allow-list, and every crate comes from
 //! crates.io or this workspace (no git or other registries). Security advisories need the
 //! advisory database, which is online; see RELIABILITY.md.
 
@@ -31,21 +31,21 @@ const ALLOWED: &[&str] = &[
 /// Crates allowed one more license by name, each reviewed. MPL-2.0 is copyleft per file: a
 /// closed product may ship it, and only changes to its own files must be published.
 /// `priority-queue` comes unchanged with `fast_paths` (the road network's contraction
-/// hierarchies) and is offered under LGPL-3.0-or-later OR MPL-2.0.
-const REVIEWED: &[(&str, &str)] = &[("priority-queue", "MPL-2.0")];
+/// hierarchies) and is offered under LGPL-3.0-or-later OR MPL-2.0. `argparse` (npm) is a
+/// build tool of the SDK's type generator, never shipped; the PSF license is permissive.
+const REVIEWED: &[(&str, &str)] = &[("priority-queue", "MPL-2.0"), ("argparse", "Python-2.0")];
 
 /// The crates.io index, the only registry crates may come from.
 const CRATES_IO: &str = "registry+https://github.com/rust-lang/crates.io-index";
 
+/// The npm projects: the pages (dashboard and apps) and the TypeScript SDK's build tools.
+const NPM_PROJECTS: &[&str] = &["dashboards/web", "clients/typescript"];
+
 /// npm packages whose metadata omits the license, with the license their own files state.
 const NPM_LICENSE_FILES: &[(&str, &str)] = &[("@mapbox/jsonlint-lines-primitives", "MIT")];
 
-fn allowed(expression: &str) -> Result<bool> {
-    allowed_for(expression, None)
-}
-
-/// Whether `expression` is allowed, for the crate named `krate` when given (with the license
-/// [`REVIEWED`] allows it).
+/// Whether `expression` is allowed, for the crate or npm package named `krate` when given
+/// (with the license [`REVIEWED`] allows it).
 fn allowed_for(expression: &str, krate: Option<&str>) -> Result<bool> {
     let extra = REVIEWED
         .iter()
@@ -109,27 +109,31 @@ pub fn check(root: &Path) -> Result<()> {
         }
     }
 
-    let lock: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("dashboards/web/package-lock.json"))
-            .context("reading the dashboard's package-lock.json")?,
-    )?;
-    let npm = lock["packages"].as_object().context("no npm packages")?;
     let mut npm_count = 0;
-    for (path, package) in npm.iter().filter(|(path, _)| !path.is_empty()) {
-        npm_count += 1;
-        let name = path
-            .rsplit_once("node_modules/")
-            .map_or(path.as_str(), |(_, n)| n);
-        let license = package["license"].as_str().or_else(|| {
-            NPM_LICENSE_FILES
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, l)| *l)
-        });
-        match license {
-            Some(license) if allowed(license)? => {}
-            Some(license) => problems.push(format!("npm {name}: license {license} is not allowed")),
-            None => problems.push(format!("npm {name}: no license")),
+    for dir in NPM_PROJECTS {
+        let lock: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(dir).join("package-lock.json"))
+                .with_context(|| format!("reading {dir}/package-lock.json"))?,
+        )?;
+        let npm = lock["packages"].as_object().context("no npm packages")?;
+        for (path, package) in npm.iter().filter(|(path, _)| !path.is_empty()) {
+            npm_count += 1;
+            let name = path
+                .rsplit_once("node_modules/")
+                .map_or(path.as_str(), |(_, n)| n);
+            let license = package["license"].as_str().or_else(|| {
+                NPM_LICENSE_FILES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, l)| *l)
+            });
+            match license {
+                Some(license) if allowed_for(license, Some(name))? => {}
+                Some(license) => problems.push(format!(
+                    "npm {name} ({dir}): license {license} is not allowed"
+                )),
+                None => problems.push(format!("npm {name} ({dir}): no license")),
+            }
         }
     }
 

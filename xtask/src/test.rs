@@ -94,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
     crate::supply::check(&root)?;
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let dashboard = crate::web::build_dashboard(&root)?;
+    let sdk = crate::web::build_sdk(&root)?;
     let chromium = crate::web::ensure_chromium()?;
     let schemathesis = crate::python::ensure_schemathesis(&root)?;
     // The deploy files are checked against the binaries' own --help.
@@ -114,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
             .env("NATS_SERVER_BIN", &infra.nats_server_bin)
             .env("DISPATCH_TEST_NATS_URL", &infra.nats_url)
             .env("DISPATCH_DASHBOARD_DIST", &dashboard)
+            .env("DISPATCH_SDK_DIR", &sdk)
             .env("CHROMIUM_BIN", &chromium)
             .env("SCHEMATHESIS_BIN", &schemathesis)
             .env("DISPATCH_BIN_DIR", &bin_dir),

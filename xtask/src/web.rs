@@ -51,10 +51,8 @@ fn npm(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Installs the pinned npm packages and builds the page; returns the built directory.
-pub fn build_dashboard(root: &Path) -> Result<PathBuf> {
-    ensure_node()?;
-    let dir = root.join("dashboards/web");
+/// `npm ci` in `dir` unless its installed packages are as new as its lock file.
+fn install(dir: &Path, what: &str) -> Result<()> {
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules/.package-lock.json");
     let stale = match (lock.metadata(), installed.metadata()) {
@@ -62,12 +60,32 @@ pub fn build_dashboard(root: &Path) -> Result<PathBuf> {
         _ => true,
     };
     if stale {
-        say("installing the dashboard's npm packages");
-        npm(&dir, &["ci"])?;
+        say(&format!("installing the {what}'s npm packages"));
+        npm(dir, &["ci"])?;
     }
-    say("building the dashboard");
+    Ok(())
+}
+
+/// Installs the pinned npm packages and builds the pages (the dashboard and the rider's and
+/// driver's apps); returns the built directory.
+pub fn build_dashboard(root: &Path) -> Result<PathBuf> {
+    ensure_node()?;
+    let dir = root.join("dashboards/web");
+    install(&dir, "dashboard")?;
+    say("building the dashboard and the apps");
     npm(&dir, &["run", "build", "--silent"])?;
     Ok(dir.join("dist"))
+}
+
+/// Installs the TypeScript SDK's build tools and compiles it (`clients/typescript/dist`), for
+/// its tests.
+pub fn build_sdk(root: &Path) -> Result<PathBuf> {
+    ensure_node()?;
+    let dir = root.join("clients/typescript");
+    install(&dir, "SDK")?;
+    say("building the TypeScript SDK");
+    npm(&dir, &["run", "build", "--silent"])?;
+    Ok(dir)
 }
 
 /// Debian's Chromium for the browser tests, installed when missing.

@@ -1,6 +1,7 @@
 //! System tests: real nats-server processes, real PostgreSQL, services in-process.
 //! One binary with a module per area (run a subset with `cargo xtask test -- <name>`).
 
+mod clients;
 mod dashboard;
 mod deploy;
 mod examples;
