@@ -1,4 +1,4 @@
-//! The credentials a demo (or a cluster) hands out: a dispatcher token for the dashboard link,
+//! The credentials a demo (or a cluster) hands out: tokens for the dashboard's and apps' links,
 //! minted with the demo's secret, and an API key for the simulated integrator, made with
 //! `dispatch-trips api-key create`.
 
@@ -9,26 +9,24 @@ use anyhow::{Context, Result, bail};
 
 use crate::demo::DEMO_SECRET;
 
-/// A day's dispatcher token for the dashboard link.
-pub(crate) fn dispatcher_token(gateway: &Path) -> Result<String> {
+/// A day's token for the dashboard's or an app's link: `role` (`dispatcher`, `rider`,
+/// `driver`), `sub` and a display name.
+pub(crate) fn token(gateway: &Path, role: &str, sub: &str, name: &str) -> Result<String> {
     let output = Command::new(gateway)
-        .args([
-            "token",
-            "--role",
-            "dispatcher",
-            "--sub",
-            "ops",
-            "--name",
-            "Operations",
-        ])
+        .args(["token", "--role", role, "--sub", sub, "--name", name])
         .env("TOKEN_SECRET", DEMO_SECRET)
         .stderr(Stdio::inherit())
         .output()
-        .context("minting a dispatcher token")?;
+        .with_context(|| format!("minting a {role} token"))?;
     if !output.status.success() {
-        bail!("minting a dispatcher token failed ({})", output.status);
+        bail!("minting a {role} token failed ({})", output.status);
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+/// A day's dispatcher token for the dashboard link.
+pub(crate) fn dispatcher_token(gateway: &Path) -> Result<String> {
+    token(gateway, "dispatcher", "ops", "Operations")
 }
 
 /// A `jobs:write` API key for the simulated integrator, made with `dispatch-trips api-key`.

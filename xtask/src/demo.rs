@@ -573,6 +573,15 @@ pub fn run(args: Args) -> Result<()> {
         say(format!(
             "  dispatcher dashboard   http://{first_http}/#token={token}"
         ));
+        let gateway = bin("dispatch-gateway");
+        let rider = crate::credentials::token(&gateway, "rider", "demo-rider", "Demo rider")?;
+        let driver = crate::credentials::token(&gateway, "driver", "demo-driver", "Demo driver")?;
+        say(format!(
+            "  rider's app            http://{first_http}/rider.html#token={rider}"
+        ));
+        say(format!(
+            "  driver's app           http://{first_http}/driver.html#token={driver}"
+        ));
         for (ws, http) in &gateway_addrs {
             say(format!(
                 "  gateway                ws://{ws}/ws, metrics http://{http}/metrics"

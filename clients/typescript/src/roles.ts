@@ -79,6 +79,13 @@ export interface DriverOptions extends ConnectOptions {
   staleAfterMs?: number;
   /** The shortest interval between position reports (ms), besides the server's limit. */
   minReportIntervalMs?: number;
+  /**
+   * A device standing still gives no new fix; its last one is reported again this often
+   * (ms; 5 s) so the server does not take the driver for gone, for as long as `holdFixMs`.
+   */
+  repeatEveryMs?: number;
+  /** How long after it was measured a fix is still repeated (ms; 2 min). */
+  holdFixMs?: number;
 }
 
 export class DriverClient extends RoleClient {
@@ -91,11 +98,24 @@ export class DriverClient extends RoleClient {
   #seq = 0;
   #flush: ReturnType<typeof setTimeout> | null = null;
   #progress: Promise<unknown> = Promise.resolve();
+  /** The device's latest fix, kept to be repeated, with when it was measured. */
+  #held: (Fix & { ts: number }) | null = null;
+  #repeatEveryMs: number;
+  #holdFixMs: number;
+  #repeater: ReturnType<typeof setInterval>;
 
   constructor(options: DriverOptions) {
     super(new Connection({ ...options, role: options.role ?? "driver" }));
     this.#staleAfterMs = options.staleAfterMs ?? 10_000;
     this.#minIntervalMs = options.minReportIntervalMs ?? 0;
+    this.#repeatEveryMs = options.repeatEveryMs ?? 5_000;
+    this.#holdFixMs = options.holdFixMs ?? 120_000;
+    this.#repeater = setInterval(() => {
+      if (Date.now() - this.#lastSentAt >= this.#repeatEveryMs) this.#repeat();
+    }, Math.max(250, Math.floor(this.#repeatEveryMs / 4)));
+    this.connection.on("state", (state) => {
+      if (state === "closed") clearInterval(this.#repeater);
+    });
     this.connection.on("session_state", (state) => {
       this.status = state.driver ?? null;
     });
@@ -112,6 +132,8 @@ export class DriverClient extends RoleClient {
       capacity,
     });
     this.status = { online: true, vehicle_class: vehicleClass, capacity };
+    // Where it is matters from now on: say it at once rather than at the next fix.
+    this.#repeat();
     return ack;
   }
 
@@ -161,6 +183,15 @@ export class DriverClient extends RoleClient {
    */
   reportLocation(fix: Fix): void {
     this.#latest = { ...fix, ts: fix.ts ?? Date.now() };
+    this.#held = this.#latest;
+    this.#report();
+  }
+
+  /** The held fix again, as of now, while it is recent enough to stand for the device. */
+  #repeat(): void {
+    const held = this.#held;
+    if (!held || Date.now() - held.ts > this.#holdFixMs || this.#latest) return;
+    this.#latest = { ...held, ts: Date.now() };
     this.#report();
   }
 

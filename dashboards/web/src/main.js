@@ -4,11 +4,8 @@
 // Everything a client supplied (ids, names, reasons) reaches the page through textContent or
 // map labels, never through innerHTML.
 
-import maplibregl from "maplibre-gl";
-import "maplibre-gl/dist/maplibre-gl.css";
 import { cellToBoundary } from "h3-js";
-import { feature } from "topojson-client";
-import countries from "world-atlas/countries-110m.json";
+import { emptyCollection, makeMap, maplibregl } from "./map.js";
 import "./style.css";
 
 const PROTOCOL_VERSION = 1;
@@ -174,38 +171,20 @@ function onTrip(trip) {
 
 let map;
 
-function emptyCollection() {
-  return { type: "FeatureCollection", features: [] };
-}
-
-function initMap() {
-  const land = feature(countries, countries.objects.countries);
-  map = new maplibregl.Map({
-    container: "map",
-    center: [state.config.center[1], state.config.center[0]],
-    zoom: state.config.zoom,
-    attributionControl: false,
-    style: {
-      version: 8,
-      sources: {
-        countries: { type: "geojson", data: land },
-        cells: { type: "geojson", data: emptyCollection() },
-        trips: { type: "geojson", data: emptyCollection() },
-        requests: { type: "geojson", data: emptyCollection() },
-        vehicles: { type: "geojson", data: emptyCollection() },
-        route: { type: "geojson", data: emptyCollection() },
-        zones: { type: "geojson", data: emptyCollection() },
-        sketch: { type: "geojson", data: emptyCollection() },
-      },
-      layers: [
-        { id: "sea", type: "background", paint: { "background-color": "#dbe7f0" } },
-        { id: "land", type: "fill", source: "countries", paint: { "fill-color": "#f4f1ea" } },
-        {
-          id: "borders",
-          type: "line",
-          source: "countries",
-          paint: { "line-color": "#b9b3a6", "line-width": 0.8 },
-        },
+async function initMap() {
+  map = await makeMap(
+    "map",
+    state.config,
+    {
+      cells: { type: "geojson", data: emptyCollection() },
+      trips: { type: "geojson", data: emptyCollection() },
+      requests: { type: "geojson", data: emptyCollection() },
+      vehicles: { type: "geojson", data: emptyCollection() },
+      route: { type: "geojson", data: emptyCollection() },
+      zones: { type: "geojson", data: emptyCollection() },
+      sketch: { type: "geojson", data: emptyCollection() },
+    },
+    [
         {
           id: "cells",
           type: "fill",
@@ -288,9 +267,9 @@ function initMap() {
             "circle-stroke-width": 1,
           },
         },
-      ],
-    },
-  });
+    ],
+    (problem) => ($("action-result").textContent = problem),
+  );
   map.addControl(new maplibregl.NavigationControl({ showCompass: false }));
   map.on("moveend", subscribeViewport);
   map.on("click", "vehicles", (event) => {
@@ -678,7 +657,7 @@ async function start() {
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
-  initMap();
+  await initMap();
   connect();
   $("filters").addEventListener("submit", loadTrips);
   $("cancel").addEventListener("click", () =>

@@ -41,6 +41,12 @@ pub struct Dashboard {
     /// Where the map opens.
     pub center: Point,
     pub zoom: f64,
+    /// The pages' map style: a MapLibre style URL (`https://...`) or a path on this gateway
+    /// (`/tiles/style.json`). Without it the pages draw their bundled offline outline.
+    pub map_style: Option<String>,
+    /// A directory served under `/tiles/` (with HTTP range requests, as PMTiles archives
+    /// need): styles, PMTiles archives, sprites and glyphs for `map_style`.
+    pub tiles: Option<PathBuf>,
 }
 
 impl Default for Dashboard {
@@ -51,6 +57,8 @@ impl Default for Dashboard {
             ws_url: None,
             center: Point::new(52.52, 13.405),
             zoom: 12.0,
+            map_style: None,
+            tiles: None,
         }
     }
 }
@@ -68,6 +76,7 @@ struct PageConfig {
     ws_url: String,
     center: [f64; 2],
     zoom: f64,
+    map_style: Option<String>,
 }
 
 /// The WebSocket URL the page connects to: the configured one, or the host the browser used
@@ -90,6 +99,30 @@ fn origin(url: &str) -> Option<String> {
         .filter(|origin| origin != "null")
 }
 
+/// Checks a configured map style: an `http(s)://` URL with a host, or an absolute path on
+/// this gateway.
+pub fn check_map_style(style: &str) -> Result<String, String> {
+    let path = style.starts_with('/') && !style.starts_with("//");
+    let url = reqwest::Url::parse(style).ok().filter(|url| {
+        matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if (path || url.is_some()) && !style.chars().any(|c| c.is_whitespace() || c == ';') {
+        Ok(style.to_owned())
+    } else {
+        Err(format!(
+            "expected an http(s):// URL or a path such as /tiles/style.json, got {style:?}"
+        ))
+    }
+}
+
+/// The origin of a map style on another host, which the pages must be let fetch from.
+fn style_origin(style: Option<&str>) -> Option<String> {
+    let url = reqwest::Url::parse(style?).ok()?;
+    matches!(url.scheme(), "http" | "https")
+        .then(|| url.origin().ascii_serialization())
+        .filter(|origin| origin != "null")
+}
+
 /// Checks a configured public WebSocket URL (`ws://` or `wss://` with a host).
 pub fn check_ws_url(url: &str) -> Result<String, String> {
     origin(url)
@@ -103,6 +136,7 @@ async fn page_config(State(state): State<DashState>, headers: HeaderMap) -> impl
         ws_url,
         center: [state.settings.center.lat, state.settings.center.lng],
         zoom: state.settings.zoom,
+        map_style: state.settings.map_style.clone(),
     })
 }
 
@@ -213,14 +247,16 @@ async fn proxy(State(state): State<DashState>, request: Request) -> Response {
     }
 }
 
-/// Content Security Policy for the page: only its own scripts, no inline script, so even text
-/// that slipped into the DOM as markup could not run; connections only to its own origin and
-/// to `ws_origin`, the WebSocket it is configured with.
-fn policy(ws_origin: &str) -> String {
+/// Content Security Policy for the pages: only their own scripts, no inline script, so even
+/// text that slipped into the DOM as markup could not run; connections only to their own
+/// origin, to `ws_origin`, the WebSocket they are configured with, and to the map style's
+/// origin when it is on another host.
+fn policy(ws_origin: &str, map_origin: Option<&str>) -> String {
+    let map = map_origin.map(|o| format!(" {o}")).unwrap_or_default();
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-         img-src 'self' data: blob:; worker-src blob:; child-src blob:; \
-         connect-src 'self' {ws_origin}; object-src 'none'; base-uri 'none'; \
+         img-src 'self' data: blob:{map}; worker-src blob:; child-src blob:; \
+         connect-src 'self' {ws_origin}{map}; object-src 'none'; base-uri 'none'; \
          frame-ancestors 'none'"
     )
 }
@@ -239,7 +275,11 @@ async fn security_headers(
     let ok = response.status().is_success();
     let headers = response.headers_mut();
     // Without a WebSocket origin the page may connect only to its own.
-    let csp = policy(ws_origin.as_deref().unwrap_or("'self'"));
+    let map_origin = style_origin(state.settings.map_style.as_deref());
+    let csp = policy(
+        ws_origin.as_deref().unwrap_or("'self'"),
+        map_origin.as_deref(),
+    );
     if let Ok(csp) = HeaderValue::from_str(&csp) {
         headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
@@ -278,11 +318,16 @@ pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
         .build()
         .expect("a plain HTTP client always builds");
     let assets = settings.assets.clone();
+    let tiles = settings.tiles.clone();
     let state = DashState { settings, ws, http };
-    let router = Router::new()
+    let mut router = Router::new()
         .route("/dashboard-config.json", get(page_config))
         .route("/api/{*path}", any(proxy))
         .with_state(state.clone());
+    if let Some(tiles) = tiles {
+        // ServeDir answers range requests, which is how a PMTiles archive is read.
+        router = router.nest_service("/tiles", ServeDir::new(tiles).precompressed_gzip());
+    }
     let router = match assets {
         Some(dir) => {
             router.fallback_service(ServeDir::new(dir).precompressed_br().precompressed_gzip())
@@ -335,7 +380,41 @@ mod tests {
         let ws: SocketAddr = "[::1]:8080".parse().unwrap();
         let url = ws_url(&settings, ws, &HeaderMap::new());
         assert_eq!(origin(&url).as_deref(), Some("ws://[::1]:8080"));
-        let csp = policy("ws://[::1]:8080");
+        let csp = policy("ws://[::1]:8080", None);
         assert!(csp.contains("connect-src 'self' ws://[::1]:8080;"), "{csp}");
+    }
+
+    #[test]
+    fn a_map_style_is_a_url_or_a_path_and_its_host_is_let_in() {
+        for good in [
+            "/tiles/style.json",
+            "https://tiles.example.org/styles/streets.json?key=abc",
+            "http://10.0.0.5:8080/style.json",
+        ] {
+            assert_eq!(check_map_style(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "style.json",
+            "//evil.example/style.json",
+            "javascript:alert(1)",
+            "ftp://example.org/style.json",
+            "https://example.org/a b",
+            "https://example.org/x;script-src *",
+            "",
+        ] {
+            assert!(check_map_style(bad).is_err(), "{bad}");
+        }
+        assert_eq!(style_origin(Some("/tiles/style.json")), None);
+        let origin = style_origin(Some("https://tiles.example.org/s.json"));
+        assert_eq!(origin.as_deref(), Some("https://tiles.example.org"));
+        let csp = policy("wss://d.example.org", origin.as_deref());
+        assert!(
+            csp.contains("connect-src 'self' wss://d.example.org https://tiles.example.org;"),
+            "{csp}"
+        );
+        assert!(
+            csp.contains("img-src 'self' data: blob: https://tiles.example.org;"),
+            "{csp}"
+        );
     }
 }

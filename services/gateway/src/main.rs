@@ -68,6 +68,15 @@ struct Serve {
     /// The dashboard map's initial zoom.
     #[arg(long, default_value_t = 12.0)]
     map_zoom: f64,
+    /// The pages' map style: a MapLibre style URL, or a path on this gateway such as
+    /// `/tiles/style.json` (a style whose sources are `pmtiles:///tiles/city.pmtiles`). By
+    /// default the pages draw a bundled offline outline of the world.
+    #[arg(long, env = "GATEWAY_MAP_STYLE", value_parser = gateway::dashboard::check_map_style)]
+    map_style: Option<String>,
+    /// A directory served under `/tiles/` on the HTTP address, with range requests: PMTiles
+    /// archives, styles, sprites and glyphs.
+    #[arg(long, env = "GATEWAY_TILES_DIR")]
+    tiles_dir: Option<std::path::PathBuf>,
     /// Connections held at once.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
@@ -180,6 +189,8 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             ws_url: args.public_ws_url,
             center: args.map_center,
             zoom: args.map_zoom,
+            map_style: args.map_style,
+            tiles: args.tiles_dir,
         },
         publishing: gateway::Publishing {
             linger: Duration::from_micros(args.publish_linger_us),

@@ -1,6 +1,7 @@
-//! The TypeScript SDK (`clients/typescript`) in Node's test runner against the real stack: a
-//! gateway the tests restart, a proxy in front of it that they stall and cut, through a small
-//! control endpoint this test serves.
+//! The clients: the TypeScript SDK (`clients/typescript`) in Node's test runner against the
+//! real stack (a gateway the tests restart, a proxy in front of it that they stall and cut,
+//! through a small control endpoint this test serves); and the rider's and driver's apps built
+//! on it, in two phone-sized Chromium contexts, through a whole ride.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
+use protocol::client::Role;
 use protocol::{GeoConfig, Point};
 use tests::proxy::TcpProxy;
 use tests::services::{
@@ -197,5 +199,182 @@ async fn the_typescript_sdk_against_the_real_gateway() {
         .unwrap()
         .get(0);
     assert_eq!(completed, "completed");
+    trips.stop().await.unwrap();
+}
+
+/// The built pages: `cargo xtask test` builds them and says where.
+fn pages_dist() -> PathBuf {
+    let dist = std::env::var_os("DISPATCH_DASHBOARD_DIST").map_or_else(
+        || workspace_root().join("dashboards/web/dist"),
+        PathBuf::from,
+    );
+    assert!(
+        dist.join("rider.html").is_file() && dist.join("driver.html").is_file(),
+        "the apps are not built at {}: run `cargo xtask test`, or `npm ci && npm run build` \
+         in dashboards/web",
+        dist.display()
+    );
+    dist
+}
+
+/// A map style served by the gateway from its tiles directory, beside a PMTiles archive's
+/// stand-in (the pages read archives with range requests, which this checks over HTTP).
+fn tiles_dir() -> (tempfile_dir::Dir, Vec<u8>) {
+    let dir = tempfile_dir::Dir::new("tiles");
+    let style = serde_json::json!({
+        "version": 8,
+        "name": "Test streets",
+        "sources": {},
+        "layers": [{"id": "paper", "type": "background", "paint": {"background-color": "#efe9dc"}}],
+    });
+    std::fs::write(dir.path().join("style.json"), style.to_string()).unwrap();
+    let archive: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    std::fs::write(dir.path().join("city.pmtiles"), &archive).unwrap();
+    (dir, archive)
+}
+
+/// A directory removed when dropped.
+mod tempfile_dir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new(what: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("{what}-{}", tests::unique_prefix()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
+    tests::init_logs();
+    let dist = pages_dist();
+    let (tiles, archive) = tiles_dir();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
+    let regions = GeoConfig::default()
+        .regions_covering(CENTER, 5_000.0)
+        .unwrap();
+    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
+    matcher.settings.offer_ttl = Duration::from_secs(30);
+    let matcher = start_matcher(matcher).await;
+    wait_ready(matcher.http).await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.dashboard.assets = Some(dist);
+    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
+    config.dashboard.center = CENTER;
+    config.dashboard.zoom = 13.0;
+    config.dashboard.map_style = Some("/tiles/style.json".into());
+    config.dashboard.tiles = Some(tiles.path().to_owned());
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+    let base = format!("http://{}", gateway.running.http);
+
+    // The tiles directory answers range requests, as a PMTiles archive is read.
+    let http = reqwest::Client::new();
+    let part = http
+        .get(format!("{base}/tiles/city.pmtiles"))
+        .header("range", "bytes=1000-1099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), archive[1000..1100]);
+    let settings: serde_json::Value = http
+        .get(format!("{base}/dashboard-config.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["map_style"], "/tiles/style.json");
+    for page in ["rider.html", "driver.html"] {
+        let answer = http.get(format!("{base}/{page}")).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{page}");
+        let policy = answer.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        assert!(policy.contains("script-src 'self';"), "{page}: {policy}");
+        assert_eq!(answer.headers()["cache-control"], "no-cache", "{page}");
+    }
+
+    let pickup = Point::new(CENTER.lat + 0.001, CENTER.lng + 0.002);
+    let dropoff = Point::new(CENTER.lat + 0.004, CENTER.lng + 0.018);
+    let screenshots = workspace_root().join("target/browser");
+    let browser = tokio::process::Command::new("node")
+        .arg(workspace_root().join("dashboards/web/tests/apps.mjs"))
+        .current_dir(workspace_root().join("dashboards/web"))
+        .env("BASE_URL", &base)
+        .env(
+            "RIDER_TOKEN",
+            tests::client::token(Role::Rider, "apps-rider"),
+        )
+        .env(
+            "DRIVER_TOKEN",
+            tests::client::token(Role::Driver, "apps-driver"),
+        )
+        .env("PICKUP", format!("{},{}", pickup.lat, pickup.lng))
+        .env("DROPOFF", format!("{},{}", dropoff.lat, dropoff.lng))
+        .env("MAP_STYLE_NAME", "Test streets")
+        .env("SCREENSHOT_DIR", &screenshots)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (cargo xtask test installs it)");
+    let output = tokio::time::timeout(Duration::from_secs(300), browser.wait_with_output())
+        .await
+        .expect("the browser test finished in time")
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "browser test failed:\n{said}");
+    assert!(said.contains("\"ride\":\"completed\""), "{said}");
+    for shot in ["rider.png", "driver.png", "driver-offline.png"] {
+        let size = std::fs::metadata(screenshots.join(shot)).unwrap().len();
+        assert!(size > 10_000, "{shot} is empty");
+    }
+
+    // One trip, completed; the report queued without signal was carried out exactly once.
+    let pg = db.client().await;
+    let rows = pg
+        .query(
+            "SELECT trip_id, state, driver_id FROM trips WHERE rider_id = 'apps-rider'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one trip");
+    let trip: uuid::Uuid = rows[0].get(0);
+    assert_eq!(rows[0].get::<_, String>(1), "completed");
+    assert_eq!(rows[0].get::<_, String>(2), "apps-driver");
+    let stages: Vec<String> = pg
+        .query(
+            "SELECT to_state FROM trip_events WHERE trip_id = $1 ORDER BY event_id",
+            &[&trip],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for stage in ["accepted", "arrived", "in_progress", "completed"] {
+        let times = stages.iter().filter(|s| *s == stage).count();
+        assert_eq!(times, 1, "{stage} recorded {times} times: {stages:?}");
+    }
     trips.stop().await.unwrap();
 }

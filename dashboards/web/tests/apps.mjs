@@ -1,0 +1,204 @@
+// Drives the rider's and the driver's apps in two phone-sized Chromium contexts (headless,
+// through playwright-core) with their positions set, through a whole ride against the real
+// stack. The driver's phone loses its network for ten seconds while reporting `arrived`, and
+// the rider reloads the page mid-trip. Started by the system test
+// `clients::the_rider_and_driver_apps_complete_a_ride_in_browsers`, which checks PostgreSQL after.
+//
+// Environment: BASE_URL (the gateway's pages), RIDER_TOKEN, DRIVER_TOKEN, PICKUP and DROPOFF
+// (`lat,lng`), MAP_STYLE_NAME (the name of the configured style), SCREENSHOT_DIR, CHROMIUM_BIN.
+
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { chromium, devices } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const point = (name) => {
+  const [lat, lng] = env(name).split(",").map(Number);
+  return { lat, lng };
+};
+const base = env("BASE_URL");
+const pickup = point("PICKUP");
+const dropoff = point("DROPOFF");
+const screenshots = env("SCREENSHOT_DIR");
+const styleName = env("MAP_STYLE_NAME");
+const WAIT = { timeout: 45_000 };
+/** How long the driver's phone has no network. */
+const OFFLINE_MS = 10_000;
+
+mkdirSync(screenshots, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+  ],
+});
+const problems = [];
+
+async function phone(at) {
+  const context = await browser.newContext({
+    ...devices["Pixel 7"],
+    geolocation: { latitude: at.lat, longitude: at.lng, accuracy: 5 },
+    permissions: ["geolocation"],
+  });
+  const page = await context.newPage();
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.on("console", (message) => {
+    if (message.text().includes("Content Security Policy")) problems.push(message.text());
+  });
+  return { context, page };
+}
+
+const driver = await phone({ lat: pickup.lat, lng: pickup.lng + 0.0004 });
+const rider = await phone(pickup);
+
+async function step(name, action) {
+  const started = Date.now();
+  try {
+    const result = await action();
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+    return result;
+  } catch (error) {
+    console.log(`FAIL ${name}: ${error.message}`);
+    await driver.page.screenshot({ path: join(screenshots, "driver-failure.png") }).catch(() => {});
+    await rider.page.screenshot({ path: join(screenshots, "rider-failure.png") }).catch(() => {});
+    await browser.close();
+    process.exit(1);
+  }
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+const attr = (page, selector, name, value) =>
+  page.waitForSelector(`${selector}[data-${name}="${value}"]`, WAIT);
+
+await step("the driver logs in and goes online with a vehicle", async () => {
+  await driver.page.goto(`${base}/driver.html#token=${env("DRIVER_TOKEN")}`);
+  await attr(driver.page, "#connection", "state", "open");
+  expect(!driver.page.url().includes("token"), "the token left the address bar");
+  await driver.page.selectOption("#vehicle-class", "standard");
+  await driver.page.tap("#go-online");
+  await attr(driver.page, "#shift-state", "online", "true");
+  await driver.page.waitForFunction(() => window.driverApp.state.me !== null, null, WAIT);
+});
+
+await step("the map takes its style from the gateway's settings", async () => {
+  const name = await driver.page.evaluate(() => window.driverApp.map.getStyle().name);
+  expect(name === styleName, `style ${name}, expected ${styleName}`);
+});
+
+await step("the rider picks up at the device's position and taps the dropoff", async () => {
+  await rider.page.goto(`${base}/rider.html#token=${env("RIDER_TOKEN")}`);
+  await attr(rider.page, "#connection", "state", "open");
+  await rider.page.tap("#use-position");
+  await rider.page.waitForFunction(() => window.riderApp.state.pickup !== null, null, WAIT);
+  await rider.page.waitForFunction(() => !window.riderApp.map.isMoving(), null, WAIT);
+  const box = await rider.page.locator("#map").boundingBox();
+  const at = await rider.page.evaluate(
+    ([lng, lat]) => window.riderApp.map.project([lng, lat]),
+    [dropoff.lng, dropoff.lat],
+  );
+  expect(at.x > 0 && at.x < box.width && at.y > 0 && at.y < box.height, "the dropoff is on screen");
+  await rider.page.touchscreen.tap(box.x + at.x, box.y + at.y);
+  const chosen = await rider.page.evaluate(() => window.riderApp.state.dropoff);
+  expect(Math.abs(chosen.lat - dropoff.lat) < 0.002 && Math.abs(chosen.lng - dropoff.lng) < 0.002,
+    `dropoff ${JSON.stringify(chosen)}`);
+  await rider.page.waitForFunction(
+    () => window.riderApp.map.queryRenderedFeatures({ layers: ["points"] }).length === 2,
+    null,
+    WAIT,
+  );
+});
+
+await step("the rider requests; the driver is offered the job with a countdown and accepts", async () => {
+  await rider.page.tap("#request");
+  await rider.page.waitForSelector("#ride-state:is([data-state=requested],[data-state=offered])", WAIT);
+  await driver.page.waitForSelector("#offer:not([hidden])", WAIT);
+  const left = Number(await driver.page.textContent("#offer-countdown"));
+  expect(left > 0, `countdown ${left}`);
+  await driver.page.tap("#accept");
+  await attr(driver.page, "#job-state", "state", "accepted");
+  await attr(rider.page, "#ride-state", "state", "accepted");
+});
+
+await step("the rider watches the driver approach with its ETA", async () => {
+  await driver.context.setGeolocation({ latitude: pickup.lat, longitude: pickup.lng + 0.0002, accuracy: 5 });
+  await rider.page.waitForFunction(
+    () => document.getElementById("ride-eta").textContent.startsWith("Arrives in"),
+    null,
+    WAIT,
+  );
+  await rider.page.waitForFunction(
+    () => window.riderApp.map.queryRenderedFeatures({ layers: ["vehicle"] }).length === 1,
+    null,
+    WAIT,
+  );
+  const driverLine = await rider.page.textContent("#ride-driver");
+  expect(driverLine.includes("apps-driver"), driverLine);
+  await rider.page.screenshot({ path: join(screenshots, "rider.png") });
+  await driver.page.screenshot({ path: join(screenshots, "driver.png") });
+});
+
+await step(`the driver reports arrived without signal; it is delivered once back ${OFFLINE_MS / 1000} s later`, async () => {
+  await driver.context.setOffline(true);
+  await attr(driver.page, "#connection", "state", "reconnecting");
+  await driver.page.tap("#arrived");
+  await driver.page.waitForFunction(
+    () => document.getElementById("queued").textContent.startsWith("No signal"),
+    null,
+    WAIT,
+  );
+  await driver.page.screenshot({ path: join(screenshots, "driver-offline.png") });
+  // The phone stays without network for a while (a tunnel), not waiting on anything.
+  await driver.page.waitForTimeout(OFFLINE_MS);
+  const meanwhile = await rider.page.getAttribute("#ride-state", "data-state");
+  expect(meanwhile === "accepted", `the rider saw ${meanwhile} before the report was sent`);
+  await driver.context.setOffline(false);
+  await attr(driver.page, "#connection", "state", "open");
+  await attr(driver.page, "#job-state", "state", "arrived");
+  await driver.page.waitForFunction(() => document.getElementById("queued").textContent === "", null, WAIT);
+  await attr(rider.page, "#ride-state", "state", "arrived");
+  const reports = await driver.page.evaluate(() => window.driverApp.state.reports);
+  expect(reports === 1, `${reports} reports acknowledged`);
+});
+
+await step("the rider reloads the page and finds the trip again", async () => {
+  await rider.page.reload();
+  await attr(rider.page, "#ride-state", "state", "arrived");
+  expect(await rider.page.isHidden("#plan"), "the planning form is hidden during a ride");
+});
+
+await step("the driver starts, drives to the dropoff and completes; the rider sees each", async () => {
+  await driver.page.tap("#started");
+  await attr(rider.page, "#ride-state", "state", "in_progress");
+  await driver.context.setGeolocation({ latitude: dropoff.lat, longitude: dropoff.lng, accuracy: 5 });
+  await rider.page.waitForFunction(
+    ([lat, lng]) => {
+      const at = window.riderApp.state.driverAt;
+      return at && Math.abs(at.lat - lat) < 0.0005 && Math.abs(at.lng - lng) < 0.0005;
+    },
+    [dropoff.lat, dropoff.lng],
+    WAIT,
+  );
+  await driver.page.tap("#completed");
+  await attr(driver.page, "#job-state", "state", "completed");
+  await attr(rider.page, "#ride-state", "state", "completed");
+  expect(await rider.page.isVisible("#again"), "the rider can book again");
+});
+
+await step("no page error and no Content Security Policy violation", async () => {
+  expect(problems.length === 0, problems.join("\n"));
+});
+
+console.log(JSON.stringify({ ride: "completed", offline_ms: OFFLINE_MS }));
+await browser.close();
