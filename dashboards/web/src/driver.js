@@ -157,9 +157,14 @@ function shareLocation() {
         ts: Math.round(p.timestamp),
         device: true,
       };
+      if ($("error").textContent.startsWith("Location unavailable")) error();
       locate(fix);
     },
-    (e) => error(`Location unavailable (${e.message}): tap the map to say where you are.`),
+    (e) => {
+      // A passing failure while fixes keep coming is not worth a word.
+      if (state.me?.device && Date.now() - state.me.ts < DEVICE_FIX_MS) return;
+      error(`Location unavailable (${e.message || "no fix"}): tap the map to say where you are.`);
+    },
     { enableHighAccuracy: true, maximumAge: 1_000 },
   );
 }

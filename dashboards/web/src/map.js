@@ -72,13 +72,16 @@ export async function makeMap(container, config, sources, layers, onProblem = ()
   }
   style.sources = { ...style.sources, ...sources };
   style.layers = [...style.layers, ...layers];
-  return new maplibregl.Map({
+  const map = new maplibregl.Map({
     container,
     center: [config.center[1], config.center[0]],
     zoom: config.zoom,
     attributionControl: false,
     style,
   });
+  // A tile or source that fails (a tile server down, an archive missing) is said, not hidden.
+  map.on("error", (event) => onProblem(`map: ${event.error?.message ?? "error"}`));
+  return map;
 }
 
 export function emptyCollection() {

@@ -58,6 +58,11 @@ async function phone(at) {
 }
 
 const driver = await phone({ lat: pickup.lat, lng: pickup.lng + 0.0004 });
+// Parts of the map's PMTiles archive the pages fetched (206 answers to range requests).
+const archiveParts = [];
+driver.page.on("response", (response) => {
+  if (response.url().endsWith(".pmtiles")) archiveParts.push(response.status());
+});
 const rider = await phone(pickup);
 
 async function step(name, action) {
@@ -92,9 +97,17 @@ await step("the driver logs in and goes online with a vehicle", async () => {
   await driver.page.waitForFunction(() => window.driverApp.state.me !== null, null, WAIT);
 });
 
-await step("the map takes its style from the gateway's settings", async () => {
+await step("the map takes its style from the gateway's settings, tiles from a PMTiles archive", async () => {
   const name = await driver.page.evaluate(() => window.driverApp.map.getStyle().name);
   expect(name === styleName, `style ${name}, expected ${styleName}`);
+  await driver.page.waitForFunction(
+    () => window.driverApp.map.isSourceLoaded("streets") && window.driverApp.map.areTilesLoaded(),
+    null,
+    WAIT,
+  );
+  expect(archiveParts.includes(206), `archive answers: ${archiveParts}`);
+  const said = await driver.page.textContent("#error");
+  expect(said === "", `the page says: ${said}`);
 });
 
 await step("the rider picks up at the device's position and taps the dropoff", async () => {

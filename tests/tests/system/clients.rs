@@ -217,20 +217,113 @@ fn pages_dist() -> PathBuf {
     dist
 }
 
-/// A map style served by the gateway from its tiles directory, beside a PMTiles archive's
-/// stand-in (the pages read archives with range requests, which this checks over HTTP).
+/// A map style served by the gateway from its tiles directory, drawing a PMTiles archive the
+/// gateway serves too (read by the pages with range requests); returns the archive's bytes.
 fn tiles_dir() -> (tempfile_dir::Dir, Vec<u8>) {
     let dir = tempfile_dir::Dir::new("tiles");
     let style = serde_json::json!({
         "version": 8,
         "name": "Test streets",
-        "sources": {},
-        "layers": [{"id": "paper", "type": "background", "paint": {"background-color": "#efe9dc"}}],
+        "sources": {"streets": {"type": "raster", "url": "pmtiles:///tiles/city.pmtiles", "tileSize": 256}},
+        "layers": [
+            {"id": "paper", "type": "background", "paint": {"background-color": "#efe9dc"}},
+            {"id": "streets", "type": "raster", "source": "streets", "paint": {"raster-opacity": 0.5}},
+        ],
     });
     std::fs::write(dir.path().join("style.json"), style.to_string()).unwrap();
-    let archive: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
+    let archive = pmtiles::one_tile(&pmtiles::solid_png(256, [0x9e, 0xc5, 0xe8]));
     std::fs::write(dir.path().join("city.pmtiles"), &archive).unwrap();
     (dir, archive)
+}
+
+/// The smallest real PMTiles (version 3) archive: one raster tile covering the world, which a
+/// map shows overzoomed at any zoom.
+mod pmtiles {
+    use std::io::Write;
+
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    /// An archive holding `tile` (a PNG) as z0/0/0, nothing compressed.
+    pub fn one_tile(tile: &[u8]) -> Vec<u8> {
+        const HEADER: u64 = 127;
+        // The root directory: one entry (tile id 0, run length 1, the tile's length, offset 0
+        // written as 0 + 1).
+        let mut directory = Vec::new();
+        for value in [1, 0, 1, tile.len() as u64, 1] {
+            varint(&mut directory, value);
+        }
+        let metadata = b"{}";
+        let metadata_at = HEADER + directory.len() as u64;
+        let tiles_at = metadata_at + metadata.len() as u64;
+        let mut out = b"PMTiles".to_vec();
+        out.push(3);
+        for value in [
+            HEADER,
+            directory.len() as u64,
+            metadata_at,
+            metadata.len() as u64,
+            tiles_at, // no leaf directories
+            0,
+            tiles_at,
+            tile.len() as u64,
+            1, // addressed tiles
+            1, // tile entries
+            1, // tile contents
+        ] {
+            out.extend(value.to_le_bytes());
+        }
+        // Clustered; internal and tile compression none; tile type PNG; zooms 0 to 0.
+        out.extend([1, 1, 1, 2, 0, 0]);
+        for e7 in [-1_800_000_000i32, -850_000_000, 1_800_000_000, 850_000_000] {
+            out.extend(e7.to_le_bytes());
+        }
+        out.push(0);
+        out.extend(0i32.to_le_bytes());
+        out.extend(0i32.to_le_bytes());
+        assert_eq!(out.len() as u64, HEADER);
+        out.extend(directory);
+        out.extend(metadata);
+        out.extend(tile);
+        out
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+
+    /// A `size` × `size` PNG of one colour.
+    pub fn solid_png(size: u32, rgb: [u8; 3]) -> Vec<u8> {
+        let mut header = Vec::new();
+        header.extend(size.to_be_bytes());
+        header.extend(size.to_be_bytes());
+        header.extend([8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, no interlace
+        let mut rows = Vec::new();
+        for _ in 0..size {
+            rows.push(0); // filter: none
+            for _ in 0..size {
+                rows.extend(rgb);
+            }
+        }
+        let mut deflated = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        deflated.write_all(&rows).unwrap();
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        chunk(&mut out, b"IHDR", &header);
+        chunk(&mut out, b"IDAT", &deflated.finish().unwrap());
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
 }
 
 /// A directory removed when dropped.
@@ -284,12 +377,12 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     let http = reqwest::Client::new();
     let part = http
         .get(format!("{base}/tiles/city.pmtiles"))
-        .header("range", "bytes=1000-1099")
+        .header("range", "bytes=0-126")
         .send()
         .await
         .unwrap();
     assert_eq!(part.status(), 206);
-    assert_eq!(part.bytes().await.unwrap(), archive[1000..1100]);
+    assert_eq!(part.bytes().await.unwrap(), archive[..127], "the archive's header");
     let settings: serde_json::Value = http
         .get(format!("{base}/dashboard-config.json"))
         .send()
