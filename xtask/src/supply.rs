@@ -151,7 +151,11 @@ pub fn check(root: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed, allowed_for};
+    use super::allowed_for;
+
+    fn allowed(expression: &str) -> anyhow::Result<bool> {
+        allowed_for(expression, None)
+    }
 
     #[test]
     fn license_expressions() {
@@ -167,5 +171,8 @@ mod tests {
         assert!(allowed_for(mpl, Some("priority-queue")).unwrap());
         assert!(!allowed_for(mpl, Some("another-crate")).unwrap());
         assert!(!allowed_for("GPL-3.0-only", Some("priority-queue")).unwrap());
+        // The PSF license of an npm build tool, for that package only.
+        assert!(allowed_for("Python-2.0", Some("argparse")).unwrap());
+        assert!(!allowed("Python-2.0").unwrap());
     }
 }

@@ -60,7 +60,7 @@ fn install(dir: &Path, what: &str) -> Result<()> {
         _ => true,
     };
     if stale {
-        say(&format!("installing the {what}'s npm packages"));
+        say(format!("installing the {what}'s npm packages"));
         npm(dir, &["ci"])?;
     }
     Ok(())

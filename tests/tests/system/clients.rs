@@ -309,13 +309,11 @@ mod pmtiles {
         header.extend(size.to_be_bytes());
         header.extend(size.to_be_bytes());
         header.extend([8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, no interlace
-        let mut rows = Vec::new();
-        for _ in 0..size {
-            rows.push(0); // filter: none
-            for _ in 0..size {
-                rows.extend(rgb);
-            }
-        }
+        // Each row: its filter (0, none), then its pixels.
+        let row: Vec<u8> = std::iter::once(0)
+            .chain(rgb.iter().copied().cycle().take(3 * size as usize))
+            .collect();
+        let rows = row.repeat(size as usize);
         let mut deflated = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
         deflated.write_all(&rows).unwrap();
         let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
@@ -382,7 +380,11 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
         .await
         .unwrap();
     assert_eq!(part.status(), 206);
-    assert_eq!(part.bytes().await.unwrap(), archive[..127], "the archive's header");
+    assert_eq!(
+        part.bytes().await.unwrap(),
+        archive[..127],
+        "the archive's header"
+    );
     let settings: serde_json::Value = http
         .get(format!("{base}/dashboard-config.json"))
         .send()
