@@ -158,7 +158,7 @@ export class Connection {
   #pending = new Map<number, Pending>();
   #listeners = new Map<EventName, Set<(event: never) => void>>();
   #tokenRefused = false;
-  #welcomed: Array<() => void> = [];
+  #welcomed: Array<{ resolve: () => void; reject: (error: DispatchError) => void }> = [];
   #offline = false;
   #unwatch: (() => void) | null = null;
 
@@ -212,7 +212,9 @@ export class Connection {
     if (this.#state === "closed") {
       return Promise.reject(new DispatchError("unavailable", "the connection is closed"));
     }
-    return new Promise((resolve) => this.#welcomed.push(() => resolve(this.welcome!)));
+    return new Promise((resolve, reject) =>
+      this.#welcomed.push({ resolve: () => resolve(this.welcome!), reject }),
+    );
   }
 
   /**
@@ -255,6 +257,9 @@ export class Connection {
       pending.reject(new DispatchError("unavailable", "the connection was closed"));
     }
     this.#pending.clear();
+    for (const waiter of this.#welcomed.splice(0)) {
+      waiter.reject(new DispatchError("unavailable", "the connection was closed"));
+    }
   }
 
   /** Drops the current connection as if the network had, and reconnects (for tests and apps). */
@@ -419,7 +424,7 @@ export class Connection {
     for (const pending of this.#pending.values()) {
       if (!pending.sent) this.#write(pending);
     }
-    for (const wake of this.#welcomed.splice(0)) wake();
+    for (const waiter of this.#welcomed.splice(0)) waiter.resolve();
   }
 
   #write(pending: Pending): void {

@@ -113,6 +113,8 @@ export class DriverClient extends RoleClient {
     this.#repeater = setInterval(() => {
       if (Date.now() - this.#lastSentAt >= this.#repeatEveryMs) this.#repeat();
     }, Math.max(250, Math.floor(this.#repeatEveryMs / 4)));
+    // In Node, the repeating alone does not keep a process alive.
+    (this.#repeater as { unref?: () => void }).unref?.();
     this.connection.on("state", (state) => {
       if (state === "closed") clearInterval(this.#repeater);
     });

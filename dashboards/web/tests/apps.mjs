@@ -4,12 +4,16 @@
 // the rider reloads the page mid-trip. Started by the system test
 // `clients::the_rider_and_driver_apps_complete_a_ride_in_browsers`, which checks PostgreSQL after.
 //
-// Environment: BASE_URL (the gateway's pages), RIDER_TOKEN, DRIVER_TOKEN, PICKUP and DROPOFF
-// (`lat,lng`), MAP_STYLE_NAME (the name of the configured style), SCREENSHOT_DIR, CHROMIUM_BIN.
+// Environment: BASE_URL (the gateway's pages), WS_URL (its WebSocket), RIDER_TOKEN,
+// DRIVER_TOKEN, DISPATCHER_TOKEN, PICKUP and DROPOFF (`lat,lng`), MAP_STYLE_NAME (the name of
+// the configured style), SCREENSHOT_DIR, CHROMIUM_BIN. Needs the SDK built and Node's
+// WebSocket (`node --experimental-websocket` on Node 20).
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium, devices } from "playwright-core";
+
+import { connectDispatcher } from "../../../clients/typescript/dist/index.js";
 
 const env = (name) => {
   const value = process.env[name];
@@ -28,6 +32,8 @@ const styleName = env("MAP_STYLE_NAME");
 const WAIT = { timeout: 45_000 };
 /** How long the driver's phone has no network. */
 const OFFLINE_MS = 10_000;
+/** A reason a hostile or careless client might write; the pages must show it as text. */
+const MARKUP = '<img src=x onerror="window.__injected=1"><b>No cars</b> & more';
 
 mkdirSync(screenshots, { recursive: true });
 const browser = await chromium.launch({
@@ -207,6 +213,37 @@ await step("the driver starts, drives to the dropoff and completes; the rider se
   await attr(driver.page, "#job-state", "state", "completed");
   await attr(rider.page, "#ride-state", "state", "completed");
   expect(await rider.page.isVisible("#again"), "the rider can book again");
+});
+
+await step("a ride cancelled by a dispatcher shows its reason, markup and all, as text", async () => {
+  await driver.page.tap("#go-offline");
+  await attr(driver.page, "#shift-state", "online", "false");
+  await rider.page.tap("#again");
+  await rider.page.tap("#use-position");
+  await rider.page.waitForFunction(() => window.riderApp.state.pickup !== null, null, WAIT);
+  const box = await rider.page.locator("#map").boundingBox();
+  const at = await rider.page.evaluate(
+    ([lng, lat]) => window.riderApp.map.project([lng, lat]),
+    [dropoff.lng, dropoff.lat],
+  );
+  await rider.page.touchscreen.tap(box.x + at.x, box.y + at.y);
+  await rider.page.tap("#request");
+  await attr(rider.page, "#ride-state", "state", "requested");
+  const tripId = await rider.page.evaluate(() => window.riderApp.state.trip.trip_id);
+  // The dispatcher's console, through the SDK in Node.
+  const dispatcher = connectDispatcher({ url: env("WS_URL"), token: env("DISPATCHER_TOKEN") });
+  try {
+    await dispatcher.cancel(tripId, MARKUP);
+  } finally {
+    dispatcher.close();
+  }
+  await attr(rider.page, "#ride-state", "state", "cancelled");
+  const shown = await rider.page.textContent("#ride-state");
+  expect(shown.includes(MARKUP), `shown: ${shown}`);
+  const injected = await rider.page.evaluate(
+    () => window.__injected === undefined && document.querySelector("#ride-state *") === null,
+  );
+  expect(injected, "the reason was rendered as markup");
 });
 
 await step("no page error and no Content Security Policy violation", async () => {

@@ -407,10 +407,17 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     let pickup = Point::new(CENTER.lat + 0.001, CENTER.lng + 0.002);
     let dropoff = Point::new(CENTER.lat + 0.004, CENTER.lng + 0.018);
     let screenshots = workspace_root().join("target/browser");
+    sdk_dir(); // the script cancels a ride as a dispatcher through the SDK
     let browser = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
         .arg(workspace_root().join("dashboards/web/tests/apps.mjs"))
         .current_dir(workspace_root().join("dashboards/web"))
         .env("BASE_URL", &base)
+        .env("WS_URL", format!("ws://{}/ws", gateway.ws))
+        .env(
+            "DISPATCHER_TOKEN",
+            tests::client::token(Role::Dispatcher, "apps-ops"),
+        )
         .env(
             "RIDER_TOKEN",
             tests::client::token(Role::Rider, "apps-rider"),
@@ -444,16 +451,35 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
         assert!(size > 10_000, "{shot} is empty");
     }
 
-    // One trip, completed; the report queued without signal was carried out exactly once.
+    // The ride completed; the report queued without signal was carried out exactly once.
     let pg = db.client().await;
     let rows = pg
         .query(
-            "SELECT trip_id, state, driver_id FROM trips WHERE rider_id = 'apps-rider'",
+            "SELECT trip_id, state, driver_id FROM trips WHERE rider_id = 'apps-rider' \
+             ORDER BY created_at",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1, "one trip");
+    assert_eq!(
+        rows.len(),
+        2,
+        "the ride, and the one a dispatcher cancelled"
+    );
+    let cancelled: (String, String) = pg
+        .query_one(
+            "SELECT state, end_reason FROM trips WHERE trip_id = $1",
+            &[&rows[1].get::<_, uuid::Uuid>(0)],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(cancelled.0, "cancelled");
+    assert!(
+        cancelled.1.starts_with("<img"),
+        "stored as sent: {}",
+        cancelled.1
+    );
     let trip: uuid::Uuid = rows[0].get(0);
     assert_eq!(rows[0].get::<_, String>(1), "completed");
     assert_eq!(rows[0].get::<_, String>(2), "apps-driver");
