@@ -156,3 +156,26 @@ test("trip reports made offline go out in order, each after the one before is an
     driver.close();
   }
 });
+
+test("no common protocol version ends the session rather than retrying", async () => {
+  const server = scriptedServer();
+  class NoVersion extends server.Socket {
+    send(text) {
+      const frame = JSON.parse(text);
+      this.sent.push(frame);
+      if (frame.type === "hello") {
+        assert.deepEqual(frame.versions, [1]);
+        this.reply({ type: "error", id: null, code: "unsupported_version", message: "speaks 2" });
+        this.close(4002, "no common version");
+      }
+    }
+  }
+  const problems = [];
+  const driver = connectDriver({ url: "ws://test/ws", token: "t", WebSocket: NoVersion, watchNetwork: false });
+  driver.on("problem", (e) => problems.push(e.code));
+  await assert.rejects(driver.ready(), (e) => e.code === "unavailable");
+  assert.equal(driver.connection.state, "closed");
+  assert.deepEqual(problems, ["unsupported_version"]);
+  await sleep(100);
+  assert.equal(server.sockets.length, 1, "no second attempt");
+});
