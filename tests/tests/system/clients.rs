@@ -456,7 +456,7 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     let rows = pg
         .query(
             "SELECT trip_id, state, driver_id FROM trips WHERE rider_id = 'apps-rider' \
-             ORDER BY created_at",
+             ORDER BY requested_at",
             &[],
         )
         .await
