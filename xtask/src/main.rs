@@ -58,15 +58,62 @@ enum Command {
     Fuzz(fuzz::Args),
 }
 
-/// The workspace root (the parent of this crate).
+/// The workspace root (the parent of this crate). `cargo run` says where the crate is at run
+/// time; the path compiled in is only a fallback, since with a target directory shared by
+/// several clones (`CARGO_TARGET_DIR`) the binary cargo runs may have been built from another.
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("xtask lives inside the workspace")
         .to_owned()
 }
 
+/// With one target directory shared by several checkouts (`CARGO_TARGET_DIR`), cargo copies a
+/// binary to `target/debug/` only when it builds it, so `cargo xtask` in one checkout may run
+/// the xtask another built. Then this one's is built and run instead (a source file made newer
+/// than its build makes cargo build it); returns that run's exit code.
+fn run_own_build() -> Option<ExitCode> {
+    let here = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
+    if here == std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        || std::env::var_os("XTASK_REBUILT").is_some()
+    {
+        return None;
+    }
+    infra::say(format!(
+        "this xtask was built from {}, which shares the target directory; building this \
+         checkout's",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    let touched = std::fs::File::options()
+        .append(true)
+        .open(here.join("src/main.rs"))
+        .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+    if let Err(err) = touched {
+        infra::say(format!("error: cannot mark xtask for rebuilding: {err}"));
+        return Some(ExitCode::FAILURE);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .current_dir(here.parent().unwrap_or(&here))
+        .env("XTASK_REBUILT", "1")
+        .status();
+    Some(match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8)),
+        Err(err) => {
+            infra::say(format!("error: running cargo: {err}"));
+            ExitCode::FAILURE
+        }
+    })
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = run_own_build() {
+        return code;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
