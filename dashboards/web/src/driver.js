@@ -76,8 +76,11 @@ function renderJob() {
   }
   const shown = state.expected ?? job.state;
   $("job-state").dataset.state = job.state;
+  // The state the server confirmed is the data; the text already says what was reported.
   $("job-state").textContent =
-    job.state === "cancelled" ? `Trip cancelled: ${job.end_reason ?? ""}` : SAYS[job.state];
+    job.state === "cancelled"
+      ? `Trip cancelled: ${job.end_reason ?? ""}`
+      : `${SAYS[shown]}${shown === job.state ? "" : " (reported, not confirmed yet)"}`;
   $("job-heading").textContent = shown === "accepted" ? "Pickup: the green point" : shown === "in_progress" ? "Dropoff: the red point" : "";
   showPoints(map, shown === "in_progress" ? null : job.pickup, job.dropoff);
   $("arrived").disabled = shown !== "accepted";

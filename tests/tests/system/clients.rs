@@ -227,11 +227,11 @@ fn tiles_dir() -> (tempfile_dir::Dir, Vec<u8>) {
         "sources": {"streets": {"type": "raster", "url": "pmtiles:///tiles/city.pmtiles", "tileSize": 256}},
         "layers": [
             {"id": "paper", "type": "background", "paint": {"background-color": "#efe9dc"}},
-            {"id": "streets", "type": "raster", "source": "streets", "paint": {"raster-opacity": 0.5}},
+            {"id": "streets", "type": "raster", "source": "streets", "paint": {"raster-opacity": 1.0}},
         ],
     });
     std::fs::write(dir.path().join("style.json"), style.to_string()).unwrap();
-    let archive = pmtiles::one_tile(&pmtiles::solid_png(256, [0x9e, 0xc5, 0xe8]));
+    let archive = pmtiles::one_tile(&pmtiles::solid_png(256, [0xe4, 0xe9, 0xdc]));
     std::fs::write(dir.path().join("city.pmtiles"), &archive).unwrap();
     (dir, archive)
 }
@@ -405,7 +405,7 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     }
 
     let pickup = Point::new(CENTER.lat + 0.001, CENTER.lng + 0.002);
-    let dropoff = Point::new(CENTER.lat + 0.004, CENTER.lng + 0.018);
+    let dropoff = Point::new(CENTER.lat + 0.004, CENTER.lng + 0.012);
     let screenshots = workspace_root().join("target/browser");
     sdk_dir(); // the script cancels a ride as a dispatcher through the SDK
     let browser = tokio::process::Command::new("node")
