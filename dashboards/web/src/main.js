@@ -5,10 +5,10 @@
 // map labels, never through innerHTML.
 
 import { cellToBoundary } from "h3-js";
+import { connectDispatcher } from "../../../clients/typescript/src/index.ts";
 import { emptyCollection, makeMap, maplibregl } from "./map.js";
 import "./style.css";
 
-const PROTOCOL_VERSION = 1;
 /// A vehicle with no position for this long is drawn as stale, and dropped after `FORGET_MS`.
 const STALE_MS = 30_000;
 const FORGET_MS = 300_000;
@@ -27,10 +27,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: null,
   config: null,
-  socket: null,
+  client: null,
   connected: false,
-  nextId: 1,
-  pending: new Map(),
   vehicles: new Map(),
   cells: new Map(),
   trips: new Map(),
@@ -61,7 +59,14 @@ function showLogin(message) {
   $("login-error").textContent = message ?? "";
 }
 
-// ---- the connection to the gateway ----
+// ---- the connection to the gateway: the SDK's session, kept across lost connections ----
+
+const BADGES = {
+  connecting: ["connecting", "connecting"],
+  open: ["live", "up"],
+  reconnecting: ["reconnecting", "down"],
+  closed: ["disconnected", "down"],
+};
 
 function setConnection(label, kind) {
   const el = $("connection");
@@ -70,92 +75,42 @@ function setConnection(label, kind) {
   el.className = `status status-${kind}`;
 }
 
+/** A command through the session; resolves on its ack, rejects with the server's reason. */
 function send(message) {
-  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
-    return Promise.reject(new Error("not connected"));
-  }
-  const id = state.nextId++;
-  state.socket.send(JSON.stringify({ ...message, id }));
-  return new Promise((resolve, reject) => {
-    state.pending.set(id, { resolve, reject });
-    setTimeout(() => {
-      if (state.pending.delete(id)) reject(new Error("no answer from the server"));
-    }, 10_000);
-  });
+  return state.client.connection.command(message);
 }
 
-let retryMs = 500;
 function connect() {
-  setConnection("connecting", "connecting");
-  const socket = new WebSocket(state.config.ws_url);
-  state.socket = socket;
-  socket.onopen = () => {
-    socket.send(JSON.stringify({ type: "hello", token: state.token, versions: [PROTOCOL_VERSION] }));
-  };
-  socket.onmessage = (event) => {
-    let message;
-    try {
-      message = JSON.parse(event.data);
-    } catch {
-      return;
-    }
-    onMessage(message);
-  };
-  socket.onclose = (event) => {
-    state.connected = false;
-    for (const { reject } of state.pending.values()) reject(new Error("connection closed"));
-    state.pending.clear();
-    if (event.code === 4001) {
-      setConnection("refused", "down");
+  const client = connectDispatcher({ url: state.config.ws_url, token: state.token });
+  state.client = client;
+  client.on("state", (connection) => setConnection(...BADGES[connection]));
+  client.on("problem", (problem) => {
+    // A refused token is not one to retry with: the dispatcher logs in again.
+    if (problem.code === "unauthorized") {
+      client.close();
       sessionStorage.removeItem("dispatch-token");
-      showLogin(`The gateway refused the token: ${event.reason}`);
-      return;
+      showLogin(`The gateway refused the token: ${problem.message}`);
+    } else if (problem.code === "forbidden") {
+      showLogin("This token is not a dispatcher's.");
     }
-    setConnection("reconnecting", "down");
-    setTimeout(connect, retryMs);
-    retryMs = Math.min(retryMs * 2, 10_000);
-  };
-}
-
-function onMessage(message) {
-  switch (message.type) {
-    case "welcome":
-      if (message.role !== "dispatcher") {
-        state.socket.close(1000);
-        showLogin("This token is not a dispatcher's.");
-        return;
-      }
-      state.connected = true;
-      retryMs = 500;
-      setConnection("live", "up");
-      subscribeViewport();
-      break;
-    case "ack":
-    case "error": {
-      const waiter = message.id != null && state.pending.get(message.id);
-      if (waiter) {
-        state.pending.delete(message.id);
-        if (message.type === "ack") waiter.resolve(message);
-        else waiter.reject(new Error(`${message.code}: ${message.message}`));
-      }
-      break;
-    }
-    case "vehicles":
-      for (const v of message.vehicles) state.vehicles.set(v.driver_id, v);
-      state.cells.clear();
-      state.dirty = true;
-      break;
-    case "cell_aggregates":
-      for (const c of message.cells) state.cells.set(c.cell, c);
-      state.vehicles.clear();
-      state.dirty = true;
-      break;
-    case "trip_update":
-      onTrip(message.trip);
-      break;
-    default:
-      break;
-  }
+  });
+  client.on("welcome", () => {
+    // The first session subscribes; later ones get the latest viewport from the SDK.
+    if (state.connected) return;
+    state.connected = true;
+    subscribeViewport();
+  });
+  client.on("vehicles", (message) => {
+    for (const v of message.vehicles) state.vehicles.set(v.driver_id, v);
+    state.cells.clear();
+    state.dirty = true;
+  });
+  client.on("cell_aggregates", (message) => {
+    for (const c of message.cells) state.cells.set(c.cell, c);
+    state.vehicles.clear();
+    state.dirty = true;
+  });
+  client.on("trip_update", (message) => onTrip(message.trip));
 }
 
 function onTrip(trip) {
@@ -296,16 +251,18 @@ async function initMap() {
 function subscribeViewport() {
   if (!state.connected || !map) return;
   const b = map.getBounds();
-  send({
-    type: "subscribe_viewport",
-    viewport: {
-      south: Math.max(-90, b.getSouth()),
-      west: Math.max(-180, b.getWest()),
-      north: Math.min(90, b.getNorth()),
-      east: Math.min(180, b.getEast()),
-    },
-    zoom: map.getZoom(),
-  }).catch((error) => setConnection(`live · ${error.message}`, "up"));
+  // The SDK renews the latest viewport on every new session.
+  state.client
+    .subscribeViewport(
+      {
+        south: Math.max(-90, b.getSouth()),
+        west: Math.max(-180, b.getWest()),
+        north: Math.min(90, b.getNorth()),
+        east: Math.min(180, b.getEast()),
+      },
+      map.getZoom(),
+    )
+    .catch((error) => setConnection(`live · ${error.message}`, "up"));
 }
 
 function vehicleStatus(v, now) {

@@ -66,6 +66,17 @@ await step("the page asks for a token", async () => {
   await page.waitForSelector("#login:not([hidden])", WAIT);
 });
 
+await step("a token the gateway refuses brings the login back, saying why", async () => {
+  await page.fill("#token", `${token.slice(0, -4)}AAAA`);
+  await page.click("#login button[type=submit]");
+  await page.waitForFunction(
+    () => document.getElementById("login-error").textContent.includes("refused the token"),
+    null,
+    WAIT,
+  );
+  expect(await page.isVisible("#login"), "the login form is shown again");
+});
+
 await step("logging in with a dispatcher token", async () => {
   await page.fill("#token", token);
   await page.click("#login button[type=submit]");
