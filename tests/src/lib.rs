@@ -16,6 +16,7 @@ pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod services;
+pub mod web;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

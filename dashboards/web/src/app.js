@@ -18,27 +18,29 @@ export function readToken(key) {
   return sessionStorage.getItem(key);
 }
 
-/** Shows the login form until a token is given; resolves with it. */
-export function login(key) {
+/**
+ * Opens the app: with a token, shows the app and its log-out button and resolves with the token
+ * and the gateway's settings; without one, shows the login form and resolves with null.
+ */
+export async function openApp(key) {
   const token = readToken(key);
-  if (token) return token;
-  $("login").hidden = false;
-  $("login").addEventListener("submit", (event) => {
-    event.preventDefault();
-    sessionStorage.setItem(key, $("token").value.trim());
+  if (!token) {
+    $("login").hidden = false;
+    $("login").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(key, $("token").value.trim());
+      location.reload();
+    });
+    return null;
+  }
+  const config = await (await fetch("dashboard-config.json")).json();
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  $("logout").addEventListener("click", () => {
+    sessionStorage.removeItem(key);
     location.reload();
   });
-  $("logout")?.addEventListener("click", () => logout(key));
-  return null;
-}
-
-export function logout(key) {
-  sessionStorage.removeItem(key);
-  location.reload();
-}
-
-export async function pageConfig() {
-  return (await fetch("dashboard-config.json")).json();
+  return { token, config };
 }
 
 const BADGES = {

@@ -3,7 +3,7 @@
 // without signal wait in order and go out once the connection is back.
 
 import { connectDriver, isActive } from "../../../clients/typescript/src/index.ts";
-import { $, login, minutes, pageConfig, showConnection, showPoints, showVehicle, tripMap } from "./app.js";
+import { $, openApp, minutes, showConnection, showPoints, showVehicle, tripMap } from "./app.js";
 import "./style.css";
 import "./app.css";
 
@@ -173,15 +173,9 @@ function shareLocation() {
 }
 
 async function start() {
-  const token = login(TOKEN_KEY);
-  if (!token) return;
-  const config = await pageConfig();
-  $("app").hidden = false;
-  $("logout").hidden = false;
-  $("logout").addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
-    location.reload();
-  });
+  const opened = await openApp(TOKEN_KEY);
+  if (!opened) return;
+  const { token, config } = opened;
   map = await tripMap(config, error);
   client = connectDriver({ url: config.ws_url, token });
   showConnection(client);

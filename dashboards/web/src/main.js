@@ -6,6 +6,7 @@
 
 import { cellToBoundary } from "h3-js";
 import { connectDispatcher } from "../../../clients/typescript/src/index.ts";
+import { $, readToken } from "./app.js";
 import { emptyCollection, makeMap, maplibregl } from "./map.js";
 import "./style.css";
 
@@ -21,8 +22,6 @@ const STATUS_COLOURS = {
   stale: "#999999",
   offline: "#cccccc",
 };
-
-const $ = (id) => document.getElementById(id);
 
 const state = {
   token: null,
@@ -40,17 +39,6 @@ const state = {
   // The corners of a zone being drawn, [lng, lat]; null when not drawing.
   sketch: null,
 };
-
-function readToken() {
-  const hash = new URLSearchParams(location.hash.slice(1));
-  const fromHash = hash.get("token");
-  if (fromHash) {
-    sessionStorage.setItem("dispatch-token", fromHash);
-    history.replaceState(null, "", location.pathname + location.search);
-    return fromHash;
-  }
-  return sessionStorage.getItem("dispatch-token");
-}
 
 function showLogin(message) {
   $("app").hidden = true;
@@ -596,7 +584,7 @@ async function act(message, done) {
 // ---- start ----
 
 async function start() {
-  state.token = readToken();
+  state.token = readToken("dispatch-token");
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem("dispatch-token", $("token").value.trim());

@@ -2,7 +2,7 @@
 // position), request, follow the search, the driver approaching with its ETA, and the end.
 
 import { connectRider, isActive } from "../../../clients/typescript/src/index.ts";
-import { $, devicePosition, login, minutes, pageConfig, showConnection, showPoints, showVehicle, tripMap } from "./app.js";
+import { $, devicePosition, openApp, minutes, showConnection, showPoints, showVehicle, tripMap } from "./app.js";
 import "./style.css";
 import "./app.css";
 
@@ -89,15 +89,9 @@ async function request() {
 }
 
 async function start() {
-  const token = login(TOKEN_KEY);
-  if (!token) return;
-  const config = await pageConfig();
-  $("app").hidden = false;
-  $("logout").hidden = false;
-  $("logout").addEventListener("click", () => {
-    sessionStorage.removeItem(TOKEN_KEY);
-    location.reload();
-  });
+  const opened = await openApp(TOKEN_KEY);
+  if (!opened) return;
+  const { token, config } = opened;
   map = await tripMap(config, error);
   client = connectRider({ url: config.ws_url, token });
   showConnection(client);

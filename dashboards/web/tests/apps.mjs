@@ -11,15 +11,11 @@
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium, devices } from "playwright-core";
+import { devices } from "playwright-core";
 
 import { connectDispatcher } from "../../../clients/typescript/dist/index.js";
+import { env, expect, launch } from "./browser.mjs";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
 const point = (name) => {
   const [lat, lng] = env(name).split(",").map(Number);
   return { lat, lng };
@@ -36,17 +32,7 @@ const OFFLINE_MS = 10_000;
 const MARKUP = '<img src=x onerror="window.__injected=1"><b>No cars</b> & more';
 
 mkdirSync(screenshots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-  ],
-});
+const browser = await launch();
 const problems = [];
 
 async function phone(at) {
@@ -84,10 +70,6 @@ async function step(name, action) {
     await browser.close();
     process.exit(1);
   }
-}
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
 }
 
 const attr = (page, selector, name, value) =>

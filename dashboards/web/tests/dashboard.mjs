@@ -10,13 +10,9 @@
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
+import { env, expect, launch } from "./browser.mjs";
+
 const url = env("DASHBOARD_URL");
 const token = env("DISPATCHER_TOKEN");
 const tripId = env("TRIP_ID");
@@ -27,18 +23,7 @@ const screenshots = env("SCREENSHOT_DIR");
 const WAIT = { timeout: 45_000 };
 
 mkdirSync(screenshots, { recursive: true });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    // WebGL on the CPU, for the map.
-    "--use-angle=swiftshader",
-    "--enable-unsafe-swiftshader",
-  ],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const pageErrors = [];
 page.on("pageerror", (error) => pageErrors.push(error.message));
@@ -55,10 +40,6 @@ async function step(name, action) {
     await browser.close();
     process.exit(1);
   }
-}
-
-function expect(condition, message) {
-  if (!condition) throw new Error(message);
 }
 
 await step("the page asks for a token", async () => {

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,38 +14,19 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use protocol::client::Role;
 use protocol::{GeoConfig, Point};
+use tests::client::token;
 use tests::proxy::TcpProxy;
 use tests::services::{
     Gateway, TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_gateway_at,
     start_matcher, start_trips, trips_config, wait_ready,
 };
+use tests::web::{pages_dist, sdk_dir, workspace_root};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::sync::Mutex;
 
 const CENTER: Point = Point::new(52.52, 13.405);
 /// How long a restarted gateway stays away: long enough for several reconnection attempts.
 const GATEWAY_DOWNTIME: Duration = Duration::from_secs(3);
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
-}
-
-/// The SDK's directory, built: `cargo xtask test` builds it and says where.
-fn sdk_dir() -> PathBuf {
-    let dir = std::env::var_os("DISPATCH_SDK_DIR").map_or_else(
-        || workspace_root().join("clients/typescript"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("dist/index.js").is_file() && dir.join("node_modules").is_dir(),
-        "the SDK is not built in {}: run `cargo xtask test`, or `npm ci && npm run build` there",
-        dir.display()
-    );
-    dir
-}
 
 /// What the control endpoint acts on.
 struct Stack {
@@ -88,29 +68,12 @@ async fn act(
 /// Runs Node's test runner on `files` (paths relative to the SDK) with `env`; panics with its
 /// output if a test failed.
 async fn node_tests(dir: &std::path::Path, files: &[PathBuf], env: &[(&str, String)]) -> String {
-    let mut command = tokio::process::Command::new("node");
-    command
-        .args(["--experimental-websocket", "--test", "--test-concurrency=1"])
-        .args(files)
-        .current_dir(dir)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .expect("node runs (cargo xtask test installs it)");
-    let output = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("the SDK's tests finished in time")
-        .expect("node ran");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "SDK tests failed:\n{said}");
-    said
+    let mut args: Vec<std::ffi::OsString> =
+        ["--experimental-websocket", "--test", "--test-concurrency=1"]
+            .map(Into::into)
+            .to_vec();
+    args.extend(files.iter().map(Into::into));
+    tests::web::node(dir, &args, env, Duration::from_secs(300)).await
 }
 
 fn test_files(dir: &std::path::Path, under: &str) -> Vec<PathBuf> {
@@ -200,21 +163,6 @@ async fn the_typescript_sdk_against_the_real_gateway() {
         .get(0);
     assert_eq!(completed, "completed");
     trips.stop().await.unwrap();
-}
-
-/// The built pages: `cargo xtask test` builds them and says where.
-fn pages_dist() -> PathBuf {
-    let dist = std::env::var_os("DISPATCH_DASHBOARD_DIST").map_or_else(
-        || workspace_root().join("dashboards/web/dist"),
-        PathBuf::from,
-    );
-    assert!(
-        dist.join("rider.html").is_file() && dist.join("driver.html").is_file(),
-        "the apps are not built at {}: run `cargo xtask test`, or `npm ci && npm run build` \
-         in dashboards/web",
-        dist.display()
-    );
-    dist
 }
 
 /// A map style served by the gateway from its tiles directory, drawing a PMTiles archive the
@@ -408,43 +356,28 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     let dropoff = Point::new(CENTER.lat + 0.004, CENTER.lng + 0.012);
     let screenshots = workspace_root().join("target/browser");
     sdk_dir(); // the script cancels a ride as a dispatcher through the SDK
-    let browser = tokio::process::Command::new("node")
-        .arg("--experimental-websocket")
-        .arg(workspace_root().join("dashboards/web/tests/apps.mjs"))
-        .current_dir(workspace_root().join("dashboards/web"))
-        .env("BASE_URL", &base)
-        .env("WS_URL", format!("ws://{}/ws", gateway.ws))
-        .env(
-            "DISPATCHER_TOKEN",
-            tests::client::token(Role::Dispatcher, "apps-ops"),
-        )
-        .env(
-            "RIDER_TOKEN",
-            tests::client::token(Role::Rider, "apps-rider"),
-        )
-        .env(
-            "DRIVER_TOKEN",
-            tests::client::token(Role::Driver, "apps-driver"),
-        )
-        .env("PICKUP", format!("{},{}", pickup.lat, pickup.lng))
-        .env("DROPOFF", format!("{},{}", dropoff.lat, dropoff.lng))
-        .env("MAP_STYLE_NAME", "Test streets")
-        .env("SCREENSHOT_DIR", &screenshots)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (cargo xtask test installs it)");
-    let output = tokio::time::timeout(Duration::from_secs(300), browser.wait_with_output())
-        .await
-        .expect("the browser test finished in time")
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "browser test failed:\n{said}");
+    let said = tests::web::node(
+        &workspace_root().join("dashboards/web"),
+        &[
+            "--experimental-websocket".into(),
+            workspace_root()
+                .join("dashboards/web/tests/apps.mjs")
+                .into(),
+        ],
+        &[
+            ("BASE_URL", base.clone()),
+            ("WS_URL", format!("ws://{}/ws", gateway.ws)),
+            ("DISPATCHER_TOKEN", token(Role::Dispatcher, "apps-ops")),
+            ("RIDER_TOKEN", token(Role::Rider, "apps-rider")),
+            ("DRIVER_TOKEN", token(Role::Driver, "apps-driver")),
+            ("PICKUP", format!("{},{}", pickup.lat, pickup.lng)),
+            ("DROPOFF", format!("{},{}", dropoff.lat, dropoff.lng)),
+            ("MAP_STYLE_NAME", "Test streets".to_owned()),
+            ("SCREENSHOT_DIR", screenshots.display().to_string()),
+        ],
+        Duration::from_secs(300),
+    )
+    .await;
     assert!(said.contains("\"ride\":\"completed\""), "{said}");
     for shot in ["rider.png", "driver.png", "driver-offline.png"] {
         let size = std::fs::metadata(screenshots.join(shot)).unwrap().len();

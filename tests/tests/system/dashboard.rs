@@ -2,8 +2,6 @@
 //! playwright-core) against the whole stack fed by the simulator; and the dashboard's HTTP
 //! surface (config, API proxy, security headers) without a browser.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use protocol::client::{Role, ServerMessage};
@@ -15,6 +13,7 @@ use tests::services::{
     TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_matcher, start_trips,
     trips_config, wait_ready,
 };
+use tests::web::{pages_dist, workspace_root};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_util::sync::CancellationToken;
 
@@ -27,28 +26,6 @@ const WEST_CORNER: Point = Point::new(52.52, 13.34);
 const ZONE_NAME: &str = "Forecourt <b>no</b> pickups";
 /// Markup a hostile client might put in its name; the page must show it as text.
 const MARKUP_NAME: &str = "<img src=x onerror=\"window.__injected=1\"><b>Bold</b> Driver";
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
-}
-
-/// The built page: `cargo xtask test` builds it and says where.
-fn dashboard_dist() -> PathBuf {
-    let dist = std::env::var_os("DISPATCH_DASHBOARD_DIST").map_or_else(
-        || workspace_root().join("dashboards/web/dist"),
-        PathBuf::from,
-    );
-    assert!(
-        dist.join("index.html").is_file(),
-        "the dashboard is not built at {}: run `cargo xtask test`, or `npm ci && npm run build` \
-         in dashboards/web",
-        dist.display()
-    );
-    dist
-}
 
 /// A trip in the west corner that its driver reports completed kilometres short of its
 /// dropoff, which the dashboard flags; returns its id.
@@ -99,7 +76,7 @@ async fn completed_far_from_the_dropoff(ws: std::net::SocketAddr) -> uuid::Uuid 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browser() {
     tests::init_logs();
-    let dist = dashboard_dist();
+    let dist = pages_dist();
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
@@ -163,31 +140,21 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
     // The browser does what a dispatcher would.
     let screenshots = workspace_root().join("target/browser");
     let script = workspace_root().join("dashboards/web/tests/dashboard.mjs");
-    let browser = tokio::process::Command::new("node")
-        .arg(&script)
-        .current_dir(workspace_root().join("dashboards/web"))
-        .env("DASHBOARD_URL", format!("http://{}/", gateway.running.http))
-        .env("DISPATCHER_TOKEN", token(Role::Dispatcher, "ops"))
-        .env("TRIP_ID", trip.trip_id.to_string())
-        .env("DRIVER_NAME", MARKUP_NAME)
-        .env("FLAGGED_TRIP_ID", flagged.to_string())
-        .env("ZONE_NAME", ZONE_NAME)
-        .env("SCREENSHOT_DIR", &screenshots)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs (cargo xtask test installs it)");
-    let output = tokio::time::timeout(Duration::from_secs(240), browser.wait_with_output())
-        .await
-        .expect("the browser test finished in time")
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "browser test failed:\n{said}");
+    let said = tests::web::node(
+        &workspace_root().join("dashboards/web"),
+        &[script.into()],
+        &[
+            ("DASHBOARD_URL", format!("http://{}/", gateway.running.http)),
+            ("DISPATCHER_TOKEN", token(Role::Dispatcher, "ops")),
+            ("TRIP_ID", trip.trip_id.to_string()),
+            ("DRIVER_NAME", MARKUP_NAME.to_owned()),
+            ("FLAGGED_TRIP_ID", flagged.to_string()),
+            ("ZONE_NAME", ZONE_NAME.to_owned()),
+            ("SCREENSHOT_DIR", screenshots.display().to_string()),
+        ],
+        Duration::from_secs(240),
+    )
+    .await;
     assert!(said.contains("\"vehicles_rendered\""), "{said}");
     assert!(
         std::fs::metadata(screenshots.join("dashboard.png"))
@@ -244,7 +211,7 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
 
 #[tokio::test]
 async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
-    let dist = dashboard_dist();
+    let dist = pages_dist();
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
@@ -284,7 +251,7 @@ async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
         .expect("index.html names its script")
         .trim_start_matches("./")
         .to_owned();
-    let on_disk = std::fs::read(dashboard_dist().join(&script)).unwrap();
+    let on_disk = std::fs::read(pages_dist().join(&script)).unwrap();
     for (accept, encoding) in [
         ("br", Some("br")),
         ("gzip", Some("gzip")),

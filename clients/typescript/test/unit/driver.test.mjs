@@ -105,7 +105,7 @@ test("a fix gone stale while the connection was down is not sent when it is back
     await until("the connection lost", () => driver.connection.state === "reconnecting");
     driver.reportLocation({ lat: 52.5, lng: 13.4 });
     await until("the second connection", () => server.sockets.length === 2 && driver.connection.state === "open");
-    await sleep(100);
+    // The held fix is weighed the moment the session opens, and was found stale.
     assert.deepEqual(server.sockets[1].of("location"), []);
     // A fresh one goes out at once.
     driver.reportLocation({ lat: 52.6, lng: 13.5 });
@@ -138,8 +138,9 @@ test("trip reports made offline go out in order, each after the one before is an
     const [first] = socket.of("trip_progress");
     assert.equal(first.stage, "arrived");
     assert.ok(first.ts >= madeAt && first.ts < madeAt + 100, "stamped when the stage was reached");
-    await sleep(50);
-    assert.equal(socket.of("trip_progress").length, 1, "started waits for arrived's answer");
+    // `started` is not even handed to the connection until `arrived` is answered.
+    assert.equal(driver.connection.unanswered, 1, "started waits for arrived's answer");
+    assert.equal(socket.of("trip_progress").length, 1);
     const view = (state, version) => ({
       trip_id: trip, state, rider_id: "r", pickup: { lat: 0, lng: 0 }, dropoff: { lat: 1, lng: 1 },
       region: "85", created_at: 0, updated_at: 0, version,
@@ -176,6 +177,6 @@ test("no common protocol version ends the session rather than retrying", async (
   await assert.rejects(driver.ready(), (e) => e.code === "unavailable");
   assert.equal(driver.connection.state, "closed");
   assert.deepEqual(problems, ["unsupported_version"]);
-  await sleep(100);
+  // Closed for good: no attempt is scheduled, so there is nothing to wait for.
   assert.equal(server.sockets.length, 1, "no second attempt");
 });
