@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use deadpool_postgres::tokio_postgres::types::ToSql;
 use futures_util::StreamExt;
 use protocol::Subjects;
 use protocol::events::{self, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -282,32 +283,43 @@ impl Delivery {
         let mut due = self.due.clone();
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut attempts: JoinSet<(Due, Outcome, Duration)> = JoinSet::new();
+        // Attempts done whose outcome is not written yet.
+        let mut finished = Vec::new();
         let mut nudged = true;
-        // After an attempt whose outcome could not be written, nothing is sent until then.
+        // After outcomes that could not be written, nothing is sent until then.
         let mut hold_until = tokio::time::Instant::now();
         loop {
-            // Each wake-up (an attempt done, a nudge, the poll) looks for more to send.
-            if in_flight.len() < self.settings.concurrency
-                && tokio::time::Instant::now() >= hold_until
-            {
-                match self.next_due(endpoint.id, &in_flight).await {
+            // Each wake-up (attempts done, a nudge, the poll) writes what finished and looks
+            // for more to send.
+            let fetch = in_flight.len() < self.settings.concurrency
+                && tokio::time::Instant::now() >= hold_until;
+            if fetch || !finished.is_empty() {
+                let done = std::mem::take(&mut finished);
+                match self.turn(endpoint.id, done, &in_flight, fetch).await {
                     Ok(ready) => {
                         for delivery in ready {
                             in_flight.insert(delivery.key.clone());
                             attempts.spawn(self.clone().attempt(endpoint.clone(), delivery));
                         }
                     }
-                    Err(error) => tracing::debug!(%error, "webhook queue not read"),
+                    Err(error) => {
+                        // The rows stay as they were and are attempted again, after a pause.
+                        tracing::warn!(%error, "webhook deliveries not recorded");
+                        hold_until = tokio::time::Instant::now() + self.settings.poll;
+                    }
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
                 Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    if let Ok((delivery, outcome, took)) = done {
+                    // Every attempt finished by now is written in the same round trip, so
+                    // the queue moves at the rate of requests, not of statements.
+                    finished.extend(done);
+                    while let Some(done) = attempts.try_join_next() {
+                        finished.extend(done);
+                    }
+                    for (delivery, _, _) in &finished {
                         in_flight.remove(&delivery.key);
-                        if !self.record(&delivery, outcome, took).await {
-                            hold_until = tokio::time::Instant::now() + self.settings.poll;
-                        }
                     }
                 }
                 changed = due.changed(), if nudged => {
@@ -322,16 +334,32 @@ impl Delivery {
         attempts.abort_all();
     }
 
-    /// The oldest ready delivery of each ordering key not already in flight, oldest first.
-    async fn next_due(
+    /// Writes what became of `finished` (a delivered row is deleted; a failed one gets its
+    /// next attempt, or the dead letter) and, when `fetch`, reads the oldest ready delivery
+    /// of each ordering key not in flight, oldest first. Both go to the server in one round
+    /// trip on one connection, in that order, so the read sees the outcomes just written.
+    async fn turn(
         &self,
         endpoint: Uuid,
+        finished: Vec<(Due, Outcome, Duration)>,
         in_flight: &HashSet<String>,
+        fetch: bool,
     ) -> Result<Vec<Due>, StoreError> {
+        let outcomes = Outcomes::new(finished, &self.settings);
         let client = self.pool.get().await?;
-        let busy: Vec<&str> = in_flight.iter().map(String::as_str).collect();
-        let room = (self.settings.concurrency - in_flight.len()) as i64;
-        let statement = client
+        let record = client
+            .prepare_cached(
+                "WITH delivered AS \
+                   (DELETE FROM webhook_deliveries WHERE delivery_id = ANY($1)) \
+                 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, \
+                   last_error = x.reason, \
+                   next_attempt_at = now() + x.wait * interval '1 millisecond', \
+                   dead = now() - d.queued_at > $5::float8 * interval '1 millisecond' \
+                 FROM unnest($2::int8[], $3::text[], $4::float8[]) AS x(id, reason, wait) \
+                 WHERE d.delivery_id = x.id RETURNING d.dead",
+            )
+            .await?;
+        let next = client
             .prepare_cached(
                 "SELECT delivery_id, event_id, ordering_key, body, \
                    (extract(epoch from event_at) * 1000)::int8, attempts \
@@ -342,9 +370,35 @@ impl Delivery {
                  ORDER BY delivery_id LIMIT $3",
             )
             .await?;
-        Ok(client
-            .query(&statement, &[&endpoint, &busy, &room])
-            .await?
+        let max_age_ms = self.settings.max_age.as_secs_f64() * 1000.0;
+        let busy: Vec<&str> = in_flight.iter().map(String::as_str).collect();
+        let room = self.settings.concurrency.saturating_sub(in_flight.len()) as i64;
+        // tokio-postgres sends requests in the order their futures are first polled, and
+        // `join!` polls the write first.
+        let writing = async {
+            if outcomes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let o = &outcomes;
+            let parameters: [&(dyn ToSql + Sync); 5] = [
+                &o.delivered,
+                &o.failed,
+                &o.reasons,
+                &o.waits_ms,
+                &max_age_ms,
+            ];
+            client.query(&record, &parameters).await
+        };
+        let reading = async {
+            if !fetch {
+                return Ok(Vec::new());
+            }
+            client.query(&next, &[&endpoint, &busy, &room]).await
+        };
+        let (written, read) = tokio::join!(writing, reading);
+        let dead = written?.iter().filter(|row| row.get::<_, bool>(0)).count() as u64;
+        outcomes.measure(dead);
+        Ok(read?
             .iter()
             .map(|row| Due {
                 delivery_id: row.get(0),
@@ -390,51 +444,62 @@ impl Delivery {
         };
         (delivery, outcome, started.elapsed())
     }
+}
 
-    /// Deletes a delivered row, or schedules the next attempt (or the dead letter); `false`
-    /// when that could not be written.
-    async fn record(&self, delivery: &Due, outcome: Outcome, took: Duration) -> bool {
-        metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(took);
-        let result = async {
-            let client = self.pool.get().await?;
+/// What became of a round of attempts, as the statement that writes it takes them.
+#[derive(Debug, Default)]
+struct Outcomes {
+    delivered: Vec<i64>,
+    /// The delivered ones' time from the event to now.
+    lags_ms: Vec<i64>,
+    failed: Vec<i64>,
+    reasons: Vec<String>,
+    /// The delay before each failed one's next attempt.
+    waits_ms: Vec<f64>,
+    durations: Vec<Duration>,
+}
+
+impl Outcomes {
+    fn new(finished: Vec<(Due, Outcome, Duration)>, settings: &DeliverySettings) -> Self {
+        let now_ms = protocol::time::now_ms();
+        let mut outcomes = Self::default();
+        for (delivery, outcome, took) in finished {
+            outcomes.durations.push(took);
             match outcome {
                 Outcome::Delivered => {
-                    client
-                        .execute(
-                            "DELETE FROM webhook_deliveries WHERE delivery_id = $1",
-                            &[&delivery.delivery_id],
-                        )
-                        .await?;
-                    let lag_ms = (protocol::time::now_ms() - delivery.event_at_ms).max(0);
-                    metrics::histogram!(m::WEBHOOK_LAG).record(lag_ms as f64 / 1000.0);
-                    metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => "delivered").increment(1);
+                    outcomes.delivered.push(delivery.delivery_id);
+                    outcomes
+                        .lags_ms
+                        .push((now_ms - delivery.event_at_ms).max(0));
                 }
                 Outcome::Failed(reason) => {
-                    let wait_ms = self.settings.backoff(delivery.attempts).as_secs_f64() * 1000.0;
-                    let max_age_ms = self.settings.max_age.as_secs_f64() * 1000.0;
-                    let dead: Option<bool> = client
-                        .query_opt(
-                            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $2, \
-                             next_attempt_at = now() + $3::float8 * interval '1 millisecond', \
-                             dead = now() - queued_at > $4::float8 * interval '1 millisecond' \
-                             WHERE delivery_id = $1 RETURNING dead",
-                            &[&delivery.delivery_id, &reason, &wait_ms, &max_age_ms],
-                        )
-                        .await?
-                        .map(|row| row.get(0));
-                    let outcome = if dead == Some(true) { "dead" } else { "failed" };
-                    metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(1);
+                    outcomes.failed.push(delivery.delivery_id);
+                    outcomes.reasons.push(reason);
+                    let wait = settings.backoff(delivery.attempts);
+                    outcomes.waits_ms.push(wait.as_secs_f64() * 1000.0);
                 }
             }
-            Ok::<_, StoreError>(())
-        };
-        match result.await {
-            Ok(()) => true,
-            Err(error) => {
-                // The row stays as it was and is attempted again, after a pause.
-                tracing::warn!(%error, "webhook delivery not recorded");
-                false
-            }
         }
+        outcomes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.delivered.is_empty() && self.failed.is_empty()
+    }
+
+    /// Records them, once written, `dead` of the failed ones now dead letters.
+    fn measure(&self, dead: u64) {
+        for took in &self.durations {
+            metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(*took);
+        }
+        for lag_ms in &self.lags_ms {
+            metrics::histogram!(m::WEBHOOK_LAG).record(*lag_ms as f64 / 1000.0);
+        }
+        let count = |outcome: &'static str, n: u64| {
+            metrics::counter!(m::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(n);
+        };
+        count("delivered", self.delivered.len() as u64);
+        count("failed", self.failed.len() as u64 - dead);
+        count("dead", dead);
     }
 }
