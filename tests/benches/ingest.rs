@@ -149,7 +149,8 @@ fn aligned_sends() -> bool {
 /// points about 100 m apart. With `cross_every` (n), each client steps between its point and
 /// the gap north of it once every n of its reports (`period_us` apart), each at its own moment
 /// of that cycle, so one report in n crosses a zone's edge and the crossings are spread evenly
-/// over time and clients.
+/// over time and clients. `now_us` is the crossing clock: it runs only while clients cross
+/// (see [`Rig::crossed_us`]).
 fn client_point(
     i: usize,
     clients: usize,
@@ -171,7 +172,7 @@ async fn step(
     received: &Arc<AtomicU64>,
     latency: &Arc<Mutex<Histogram<u64>>>,
     epoch: Instant,
-    (rate, cross_every): (u64, u64),
+    (rate, cross_every, clock_from_us): (u64, u64, u64),
 ) -> (Vec<Ws>, Step) {
     let before = received.load(Ordering::SeqCst);
     latency.lock().unwrap().reset();
@@ -194,7 +195,8 @@ async fn step(
             let crossing = (cross_every, period.as_micros() as u64);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let at = client_point(i, clients_n, micros(epoch), crossing);
+                let clock_us = clock_from_us + start.elapsed().as_micros() as u64;
+                let at = client_point(i, clients_n, clock_us, crossing);
                 let text = format!(
                     r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
                     at.lat,
@@ -271,6 +273,11 @@ struct Rig {
     epoch: Instant,
     gateway_pid: u32,
     nats_pid: u32,
+    /// How long clients have crossed zones' edges so far: each crossing step goes on from
+    /// where the one before stopped, so every client's first report of a step is where its
+    /// last one left it (continuing the clock through the pauses between steps would move
+    /// half of them across an edge at once, a burst of events at each step's start).
+    crossed_us: AtomicU64,
 }
 
 /// CPU time per position received during a step, microseconds, by process.
@@ -308,12 +315,18 @@ impl Rig {
     ) -> (Vec<Ws>, Step, Cpu) {
         let pids = [self.gateway_pid, self.nats_pid, std::process::id()];
         let before = pids.map(cpu_seconds);
+        let clock_from_us = match cross_every {
+            0 => 0,
+            _ => self
+                .crossed_us
+                .fetch_add(STEP.as_micros() as u64, Ordering::Relaxed),
+        };
         let (clients, result) = step(
             clients,
             &self.received,
             &self.latency,
             self.epoch,
-            (rate.max(1), cross_every),
+            (rate.max(1), cross_every, clock_from_us),
         )
         .await;
         let after = pids.map(cpu_seconds);
@@ -507,6 +520,7 @@ async fn main() -> anyhow::Result<()> {
         epoch,
         gateway_pid: gateway.id(),
         nats_pid: nats.pid().expect("nats-server runs"),
+        crossed_us: AtomicU64::new(0),
     };
     let listener = async_nats::connect(nats.url()).await?;
     let mut positions = listener.subscribe(format!("{prefix}.loc.>")).await?;
@@ -563,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
     if zones > 0 {
         let half = (climbs[0].lossless * 0.5) as u64;
         let (back, events) =
-            event_latency(&rig, clients, trips.http, (half, cross_every, runs)).await?;
+            event_latency(&rig, &db, clients, trips.http, (half, cross_every, runs)).await?;
         clients = back;
         let with: Vec<f64> = zoned.iter().map(|c| c.lossless).collect();
         let ratios: Vec<f64> = zoned
@@ -622,7 +636,7 @@ async fn main() -> anyhow::Result<()> {
         &Arc::new(AtomicU64::new(u64::MAX / 2)),
         &rig.latency,
         epoch,
-        (half.max(1), 0),
+        (half.max(1), 0, 0),
     )
     .await;
     let bare_cpu_us = (cpu_seconds(bare_ws.id()) - cpu) * 1e6 / bare_step.sent.max(1) as f64;

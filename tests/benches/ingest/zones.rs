@@ -73,6 +73,7 @@ pub(super) async fn gateway_has_zones(http: std::net::SocketAddr, n: usize) {
 /// one report in `cross_every` crossing an edge, `runs` times.
 pub(super) async fn event_latency(
     rig: &Rig,
+    db: &TestDb,
     mut clients: Vec<Ws>,
     trips_http: std::net::SocketAddr,
     (rate, cross_every, runs): (u64, u64, usize),
@@ -98,6 +99,7 @@ pub(super) async fn event_latency(
     for run in 0..=runs {
         settle(&rig.last_arrival_us, rig.epoch).await;
         let before = receiver.accepted().len();
+        let sampling = Queues::sample(db.client().await);
         let (back, result, _) = rig.step_crossing(clients, rate, cross_every).await;
         clients = back;
         lost += result.sent.saturating_sub(result.received);
@@ -112,6 +114,7 @@ pub(super) async fn event_latency(
             async move { quiet.then_some(()) }
         })
         .await;
+        let queues = sampling.stop().await;
         let accepted = receiver.accepted();
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
         for delivered in &accepted[before..] {
@@ -127,6 +130,10 @@ pub(super) async fn event_latency(
             "zone events, run {run} (0 warms up): {events} delivered ({:.0}/s) at {rate} positions/s, send to webhook p50 {p50:.0} ms, p99 {p99:.0} ms, max {} ms",
             events as f64 / STEP.as_secs_f64(),
             histogram.max()
+        );
+        println!(
+            "  largest queues during it: outbox {} rows, webhook deliveries {}",
+            queues.outbox, queues.deliveries
         );
         if run == 0 {
             continue;
@@ -148,4 +155,52 @@ pub(super) async fn event_latency(
         "event_latency_ms": {"p50": spread(&p50s), "p99": spread(&p99s)},
     });
     Ok((clients, json))
+}
+
+/// The largest backlogs of the event path's two queues seen while a run went on.
+#[derive(Debug, Default, Clone, Copy)]
+struct Queues {
+    outbox: i64,
+    deliveries: i64,
+}
+
+struct Sampling {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Queues>,
+}
+
+impl Queues {
+    /// Counts both queues every 100 ms until stopped.
+    fn sample(client: tokio_postgres::Client) -> Sampling {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut largest = Queues::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return largest,
+                    _ = tick.tick() => {}
+                }
+                if let Ok(row) = client
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM outbox), \
+                                (SELECT count(*) FROM webhook_deliveries)",
+                        &[],
+                    )
+                    .await
+                {
+                    largest.outbox = largest.outbox.max(row.get(0));
+                    largest.deliveries = largest.deliveries.max(row.get(1));
+                }
+            }
+        });
+        Sampling { stop, task }
+    }
+}
+
+impl Sampling {
+    async fn stop(self) -> Queues {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
 }
