@@ -282,7 +282,7 @@ impl Delivery {
     async fn work(self, endpoint: Endpoint, stop: CancellationToken) {
         let mut due = self.due.clone();
         let mut in_flight: HashSet<String> = HashSet::new();
-        let mut attempts: JoinSet<(Due, Outcome, Duration)> = JoinSet::new();
+        let mut attempts: JoinSet<(Due, Outcome)> = JoinSet::new();
         // Attempts done whose outcome is not written yet.
         let mut finished = Vec::new();
         let mut nudged = true;
@@ -304,7 +304,7 @@ impl Delivery {
                     }
                     Err(error) => {
                         // The rows stay as they were and are attempted again, after a pause.
-                        tracing::warn!(%error, "webhook deliveries not recorded");
+                        tracing::warn!(%error, "webhook queue not updated or not read");
                         hold_until = tokio::time::Instant::now() + self.settings.poll;
                     }
                 }
@@ -318,7 +318,7 @@ impl Delivery {
                     while let Some(done) = attempts.try_join_next() {
                         finished.extend(done);
                     }
-                    for (delivery, _, _) in &finished {
+                    for (delivery, _) in &finished {
                         in_flight.remove(&delivery.key);
                     }
                 }
@@ -341,7 +341,7 @@ impl Delivery {
     async fn turn(
         &self,
         endpoint: Uuid,
-        finished: Vec<(Due, Outcome, Duration)>,
+        finished: Vec<(Due, Outcome)>,
         in_flight: &HashSet<String>,
         fetch: bool,
     ) -> Result<Vec<Due>, StoreError> {
@@ -412,12 +412,13 @@ impl Delivery {
     }
 
     /// One request: the event signed with the endpoint's secret.
-    async fn attempt(self, endpoint: Endpoint, delivery: Due) -> (Due, Outcome, Duration) {
+    async fn attempt(self, endpoint: Endpoint, delivery: Due) -> (Due, Outcome) {
         let started = std::time::Instant::now();
         // An address in the URL is checked here; a name, by the client's resolver.
         if let Err(refused) = self.destinations.check_form(&endpoint.url) {
             let outcome = Outcome::Failed(refused.to_string());
-            return (delivery, outcome, started.elapsed());
+            metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(started.elapsed());
+            return (delivery, outcome);
         }
         let now_s = protocol::time::now_ms() / 1000;
         let signature = events::sign(endpoint.secret.as_bytes(), now_s, delivery.body.as_bytes());
@@ -442,7 +443,8 @@ impl Delivery {
                 Outcome::Failed("the request failed".into())
             }
         };
-        (delivery, outcome, started.elapsed())
+        metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(started.elapsed());
+        (delivery, outcome)
     }
 }
 
@@ -456,15 +458,13 @@ struct Outcomes {
     reasons: Vec<String>,
     /// The delay before each failed one's next attempt.
     waits_ms: Vec<f64>,
-    durations: Vec<Duration>,
 }
 
 impl Outcomes {
-    fn new(finished: Vec<(Due, Outcome, Duration)>, settings: &DeliverySettings) -> Self {
+    fn new(finished: Vec<(Due, Outcome)>, settings: &DeliverySettings) -> Self {
         let now_ms = protocol::time::now_ms();
         let mut outcomes = Self::default();
-        for (delivery, outcome, took) in finished {
-            outcomes.durations.push(took);
+        for (delivery, outcome) in finished {
             match outcome {
                 Outcome::Delivered => {
                     outcomes.delivered.push(delivery.delivery_id);
@@ -489,9 +489,6 @@ impl Outcomes {
 
     /// Records them, once written, `dead` of the failed ones now dead letters.
     fn measure(&self, dead: u64) {
-        for took in &self.durations {
-            metrics::histogram!(m::WEBHOOK_ATTEMPT_DURATION).record(*took);
-        }
         for lag_ms in &self.lags_ms {
             metrics::histogram!(m::WEBHOOK_LAG).record(*lag_ms as f64 / 1000.0);
         }
