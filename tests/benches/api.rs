@@ -8,7 +8,9 @@
 //!
 //! The trips service runs as its own release process (`TRIPS_BIN`, built by `cargo xtask
 //! bench`), as integrators' servers are elsewhere; it shares the machine's cores with the load,
-//! PostgreSQL and nats-server. Run with `cargo xtask bench api` (or `cargo bench -p tests
+//! PostgreSQL and nats-server. The reads go to a server and database holding only the jobs
+//! read (scheduled for the next day, so none is being searched for); each run's creates go
+//! to a fresh server and database, stopped once counted. Run with `cargo xtask bench api` (or `cargo bench -p tests
 //! --bench api` with `DISPATCH_TEST_DATABASE_URL`, `NATS_SERVER_BIN` and a release
 //! `dispatch-trips`). Writes `target/bench/api.json`.
 
@@ -120,64 +122,115 @@ where
     started.elapsed()
 }
 
+/// A release trips service in a process of its own, stopped when dropped.
+struct Server {
+    process: std::process::Child,
+    base: String,
+}
+
+impl Server {
+    async fn start(db: &TestDb, nats: &NatsServer, prefix: &str) -> Self {
+        let binary = tests::process::trips_binary("api").unwrap();
+        let http: std::net::SocketAddr = format!("127.0.0.1:{}", tests::process::free_port())
+            .parse()
+            .unwrap();
+        let process = std::process::Command::new(&binary)
+            .args(["--http", &http.to_string()])
+            .args(["--pool-size", "32"])
+            .env("DATABASE_URL", &db.url)
+            .env("NATS_URL", nats.url())
+            .env("SUBJECT_PREFIX", prefix)
+            .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET).unwrap())
+            .env("TRIPS_API_KEY_RATE", "1000000")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tests::services::wait_ready(http).await;
+        Self {
+            process,
+            base: format!("http://{http}"),
+        }
+    }
+
+    /// A new API key with `jobs:write`: its token and id.
+    async fn api_key(&self, http: &reqwest::Client) -> (String, String) {
+        let dispatcher = token::mint(
+            TOKEN_SECRET,
+            &Claims {
+                role: Role::Dispatcher,
+                sub: "bench".into(),
+                exp: now_ms() / 1000 + 3600,
+                name: None,
+            },
+        )
+        .unwrap();
+        let created: Value = http
+            .post(format!("{}/v1/api-keys", self.base))
+            .bearer_auth(&dispatcher)
+            .json(&json!({"name": "bench", "scopes": ["jobs:write"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            created["token"].as_str().unwrap().to_owned(),
+            created["key_id"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The count a `SELECT count(*)` query answers.
+async fn count_in(pool: &deadpool_postgres::Pool, query: &str) -> i64 {
+    pool.get()
+        .await
+        .unwrap()
+        .query_one(query, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::main]
 async fn main() {
     let nats = NatsServer::start();
-    let db = TestDb::create().await;
     let prefix = unique_prefix();
-    let mut config = trips_config(&db.url, &nats.url(), &prefix);
-    config.pool.max_size = 32;
-    let binary = tests::process::trips_binary("api").unwrap();
-    let http_port = tests::process::free_port();
-    let mut trips_process = std::process::Command::new(&binary)
-        .args(["--http", &format!("127.0.0.1:{http_port}")])
-        .args(["--pool-size", "32"])
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", nats.url())
-        .env("SUBJECT_PREFIX", &prefix)
-        .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET).unwrap())
-        .env("TRIPS_API_KEY_RATE", "1000000")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let trips_http: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    tests::services::wait_ready(trips_http).await;
-    let base = format!("http://{trips_http}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let dispatcher = token::mint(
-        TOKEN_SECRET,
-        &Claims {
-            role: Role::Dispatcher,
-            sub: "bench".into(),
-            exp: now_ms() / 1000 + 3600,
-            name: None,
-        },
-    )
-    .unwrap();
-    let created: Value = http
-        .post(format!("{base}/v1/api-keys"))
-        .bearer_auth(&dispatcher)
-        .json(&json!({"name": "bench", "scopes": ["jobs:write"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = Arc::new(created["token"].as_str().unwrap().to_owned());
-    let key_id = created["key_id"].as_str().unwrap().to_owned();
 
-    // Jobs to read.
+    // The reads: a server and database of their own, holding jobs scheduled for tomorrow, so
+    // nothing else runs on them while they are read (an immediate job that no matcher answers
+    // is re-published by the sweeper every few seconds until it expires).
+    let read_db = TestDb::create().await;
+    let config = {
+        let mut config = trips_config(&read_db.url, &nats.url(), &prefix);
+        config.pool.max_size = 32;
+        config
+    };
+    let reader = Server::start(&read_db, &nats, &prefix).await;
+    let base = reader.base.clone();
+    let (key, _) = reader.api_key(&http).await;
+    let key = Arc::new(key);
+    let tomorrow = now_ms() + 24 * 3600 * 1000;
     let mut ids = Vec::with_capacity(SEEDED);
     for n in 0..SEEDED {
+        let mut body = job(n);
+        body["pickup_at"] = json!(tomorrow);
         let answer: Value = http
             .post(format!("{base}/v1/jobs"))
             .bearer_auth(key.as_str())
-            .json(&job(n))
+            .json(&body)
             .send()
             .await
             .unwrap()
@@ -187,14 +240,10 @@ async fn main() {
         ids.push(answer["trip_id"].as_str().unwrap().parse::<Uuid>().unwrap());
     }
     let ids = Arc::new(ids);
-    let pool = trips::db::pool(&db.url, &config.pool).unwrap();
-    let store = trips::Store::new(
-        pool.clone(),
-        config.geo,
-        Subjects::new(&prefix).unwrap(),
-        config.store.clone(),
-    );
+    let pool = trips::db::pool(&read_db.url, &config.pool).unwrap();
     let columns = Arc::new(trips::v1::jobs::columns());
+    const SEARCHING: &str = "SELECT count(*) FROM trips WHERE state = 'requested' \
+                             AND dispatch_attempts > 0 AND search_deadline > now()";
 
     let mut runs = Vec::new();
     for run in 0..RUNS {
@@ -240,13 +289,21 @@ async fn main() {
             }
         })
         .await;
+        let searching_during_reads = count_in(&pool, SEARCHING).await;
 
-        // Creates through the API, each with its own idempotency key; every answer a 201.
+        // The creates: a fresh database and server per run, so that no run's reads or creates
+        // share the machine with an earlier run's 20,000 searching requests, and no run
+        // starts on a bigger table than the one before. Each create has its own idempotency
+        // key; every answer must be a 201.
+        let write_db = TestDb::create().await;
+        let writer = Server::start(&write_db, &nats, &prefix).await;
+        let (write_key, key_id) = writer.api_key(&http).await;
+        let write_key = Arc::new(write_key);
         let accepted = Arc::new(AtomicUsize::new(0));
         let elapsed = closed_loop(CREATES, |i| {
             let request = http
-                .post(format!("{base}/v1/jobs"))
-                .bearer_auth(key.as_str())
+                .post(format!("{}/v1/jobs", writer.base))
+                .bearer_auth(write_key.as_str())
                 .header("Idempotency-Key", format!("run{run}-{i}"))
                 .json(&job(i));
             let accepted = accepted.clone();
@@ -260,21 +317,23 @@ async fn main() {
         })
         .await;
         let api_rate = CREATES as f64 / elapsed.as_secs_f64();
-        let client = pool.get().await.unwrap();
-        let stored: i64 = client
-            .query_one(
-                "SELECT count(*) FROM trips WHERE created_by = $1 AND idempotency_key LIKE $2",
-                &[
-                    &format!("key:{key_id}"),
-                    &format!("key:{key_id}/run{run}-%"),
-                ],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        drop(client);
+        // Stopped before the store's turn, so its sweeper does not re-publish the jobs above
+        // while the store creates.
+        drop(writer);
+        let write_pool = trips::db::pool(&write_db.url, &config.pool).unwrap();
+        let stored = count_in(
+            &write_pool,
+            &format!("SELECT count(*) FROM trips WHERE created_by = 'key:{key_id}'"),
+        )
+        .await;
 
         // The same creates straight into the store.
+        let store = trips::Store::new(
+            write_pool.clone(),
+            config.geo,
+            Subjects::new(&prefix).unwrap(),
+            config.store.clone(),
+        );
         let store_ok = Arc::new(AtomicUsize::new(0));
         let store_elapsed = closed_loop(CREATES, |i| {
             let store = store.clone();
@@ -305,6 +364,9 @@ async fn main() {
         })
         .await;
         let store_rate = CREATES as f64 / store_elapsed.as_secs_f64();
+        drop(store);
+        write_pool.close();
+        drop(write_db);
         let result = json!({
             "get_job": summary(&get),
             "get_job_failed": get_failed,
@@ -312,6 +374,7 @@ async fn main() {
             "healthz_failed": health_failed,
             "sql_read": summary(&sql),
             "sql_read_failed": sql_failed,
+            "searching_during_reads": searching_during_reads,
             "creates_per_sec": api_rate,
             "creates_accepted": accepted.load(Ordering::Relaxed),
             "creates_stored": stored,
@@ -321,7 +384,7 @@ async fn main() {
         });
         println!(
             "  GET /v1/jobs/{{id}} at {RATE}/s: p50 {:.2} ms, p99 {:.2} ms ({} failed); /healthz p99 {:.2} ms; \
-             the row from the pool p99 {:.2} ms",
+             the row from the pool p99 {:.2} ms; requests searching meanwhile: {searching_during_reads}",
             result["get_job"]["p50_ms"].as_f64().unwrap(),
             result["get_job"]["p99_ms"].as_f64().unwrap(),
             get_failed,
@@ -361,6 +424,5 @@ async fn main() {
     )
     .unwrap();
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
-    let _ = trips_process.kill();
-    let _ = trips_process.wait();
+    drop(reader);
 }
