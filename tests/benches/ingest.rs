@@ -53,6 +53,8 @@ use trips::webhooks::policy::Destinations;
 use zones::{clear_zones, event_latency, gateway_has_zones, put_zones};
 
 // Beside the benchmark rather than in `benches/`, where cargo would take it for one.
+#[path = "ingest/losses.rs"]
+mod losses;
 #[path = "ingest/zones.rs"]
 mod zones;
 
@@ -137,6 +139,8 @@ struct Step {
     sent: u64,
     received: u64,
     latency: Histogram<u64>,
+    /// The gateway's position counters that moved during the step (see [`losses`]).
+    gateway_moved: Vec<(String, f64)>,
 }
 
 /// Whether every client sends in the same millisecond (`BENCH_INGEST_SENDS=aligned`).
@@ -229,6 +233,7 @@ async fn step(
         sent,
         received: received.load(Ordering::SeqCst) - before,
         latency: latency.lock().unwrap().clone(),
+        gateway_moved: Vec::new(),
     };
     (clients, step)
 }
@@ -278,6 +283,10 @@ struct Rig {
     /// last one left it (continuing the clock through the pauses between steps would move
     /// half of them across an edge at once, a burst of events at each step's start).
     crossed_us: AtomicU64,
+    /// The gateway's metrics endpoint.
+    gateway_http: std::net::SocketAddr,
+    /// Slow-consumer events of the subscriber that counts arrivals, so far.
+    slow_consumer: Arc<AtomicU64>,
 }
 
 /// CPU time per position received during a step, microseconds, by process.
@@ -314,6 +323,7 @@ impl Rig {
         cross_every: u64,
     ) -> (Vec<Ws>, Step, Cpu) {
         let pids = [self.gateway_pid, self.nats_pid, std::process::id()];
+        let counted = losses::Counts::read(self.gateway_http).await;
         let before = pids.map(cpu_seconds);
         let clock_from_us = match cross_every {
             0 => 0,
@@ -321,7 +331,7 @@ impl Rig {
                 .crossed_us
                 .fetch_add(STEP.as_micros() as u64, Ordering::Relaxed),
         };
-        let (clients, result) = step(
+        let (clients, mut result) = step(
             clients,
             &self.received,
             &self.latency,
@@ -330,6 +340,9 @@ impl Rig {
         )
         .await;
         let after = pids.map(cpu_seconds);
+        result.gateway_moved = losses::Counts::read(self.gateway_http)
+            .await
+            .since(&counted);
         let per = |i: usize| (after[i] - before[i]) * 1e6 / result.received.max(1) as f64;
         let cpu = Cpu {
             gateway: per(0),
@@ -380,8 +393,17 @@ impl Rig {
                 "latency_ms": quantiles_ms(&result.latency),
                 "gateway_cpu_us_per_position": cpu.gateway,
                 "cpu_us_per_position": cpu.json(),
+                "gateway_counted": result.gateway_moved.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             }));
             if lost > 0 {
+                println!(
+                    "{}",
+                    losses::report(
+                        lost,
+                        &result.gateway_moved,
+                        self.slow_consumer.load(Ordering::Relaxed)
+                    )
+                );
                 break;
             }
             if p99 <= 10.0 {
@@ -510,6 +532,7 @@ async fn main() -> anyhow::Result<()> {
     wait_ready(format!("127.0.0.1:{http_port}").parse()?).await;
 
     // What the matchers receive, timed on the benchmark's clock.
+    let (slow_consumer, listener_options) = losses::slow_consumer_counter();
     let epoch = Instant::now();
     let rig = Rig {
         received: Arc::new(AtomicU64::new(0)),
@@ -521,8 +544,10 @@ async fn main() -> anyhow::Result<()> {
         gateway_pid: gateway.id(),
         nats_pid: nats.pid().expect("nats-server runs"),
         crossed_us: AtomicU64::new(0),
+        gateway_http: format!("127.0.0.1:{http_port}").parse()?,
+        slow_consumer,
     };
-    let listener = async_nats::connect(nats.url()).await?;
+    let listener = listener_options.connect(nats.url()).await?;
     let mut positions = listener.subscribe(format!("{prefix}.loc.>")).await?;
     listener.flush().await?;
     {
