@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use geo::{Contains, Polygon, Validation};
+use geo::{BoundingRect, Contains, Polygon, Validation};
 use h3o::geom::{ContainmentMode, TilerBuilder};
 use h3o::{CellIndex, LatLng, Resolution};
 use schemars::JsonSchema;
@@ -163,6 +163,37 @@ struct Cover {
     zone: u32,
     /// The cell lies wholly inside the zone.
     inside: bool,
+    /// The zone's bounding box, kept beside it in the cell's list: a point outside it needs
+    /// neither the exact test nor a read of the zone's polygons, which lie elsewhere in memory.
+    bounds: Bounds,
+}
+
+/// A bounding box in degrees, edges included.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: geo::Coord,
+    max: geo::Coord,
+}
+
+impl Bounds {
+    /// The box around every polygon (none for no polygon: it holds nothing).
+    fn around(polygons: &[Polygon]) -> Option<Self> {
+        polygons
+            .iter()
+            .filter_map(|p| p.bounding_rect())
+            .map(|r| Self {
+                min: r.min(),
+                max: r.max(),
+            })
+            .reduce(|a, b| Self {
+                min: geo::coord! { x: a.min.x.min(b.min.x), y: a.min.y.min(b.min.y) },
+                max: geo::coord! { x: a.max.x.max(b.max.x), y: a.max.y.max(b.max.y) },
+            })
+    }
+
+    fn holds(&self, at: geo::Coord) -> bool {
+        (self.min.x..=self.max.x).contains(&at.x) && (self.min.y..=self.max.y).contains(&at.y)
+    }
 }
 
 /// Zones indexed for the question "which zones hold this point".
@@ -187,6 +218,10 @@ impl ZoneIndex {
                 }
             };
             let n = index.zones.len() as u32;
+            let Some(bounds) = Bounds::around(&polygons) else {
+                refused.push((zone.zone_id, ZoneError::Geometry("no polygon".into())));
+                continue;
+            };
             let cover = |mode| {
                 let mut tiler = TilerBuilder::new(INDEX_RESOLUTION)
                     .containment_mode(mode)
@@ -205,6 +240,7 @@ impl ZoneIndex {
                 index.cells.entry(cell).or_default().push(Cover {
                     zone: n,
                     inside: inside.contains(&cell),
+                    bounds,
                 });
             }
             index.zones.push((zone, polygons));
@@ -230,10 +266,15 @@ impl ZoneIndex {
         let covers = cell
             .and_then(|cell| self.cells.get(&cell))
             .map_or(&[][..], Vec::as_slice);
-        let at = geo::Point::new(point.lng, point.lat);
+        let at = geo::coord! { x: point.lng, y: point.lat };
         covers.iter().filter_map(move |cover| {
-            let (zone, polygons) = &self.zones[cover.zone as usize];
-            (cover.inside || polygons.iter().any(|p| p.contains(&at))).then_some(zone)
+            let holds = cover.inside
+                || (cover.bounds.holds(at)
+                    && self.zones[cover.zone as usize]
+                        .1
+                        .iter()
+                        .any(|p| p.contains(&at)));
+            holds.then(|| &self.zones[cover.zone as usize].0)
         })
     }
 
@@ -350,6 +391,32 @@ mod tests {
         assert!(inside(52.52, 13.397_999));
         assert!(!inside(52.52, 13.398_001));
         assert!(index.has(ZoneKind::NoPickup) && !index.has(ZoneKind::ServiceArea));
+    }
+
+    #[test]
+    fn a_point_between_the_parts_of_a_multipolygon_is_in_neither() {
+        // Two squares 0.01° a side, 0.02° apart: their common bounding box holds the gap.
+        let square = |w: f64| {
+            json!([[
+                [w, 52.51],
+                [w + 0.01, 52.51],
+                [w + 0.01, 52.52],
+                [w, 52.52],
+                [w, 52.51]
+            ]])
+        };
+        let (index, refused) = ZoneIndex::build(
+            vec![zone(
+                json!({"type": "MultiPolygon", "coordinates": [square(13.38), square(13.41)]}),
+            )],
+            100,
+        );
+        assert!(refused.is_empty());
+        let inside = |lat, lng| index.containing(Point::new(lat, lng)).count() == 1;
+        assert!(inside(52.515, 13.385));
+        assert!(inside(52.515, 13.415));
+        assert!(!inside(52.515, 13.40));
+        assert!(!inside(52.525, 13.385));
     }
 
     #[test]

@@ -97,6 +97,14 @@ impl DriverZones {
         self.last_seen = Some(now);
         self.last = Some((at, ts));
         let counts = |zone: &Zone| online || zone.kind != ZoneKind::Queue;
+        // Most positions leave a driver in the zones it was in: then only dwells can be due.
+        let unchanged = self.inside.len() == containing.len()
+            && containing
+                .iter()
+                .all(|zone| counts(zone) && self.inside.contains_key(&zone.zone_id));
+        if unchanged {
+            return self.dwells(now, dwell);
+        }
         let mut out = Vec::new();
         self.inside.retain(|zone_id, stay| {
             let holds = containing.iter().find(|zone| zone.zone_id == *zone_id);
@@ -250,20 +258,25 @@ impl Tracking {
             }
             let now = Instant::now();
             let dwell = self.settings.dwell;
-            let transitions = match known {
-                Some(zones) => zones.observe(index, &containing, online, (at, ts), now, dwell),
+            match known {
+                Some(zones) => {
+                    let transitions =
+                        zones.observe(index, &containing, online, (at, ts), now, dwell);
+                    if zones.is_empty() {
+                        drivers.remove(driver);
+                    }
+                    transitions
+                }
                 None => {
                     let mut zones = DriverZones::default();
                     let transitions =
                         zones.observe(index, &containing, online, (at, ts), now, dwell);
-                    drivers.insert(driver.to_owned(), zones);
+                    if !zones.is_empty() {
+                        drivers.insert(driver.to_owned(), zones);
+                    }
                     transitions
                 }
-            };
-            if drivers.get(driver).is_some_and(DriverZones::is_empty) {
-                drivers.remove(driver);
             }
-            transitions
         };
         for transition in transitions {
             self.send(driver, transition, ts, Some(at));
