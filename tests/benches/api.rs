@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use protocol::client::Role;
 use protocol::time::now_ms;
-use protocol::token::{self, Claims};
 use protocol::{Point, Subjects};
 use serde_json::{Value, json};
 use tests::services::{TOKEN_SECRET, trips_config};
@@ -155,16 +154,7 @@ impl Server {
 
     /// A new API key with `jobs:write`: its token and id.
     async fn api_key(&self, http: &reqwest::Client) -> (String, String) {
-        let dispatcher = token::mint(
-            TOKEN_SECRET,
-            &Claims {
-                role: Role::Dispatcher,
-                sub: "bench".into(),
-                exp: now_ms() / 1000 + 3600,
-                name: None,
-            },
-        )
-        .unwrap();
+        let dispatcher = tests::client::token(Role::Dispatcher, "bench");
         let created: Value = http
             .post(format!("{}/v1/api-keys", self.base))
             .bearer_auth(&dispatcher)
