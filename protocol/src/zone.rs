@@ -160,7 +160,10 @@ pub const INDEX_RESOLUTION: Resolution = Resolution::Nine;
 /// One zone's place in a covering cell.
 #[derive(Debug, Clone, Copy)]
 struct Cover {
+    /// The zone's place in [`ZoneIndex::zones`].
     zone: u32,
+    /// Its polygons' places in [`ZoneIndex::polygons`].
+    polygons: (u32, u32),
     /// The cell lies wholly inside the zone.
     inside: bool,
     /// The zone's bounding box, kept beside it in the cell's list: a point outside it needs
@@ -191,24 +194,56 @@ impl Bounds {
             })
     }
 
+    #[inline]
     fn holds(&self, at: geo::Coord) -> bool {
         (self.min.x..=self.max.x).contains(&at.x) && (self.min.y..=self.max.y).contains(&at.y)
     }
 }
 
 /// Zones indexed for the question "which zones hold this point".
-#[derive(Debug, Default)]
+///
+/// What that question reads is laid out for few cache misses, since a gateway asks it for
+/// every position among everything else it does: a cell's covers lie side by side in one
+/// array, each with its zone's bounding box; every zone's polygons lie in one array too, so
+/// the exact test reads a polygon and its ring. The zones themselves (names, metadata) are
+/// read only for the answer, and [`Self::holding_in`] answers with places in the index
+/// ([`Self::zone`]) so that a caller comparing with the answer before can skip them.
+#[derive(Debug)]
 pub struct ZoneIndex {
-    zones: Vec<(Zone, Vec<Polygon>)>,
-    cells: HashMap<CellIndex, Vec<Cover>>,
+    /// Tells this index apart from every other built in this process: places in one mean
+    /// nothing in another.
+    id: u64,
+    zones: Vec<Zone>,
+    polygons: Vec<Polygon>,
+    covers: Vec<Cover>,
+    /// Each covering cell's covers in [`Self::covers`].
+    cells: HashMap<CellIndex, (u32, u32)>,
+}
+
+impl Default for ZoneIndex {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ZoneIndex {
+    fn new() -> Self {
+        static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            id: BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            zones: Vec::new(),
+            polygons: Vec::new(),
+            covers: Vec::new(),
+            cells: HashMap::new(),
+        }
+    }
+
     /// Indexes `zones`; one whose geometry does not pass (stored before a stricter check) is
     /// left out and returned by id with the reason.
     pub fn build(zones: Vec<Zone>, max_vertices: usize) -> (Self, Vec<(Uuid, ZoneError)>) {
-        let mut index = Self::default();
+        let mut index = Self::new();
         let mut refused = Vec::new();
+        let mut cells: HashMap<CellIndex, Vec<Cover>> = HashMap::new();
         for zone in zones {
             let polygons = match shape(&zone.geometry, max_vertices) {
                 Ok(polygons) => polygons,
@@ -217,7 +252,6 @@ impl ZoneIndex {
                     continue;
                 }
             };
-            let n = index.zones.len() as u32;
             let Some(bounds) = Bounds::around(&polygons) else {
                 refused.push((zone.zone_id, ZoneError::Geometry("no polygon".into())));
                 continue;
@@ -236,24 +270,32 @@ impl ZoneIndex {
                 cover(ContainmentMode::ContainsBoundary)
                     .into_iter()
                     .collect();
+            let n = index.zones.len() as u32;
+            let first = index.polygons.len() as u32;
+            let placed = (first, first + polygons.len() as u32);
             for cell in cover(ContainmentMode::Covers) {
-                index.cells.entry(cell).or_default().push(Cover {
+                cells.entry(cell).or_default().push(Cover {
                     zone: n,
+                    polygons: placed,
                     inside: inside.contains(&cell),
                     bounds,
                 });
             }
-            index.zones.push((zone, polygons));
+            index.polygons.extend(polygons);
+            index.zones.push(zone);
+        }
+        index.cells.reserve(cells.len());
+        for (cell, covers) in cells {
+            let from = index.covers.len() as u32;
+            index.covers.extend(covers);
+            index.cells.insert(cell, (from, index.covers.len() as u32));
         }
         (index, refused)
     }
 
     /// The zones that hold `point`.
     pub fn containing(&self, point: Point) -> impl Iterator<Item = &Zone> {
-        let cell = LatLng::new(point.lat, point.lng)
-            .ok()
-            .map(|ll| ll.to_cell(INDEX_RESOLUTION));
-        self.containing_in(cell, point)
+        self.holding(point).map(|n| &self.zones[n])
     }
 
     /// The zones that hold `point`, whose cell at [`INDEX_RESOLUTION`] the caller has already
@@ -263,34 +305,64 @@ impl ZoneIndex {
         cell: Option<CellIndex>,
         point: Point,
     ) -> impl Iterator<Item = &Zone> {
+        self.holding_in(cell, point).map(|n| &self.zones[n])
+    }
+
+    /// The places ([`Self::zone`]) of the zones that hold `point`.
+    pub fn holding(&self, point: Point) -> impl Iterator<Item = usize> {
+        let cell = LatLng::new(point.lat, point.lng)
+            .ok()
+            .map(|ll| ll.to_cell(INDEX_RESOLUTION));
+        self.holding_in(cell, point)
+    }
+
+    /// The places ([`Self::zone`]) of the zones that hold `point`, whose cell at
+    /// [`INDEX_RESOLUTION`] the caller has already computed.
+    pub fn holding_in(
+        &self,
+        cell: Option<CellIndex>,
+        point: Point,
+    ) -> impl Iterator<Item = usize> {
         let covers = cell
             .and_then(|cell| self.cells.get(&cell))
-            .map_or(&[][..], Vec::as_slice);
+            .map_or(&[][..], |&(from, to)| {
+                &self.covers[from as usize..to as usize]
+            });
         let at = geo::coord! { x: point.lng, y: point.lat };
         covers.iter().filter_map(move |cover| {
             let holds = cover.inside
                 || (cover.bounds.holds(at)
-                    && self.zones[cover.zone as usize]
-                        .1
+                    && self.polygons[cover.polygons.0 as usize..cover.polygons.1 as usize]
                         .iter()
                         .any(|p| p.contains(&at)));
-            holds.then(|| &self.zones[cover.zone as usize].0)
+            holds.then_some(cover.zone as usize)
         })
+    }
+
+    /// The zone at `place`, from [`Self::holding_in`].
+    pub fn zone(&self, place: usize) -> &Zone {
+        &self.zones[place]
+    }
+
+    /// What tells this index apart from every other built in this process: places
+    /// ([`Self::holding_in`]) taken from an index with another id mean nothing in this one.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Every zone indexed, in the order given to [`Self::build`].
     pub fn zones(&self) -> impl Iterator<Item = &Zone> {
-        self.zones.iter().map(|(zone, _)| zone)
+        self.zones.iter()
     }
 
     /// Whether a zone with this id is indexed.
     pub fn holds(&self, zone_id: Uuid) -> bool {
-        self.zones.iter().any(|(zone, _)| zone.zone_id == zone_id)
+        self.zones.iter().any(|zone| zone.zone_id == zone_id)
     }
 
     /// Whether any zone is of `kind`.
     pub fn has(&self, kind: ZoneKind) -> bool {
-        self.zones.iter().any(|(zone, _)| zone.kind == kind)
+        self.zones.iter().any(|zone| zone.kind == kind)
     }
 
     pub fn len(&self) -> usize {

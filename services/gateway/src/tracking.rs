@@ -14,6 +14,7 @@
 //! [`TrackingSettings::reload_every`] and the zones are fetched again when it moved.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,9 @@ impl Default for TrackingSettings {
 /// What is known of one zone a driver is in.
 #[derive(Debug, Clone)]
 struct Stay {
+    zone_id: Uuid,
+    /// The zone's place in the index [`DriverZones::places_in`].
+    place: usize,
     name: String,
     kind: ZoneKind,
     since: Instant,
@@ -66,10 +70,20 @@ struct Stay {
 /// One driver's zones.
 #[derive(Debug, Default)]
 pub struct DriverZones {
-    inside: HashMap<Uuid, Stay>,
+    /// A driver is in few zones at once: a list is searched faster than a map.
+    inside: Vec<Stay>,
+    /// The [`ZoneIndex::id`] of the index the stays' places are in.
+    places_in: Option<u64>,
+    /// The places of the zones that hold the latest position, kept to spare an allocation
+    /// per position.
+    holding: Vec<usize>,
     last_seen: Option<Instant>,
     /// Where and when (the driver's clock) it last reported.
     last: Option<(Point, UnixMillis)>,
+    /// Swept out of the tracker as stale: its session attaches afresh.
+    detached: bool,
+    /// The zones its last position was taken against, kept until others are in force.
+    index: Option<Arc<ZoneIndex>>,
 }
 
 /// A transition of one driver in one zone, before it is addressed.
@@ -82,63 +96,85 @@ pub struct Transition {
 }
 
 impl DriverZones {
-    /// Takes a position at `at` (the driver's clock `ts`, received at `now`) inside the zones
-    /// `containing` (of `index`): the exits, then the enters, then the dwells it brings. A
-    /// driver that is not `online` is in no queue zone.
+    /// Takes a position at `at` (in the index cell `cell`; the driver's clock `ts`, received
+    /// at `now`) against the zones of `index`: the exits, then the enters, then the dwells it
+    /// brings. A driver that is not `online` is in no queue zone.
     pub fn observe(
         &mut self,
         index: &ZoneIndex,
-        containing: &[&Zone],
+        (at, cell, ts): (Point, Option<CellIndex>, UnixMillis),
         online: bool,
-        (at, ts): (Point, UnixMillis),
         now: Instant,
         dwell: Duration,
     ) -> Vec<Transition> {
         self.last_seen = Some(now);
         self.last = Some((at, ts));
-        let counts = |zone: &Zone| online || zone.kind != ZoneKind::Queue;
+        let mut holding = std::mem::take(&mut self.holding);
+        holding.clear();
+        if !index.is_empty() {
+            holding.extend(index.holding_in(cell, at));
+        }
+        let out = self.now_in(index, &holding, online, now, dwell);
+        self.holding = holding;
+        out
+    }
+
+    /// The transitions of being in the zones at `holding` (places in `index`).
+    fn now_in(
+        &mut self,
+        index: &ZoneIndex,
+        holding: &[usize],
+        online: bool,
+        now: Instant,
+        dwell: Duration,
+    ) -> Vec<Transition> {
+        let counts = |kind: ZoneKind| online || kind != ZoneKind::Queue;
         // Most positions leave a driver in the zones it was in: then only dwells can be due.
-        let unchanged = self.inside.len() == containing.len()
-            && containing
-                .iter()
-                .all(|zone| counts(zone) && self.inside.contains_key(&zone.zone_id));
+        // Within one index, places are zones, so this needs no read of the zones themselves.
+        let unchanged = self.places_in == Some(index.id())
+            && self.inside.len() == holding.len()
+            && holding.iter().all(|&place| {
+                self.inside
+                    .iter()
+                    .any(|stay| stay.place == place && counts(stay.kind))
+            });
         if unchanged {
             return self.dwells(now, dwell);
         }
+        self.places_in = Some(index.id());
+        let zones: Vec<(usize, &Zone)> = holding.iter().map(|&p| (p, index.zone(p))).collect();
         let mut out = Vec::new();
-        self.inside.retain(|zone_id, stay| {
-            let holds = containing.iter().find(|zone| zone.zone_id == *zone_id);
-            if holds.is_some_and(|zone| counts(zone)) {
-                return true;
-            }
-            let reason = if holds.is_some() {
-                ExitReason::Offline
-            } else if index.holds(*zone_id) {
-                ExitReason::Left
-            } else {
-                ExitReason::ZoneDeleted
+        self.inside.retain_mut(|stay| {
+            let holds = zones.iter().find(|(_, zone)| zone.zone_id == stay.zone_id);
+            let reason = match holds {
+                Some(&(place, zone)) if counts(zone.kind) => {
+                    stay.place = place;
+                    return true;
+                }
+                Some(_) => ExitReason::Offline,
+                None if index.holds(stay.zone_id) => ExitReason::Left,
+                None => ExitReason::ZoneDeleted,
             };
             out.push(Transition {
                 transition: ZoneTransition::Exit(reason),
-                zone_id: *zone_id,
+                zone_id: stay.zone_id,
                 name: stay.name.clone(),
                 kind: stay.kind,
             });
             false
         });
-        for zone in containing {
-            if self.inside.contains_key(&zone.zone_id) || !counts(zone) {
+        for (place, zone) in zones {
+            if !counts(zone.kind) || self.inside.iter().any(|s| s.zone_id == zone.zone_id) {
                 continue;
             }
-            self.inside.insert(
-                zone.zone_id,
-                Stay {
-                    name: zone.name.clone(),
-                    kind: zone.kind,
-                    since: now,
-                    dwelt: false,
-                },
-            );
+            self.inside.push(Stay {
+                zone_id: zone.zone_id,
+                place,
+                name: zone.name.clone(),
+                kind: zone.kind,
+                since: now,
+                dwelt: false,
+            });
             out.push(Transition {
                 transition: ZoneTransition::Enter,
                 zone_id: zone.zone_id,
@@ -153,12 +189,12 @@ impl DriverZones {
     /// The dwells due at `now`.
     pub fn dwells(&mut self, now: Instant, dwell: Duration) -> Vec<Transition> {
         let mut out = Vec::new();
-        for (zone_id, stay) in &mut self.inside {
+        for stay in &mut self.inside {
             if !stay.dwelt && now.duration_since(stay.since) >= dwell {
                 stay.dwelt = true;
                 out.push(Transition {
                     transition: ZoneTransition::Dwell,
-                    zone_id: *zone_id,
+                    zone_id: stay.zone_id,
                     name: stay.name.clone(),
                     kind: stay.kind,
                 });
@@ -170,10 +206,10 @@ impl DriverZones {
     /// Leaves every zone, for `reason`.
     pub fn leave_all(&mut self, reason: ExitReason) -> Vec<Transition> {
         self.inside
-            .drain()
-            .map(|(zone_id, stay)| Transition {
+            .drain(..)
+            .map(|stay| Transition {
                 transition: ZoneTransition::Exit(reason),
-                zone_id,
+                zone_id: stay.zone_id,
                 name: stay.name,
                 kind: stay.kind,
             })
@@ -196,12 +232,21 @@ impl DriverZones {
 pub struct Tracking {
     settings: TrackingSettings,
     zones: RwLock<(i64, Arc<ZoneIndex>)>,
-    /// Drivers inside any zone, in shards so that sessions on different threads seldom wait
-    /// for each other.
-    drivers: Vec<Mutex<HashMap<String, DriverZones>>>,
+    /// The [`ZoneIndex::id`] of the zones in force: what a session checks its driver's copy
+    /// of them against, with a read that (unlike taking the lock) writes nothing that the
+    /// other threads' sessions read too.
+    in_force: AtomicU64,
+    /// Every driver that reported here in the last [`TrackingSettings::stale_after`], for the
+    /// sweep: in shards so that sessions attaching on different threads seldom wait for each
+    /// other. A session keeps its driver's entry ([`Tracked`]) and updates it directly.
+    drivers: Vec<Mutex<HashMap<String, Tracked>>>,
     shards_hasher: std::collections::hash_map::RandomState,
     events: mpsc::Sender<ZoneEvent>,
 }
+
+/// A driver's zones, shared by its session, which updates them with every position, and the
+/// tracker's sweep.
+pub type Tracked = Arc<Mutex<DriverZones>>;
 
 /// Shards of [`Tracking`]'s map of drivers.
 const SHARDS: usize = 16;
@@ -210,9 +255,11 @@ impl Tracking {
     /// The tracker, and the receiving end of its events for [`record`].
     pub fn new(settings: TrackingSettings) -> (Self, mpsc::Receiver<ZoneEvent>) {
         let (events, receiver) = mpsc::channel(settings.queue.max(1));
+        let index = Arc::new(ZoneIndex::default());
         let tracking = Self {
             settings,
-            zones: RwLock::new((-1, Arc::default())),
+            in_force: AtomicU64::new(index.id()),
+            zones: RwLock::new((-1, index)),
             drivers: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shards_hasher: Default::default(),
             events,
@@ -235,56 +282,48 @@ impl Tracking {
 
     /// Takes `driver`'s accepted position, `at` in the index cell `cell` (from the gateway's
     /// own location of it); a driver that is not `online` leaves its queue zones and enters
-    /// none.
+    /// none. `held` is the session's hold on the driver's zones: taken at its first position
+    /// here, and again after the sweep dropped it as stale.
     pub fn observe(
         &self,
+        held: &mut Option<Tracked>,
         driver: &str,
         (at, cell): (Point, CellIndex),
         ts: UnixMillis,
         online: bool,
     ) {
-        let transitions = {
-            let zones = self.zones.read().expect("zones lock");
-            let index = &zones.1;
-            let containing: Vec<&Zone> = if index.is_empty() {
-                Vec::new()
-            } else {
-                index.containing_in(Some(cell), at).collect()
+        let in_force = self.in_force.load(Ordering::Acquire);
+        let transitions = loop {
+            let tracked = held.get_or_insert_with(|| self.attach(driver));
+            let mut state = tracked.lock().expect("tracking lock");
+            if state.detached {
+                drop(state);
+                *held = None;
+                continue;
+            }
+            let index = match state.index.take() {
+                Some(index) if index.id() == in_force => index,
+                _ => self.index(),
             };
-            let mut drivers = self.shard(driver).lock().expect("tracking lock");
-            let known = drivers.get_mut(driver);
-            if containing.is_empty() && known.is_none() {
-                return;
-            }
+            let position = (at, Some(cell), ts);
             let now = Instant::now();
-            let dwell = self.settings.dwell;
-            match known {
-                Some(zones) => {
-                    let transitions =
-                        zones.observe(index, &containing, online, (at, ts), now, dwell);
-                    if zones.is_empty() {
-                        drivers.remove(driver);
-                    }
-                    transitions
-                }
-                None => {
-                    let mut zones = DriverZones::default();
-                    let transitions =
-                        zones.observe(index, &containing, online, (at, ts), now, dwell);
-                    if !zones.is_empty() {
-                        drivers.insert(driver.to_owned(), zones);
-                    }
-                    transitions
-                }
-            }
+            let transitions = state.observe(&index, position, online, now, self.settings.dwell);
+            state.index = Some(index);
+            break transitions;
         };
         for transition in transitions {
             self.send(driver, transition, ts, Some(at));
         }
     }
 
+    /// `driver`'s zones, in the tracker's map from now until the sweep finds it stale.
+    fn attach(&self, driver: &str) -> Tracked {
+        let mut drivers = self.shard(driver).lock().expect("tracking lock");
+        drivers.entry(driver.to_owned()).or_default().clone()
+    }
+
     /// The part of the drivers' map `driver` is in.
-    fn shard(&self, driver: &str) -> &Mutex<HashMap<String, DriverZones>> {
+    fn shard(&self, driver: &str) -> &Mutex<HashMap<String, Tracked>> {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = self.shards_hasher.build_hasher();
         hasher.write(driver.as_bytes());
@@ -298,12 +337,14 @@ impl Tracking {
         let mut out = Vec::new();
         for shard in &self.drivers {
             let mut drivers = shard.lock().expect("tracking lock");
-            drivers.retain(|driver, zones| {
+            drivers.retain(|driver, tracked| {
+                let mut zones = tracked.lock().expect("tracking lock");
                 let (at, ts) = zones
                     .last
                     .map_or((None, protocol::time::now_ms()), |(at, ts)| (Some(at), ts));
                 if zones.is_stale(now, self.settings.stale_after) {
-                    if !elsewhere(driver) {
+                    zones.detached = true;
+                    if !zones.is_empty() && !elsewhere(driver) {
                         for transition in zones.leave_all(ExitReason::Stale) {
                             out.push((driver.clone(), transition, protocol::time::now_ms(), at));
                         }
@@ -354,6 +395,7 @@ impl Tracking {
         let mut zones = self.zones.write().expect("zones lock");
         if generation > zones.0 {
             metrics::gauge!(m::ZONES).set(index.len() as f64);
+            self.in_force.store(index.id(), Ordering::Release);
             *zones = (generation, Arc::new(index));
         }
     }
@@ -544,6 +586,12 @@ mod tests {
         index
     }
 
+    fn cell_of(at: Point) -> Option<CellIndex> {
+        h3o::LatLng::new(at.lat, at.lng)
+            .ok()
+            .map(|ll| ll.to_cell(protocol::zone::INDEX_RESOLUTION))
+    }
+
     fn step(
         zones: &mut DriverZones,
         index: &ZoneIndex,
@@ -551,9 +599,8 @@ mod tests {
         now: Instant,
         dwell: Duration,
     ) -> Vec<ZoneTransition> {
-        let containing: Vec<&Zone> = index.containing(at).collect();
         zones
-            .observe(index, &containing, true, (at, 0), now, dwell)
+            .observe(index, (at, cell_of(at), 0), true, now, dwell)
             .into_iter()
             .map(|t| t.transition)
             .collect()
@@ -664,15 +711,8 @@ mod tests {
         let t0 = Instant::now();
         let long = Duration::from_secs(3600);
         step(&mut zones, &index, Point::new(52.5, 13.405), t0, long);
-        let containing: Vec<&Zone> = index.containing(Point::new(52.5, 13.42)).collect();
-        let moved = zones.observe(
-            &index,
-            &containing,
-            true,
-            (Point::new(52.5, 13.42), 0),
-            t0,
-            long,
-        );
+        let east_side = Point::new(52.5, 13.42);
+        let moved = zones.observe(&index, (east_side, cell_of(east_side), 0), true, t0, long);
         assert_eq!(moved.len(), 2);
         assert_eq!(
             (moved[0].transition, moved[0].zone_id),
@@ -685,6 +725,34 @@ mod tests {
     }
 
     #[test]
+    fn a_new_index_with_zones_in_other_places_is_compared_by_zone() {
+        // The same two zones, listed the other way round: the driver moves from the first
+        // zone to the second, which takes the first one's place in the new index.
+        let west = square(1, 0.01);
+        let mut east = square(2, 0.01);
+        east.geometry = json!({"type": "Polygon", "coordinates": [[
+            [13.41, 52.49], [13.43, 52.49], [13.43, 52.51], [13.41, 52.51], [13.41, 52.49]
+        ]]});
+        let before = index(vec![west.clone(), east.clone()]);
+        let after = index(vec![east, west]);
+        let mut zones = DriverZones::default();
+        let t0 = Instant::now();
+        let long = Duration::from_secs(3600);
+        assert_eq!(
+            step(&mut zones, &before, Point::new(52.5, 13.405), t0, long),
+            [ZoneTransition::Enter]
+        );
+        assert_eq!(
+            step(&mut zones, &after, Point::new(52.5, 13.42), t0, long),
+            [ZoneTransition::Exit(ExitReason::Left), ZoneTransition::Enter]
+        );
+        assert_eq!(zones.inside.len(), 1);
+        assert_eq!(zones.inside[0].zone_id, Uuid::from_u128(2));
+        // And staying there says nothing more.
+        assert!(step(&mut zones, &after, Point::new(52.5, 13.42), t0, long).is_empty());
+    }
+
+    #[test]
     fn going_offline_leaves_a_queue_zone_and_coming_back_joins_it_again() {
         let mut queue = square(1, 0.01);
         queue.kind = ZoneKind::Queue;
@@ -693,10 +761,9 @@ mod tests {
         let t0 = Instant::now();
         let long = Duration::from_secs(3600);
         let centre = Point::new(52.5, 13.4);
-        let containing: Vec<&Zone> = index.containing(centre).collect();
         let mut step = |online: bool| -> Vec<(ZoneTransition, u128)> {
             zones
-                .observe(&index, &containing, online, (centre, 0), t0, long)
+                .observe(&index, (centre, cell_of(centre), 0), online, t0, long)
                 .into_iter()
                 .map(|t| (t.transition, t.zone_id.as_u128()))
                 .collect()
@@ -729,8 +796,8 @@ mod tests {
         let cell = h3o::LatLng::new(at.lat, at.lng)
             .unwrap()
             .to_cell(protocol::zone::INDEX_RESOLUTION);
-        tracking.observe("here", (at, cell), 1, true);
-        tracking.observe("moved", (at, cell), 1, true);
+        tracking.observe(&mut None, "here", (at, cell), 1, true);
+        tracking.observe(&mut None, "moved", (at, cell), 1, true);
         let first: Vec<ZoneEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|e| e.transition == ZoneTransition::Enter));
@@ -746,5 +813,38 @@ mod tests {
                 .iter()
                 .all(|s| s.lock().unwrap().is_empty())
         );
+    }
+
+    #[test]
+    fn a_session_swept_out_as_stale_enters_again_when_it_reports() {
+        let settings = TrackingSettings {
+            stale_after: Duration::from_secs(60),
+            dwell: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let (tracking, mut events) = Tracking::new(settings);
+        tracking.replace(1, index(vec![square(1, 0.01)]));
+        let at = Point::new(52.5, 13.4);
+        let cell = cell_of(at).unwrap();
+        let mut held = None;
+        let mut drain = || -> Vec<ZoneTransition> {
+            std::iter::from_fn(|| events.try_recv().ok())
+                .map(|e| e.transition)
+                .collect()
+        };
+        tracking.observe(&mut held, "quiet", (at, cell), 1, true);
+        tracking.observe(&mut held, "quiet", (at, cell), 2, true);
+        assert_eq!(drain(), [ZoneTransition::Enter]);
+        let first = held.clone().expect("the session holds its zones");
+        tracking.sweep(Instant::now() + Duration::from_secs(61), |_| false);
+        assert_eq!(drain(), [ZoneTransition::Exit(ExitReason::Stale)]);
+        assert!(first.lock().unwrap().detached);
+        // Its next position attaches afresh and enters again.
+        tracking.observe(&mut held, "quiet", (at, cell), 3, true);
+        assert_eq!(drain(), [ZoneTransition::Enter]);
+        let again = held.expect("attached again");
+        assert!(!Arc::ptr_eq(&first, &again));
+        let shard = tracking.shard("quiet").lock().unwrap();
+        assert!(Arc::ptr_eq(&shard["quiet"], &again));
     }
 }

@@ -33,6 +33,8 @@ pub(super) struct DriverSession {
     /// The latest positions taken from the driver with their `ts`, oldest first, which its
     /// progress reports are checked against (see [`DriverSession::position_at`]).
     recent: VecDeque<(UnixMillis, Point)>,
+    /// The driver's zones, which every position taken updates.
+    zones: Option<crate::tracking::Tracked>,
 }
 
 /// Positions kept per driver for checking progress reports: a minute at one a second.
@@ -199,7 +201,7 @@ impl Session {
     /// away; otherwise published, and acknowledged when the driver asked for an ack.
     pub(super) fn location(&self, location: Location) {
         let shared = &self.shared;
-        let located = match shared
+        let (located, zone_cell) = match shared
             .config
             .geo
             .locate_with(location.point(), protocol::zone::INDEX_RESOLUTION)
@@ -212,11 +214,12 @@ impl Session {
             }
         };
         let (status, class, capacity, trip) = {
-            let mut state = self.driver.lock().expect("driver lock");
+            let mut held = self.driver.lock().expect("driver lock");
+            let state = &mut *held;
             let stale = state.last_seq.is_some_and(|seq| location.seq <= seq)
                 || location.ts < state.last_ts;
             if stale {
-                drop(state);
+                drop(held);
                 metrics::counter!(m::POSITIONS_DROPPED, "reason" => "stale").increment(1);
                 if location.id.is_some() {
                     self.out.control(error_text(
@@ -230,22 +233,18 @@ impl Session {
             state.last_seq = Some(location.seq);
             state.last_ts = location.ts;
             state.remember(location.ts, location.point());
-            (
-                state.status(),
-                state.vehicle_class,
-                state.capacity,
-                state.trip.clone(),
-            )
+            let status = state.status();
+            // Zones are evaluated for every position taken, whether or not NATS takes it now:
+            // their events are queued and recorded once the trips service answers.
+            shared.tracking.observe(
+                &mut state.zones,
+                &self.sender.id,
+                (location.point(), zone_cell),
+                location.ts,
+                status != VehicleStatus::Offline,
+            );
+            (status, state.vehicle_class, state.capacity, state.trip.clone())
         };
-        // Zones are evaluated for every position taken, whether or not NATS takes it now:
-        // their events are queued and recorded once the trips service answers.
-        let (located, zone_cell) = located;
-        shared.tracking.observe(
-            &self.sender.id,
-            (location.point(), zone_cell),
-            location.ts,
-            status != VehicleStatus::Offline,
-        );
         if shared.nats.connection_state() != async_nats::connection::State::Connected {
             metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
             if location.id.is_some() {
