@@ -318,11 +318,7 @@ impl ZoneIndex {
 
     /// The places ([`Self::zone`]) of the zones that hold `point`, whose cell at
     /// [`INDEX_RESOLUTION`] the caller has already computed.
-    pub fn holding_in(
-        &self,
-        cell: Option<CellIndex>,
-        point: Point,
-    ) -> impl Iterator<Item = usize> {
+    pub fn holding_in(&self, cell: Option<CellIndex>, point: Point) -> impl Iterator<Item = usize> {
         let covers = cell
             .and_then(|cell| self.cells.get(&cell))
             .map_or(&[][..], |&(from, to)| {

@@ -744,7 +744,10 @@ mod tests {
         );
         assert_eq!(
             step(&mut zones, &after, Point::new(52.5, 13.42), t0, long),
-            [ZoneTransition::Exit(ExitReason::Left), ZoneTransition::Enter]
+            [
+                ZoneTransition::Exit(ExitReason::Left),
+                ZoneTransition::Enter
+            ]
         );
         assert_eq!(zones.inside.len(), 1);
         assert_eq!(zones.inside[0].zone_id, Uuid::from_u128(2));

@@ -243,7 +243,12 @@ impl Session {
                 location.ts,
                 status != VehicleStatus::Offline,
             );
-            (status, state.vehicle_class, state.capacity, state.trip.clone())
+            (
+                status,
+                state.vehicle_class,
+                state.capacity,
+                state.trip.clone(),
+            )
         };
         if shared.nats.connection_state() != async_nats::connection::State::Connected {
             metrics::counter!(m::POSITIONS_DROPPED, "reason" => "nats_down").increment(1);
