@@ -65,7 +65,7 @@ const STEP: Duration = Duration::from_secs(4);
 /// Finer near the top, where climbs end: a rung of 5,000/s is about 5% of the result.
 const RATES: &[u64] = &[
     5_000, 20_000, 40_000, 60_000, 70_000, 80_000, 85_000, 90_000, 95_000, 100_000, 105_000,
-    110_000, 115_000, 120_000, 130_000, 160_000,
+    110_000, 115_000, 120_000, 130_000, 140_000, 150_000, 160_000,
 ];
 /// The ladder's offered rates, or `BENCH_INGEST_RATES` (comma-separated) to hold chosen ones,
 /// for example to profile one rate.
@@ -93,6 +93,12 @@ const CENTER: Point = Point::new(52.52, 13.405);
 /// Microseconds since the benchmark started: the clock every latency is measured on.
 fn micros(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
+}
+
+/// The wall clock's reading at `epoch`, in milliseconds, taken once for the whole run.
+fn wall_ms_at(epoch: Instant) -> i64 {
+    static AT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| protocol::time::now_ms() - epoch.elapsed().as_millis() as i64)
 }
 
 /// The bus ceiling: one publisher, one subscriber, the gateway's own payload.
@@ -190,6 +196,7 @@ async fn step(
     let clients_n = clients.len().max(1);
     let period = Duration::from_nanos((clients_n as u64 * 1_000_000_000) / rate.max(1));
     let start = tokio::time::Instant::now();
+    let wall_ms_at_epoch = wall_ms_at(epoch);
     let mut tasks = Vec::new();
     for (i, mut ws) in clients.into_iter().enumerate() {
         let (stop, sent) = (stop.clone(), sent.clone());
@@ -200,16 +207,25 @@ async fn step(
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(start + phase, period);
             let crossing = (cross_every, period.as_micros() as u64);
+            let mut last_sent_us = 0;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let clock_us = clock_from_us + start.elapsed().as_micros() as u64;
                 let at = client_point(i, clients_n, clock_us, crossing);
+                // The report's time from a clock that never steps back, as a phone's
+                // positioning does: the machine's wall clock can, and the gateway refuses a
+                // report older than one it took.
+                // Two sends in one microsecond (a client behind its ticks catches up in a
+                // burst) would carry the same `seq`, and the gateway refuses the second as
+                // stale: the clock is nudged on by one.
+                let sent_us = micros(epoch).max(last_sent_us + 1);
+                last_sent_us = sent_us;
                 let text = format!(
                     r#"{{"type":"location","lat":{},"lng":{},"ts":{},"seq":{}}}"#,
                     at.lat,
                     at.lng,
-                    protocol::time::now_ms(),
-                    micros(epoch)
+                    wall_ms_at_epoch + (sent_us / 1000) as i64,
+                    sent_us
                 );
                 if ws.send(Message::text(text)).await.is_err() {
                     return ws;
