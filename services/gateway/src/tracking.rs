@@ -786,19 +786,23 @@ mod tests {
         assert_eq!(step(true), [(ZoneTransition::Enter, 1)]);
     }
 
-    #[test]
-    fn a_silent_driver_leaves_unless_another_gateway_has_it() {
+    /// A tracker with one zone, a stale time of 60 s and no dwell within a test.
+    fn one_zone_tracker() -> (Tracking, mpsc::Receiver<ZoneEvent>) {
         let settings = TrackingSettings {
             stale_after: Duration::from_secs(60),
             dwell: Duration::from_secs(3600),
             ..Default::default()
         };
-        let (tracking, mut events) = Tracking::new(settings);
+        let (tracking, events) = Tracking::new(settings);
         tracking.replace(1, index(vec![square(1, 0.01)]));
+        (tracking, events)
+    }
+
+    #[test]
+    fn a_silent_driver_leaves_unless_another_gateway_has_it() {
+        let (tracking, mut events) = one_zone_tracker();
         let at = Point::new(52.5, 13.4);
-        let cell = h3o::LatLng::new(at.lat, at.lng)
-            .unwrap()
-            .to_cell(protocol::zone::INDEX_RESOLUTION);
+        let cell = cell_of(at).unwrap();
         tracking.observe(&mut None, "here", (at, cell), 1, true);
         tracking.observe(&mut None, "moved", (at, cell), 1, true);
         let first: Vec<ZoneEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
@@ -820,13 +824,7 @@ mod tests {
 
     #[test]
     fn a_session_swept_out_as_stale_enters_again_when_it_reports() {
-        let settings = TrackingSettings {
-            stale_after: Duration::from_secs(60),
-            dwell: Duration::from_secs(3600),
-            ..Default::default()
-        };
-        let (tracking, mut events) = Tracking::new(settings);
-        tracking.replace(1, index(vec![square(1, 0.01)]));
+        let (tracking, mut events) = one_zone_tracker();
         let at = Point::new(52.5, 13.4);
         let cell = cell_of(at).unwrap();
         let mut held = None;
