@@ -25,7 +25,7 @@ use protocol::client::Role;
 use protocol::time::now_ms;
 use protocol::{Point, Subjects};
 use serde_json::{Value, json};
-use tests::services::{TOKEN_SECRET, trips_config};
+use tests::services::trips_config;
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::sync::{Mutex, Semaphore};
 use trips::store::{JobOrigin, NewTrip};
@@ -123,32 +123,23 @@ where
 
 /// A release trips service in a process of its own, stopped when dropped.
 struct Server {
-    process: std::process::Child,
+    _process: tests::process::TripsProcess,
     base: String,
 }
 
 impl Server {
     async fn start(db: &TestDb, nats: &NatsServer, prefix: &str) -> Self {
-        let binary = tests::process::trips_binary("api").unwrap();
-        let http: std::net::SocketAddr = format!("127.0.0.1:{}", tests::process::free_port())
-            .parse()
-            .unwrap();
-        let process = std::process::Command::new(&binary)
-            .args(["--http", &http.to_string()])
-            .args(["--pool-size", "32"])
-            .env("DATABASE_URL", &db.url)
-            .env("NATS_URL", nats.url())
-            .env("SUBJECT_PREFIX", prefix)
-            .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET).unwrap())
-            .env("TRIPS_API_KEY_RATE", "1000000")
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tests::services::wait_ready(http).await;
+        let process = tests::process::TripsProcess::start(
+            "api",
+            (&db.url, &nats.url(), prefix),
+            &["--pool-size", "32"],
+            &[("TRIPS_API_KEY_RATE", "1000000")],
+        )
+        .await
+        .unwrap();
         Self {
-            process,
-            base: format!("http://{http}"),
+            base: format!("http://{}", process.http),
+            _process: process,
         }
     }
 
@@ -169,13 +160,6 @@ impl Server {
             created["token"].as_str().unwrap().to_owned(),
             created["key_id"].as_str().unwrap().to_owned(),
         )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
     }
 }
 

@@ -23,8 +23,9 @@
 //! `BENCH_INGEST_SENDS=aligned` makes all of them send in the same millisecond, which lets the
 //! gateway and NATS batch more per wakeup (more throughput) and measures bursts (a longer
 //! latency tail). Every step reports the CPU time per position of the gateway, of the
-//! nats-server and of this process (the clients, the subscriber, the matcher and the trips
-//! service), so what the system costs is told apart from what the load costs.
+//! nats-server and of this process (the clients, the subscriber and the matcher), so what the
+//! system costs is told apart from what the load costs. The trips service, which records and
+//! delivers the zone events, runs as its own process too (`TRIPS_BIN`).
 //!
 //! Zones (issue: tracking): each climb is followed by one with `BENCH_INGEST_ZONES` watch
 //! zones (10,000; 0 leaves them out) in force in the same gateway, one around every point the
@@ -47,12 +48,11 @@ use protocol::bus::Position;
 use protocol::client::{Role, VehicleStatus};
 use protocol::{GeoConfig, Point, codec};
 use tests::client::{Client, Ws};
-use tests::process::{bare_ws_server, cpu_seconds, free_port};
-use tests::services::{matcher_config, start_matcher, start_trips, trips_config, wait_ready};
+use tests::process::{TripsProcess, bare_ws_server, cpu_seconds, free_port};
+use tests::services::{matcher_config, start_matcher, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
-use trips::webhooks::policy::Destinations;
-use zones::{clear_zones, event_latency, gateway_has_zones, put_zones};
+use zones::{EventPath, clear_zones, event_latency, gateway_has_zones, put_zones};
 
 // Beside the benchmark rather than in `benches/`, where cargo would take it for one.
 #[path = "ingest/losses.rs"]
@@ -313,8 +313,8 @@ struct Rig {
 struct Cpu {
     gateway: f64,
     nats_server: f64,
-    /// This process: the 1,000 clients, the subscriber that times the positions, the matcher
-    /// and the trips service.
+    /// This process: the 1,000 clients, the subscriber that times the positions and the
+    /// matcher.
     bench: f64,
 }
 
@@ -533,10 +533,16 @@ async fn main() -> anyhow::Result<()> {
     let prefix = unique_prefix();
     // The trips service answers the drivers' session state at hello.
     let db = TestDb::create().await;
-    let mut trips = trips_config(&db.url, &nats.url(), &prefix);
-    // The event latency's webhook receiver is on loopback.
-    trips.webhook_destinations = Destinations::parse("127.0.0.1/32").map_err(anyhow::Error::msg)?;
-    let trips = start_trips(trips).await;
+    // In a process of its own, as it is deployed: in this one, its deliveries would wait
+    // behind the clients' and the subscriber's tasks. The event latency's webhook receiver is
+    // on loopback.
+    let trips = TripsProcess::start(
+        "ingest",
+        (&db.url, &nats.url(), &prefix),
+        &[],
+        &[("TRIPS_WEBHOOK_ALLOW", "127.0.0.1/32")],
+    )
+    .await?;
     let zones = env_count("BENCH_INGEST_ZONES", 10_000);
     let cross_every = env_count("BENCH_INGEST_CROSS_EVERY", 100) as u64;
     let regions = GeoConfig::default().regions_covering(CENTER, 20_000.0)?;
@@ -632,8 +638,18 @@ async fn main() -> anyhow::Result<()> {
     let mut tracking = serde_json::Value::Null;
     if zones > 0 {
         let half = (climbs[0].lossless * 0.5) as u64;
-        let (back, events) =
-            event_latency(&rig, &db, clients, trips.http, (half, cross_every, runs)).await?;
+        let (back, events) = event_latency(
+            &rig,
+            EventPath {
+                db: &db,
+                trips: &trips,
+                nats_url: &nats.url(),
+                prefix: &prefix,
+            },
+            clients,
+            (half, cross_every, runs),
+        )
+        .await?;
         clients = back;
         let with: Vec<f64> = zoned.iter().map(|c| c.lossless).collect();
         let ratios: Vec<f64> = zoned
@@ -697,7 +713,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let bare_cpu_us = (cpu_seconds(bare_ws.id()) - cpu) * 1e6 / bare_step.sent.max(1) as f64;
     // What the clients cost with nothing behind the server: this process's CPU per message
-    // (the idle matcher and trips service included).
+    // (the idle matcher included).
     let bare_clients_cpu_us =
         (cpu_seconds(std::process::id()) - clients_cpu) * 1e6 / bare_step.sent.max(1) as f64;
     drop(bare_clients);

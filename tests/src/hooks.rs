@@ -128,6 +128,11 @@ impl Receiver {
         self.inner.lock().unwrap().accepted.clone()
     }
 
+    /// How many were accepted so far.
+    pub fn accepted_count(&self) -> usize {
+        self.inner.lock().unwrap().accepted.len()
+    }
+
     pub fn forged(&self) -> usize {
         self.inner.lock().unwrap().forged
     }

@@ -141,3 +141,53 @@ fn release_binary(variable: &str, name: &str, bench: &str) -> anyhow::Result<std
     );
     Ok(binary)
 }
+
+/// A release trips service (`trips_binary`) in a process of its own, so that its CPU time and
+/// its scheduling are its own; stopped when dropped.
+#[derive(Debug)]
+pub struct TripsProcess {
+    process: std::process::Child,
+    pub http: std::net::SocketAddr,
+}
+
+impl TripsProcess {
+    /// Starts it for `bench` against the migrated database at `database_url`, with the
+    /// benchmarks' token secret and `args` and `env` besides, and waits until it is ready.
+    pub async fn start(
+        bench: &str,
+        (database_url, nats_url, prefix): (&str, &str, &str),
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let binary = trips_binary(bench)?;
+        let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let process = std::process::Command::new(&binary)
+            .args(["--http", &http.to_string(), "--no-migrate"])
+            .args(args)
+            .env("DATABASE_URL", database_url)
+            .env("NATS_URL", nats_url)
+            .env("SUBJECT_PREFIX", prefix)
+            .env(
+                "TOKEN_SECRET",
+                std::str::from_utf8(crate::services::TOKEN_SECRET)?,
+            )
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        let started = Self { process, http };
+        crate::services::wait_ready(http).await;
+        Ok(started)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+}
+
+impl Drop for TripsProcess {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}

@@ -1,7 +1,10 @@
 //! The ingest benchmark's zones: putting 10,000 of them in force and taking them away, and
 //! timing zone events from a client's send to a webhook receiver.
 
-use tests::hooks::{Mode, Receiver};
+use std::collections::HashMap;
+
+use tests::hooks::{Mode, Received, Receiver};
+use tests::process::TripsProcess;
 
 use super::*;
 
@@ -69,18 +72,28 @@ pub(super) async fn gateway_has_zones(http: std::net::SocketAddr, n: usize) {
     .await;
 }
 
+/// What the zone events' runs need besides the rig: the trips service that records and
+/// delivers them, its database, and the bus they are published on.
+pub(super) struct EventPath<'a> {
+    pub db: &'a TestDb,
+    pub trips: &'a TripsProcess,
+    pub nats_url: &'a str,
+    pub prefix: &'a str,
+}
+
 /// Zone events timed from the client's send to a webhook receiver's receipt, at `rate` with
-/// one report in `cross_every` crossing an edge, `runs` times.
+/// one report in `cross_every` crossing an edge, `runs` times. Each event's publication on
+/// the bus (by the trips service's outbox, in the transaction that queues its webhook
+/// deliveries) splits its time in two: detecting and recording it, and delivering it.
 pub(super) async fn event_latency(
     rig: &Rig,
-    db: &TestDb,
+    path: EventPath<'_>,
     mut clients: Vec<Ws>,
-    trips_http: std::net::SocketAddr,
     (rate, cross_every, runs): (u64, u64, usize),
 ) -> anyhow::Result<(Vec<Ws>, serde_json::Value)> {
     let receiver = Receiver::start(Mode::Up).await;
     let registered: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{trips_http}/api/webhooks"))
+        .post(format!("http://{}/api/webhooks", path.trips.http))
         .bearer_auth(tests::client::token(Role::Dispatcher, "bench"))
         .json(
             &serde_json::json!({"url": receiver.url(), "event_types": ["zone.enter", "zone.exit"]}),
@@ -93,20 +106,23 @@ pub(super) async fn event_latency(
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no webhook registered: {registered}"))?;
     receiver.set_secret(secret);
-    let (mut p50s, mut p99s, mut rates, mut lost) = (Vec::new(), Vec::new(), Vec::new(), 0u64);
+    let published = Published::watch(path.nats_url, path.prefix).await?;
+    let mut spreads = Spreads::default();
+    let mut lost = 0u64;
     // Run 0 warms up: the clients leave the zones they all stood in during the climbs, a burst
     // of half of them at once, which the runs after it do not measure.
     for run in 0..=runs {
         settle(&rig.last_arrival_us, rig.epoch).await;
-        let before = receiver.accepted().len();
-        let sampling = Queues::sample(db.client().await);
+        let before = receiver.accepted_count();
+        let trips_cpu = cpu_seconds(path.trips.pid());
+        let sampling = Queues::sample(path.db.client().await);
         let (back, result, _) = rig.step_crossing(clients, rate, cross_every).await;
         clients = back;
         lost += result.sent.saturating_sub(result.received);
         // Delivered once the count stops moving for a second.
-        let mut last = (receiver.accepted().len(), Instant::now());
+        let mut last = (receiver.accepted_count(), Instant::now());
         tests::eventually("the deliveries to drain", Duration::from_secs(120), || {
-            let now = receiver.accepted().len();
+            let now = receiver.accepted_count();
             if now != last.0 {
                 last = (now, Instant::now());
             }
@@ -116,20 +132,24 @@ pub(super) async fn event_latency(
         .await;
         let queues = sampling.stop().await;
         let accepted = receiver.accepted();
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
-        for delivered in &accepted[before..] {
-            let ms = (delivered.received_ms - delivered.event.at).max(1) as u64;
-            histogram.record(ms)?;
-        }
         let events = accepted.len() - before;
-        let (p50, p99) = (
-            histogram.value_at_quantile(0.5) as f64,
-            histogram.value_at_quantile(0.99) as f64,
+        // The trips service's CPU for the run and its drain, per event delivered.
+        let trips_cpu_us = (cpu_seconds(path.trips.pid()) - trips_cpu) * 1e6 / events.max(1) as f64;
+        let times = Times::of(&accepted[before..], &published)?;
+        println!(
+            "zone events, run {run} (0 warms up): {events} delivered ({:.0}/s) at {rate} positions/s, send to webhook p50 {:.0} ms, p99 {:.0} ms, max {} ms",
+            events as f64 / STEP.as_secs_f64(),
+            times.total.value_at_quantile(0.5) as f64,
+            times.total.value_at_quantile(0.99) as f64,
+            times.total.max()
         );
         println!(
-            "zone events, run {run} (0 warms up): {events} delivered ({:.0}/s) at {rate} positions/s, send to webhook p50 {p50:.0} ms, p99 {p99:.0} ms, max {} ms",
-            events as f64 / STEP.as_secs_f64(),
-            histogram.max()
+            "  send to published p50 {} ms, p99 {} ms; published to webhook p50 {} ms, p99 {} ms ({} not seen published); trips service CPU {trips_cpu_us:.0} us per event",
+            times.recorded.value_at_quantile(0.5),
+            times.recorded.value_at_quantile(0.99),
+            times.delivered.value_at_quantile(0.5),
+            times.delivered.value_at_quantile(0.99),
+            times.unseen
         );
         println!(
             "  largest queues during it: outbox {} rows, webhook deliveries {}",
@@ -138,23 +158,122 @@ pub(super) async fn event_latency(
         if run == 0 {
             continue;
         }
-        p50s.push(p50);
-        p99s.push(p99);
-        rates.push(events as f64 / STEP.as_secs_f64());
+        spreads.push(&times, events as f64 / STEP.as_secs_f64(), trips_cpu_us);
     }
     assert_eq!(
         receiver.forged(),
         0,
         "every delivery carried a good signature"
     );
+    let s = &spreads;
     let json = serde_json::json!({
         "rate_per_sec": rate,
         "reports_per_crossing": cross_every,
         "positions_lost": lost,
-        "events_per_sec": spread(&rates),
-        "event_latency_ms": {"p50": spread(&p50s), "p99": spread(&p99s)},
+        "events_per_sec": spread(&s.rates),
+        "event_latency_ms": {"p50": spread(&s.p50s), "p99": spread(&s.p99s)},
+        "send_to_published_ms": {"p50": spread(&s.recorded_p50s), "p99": spread(&s.recorded_p99s)},
+        "published_to_webhook_ms": {"p50": spread(&s.delivered_p50s), "p99": spread(&s.delivered_p99s)},
+        "trips_cpu_us_per_event": spread(&s.trips_cpu_us),
     });
     Ok((clients, json))
+}
+
+/// When each zone event was seen on the bus, by event id, milliseconds since the epoch.
+struct Published(Arc<Mutex<HashMap<String, i64>>>);
+
+impl Published {
+    /// Subscribes on a connection of its own, so the positions' subscriber does not delay it.
+    async fn watch(nats_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let nats = async_nats::connect(nats_url).await?;
+        let mut events = nats.subscribe(format!("{prefix}.events.zone.>")).await?;
+        nats.flush().await?;
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let into = seen.clone();
+        tokio::spawn(async move {
+            let _connection = nats;
+            while let Some(message) = events.next().await {
+                let at = protocol::time::now_ms();
+                if let Ok(event) =
+                    serde_json::from_slice::<protocol::events::Event>(&message.payload)
+                {
+                    into.lock().unwrap().insert(event.id, at);
+                }
+            }
+        });
+        Ok(Self(seen))
+    }
+}
+
+/// One run's events' times: send to webhook, and its two parts.
+struct Times {
+    total: Histogram<u64>,
+    recorded: Histogram<u64>,
+    delivered: Histogram<u64>,
+    /// Delivered events never seen on the bus (the subscriber fell behind).
+    unseen: usize,
+}
+
+impl Times {
+    fn of(accepted: &[Received], published: &Published) -> anyhow::Result<Self> {
+        let histogram = || Histogram::<u64>::new_with_bounds(1, 600_000, 3);
+        let mut times = Self {
+            total: histogram()?,
+            recorded: histogram()?,
+            delivered: histogram()?,
+            unseen: 0,
+        };
+        let seen = published.0.lock().unwrap();
+        for delivered in accepted {
+            let ms = |from: i64, to: i64| (to - from).max(1) as u64;
+            times
+                .total
+                .record(ms(delivered.event.at, delivered.received_ms))?;
+            match seen.get(&delivered.event.id) {
+                Some(&at) => {
+                    times.recorded.record(ms(delivered.event.at, at))?;
+                    times.delivered.record(ms(at, delivered.received_ms))?;
+                }
+                None => times.unseen += 1,
+            }
+        }
+        Ok(times)
+    }
+}
+
+/// The measured runs' figures, run by run.
+#[derive(Default)]
+struct Spreads {
+    rates: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+    recorded_p50s: Vec<f64>,
+    recorded_p99s: Vec<f64>,
+    delivered_p50s: Vec<f64>,
+    delivered_p99s: Vec<f64>,
+    trips_cpu_us: Vec<f64>,
+}
+
+impl Spreads {
+    fn push(&mut self, times: &Times, rate: f64, trips_cpu_us: f64) {
+        let quantiles = |h: &Histogram<u64>| {
+            (
+                h.value_at_quantile(0.5) as f64,
+                h.value_at_quantile(0.99) as f64,
+            )
+        };
+        let (p50, p99) = quantiles(&times.total);
+        self.p50s.push(p50);
+        self.p99s.push(p99);
+        let (p50, p99) = quantiles(&times.recorded);
+        self.recorded_p50s.push(p50);
+        self.recorded_p99s.push(p99);
+        let (p50, p99) = quantiles(&times.delivered);
+        self.delivered_p50s.push(p50);
+        self.delivered_p99s.push(p99);
+        self.rates.push(rate);
+        self.trips_cpu_us.push(trips_cpu_us);
+    }
 }
 
 /// The largest backlogs of the event path's two queues seen while a run went on.
