@@ -96,8 +96,8 @@ pub fn run(args: Args) -> Result<()> {
     let wanted = |name: &str| args.filter.as_deref().is_none_or(|f| name.contains(f));
     let gateway_bin = infra::target_dir(&root)?.join("release/dispatch-gateway");
     let trips_bin = infra::target_dir(&root)?.join("release/dispatch-trips");
-    if wanted("api") {
-        say("building the trips service (release) for the API benchmark");
+    if wanted("api") || wanted("ingest") {
+        say("building the trips service (release) for the API and ingest benchmarks");
         let built = Command::new(&cargo)
             .current_dir(&root)
             .args([
