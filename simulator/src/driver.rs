@@ -393,7 +393,9 @@ impl Driver {
                 // Resumed after a reconnect: carry on with the trip the server says is ours.
                 match trips.into_iter().find(|t| t.state.holds_driver()) {
                     Some(trip) => self.resume(trip),
-                    None if self.task.trip_id().is_some() => self.roam(),
+                    None if self.task.trip_id().is_some() => {
+                        self.give_up("the session state names no trip for this driver");
+                    }
                     None => {}
                 }
             }
@@ -403,7 +405,9 @@ impl Driver {
                 self.flush_reports(ws).await?;
             }
             ServerMessage::Error {
-                code, id: Some(id), ..
+                code,
+                id: Some(id),
+                message,
             } => {
                 bump(&self.stats.errors);
                 if !self.awaits(id) {
@@ -417,11 +421,15 @@ impl Driver {
                     return Ok(());
                 }
                 let report = self.reports.pop_front();
+                if let Some(report) = &report {
+                    tracing::info!(driver = %self.id, trip = %report.trip_id, kind = report.kind,
+                        stage = ?report.stage, code = code.as_str(), %message, "report refused");
+                }
                 if report.is_some_and(|r| r.kind == "accept_offer")
                     && matches!(self.task, Task::ToPickup { .. })
                 {
                     // The accept failed (offer gone): back to roaming.
-                    self.roam();
+                    self.give_up("the accept was refused");
                 }
                 self.flush_reports(ws).await?;
             }
@@ -450,9 +458,24 @@ impl Driver {
             }
             return;
         }
-        if trip.state.is_terminal() || !mine || trip.state == TripState::Requested {
+        if trip.state.is_terminal() {
             self.roam();
+        } else if trip.state == TripState::Requested {
+            self.give_up("the trip is back to searching");
+        } else if !mine {
+            self.give_up("the trip is another driver's");
         }
+    }
+
+    /// Leaves the current trip for roaming; `why` is logged when the driver was carrying it
+    /// out, as a trip the server still holds it to would otherwise be dropped silently.
+    fn give_up(&mut self, why: &str) {
+        if self.task.on_trip()
+            && let Some(trip) = self.task.trip_id()
+        {
+            tracing::info!(driver = %self.id, %trip, why, "leaving a trip");
+        }
+        self.roam();
     }
 
     fn resume(&mut self, trip: TripView) {
