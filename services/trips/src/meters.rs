@@ -7,6 +7,9 @@ kit::meters! {
     histogram COMMAND_DURATION = "trips_command_duration_seconds" [command = "create_trip"];
     /// Transitions written by one statement.
     histogram WRITE_BATCH = "trips_write_batch_size";
+    /// Decided transitions not written because their command had given up waiting (the
+    /// database did not answer in time); the caller retries.
+    counter WRITES_ABANDONED = "trips_writes_abandoned_total";
     /// Queries answered, by `query` and `outcome`.
     counter QUERIES = "trips_queries_total" [query = "session_state", outcome = "ok"];
     /// Outbox messages published.

@@ -513,9 +513,13 @@ impl Store {
         };
         let mut cached = self.trips.get(&trip_id);
         let mut checked_once: Option<Checked> = None;
+        // Whether the trip is read after every write of it in flight has ended.
+        let mut settled = false;
         for _attempt in 0..8 {
             let fresh = cached.is_none();
-            let (read, driver) = self.read(fresh.then_some(trip_id), named_driver).await?;
+            let (read, driver) = self
+                .read(fresh.then_some(trip_id), named_driver, settled)
+                .await?;
             let trip = match cached.take().or(read) {
                 Some(trip) => trip,
                 None => return Err(err(ErrorCode::NotFound, "no such trip")),
@@ -523,6 +527,14 @@ impl Store {
             let now = now_ms();
             let change = match machine::decide(&trip, &command, driver.as_ref(), now) {
                 Decision::Apply(change) => change,
+                // A refusal is final for the caller, so it is decided on a read that waited
+                // for any write of the trip still being committed (an earlier attempt of this
+                // very command, say, that the caller gave up on): otherwise the command could
+                // be refused and then take effect.
+                Decision::Reject(_) if !settled => {
+                    settled = true;
+                    continue;
+                }
                 // The cached trip may be behind: decide again on what the database holds.
                 _ if !fresh => continue,
                 Decision::Reject(error) => return Err(error.into()),
@@ -612,19 +624,23 @@ impl Store {
         Err(err(ErrorCode::Conflict, "trip is changing too fast; retry"))
     }
 
-    /// Reads the trip (when asked for) and the named driver, in one round trip.
+    /// Reads the trip (when asked for) and the named driver, in one round trip. `settled`
+    /// reads the trip only once no transaction holds it for writing (`FOR SHARE` waits for
+    /// any that does, and then reads what it committed).
     async fn read(
         &self,
         trip_id: Option<Uuid>,
         driver_id: Option<&str>,
+        settled: bool,
     ) -> Result<(Option<TripRecord>, Option<DriverRecord>), StoreError> {
         if trip_id.is_none() && driver_id.is_none() {
             return Ok((None, None));
         }
         let client = self.pool.get().await?;
+        let lock = if settled { " FOR SHARE" } else { "" };
         let read_trip = client
             .prepare_cached(&format!(
-                "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1"
+                "SELECT {TRIP_COLUMNS} FROM trips WHERE trip_id = $1{lock}"
             ))
             .await?;
         let read_driver = client

@@ -9,6 +9,12 @@
 //! fails as a whole (a driver that already holds another trip, say), each of its transitions
 //! is written again on its own, so one bad transition costs the others nothing and gets its
 //! own error.
+//!
+//! A transition whose command has given up waiting (its caller was told the database did not
+//! answer in time) is not written: the caller retries, and the retry decides on what the
+//! database holds. Written late, it could contradict that retry's answer, as an accept
+//! decided before its offer expired, queued behind a lost connection, and written after the
+//! retry was told the offer had expired.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -120,40 +126,50 @@ async fn write_batches(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, limit
         }
         // Rows are locked in trip order, so two batches never wait for each other in a cycle.
         batch.sort_by_key(|job| job.transition.trip_id);
-        metrics::histogram!(m::WRITE_BATCH).record(batch.len() as f64);
-        let transitions: Vec<&Transition> = batch.iter().map(|job| &job.transition).collect();
-        match write_together(&pool, &transitions).await {
+        match write_together(&pool, &mut batch).await {
             Ok(written) => {
                 for (i, job) in batch.drain(..).enumerate() {
                     let _ = job.done.send(Ok(written.contains(&(i as i32))));
                 }
             }
-            Err(error) if batch.len() == 1 => {
-                let job = batch.pop().expect("one job");
-                let _ = job.done.send(Err(error));
+            Err(error) if batch.len() <= 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.done.send(Err(error));
+                }
             }
             Err(error) => {
                 tracing::debug!(%error, size = batch.len(), "batch failed; writing its transitions one by one");
                 for job in batch.drain(..) {
-                    let result = write_together(&pool, &[&job.transition])
+                    let mut one = vec![job];
+                    let result = write_together(&pool, &mut one)
                         .await
                         .map(|written| written.contains(&0));
-                    let _ = job.done.send(result);
+                    if let Some(job) = one.pop() {
+                        let _ = job.done.send(result);
+                    }
                 }
             }
         }
     }
 }
 
-/// Writes the transitions that still match their guards, in one statement; the indexes (into
-/// `transitions`) of those it wrote.
+/// Drops the jobs whose command is no longer waiting for them (see the module's docs).
+fn abandon_given_up(batch: &mut Vec<Job>) {
+    let before = batch.len();
+    batch.retain(|job| !job.done.is_closed());
+    let abandoned = before - batch.len();
+    if abandoned > 0 {
+        tracing::debug!(abandoned, "transitions not written: their commands gave up");
+        metrics::counter!(m::WRITES_ABANDONED).increment(abandoned as u64);
+    }
+}
+
+/// Writes the transitions of `batch` that still match their guards, in one statement; the
+/// indexes (into `batch`, less the jobs whose commands gave up) of those it wrote.
 ///
 /// The trips are found through their key (`trip_id = ANY(...)`), whatever the planner thinks
 /// of the unnested input's size, so a batch never scans the table.
-async fn write_together(
-    pool: &Pool,
-    transitions: &[&Transition],
-) -> Result<HashSet<i32>, StoreError> {
+async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32>, StoreError> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -223,7 +239,14 @@ async fn write_together(
              SELECT job FROM upd",
         )
         .await?;
-    let columns = Columns::of(transitions);
+    // Checked here, once a connection (which a lost database makes a long wait) is in hand.
+    abandon_given_up(batch);
+    if batch.is_empty() {
+        return Ok(HashSet::new());
+    }
+    metrics::histogram!(m::WRITE_BATCH).record(batch.len() as f64);
+    let transitions: Vec<&Transition> = batch.iter().map(|job| &job.transition).collect();
+    let columns = Columns::of(&transitions);
     let rows = client.query(&statement, &columns.params()).await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }

@@ -1,4 +1,5 @@
-//! Replicas on one database: stale caches, transitions sharing a statement.
+//! Replicas on one database: stale caches, transitions sharing a statement, writes that
+//! outlive their commands.
 
 use super::*;
 
@@ -183,4 +184,165 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
         }
     })
     .await;
+}
+
+/// Waits until some session of `db` waits for a row lock: a statement of the service queued
+/// behind a transaction the test holds open.
+async fn until_a_statement_waits_for_a_lock(pg: &tokio_postgres::Client) {
+    eventually("a statement waiting for a row lock", PATIENCE, || async {
+        let waiting: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await;
+}
+
+/// A transition decided in time but still queued for the writer when its command gave up
+/// (the caller was told the database did not answer) is never written: the caller's retry
+/// decides on what the database holds, and a late write could contradict its answer.
+#[tokio::test]
+async fn a_transition_whose_command_gave_up_is_not_written_later() {
+    let db = TestDb::create().await;
+    let mut config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    config.store.writers = 1;
+    config.store.command_timeout = Duration::from_millis(500);
+    let store = store_on(&db, &config);
+    for driver in ["driver-1", "driver-2", "driver-3"] {
+        assert!(store.execute(online(driver)).await.unwrap().changed);
+    }
+    let trip_of = |rider: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .execute(create(rider, "k"))
+                .await
+                .unwrap()
+                .trip
+                .unwrap()
+                .trip_id
+        }
+    };
+    let (blocker, trip, barrier) = (
+        trip_of("rider-1").await,
+        trip_of("rider-2").await,
+        trip_of("rider-3").await,
+    );
+    assert!(
+        store
+            .execute(offer(trip, "driver-1", 60_000))
+            .await
+            .unwrap()
+            .changed
+    );
+
+    // The one writer is stuck: its statement waits for a row another transaction holds.
+    let mut holder = db.client().await;
+    let held = holder.transaction().await.unwrap();
+    held.execute(
+        "SELECT 1 FROM trips WHERE trip_id = $1 FOR UPDATE",
+        &[&blocker],
+    )
+    .await
+    .unwrap();
+    let stuck = store.execute(offer(blocker, "driver-2", 60_000)).await;
+    assert_eq!(code(&stuck), Some(ErrorCode::Unavailable), "{stuck:?}");
+    let pg = db.client().await;
+    until_a_statement_waits_for_a_lock(&pg).await;
+
+    // The accept is decided and queued behind it, and its command gives up.
+    let given_up = store.execute(accept(trip, "driver-1")).await;
+    assert_eq!(
+        code(&given_up),
+        Some(ErrorCode::Unavailable),
+        "{given_up:?}"
+    );
+
+    // The writer goes on; once a command queued after the accept is answered, the writer
+    // has dealt with the accept.
+    held.rollback().await.unwrap();
+    assert!(
+        store
+            .execute(offer(barrier, "driver-3", 60_000))
+            .await
+            .unwrap()
+            .changed
+    );
+    let state: String = pg
+        .query_one("SELECT state FROM trips WHERE trip_id = $1", &[&trip])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        state, "offered",
+        "the given-up accept was written after all"
+    );
+
+    // The retry is what accepts it.
+    let retried = store.execute(accept(trip, "driver-1")).await.unwrap();
+    assert!(retried.changed);
+    assert_eq!(retried.trip.unwrap().state, TripState::Accepted);
+}
+
+/// A refusal is final, so it waits for a write of the trip that is still being committed (an
+/// earlier attempt of the same command, say): an accept retried while its first attempt
+/// commits is answered as done, not refused as an expired offer that then takes effect.
+#[tokio::test]
+async fn a_refusal_waits_for_a_write_of_the_trip_in_flight() {
+    let db = TestDb::create().await;
+    let config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    let store = store_on(&db, &config);
+    assert!(store.execute(online("driver-1")).await.unwrap().changed);
+    let trip = store
+        .execute(create("rider-1", "k"))
+        .await
+        .unwrap()
+        .trip
+        .unwrap()
+        .trip_id;
+    let expires_at = now_ms() + 300;
+    assert!(
+        store
+            .execute(offer(trip, "driver-1", 300))
+            .await
+            .unwrap()
+            .changed
+    );
+    eventually("the offer expired", PATIENCE, || async {
+        (now_ms() > expires_at + 50).then_some(())
+    })
+    .await;
+
+    // The first attempt's write, accepted before the expiry, is being committed.
+    let mut writer = db.client().await;
+    let first = writer.transaction().await.unwrap();
+    let updated = first
+        .execute(
+            "UPDATE trips SET state = 'accepted', version = version + 1, offer_expires_at = NULL \
+             WHERE trip_id = $1 AND state = 'offered'",
+            &[&trip],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 1);
+
+    // The retry reads the trip as offered, and expired; it must wait for that write.
+    let retry = tokio::spawn({
+        let store = store.clone();
+        async move { store.execute(accept(trip, "driver-1")).await }
+    });
+    let pg = db.client().await;
+    until_a_statement_waits_for_a_lock(&pg).await;
+    first.commit().await.unwrap();
+    let answer = retry.await.unwrap().unwrap();
+    assert!(!answer.changed, "{answer:?}");
+    let after = answer.trip.unwrap();
+    assert_eq!(after.state, TripState::Accepted);
+    assert_eq!(after.driver_id.as_deref(), Some("driver-1"));
 }
