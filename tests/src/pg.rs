@@ -72,6 +72,29 @@ impl TestDb {
         db
     }
 
+    /// Waits (up to 15 s) until some session of this database waits for a lock: a statement
+    /// of the code under test queued behind a transaction the test holds open.
+    pub async fn until_a_session_waits_for_a_lock(&self) {
+        let watcher = self.client().await;
+        crate::eventually(
+            "a statement waiting for a lock",
+            std::time::Duration::from_secs(15),
+            || async {
+                let waiting: i64 = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                        &[],
+                    )
+                    .await
+                    .expect("reading pg_stat_activity")
+                    .get(0);
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// A client connected to this database.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, NoTls)

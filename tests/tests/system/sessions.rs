@@ -10,7 +10,7 @@ use protocol::{ErrorCode, Subjects};
 use serde_json::json;
 use tests::client::Client;
 use tests::services::{gateway_config, start_gateway, start_trips, trips_config};
-use tests::{NatsServer, TestDb, eventually, unique_prefix};
+use tests::{NatsServer, TestDb, unique_prefix};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -118,20 +118,8 @@ async fn the_gateway_stop_waits_for_commands_in_flight() {
     driver
         .send_json(&json!({"type": "go_offline", "id": 2}))
         .await;
-    let watcher = db.client().await;
-    eventually("the command waiting on the row", PATIENCE, || async {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting > 0).then_some(())
-    })
-    .await;
+    // The command waits on the row.
+    db.until_a_session_waits_for_a_lock().await;
     let mut running = gateway.running;
     let mut stopping = tokio::spawn(async move { running.halt().await });
     // The sessions close at once, but the gateway waits for the command it forwarded.

@@ -186,24 +186,6 @@ async fn concurrent_transitions_share_a_statement_and_a_bad_one_fails_alone() {
     .await;
 }
 
-/// Waits until some session of `db` waits for a row lock: a statement of the service queued
-/// behind a transaction the test holds open.
-async fn until_a_statement_waits_for_a_lock(pg: &tokio_postgres::Client) {
-    eventually("a statement waiting for a row lock", PATIENCE, || async {
-        let waiting: i64 = pg
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (waiting > 0).then_some(())
-    })
-    .await;
-}
-
 /// A transition decided in time but still queued for the writer when its command gave up
 /// (the caller was told the database did not answer) is never written: the caller's retry
 /// decides on what the database holds, and a late write could contradict its answer.
@@ -254,7 +236,7 @@ async fn a_transition_whose_command_gave_up_is_not_written_later() {
     let stuck = store.execute(offer(blocker, "driver-2", 60_000)).await;
     assert_eq!(code(&stuck), Some(ErrorCode::Unavailable), "{stuck:?}");
     let pg = db.client().await;
-    until_a_statement_waits_for_a_lock(&pg).await;
+    db.until_a_session_waits_for_a_lock().await;
 
     // The accept is decided and queued behind it, and its command gives up.
     let given_up = store.execute(accept(trip, "driver-1")).await;
@@ -337,8 +319,7 @@ async fn a_refusal_waits_for_a_write_of_the_trip_in_flight() {
         let store = store.clone();
         async move { store.execute(accept(trip, "driver-1")).await }
     });
-    let pg = db.client().await;
-    until_a_statement_waits_for_a_lock(&pg).await;
+    db.until_a_session_waits_for_a_lock().await;
     first.commit().await.unwrap();
     let answer = retry.await.unwrap().unwrap();
     assert!(!answer.changed, "{answer:?}");
