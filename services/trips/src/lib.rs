@@ -205,6 +205,31 @@ pub async fn run(
         .await?;
     // Readiness follows the connection; make sure the server has our subscriptions first.
     let _ = nats.flush().await;
+    let background = CancellationToken::new();
+    // Where clients are, so that their messages go to their gateway only.
+    let directory = Arc::new(kit::presence::Directory::new(
+        config.subjects.clone(),
+        &[
+            protocol::client::Role::Driver,
+            protocol::client::Role::Rider,
+        ],
+    ));
+    tasks.spawn(kit::presence::follow(
+        nats.clone(),
+        directory.clone(),
+        background.clone(),
+    ));
+    let receipts = kit::bus::Receipts::start(nats.clone())
+        .await
+        .context("starting the outbox's receipts")?;
+    let nudges = webhooks::deliver::Nudges::default();
+    let publisher =
+        outbox::Publisher::new(receipts, directory, store.outbox_ready(), nudges.clone());
+    tasks.spawn(outbox::run(
+        pool.clone(),
+        publisher.clone(),
+        background.clone(),
+    ));
     let limit = Arc::new(Semaphore::new(config.max_in_flight));
     let in_flight = limit.clone();
     tasks.spawn(serve(
@@ -232,9 +257,8 @@ pub async fn run(
         limit,
         stop_intake.clone(),
         tasks.clone(),
-        Handler::Record,
+        Handler::Record(Arc::new(publisher)),
     ));
-    let background = CancellationToken::new();
     tasks.spawn(kit::bus::track_readiness(
         nats.clone(),
         readiness.clone(),
@@ -246,29 +270,6 @@ pub async fn run(
         readiness.clone(),
         background.clone(),
     ));
-    // Where clients are, so that their messages go to their gateway only.
-    let directory = Arc::new(kit::presence::Directory::new(
-        config.subjects.clone(),
-        &[
-            protocol::client::Role::Driver,
-            protocol::client::Role::Rider,
-        ],
-    ));
-    tasks.spawn(kit::presence::follow(
-        nats.clone(),
-        directory.clone(),
-        background.clone(),
-    ));
-    let receipts = kit::bus::Receipts::start(nats.clone())
-        .await
-        .context("starting the outbox's receipts")?;
-    tasks.spawn(outbox::run(
-        pool.clone(),
-        store.outbox_ready(),
-        receipts,
-        directory,
-        background.clone(),
-    ));
     tasks.spawn(breadcrumbs::run(pool.clone(), crumbs, stop_intake.clone()));
     tasks.spawn(webhooks::deliver::run(
         pool.clone(),
@@ -276,6 +277,7 @@ pub async fn run(
         config.subjects.clone(),
         config.webhook_destinations.clone(),
         config.webhook_delivery.clone(),
+        nudges,
         background.clone(),
     ));
     tasks.spawn(store.zones().clone().follow(background.clone()));
@@ -327,12 +329,12 @@ pub async fn run(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Handler {
     Command,
     Query,
-    /// Zone events from gateways.
-    Record,
+    /// Zone events from gateways, and what wakes the outbox and the delivery after them.
+    Record(Arc<outbox::Publisher>),
 }
 
 async fn serve(
@@ -357,10 +359,10 @@ async fn serve(
             continue;
         };
         if kit::bus::stale(&message, protocol::time::now_ms()) {
-            let what = match handler {
+            let what = match &handler {
                 Handler::Command => "command",
                 Handler::Query => "query",
-                Handler::Record => "zone_events",
+                Handler::Record(_) => "zone_events",
             };
             metrics::counter!(meters::STALE_REQUESTS, "subject" => what).increment(1);
             tracing::warn!(
@@ -374,6 +376,7 @@ async fn serve(
         };
         let store = store.clone();
         let nats = nats.clone();
+        let handler = handler.clone();
         tasks.spawn(async move {
             let malformed = |what: &'static str, error: codec::CodecError| {
                 metrics::counter!(meters::MALFORMED, "subject" => what).increment(1);
@@ -389,24 +392,31 @@ async fn serve(
                     Ok(query) => codec::encode(&store.query(query).await),
                     Err(error) => codec::encode(&QueryReply::Error(malformed("query", error))),
                 },
-                Handler::Record => match codec::decode::<Vec<ZoneEvent>>(&message.payload) {
-                    Ok(events) if events.len() > tracking::MAX_BATCH => {
-                        codec::encode(&RecordReply::Err(CommandError::new(
-                            ErrorCode::TooLarge,
-                            "too many zone events in one batch",
-                        )))
-                    }
-                    Ok(events) => {
-                        let recorded =
-                            tracking::record(store.pool(), store.subjects(), &events).await;
-                        if matches!(recorded, Ok(n) if n > 0) {
-                            store.outbox_ready().notify_one();
+                Handler::Record(ref publisher) => {
+                    match codec::decode::<Vec<ZoneEvent>>(&message.payload) {
+                        Ok(events) if events.len() > tracking::MAX_BATCH => {
+                            codec::encode(&RecordReply::Err(CommandError::new(
+                                ErrorCode::TooLarge,
+                                "too many zone events in one batch",
+                            )))
                         }
-                        let reply: RecordReply = recorded.map_err(StoreError::into_command_error);
-                        codec::encode(&reply)
+                        Ok(events) => {
+                            let recorded = tracking::record(
+                                store.pool(),
+                                store.subjects(),
+                                publisher,
+                                &events,
+                            )
+                            .await;
+                            let reply: RecordReply =
+                                recorded.map_err(StoreError::into_command_error);
+                            codec::encode(&reply)
+                        }
+                        Err(error) => {
+                            codec::encode(&RecordReply::Err(malformed("zone_events", error)))
+                        }
                     }
-                    Err(error) => codec::encode(&RecordReply::Err(malformed("zone_events", error))),
-                },
+                }
             };
             if let Err(error) = nats.publish(reply_to, reply.into()).await {
                 tracing::warn!(%error, "could not send reply");

@@ -1,6 +1,7 @@
 //! Zone events from the gateways: recorded against where each driver is known to be
-//! (`zone_presence`), and published for integrators, with their webhook deliveries, through
-//! the outbox.
+//! (`zone_presence`), queued for their webhooks and written to the outbox for integrators in
+//! the same transaction ([`crate::outbox::enqueue_with_hooks`]): their deliveries can start
+//! as soon as it commits.
 //!
 //! The presence table makes each crossing one event: an enter for a zone the driver is
 //! already in, an exit from one it is not in, or a second dwell repeats what is recorded and
@@ -26,6 +27,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::messages::{Outgoing, public_event, to_user};
 use crate::meters as m;
+use crate::outbox::Publisher;
 
 /// Most events a gateway sends in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -58,10 +60,12 @@ pub fn to_public(event: &ZoneEvent) -> Event {
     }
 }
 
-/// Records `events` in order; returns how many were new (and so published).
+/// Records `events` in order, with the new ones' messages and webhook deliveries; returns how
+/// many were new.
 pub async fn record(
     pool: &Pool,
     subjects: &Subjects,
+    publisher: &Publisher,
     events: &[ZoneEvent],
 ) -> Result<u32, StoreError> {
     let mut client = pool.get().await?;
@@ -144,8 +148,12 @@ pub async fn record(
             out.push(to_user(subjects, Role::Driver, &event.driver_id, &left));
         }
     }
-    crate::outbox::enqueue(&tx, out).await?;
+    let written = !out.is_empty();
+    let queued = crate::outbox::enqueue_with_hooks(&tx, subjects, out).await?;
     tx.commit().await?;
+    if written {
+        publisher.queued(queued).await;
+    }
     Ok(recorded)
 }
 

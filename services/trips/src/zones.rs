@@ -368,7 +368,9 @@ impl Zones {
         let exits =
             crate::tracking::exits_of_deleted(&tx, &self.subjects, (zone_id, deleted.get(0), kind))
                 .await?;
-        crate::outbox::enqueue(&tx, exits).await?;
+        // Queued for their webhooks now, as every zone event is when written, so a driver's
+        // zone events reach each endpoint in the order they were written.
+        crate::outbox::enqueue_with_hooks(&tx, &self.subjects, exits).await?;
         self.commit(tx).await?;
         Ok(())
     }

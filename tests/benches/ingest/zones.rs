@@ -82,9 +82,9 @@ pub(super) struct EventPath<'a> {
 }
 
 /// Zone events timed from the client's send to a webhook receiver's receipt, at `rate` with
-/// one report in `cross_every` crossing an edge, `runs` times. Each event's publication on
-/// the bus (by the trips service's outbox, in the transaction that queues its webhook
-/// deliveries) splits its time in two: detecting and recording it, and delivering it.
+/// one report in `cross_every` crossing an edge, `runs` times; and, beside it, from the send to
+/// the event's publication on the bus by the trips service's outbox. The two paths part at the
+/// recording's commit, which queues the webhook deliveries and the outbox row together.
 pub(super) async fn event_latency(
     rig: &Rig,
     path: EventPath<'_>,
@@ -144,11 +144,9 @@ pub(super) async fn event_latency(
             times.total.max()
         );
         println!(
-            "  send to published p50 {} ms, p99 {} ms; published to webhook p50 {} ms, p99 {} ms ({} not seen published); trips service CPU {trips_cpu_us:.0} us per event",
-            times.recorded.value_at_quantile(0.5),
-            times.recorded.value_at_quantile(0.99),
-            times.delivered.value_at_quantile(0.5),
-            times.delivered.value_at_quantile(0.99),
+            "  send to published p50 {} ms, p99 {} ms ({} not seen published); trips service CPU {trips_cpu_us:.0} us per event",
+            times.published.value_at_quantile(0.5),
+            times.published.value_at_quantile(0.99),
             times.unseen
         );
         println!(
@@ -172,8 +170,7 @@ pub(super) async fn event_latency(
         "positions_lost": lost,
         "events_per_sec": spread(&s.rates),
         "event_latency_ms": {"p50": spread(&s.p50s), "p99": spread(&s.p99s)},
-        "send_to_published_ms": {"p50": spread(&s.recorded_p50s), "p99": spread(&s.recorded_p99s)},
-        "published_to_webhook_ms": {"p50": spread(&s.delivered_p50s), "p99": spread(&s.delivered_p99s)},
+        "send_to_published_ms": {"p50": spread(&s.published_p50s), "p99": spread(&s.published_p99s)},
         "trips_cpu_us_per_event": spread(&s.trips_cpu_us),
     });
     Ok((clients, json))
@@ -205,11 +202,10 @@ impl Published {
     }
 }
 
-/// One run's events' times: send to webhook, and its two parts.
+/// One run's events' times: send to webhook, and send to publication.
 struct Times {
     total: Histogram<u64>,
-    recorded: Histogram<u64>,
-    delivered: Histogram<u64>,
+    published: Histogram<u64>,
     /// Delivered events never seen on the bus (the subscriber fell behind).
     unseen: usize,
 }
@@ -219,8 +215,7 @@ impl Times {
         let histogram = || Histogram::<u64>::new_with_bounds(1, 600_000, 3);
         let mut times = Self {
             total: histogram()?,
-            recorded: histogram()?,
-            delivered: histogram()?,
+            published: histogram()?,
             unseen: 0,
         };
         let seen = published.0.lock().unwrap();
@@ -230,10 +225,7 @@ impl Times {
                 .total
                 .record(ms(delivered.event.at, delivered.received_ms))?;
             match seen.get(&delivered.event.id) {
-                Some(&at) => {
-                    times.recorded.record(ms(delivered.event.at, at))?;
-                    times.delivered.record(ms(at, delivered.received_ms))?;
-                }
+                Some(&at) => times.published.record(ms(delivered.event.at, at))?,
                 None => times.unseen += 1,
             }
         }
@@ -247,10 +239,8 @@ struct Spreads {
     rates: Vec<f64>,
     p50s: Vec<f64>,
     p99s: Vec<f64>,
-    recorded_p50s: Vec<f64>,
-    recorded_p99s: Vec<f64>,
-    delivered_p50s: Vec<f64>,
-    delivered_p99s: Vec<f64>,
+    published_p50s: Vec<f64>,
+    published_p99s: Vec<f64>,
     trips_cpu_us: Vec<f64>,
 }
 
@@ -265,12 +255,9 @@ impl Spreads {
         let (p50, p99) = quantiles(&times.total);
         self.p50s.push(p50);
         self.p99s.push(p99);
-        let (p50, p99) = quantiles(&times.recorded);
-        self.recorded_p50s.push(p50);
-        self.recorded_p99s.push(p99);
-        let (p50, p99) = quantiles(&times.delivered);
-        self.delivered_p50s.push(p50);
-        self.delivered_p99s.push(p99);
+        let (p50, p99) = quantiles(&times.published);
+        self.published_p50s.push(p50);
+        self.published_p99s.push(p99);
         self.rates.push(rate);
         self.trips_cpu_us.push(trips_cpu_us);
     }

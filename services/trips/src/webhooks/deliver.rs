@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -98,6 +99,45 @@ enum Outcome {
     Failed(String),
 }
 
+/// Wakes this replica's delivery workers when deliveries were queued: through the bus
+/// (`{p}.hooks.due`) when another replica queued them, directly when this one did and also
+/// delivers, which spares a round trip through the NATS server.
+#[derive(Debug, Clone)]
+pub struct Nudges {
+    due: Arc<watch::Sender<u64>>,
+    leading: Arc<AtomicBool>,
+}
+
+impl Default for Nudges {
+    fn default() -> Self {
+        Self {
+            due: Arc::new(watch::channel(0).0),
+            leading: Arc::default(),
+        }
+    }
+}
+
+impl Nudges {
+    /// Wakes the workers if this replica delivers; `false` when another one does (then the
+    /// bus must tell it).
+    pub fn here(&self) -> bool {
+        if !self.leading.load(Ordering::Acquire) {
+            return false;
+        }
+        self.wake();
+        true
+    }
+
+    fn wake(&self) {
+        self.due.send_modify(|n| *n += 1);
+    }
+
+    fn lead(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+        metrics::gauge!(m::WEBHOOK_LEADER).set(if leading { 1.0 } else { 0.0 });
+    }
+}
+
 /// Delivers until `stop`, whenever this replica holds the delivery lock.
 pub async fn run(
     pool: Pool,
@@ -105,6 +145,7 @@ pub async fn run(
     subjects: Subjects,
     destinations: Destinations,
     settings: DeliverySettings,
+    nudges: Nudges,
     stop: CancellationToken,
 ) {
     let client = match reqwest::Client::builder()
@@ -121,22 +162,22 @@ pub async fn run(
         }
     };
     // Nudges from the outbox of every replica, counted so each worker sees them all.
-    let (due_tx, due_rx) = watch::channel(0u64);
-    let nudges = match nats.subscribe(subjects.hooks_due()).await {
+    let due = nudges.due.subscribe();
+    let subscription = match nats.subscribe(subjects.hooks_due()).await {
         Ok(subscription) => Some(subscription),
         Err(error) => {
             tracing::warn!(%error, "no webhook nudges; polling only");
             None
         }
     };
-    if let Some(mut nudges) = nudges {
-        let stop = stop.clone();
+    if let Some(mut subscription) = subscription {
+        let (stop, nudges) = (stop.clone(), nudges.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    message = nudges.next() => match message {
-                        Some(_) => { due_tx.send_modify(|n| *n += 1); }
+                    message = subscription.next() => match message {
+                        Some(_) => nudges.wake(),
                         None => break,
                     },
                 }
@@ -148,7 +189,8 @@ pub async fn run(
         client,
         destinations,
         settings: Arc::new(settings),
-        due: due_rx,
+        due,
+        nudges,
     };
     loop {
         if stop.is_cancelled() {
@@ -157,7 +199,7 @@ pub async fn run(
         if let Err(error) = delivery.lead(&stop).await {
             tracing::debug!(%error, "webhook delivery lock not held");
         }
-        metrics::gauge!(m::WEBHOOK_LEADER).set(0.0);
+        delivery.nudges.lead(false);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -172,6 +214,7 @@ struct Delivery {
     destinations: Destinations,
     settings: Arc<DeliverySettings>,
     due: watch::Receiver<u64>,
+    nudges: Nudges,
 }
 
 impl Delivery {
@@ -187,7 +230,7 @@ impl Delivery {
             return Ok(());
         }
         tracing::info!("this replica delivers webhooks");
-        metrics::gauge!(m::WEBHOOK_LEADER).set(1.0);
+        self.nudges.lead(true);
         let mut workers: HashMap<Uuid, (Endpoint, CancellationToken)> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -498,5 +541,28 @@ impl Outcomes {
         count("delivered", self.delivered.len() as u64);
         count("failed", self.failed.len() as u64 - dead);
         count("dead", dead);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nudge_wakes_the_workers_here_only_while_this_replica_delivers() {
+        let nudges = Nudges::default();
+        let mut due = nudges.due.subscribe();
+        assert!(
+            !nudges.here(),
+            "another replica delivers: the bus must tell it"
+        );
+        assert!(!due.has_changed().unwrap());
+        nudges.lead(true);
+        assert!(nudges.here());
+        assert!(due.has_changed().unwrap(), "the workers are woken");
+        due.mark_unchanged();
+        nudges.lead(false);
+        assert!(!nudges.here());
+        assert!(!due.has_changed().unwrap());
     }
 }

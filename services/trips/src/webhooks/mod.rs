@@ -301,9 +301,9 @@ impl Webhooks {
     }
 }
 
-/// Queues `events` (the JSON an outbox batch published) for every endpoint that wants them, in
-/// the outbox's transaction `tx`; returns how many deliveries were queued.
-pub(crate) async fn queue(tx: &impl GenericClient, events: &[Vec<u8>]) -> Result<u64, StoreError> {
+/// Queues `events` (the JSON a round of the outbox publishes) for every endpoint that wants
+/// them, in the publishing transaction `tx`; returns how many deliveries were queued.
+pub(crate) async fn queue(tx: &impl GenericClient, events: &[&[u8]]) -> Result<u64, StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());

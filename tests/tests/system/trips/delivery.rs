@@ -1,5 +1,7 @@
 //! What committed is published: after a crash, by the sweeper, and quick refusals while the database is away.
 
+use std::sync::Arc;
+
 use super::*;
 use tests::proxy::TcpProxy;
 
@@ -32,6 +34,17 @@ async fn outbox_rows(db: &TestDb) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// A publisher through `receipts`' client, as a replica's outbox has.
+fn publisher(receipts: kit::bus::Receipts, subjects: &Subjects) -> trips::outbox::Publisher {
+    let directory = kit::presence::Directory::new(subjects.clone(), &[Role::Driver, Role::Rider]);
+    trips::outbox::Publisher::new(
+        receipts,
+        Arc::new(directory),
+        Arc::default(),
+        trips::webhooks::deliver::Nudges::default(),
+    )
 }
 
 #[tokio::test]
@@ -98,8 +111,7 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
         .unwrap();
     client.flush().await.unwrap();
     let receipts = kit::bus::Receipts::start(client).await.unwrap();
-    let directory =
-        kit::presence::Directory::new(config.subjects.clone(), &[Role::Driver, Role::Rider]);
+    let publisher = publisher(receipts, &config.subjects);
     // Another replica is publishing: it holds the lock in its open transaction.
     let mut other = db.client().await;
     let holding = other.transaction().await.unwrap();
@@ -110,14 +122,14 @@ async fn only_the_replica_holding_the_outbox_lock_publishes() {
         )
         .await
         .unwrap();
-    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+    let published = trips::outbox::publish_batch(&pool, &publisher)
         .await
         .unwrap();
     assert_eq!(published, 0, "a replica without the lock reads no row");
     assert_eq!(waiting().await, 1, "and leaves the row where it is");
 
     holding.commit().await.unwrap();
-    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+    let published = trips::outbox::publish_batch(&pool, &publisher)
         .await
         .unwrap();
     assert_eq!(published, 1, "once the lock is free the row is published");
@@ -160,13 +172,12 @@ async fn the_outbox_deletes_nothing_a_silent_server_did_not_read() {
         .confirm(receipts.mark(), Duration::from_secs(5))
         .await
         .expect("a receipt from a server that answers");
-    let directory =
-        kit::presence::Directory::new(config.subjects.clone(), &[Role::Driver, Role::Rider]);
+    let publisher = publisher(receipts, &config.subjects);
 
     // The path goes silent: the publish and its flush succeed into the kernel's buffers, but
     // no receipt comes back.
     proxy.stall();
-    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+    let published = trips::outbox::publish_batch(&pool, &publisher)
         .await
         .unwrap();
     assert_eq!(
@@ -180,7 +191,7 @@ async fn the_outbox_deletes_nothing_a_silent_server_did_not_read() {
     );
 
     proxy.restore();
-    let published = trips::outbox::publish_batch(&pool, &receipts, &directory)
+    let published = trips::outbox::publish_batch(&pool, &publisher)
         .await
         .unwrap();
     assert_eq!(published, 1, "with the path back, the row is published");
@@ -293,4 +304,104 @@ async fn commands_answer_unavailable_quickly_when_the_database_is_away() {
         .unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("database: waiting"));
+}
+
+/// A driver entering a zone, as a gateway reports it.
+fn zone_enter(driver: &str) -> protocol::bus::ZoneEvent {
+    protocol::bus::ZoneEvent {
+        id: Uuid::new_v4(),
+        transition: protocol::bus::ZoneTransition::Enter,
+        driver_id: driver.to_owned(),
+        zone_id: Uuid::new_v4(),
+        zone_name: "rank".to_owned(),
+        zone_kind: protocol::zone::ZoneKind::Watch,
+        at: now_ms(),
+        position: None,
+    }
+}
+
+/// The types of the webhook deliveries queued, in the order they were queued.
+async fn queued_for_webhooks(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT event_type FROM webhook_deliveries ORDER BY delivery_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_order() {
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let config = trips_config(&db.url, &nats.url(), &prefix);
+    // A trip's request waits in the outbox, and no outbox round runs until the test's own.
+    let (pool, _trip) = created_without_publisher(&db, &config).await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO webhook_endpoints (endpoint_id, url, secret) VALUES ($1, $2, 's')",
+            &[&Uuid::new_v4(), &"http://127.0.0.1:9/"],
+        )
+        .await
+        .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = client
+        .subscribe(config.subjects.events_all())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let publisher = publisher(
+        kit::bus::Receipts::start(client).await.unwrap(),
+        &config.subjects,
+    );
+
+    let entered = zone_enter("driver-1");
+    let recorded = trips::tracking::record(
+        &pool,
+        &config.subjects,
+        &publisher,
+        std::slice::from_ref(&entered),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded, 1);
+    assert_eq!(
+        queued_for_webhooks(&db).await,
+        ["zone.enter"],
+        "deliverable once recorded, before any publication"
+    );
+    assert_eq!(outbox_rows(&db).await, 2, "and waiting to be published");
+    // A repeat of the same crossing (a gateway's retry) writes nothing.
+    let recorded = trips::tracking::record(
+        &pool,
+        &config.subjects,
+        &publisher,
+        std::slice::from_ref(&entered),
+    )
+    .await
+    .unwrap();
+    assert_eq!(recorded, 0);
+    assert_eq!(outbox_rows(&db).await, 2);
+
+    let published = trips::outbox::publish_batch(&pool, &publisher)
+        .await
+        .unwrap();
+    assert_eq!(published, 2);
+    let first: protocol::events::Event = next(&mut events).await;
+    assert_eq!(first.kind, protocol::events::EventType::TripRequested);
+    let second: protocol::events::Event = next(&mut events).await;
+    assert_eq!(second.id, entered.id.to_string(), "in commit order");
+    assert_eq!(
+        queued_for_webhooks(&db).await,
+        ["zone.enter", "trip.requested"],
+        "the publication queued the trip's event, and the zone event not again"
+    );
+    assert_eq!(outbox_rows(&db).await, 0);
 }
