@@ -301,8 +301,9 @@ impl Webhooks {
     }
 }
 
-/// Queues `events` (the JSON a round of the outbox publishes) for every endpoint that wants
-/// them, in the publishing transaction `tx`; returns how many deliveries were queued.
+/// Queues `events` (integrators' events as JSON) for every endpoint that wants them, in `tx`:
+/// the transaction that writes them to the outbox, or the round that publishes them. Returns
+/// how many deliveries were queued.
 pub(crate) async fn queue(tx: &impl GenericClient, events: &[&[u8]]) -> Result<u64, StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
