@@ -363,14 +363,15 @@ async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_
     );
 
     let entered = zone_enter("driver-1");
-    let recorded = trips::tracking::record(
-        &pool,
-        &config.subjects,
-        &publisher,
-        std::slice::from_ref(&entered),
-    )
-    .await
-    .unwrap();
+    let record = || {
+        trips::tracking::record(
+            &pool,
+            &config.subjects,
+            &publisher,
+            std::slice::from_ref(&entered),
+        )
+    };
+    let recorded = record().await.unwrap();
     assert_eq!(recorded, 1);
     assert_eq!(
         queued_for_webhooks(&db).await,
@@ -379,14 +380,7 @@ async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_
     );
     assert_eq!(outbox_rows(&db).await, 2, "and waiting to be published");
     // A repeat of the same crossing (a gateway's retry) writes nothing.
-    let recorded = trips::tracking::record(
-        &pool,
-        &config.subjects,
-        &publisher,
-        std::slice::from_ref(&entered),
-    )
-    .await
-    .unwrap();
+    let recorded = record().await.unwrap();
     assert_eq!(recorded, 0);
     assert_eq!(outbox_rows(&db).await, 2);
 
