@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::meters as m;
+use crate::outbox::Publisher;
 use crate::rows::{TRIP_COLUMNS, trip_from_row};
 use crate::webhooks::{DeadLetter, Webhook, WebhookError, WebhookSpec, Webhooks};
 use crate::zones::{ZoneChangeError, Zones};
@@ -30,6 +31,7 @@ struct ApiState {
     pool: Pool,
     zones: Zones,
     webhooks: Webhooks,
+    publisher: Publisher,
     verifier: Verifier,
 }
 
@@ -430,7 +432,11 @@ async fn delete_zone(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.zones.delete(zone_id(&id)?).await?;
+    let deleted = state.zones.delete(zone_id(&id)?).await?;
+    if deleted.exits > 0 {
+        // Published and delivered now, not at the outbox's and the delivery's next polls.
+        state.publisher.queued(deleted.deliveries).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -542,11 +548,20 @@ async fn redeliver(
 }
 
 /// The API routes, each behind dispatcher authentication.
-pub fn routes(pool: Pool, zones: Zones, webhooks: Webhooks, verifier: Verifier) -> Router {
+/// The dispatchers' API; `publisher` is woken when a change writes events (a zone deleted
+/// with drivers inside).
+pub fn routes(
+    pool: Pool,
+    zones: Zones,
+    webhooks: Webhooks,
+    publisher: Publisher,
+    verifier: Verifier,
+) -> Router {
     let state = ApiState {
         pool,
         zones,
         webhooks,
+        publisher,
         verifier,
     };
     Router::new()

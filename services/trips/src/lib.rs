@@ -257,7 +257,7 @@ pub async fn run(
         limit,
         stop_intake.clone(),
         tasks.clone(),
-        Handler::Record(Arc::new(publisher)),
+        Handler::Record(Arc::new(publisher.clone())),
     ));
     tasks.spawn(kit::bus::track_readiness(
         nats.clone(),
@@ -297,6 +297,7 @@ pub async fn run(
         pool.clone(),
         store.zones().clone(),
         hooks,
+        publisher,
         config.verifier.clone(),
     )
     .merge(v1::routes(

@@ -9,7 +9,10 @@ async fn zone_events_reach_nats_and_webhooks_once_per_crossing() {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let subjects = Subjects::new(&prefix).unwrap();
-    let trips = start_trips(trips_for_hooks(&db, &nats, &prefix)).await;
+    let mut hooks_config = trips_for_hooks(&db, &nats, &prefix);
+    // Every delivery here follows a wake-up from what queued it: the poll would be too late.
+    hooks_config.webhook_delivery.poll = Duration::from_secs(3600);
+    let trips = start_trips(hooks_config).await;
     let mut config = gateway_config(&nats.url(), &prefix);
     config.tracking.dwell = Duration::from_secs(3);
     config.tracking.stale_after = Duration::from_secs(2);
@@ -92,6 +95,18 @@ async fn zone_events_reach_nats_and_webhooks_once_per_crossing() {
         "{:?}",
         events.borrow()
     );
+    // Delivered on the deletion's own wake-up, before anything else is recorded.
+    let deleted = events
+        .borrow()
+        .iter()
+        .find(|e| e.reason == Some(ExitReason::ZoneDeleted))
+        .map(|e| e.id.clone())
+        .unwrap();
+    eventually("the deletion's exit delivered", PATIENCE, || {
+        let delivered = receiver.accepted().iter().any(|r| r.id == deleted);
+        async move { delivered.then_some(()) }
+    })
+    .await;
     // Into another zone: its enter comes after whatever the gateway sent of the deleted one.
     let east = Point::new(CENTER.lat, CENTER.lng + 0.02);
     let (status, zone) = call(
