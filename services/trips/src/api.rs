@@ -547,9 +547,8 @@ async fn redeliver(
     Ok(Json(Requeued { requeued }))
 }
 
-/// The API routes, each behind dispatcher authentication.
-/// The dispatchers' API; `publisher` is woken when a change writes events (a zone deleted
-/// with drivers inside).
+/// The API routes, each behind dispatcher authentication; `publisher` is woken when a change
+/// writes events (a zone deleted with drivers inside).
 pub fn routes(
     pool: Pool,
     zones: Zones,
