@@ -432,11 +432,7 @@ async fn delete_zone(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = state.zones.delete(zone_id(&id)?).await?;
-    if deleted.exits > 0 {
-        // Published and delivered now, not at the outbox's and the delivery's next polls.
-        state.publisher.queued(deleted.deliveries).await;
-    }
+    state.zones.delete(zone_id(&id)?, &state.publisher).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

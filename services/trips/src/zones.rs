@@ -39,14 +39,6 @@ fn zone_from_row(row: &Row) -> Zone {
     }
 }
 
-/// What deleting a zone wrote besides: the exits of the drivers who were inside, and the
-/// webhook deliveries queued for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deleted {
-    pub exits: usize,
-    pub deliveries: u64,
-}
-
 /// Why a zone change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneChangeError {
@@ -358,8 +350,13 @@ impl Zones {
         Ok(zone_from_row(&row))
     }
 
-    /// Deletes a zone, with an exit for every driver who was inside.
-    pub async fn delete(&self, zone_id: Uuid) -> Result<Deleted, ZoneChangeError> {
+    /// Deletes a zone, with an exit for every driver who was inside; once committed, wakes
+    /// `publisher` for them, as a recording does.
+    pub async fn delete(
+        &self,
+        zone_id: Uuid,
+        publisher: &crate::outbox::Publisher,
+    ) -> Result<(), ZoneChangeError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let Some(deleted) = tx
@@ -378,13 +375,13 @@ impl Zones {
                 .await?;
         // Queued for their webhooks now, as every zone event is when written, so a driver's
         // zone events reach each endpoint in the order they were written.
-        let exited = exits.len();
-        let deliveries = crate::outbox::enqueue_with_hooks(&tx, &self.subjects, exits).await?;
+        let written = !exits.is_empty();
+        let queued = crate::outbox::enqueue_with_hooks(&tx, &self.subjects, exits).await?;
         self.commit(tx).await?;
-        Ok(Deleted {
-            exits: exited,
-            deliveries,
-        })
+        if written {
+            publisher.queued(queued).await;
+        }
+        Ok(())
     }
 
     /// Commits a change with the generation bumped, and puts it in force here at once.
