@@ -160,6 +160,34 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The path to forward for a request's `path`, which must lie under `/api/`: each segment is
+/// decoded once and must then be a plain name of unreserved characters (letters, digits, `-`,
+/// `_`, `.`, `~`) other than `.` and `..`. So no form of a dot segment, an encoded slash or
+/// backslash, a double encoding (a `%` left after decoding) or an empty segment can make the
+/// trips service's URL leave its `/api/`, and what is forwarded needs no encoding that a URL
+/// parser could normalise.
+fn api_path(path: &str) -> Result<String, &'static str> {
+    const REFUSED: &str = "an API path is /api/ followed by plain names: no `.` or `..` \
+                           segments, empty segments, encoded slashes, backslashes or `%` \
+                           escapes of anything but letters, digits and -_.~";
+    let rest = path.strip_prefix("/api/").ok_or(REFUSED)?;
+    let mut forward = String::from("/api");
+    for raw in rest.split('/') {
+        let segment = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| REFUSED)?;
+        let plain = segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+        if segment.is_empty() || segment == "." || segment == ".." || !plain {
+            return Err(REFUSED);
+        }
+        forward.push('/');
+        forward.push_str(&segment);
+    }
+    Ok(forward)
+}
+
 /// Largest request body passed on to the trips API (a zone with many vertices fits).
 const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
@@ -173,12 +201,19 @@ async fn proxy(State(state): State<DashState>, request: Request) -> Response {
             "this gateway has no trips API configured",
         );
     };
-    let path_and_query = request
+    let path = match api_path(request.uri().path()) {
+        Ok(path) => path,
+        Err(why) => {
+            metrics::counter!(m::API_PROXY_REFUSED).increment(1);
+            return json_error(StatusCode::BAD_REQUEST, "invalid_message", why);
+        }
+    };
+    let query = request
         .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let url = format!("{}{path_and_query}", base.trim_end_matches('/'));
+        .query()
+        .map(|query| format!("?{query}"))
+        .unwrap_or_default();
+    let url = format!("{}{path}{query}", base.trim_end_matches('/'));
     let (parts, body) = request.into_parts();
     let mut forward = match parts.method {
         Method::GET => state.http.get(url),
@@ -340,6 +375,46 @@ pub fn routes(settings: Dashboard, ws: SocketAddr) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_paths_under_api_are_forwarded() {
+        for (path, forwarded) in [
+            ("/api/trips", "/api/trips"),
+            ("/api/zones/6f1c/queue", "/api/zones/6f1c/queue"),
+            (
+                "/api/webhooks/a-b_c.d~e/dead",
+                "/api/webhooks/a-b_c.d~e/dead",
+            ),
+            // An unreserved character needlessly encoded is decoded and forwarded plainly.
+            ("/api/tr%69ps", "/api/trips"),
+        ] {
+            assert_eq!(api_path(path).as_deref(), Ok(forwarded), "{path}");
+        }
+        for path in [
+            "/api/../metrics",
+            "/api/%2e%2e/metrics",
+            "/api/%2E%2E/v1/openapi.json",
+            "/api/.%2e/metrics",
+            "/api/%2e./metrics",
+            "/api/%252e%252e/metrics",
+            "/api/%2e%2e%2fmetrics",
+            "/api/trips%2F..%2F..%2Fmetrics",
+            "/api/..%5cmetrics",
+            "/api/..\\metrics",
+            "/api/..;/metrics",
+            "/api/%c0%ae%c0%ae/metrics",
+            "/api/%ff",
+            "/api/./trips",
+            "/api//trips",
+            "/api/trips/",
+            "/api/trips/%00",
+            "/api/trips?x",
+            "/metrics",
+            "/apix/trips",
+        ] {
+            assert!(api_path(path).is_err(), "{path} was let through");
+        }
+    }
 
     #[test]
     fn host_header_parts() {

@@ -56,6 +56,9 @@ kit::meters! {
     counter FRAMES_SENT = "gateway_frames_sent_total" [kind = "control"];
     /// Dashboard API calls the trips service did not answer.
     counter API_PROXY_FAILURES = "gateway_api_proxy_failures_total";
+    /// Dashboard API calls refused before forwarding: a path that is not a plain one under
+    /// `/api/` (dot segments, encoded slashes, backslashes, double encodings).
+    counter API_PROXY_REFUSED = "gateway_api_proxy_refused_total";
     /// Times the NATS connection came back and every session re-read its state.
     counter RESYNCS = "gateway_resyncs_total";
 }
