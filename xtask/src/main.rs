@@ -7,10 +7,12 @@
 //! - `cargo xtask test`: formatting, lints and the whole test suite against real NATS and
 //!   PostgreSQL, brought up the same way.
 //! - `cargo xtask bench`: the benchmarks, figures in BENCHMARKS.md.
-//! - `cargo xtask supply-chain`: licenses and sources of every dependency, offline.
+//! - `cargo xtask supply-chain`: licenses and sources of every dependency, offline, and the
+//!   lock file against the RustSec advisory database.
 //! - `cargo xtask soak`: hours of moderate load, failing on memory growth, errors or losses.
 //! - `cargo xtask fuzz`: the protocol fuzzer for as long as asked.
 
+mod advisories;
 mod bench;
 mod city;
 mod cluster;
@@ -50,7 +52,8 @@ enum Command {
     Test(test::Args),
     /// Run the benchmarks against real NATS and PostgreSQL.
     Bench(bench::Args),
-    /// Check the licenses and sources of every dependency, offline (part of `test`).
+    /// Check the licenses and sources of every dependency, offline, and the lock file against
+    /// the RustSec advisory database (`ADVISORY_DB`); part of `test`.
     SupplyChain,
     /// Run the system at moderate load for a long time, watching memory, latency and errors.
     Soak(soak::Args),
@@ -120,7 +123,9 @@ fn main() -> ExitCode {
         Command::Cluster(args) => cluster::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::SupplyChain => supply::check(&workspace_root()),
+        Command::SupplyChain => {
+            supply::check(&workspace_root()).and_then(|()| advisories::check(&workspace_root()))
+        }
         Command::Soak(args) => soak::run(args),
         Command::Fuzz(args) => fuzz::run(args),
     };

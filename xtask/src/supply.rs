@@ -1,7 +1,7 @@
 //! Supply-chain checks that need no network: every Rust crate built for this platform and every
 //! npm package (the pages' and the SDK's) carries a license on the allow-list, and every crate comes from
-//! crates.io or this workspace (no git or other registries). Security advisories need the
-//! advisory database, which is online; see RELIABILITY.md.
+//! crates.io or this workspace (no git or other registries). Security advisories are checked
+//! against the RustSec database by `advisories`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
