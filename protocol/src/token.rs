@@ -196,10 +196,21 @@ impl Verifier {
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         let decode = |key: &DecodingKey| {
-            jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+            jsonwebtoken::decode::<SentClaims>(token, key, &validation)
                 .map(|data| data.claims)
                 .map_err(|e| match e.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    // The signature held but the claims did not read (the library's own reading
+                    // refuses a registered claim named twice): say so if that is why.
+                    jsonwebtoken::errors::ErrorKind::Json(_) => {
+                        match jsonwebtoken::dangerous::insecure_decode_claims::<SentClaims>(token) {
+                            Ok(SentClaims {
+                                repeated: Some(name),
+                                ..
+                            }) => repeated_claim(&name),
+                            _ => TokenError::Malformed,
+                        }
+                    }
                     _ => TokenError::Malformed,
                 })
         };
@@ -233,7 +244,12 @@ impl Verifier {
         } else {
             return Err(TokenError::UnsupportedAlgorithm);
         };
-        self.read_claims(&claims, now_s)
+        // A claim named twice means whatever the reader keeps: identity providers' parsers
+        // may keep the first, serde the last, so such a token could carry two roles.
+        if let Some(name) = claims.repeated {
+            return Err(repeated_claim(&name));
+        }
+        self.read_claims(&claims.claims, now_s)
     }
 
     fn read_claims(&self, claims: &Map<String, Value>, now_s: i64) -> Result<Claims, TokenError> {
@@ -286,6 +302,110 @@ impl Verifier {
         };
         check_claims(&claims).map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
         Ok(claims)
+    }
+}
+
+fn repeated_claim(name: &str) -> TokenError {
+    TokenError::InvalidClaims(format!("the claim {name:?} appears more than once"))
+}
+
+/// A token's claims as sent, with the first name that appeared twice in any of its objects.
+struct SentClaims {
+    claims: Map<String, Value>,
+    repeated: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SentClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut repeated = None;
+        let value = deserializer.deserialize_any(Noting {
+            repeated: &mut repeated,
+        })?;
+        match value {
+            Value::Object(claims) => Ok(Self { claims, repeated }),
+            _ => Err(serde::de::Error::custom("the claims are not an object")),
+        }
+    }
+}
+
+/// Reads any JSON into a [`Value`], noting the first object key it sees twice.
+struct Noting<'r> {
+    repeated: &'r mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Noting<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Noting<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Noting {
+            repeated: &mut *self.repeated,
+        })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(Noting {
+                repeated: &mut *self.repeated,
+            })?;
+            if object.contains_key(&key) && self.repeated.is_none() {
+                *self.repeated = Some(key.clone());
+            }
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -373,6 +493,49 @@ mod tests {
             &EncodingKey::from_secret(secret).unwrap(),
         )
         .unwrap()
+    }
+
+    /// An HS256 token over `body` exactly as written, duplicates and all.
+    fn hs256_raw(secret: &[u8], body: &str) -> String {
+        let header = b64(&json!({"alg": "HS256", "typ": "JWT"}));
+        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(body));
+        let key = EncodingKey::from_secret(secret).unwrap();
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{signed}.{signature}")
+    }
+
+    #[test]
+    fn a_claim_named_twice_is_refused_at_any_depth() {
+        let plain = r#"{"role":"driver","sub":"d1","exp":2000}"#;
+        assert!(verify(b"secret", &hs256_raw(b"secret", plain), 1_000).is_ok());
+        for (body, name) in [
+            (
+                r#"{"role":"driver","sub":"d1","exp":2000,"role":"dispatcher"}"#,
+                "role",
+            ),
+            (
+                r#"{"role":"driver","sub":"d1","sub":"d2","exp":2000}"#,
+                "sub",
+            ),
+            (
+                r#"{"role":"driver","sub":"d1","exp":2000,"exp":9000}"#,
+                "exp",
+            ),
+            (
+                r#"{"role":"driver","sub":"d1","exp":2000,"realm":{"roles":["a"],"roles":["b"]}}"#,
+                "roles",
+            ),
+        ] {
+            let refused = verify(b"secret", &hs256_raw(b"secret", body), 1_000);
+            assert_eq!(
+                refused,
+                Err(TokenError::InvalidClaims(format!(
+                    "the claim {name:?} appears more than once"
+                ))),
+                "{body}"
+            );
+        }
     }
 
     #[test]
