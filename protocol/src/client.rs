@@ -591,6 +591,8 @@ pub mod close_code {
     pub const RATE_LIMITED: u16 = 4029;
     /// The same subject connected again elsewhere.
     pub const REPLACED: u16 = 4009;
+    /// A message or frame larger than the server takes (WebSocket's own code).
+    pub const TOO_BIG: u16 = 1009;
 }
 
 /// The JSON Schema of both directions of the client protocol.

@@ -59,7 +59,7 @@ impl Close {
         use protocol::client::close_code;
         match self {
             Self::Normal | Self::Gone => 1000,
-            Self::TooBig => 1009,
+            Self::TooBig => close_code::TOO_BIG,
             Self::ProtocolError => 1002,
             Self::Binary => 1003,
             Self::RateLimited => close_code::RATE_LIMITED,

@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::ErrorCode;
-use protocol::client::{self, ClientMessage, ServerMessage, SessionLimits, close_code};
+use protocol::client::{
+    self, ClientMessage, DecodeError, ServerMessage, SessionLimits, close_code,
+};
 use protocol::rights::Sender;
 use protocol::time::now_ms;
 use protocol::token::Claims;
+use protocol::validate::ValidationError;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{Session, Sink, close_frame, error_text};
+use super::{Session, Sink, Stream, close_frame, error_text};
 use crate::meters as m;
 use crate::outbound::Outbound;
 use crate::shared::Shared;
@@ -33,6 +37,28 @@ pub async fn open(
     let text = match first {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(Some(Ok(_))) => return refuse_no_hello(&mut sink).await,
+        Ok(Some(Err(tungstenite::Error::Capacity(_)))) => {
+            let told = error_text(
+                None,
+                ErrorCode::TooLarge,
+                format!(
+                    "the hello is larger than this server's {} bytes",
+                    limits.max_message_bytes
+                ),
+            );
+            let _ = sink.send(Message::text(told)).await;
+            refuse::<()>(
+                &mut sink,
+                close_code::TOO_BIG,
+                "message too big",
+                "too_large",
+            )
+            .await;
+            // The rest of the message may still be arriving: read it away, or closing the
+            // socket with it unread would reset the connection and lose the close frame.
+            linger(sink, stream).await;
+            return None;
+        }
         Ok(_) => return None,
         Err(_) => {
             return refuse(
@@ -44,8 +70,22 @@ pub async fn open(
             .await;
         }
     };
-    let Ok(ClientMessage::Hello { token, versions }) = client::decode(&text, now_ms()) else {
-        return refuse_no_hello(&mut sink).await;
+    let (token, versions) = match client::decode(&text, now_ms()) {
+        Ok(ClientMessage::Hello { token, versions }) => (token, versions),
+        Ok(_) => return refuse_no_hello(&mut sink).await,
+        Err(error) if said_hello(&text) => {
+            // A hello that fails its checks is told what is wrong with it.
+            let told = error_text(None, error.code(), error.client_message());
+            let _ = sink.send(Message::text(told)).await;
+            let reason = match error {
+                DecodeError::Invalid(ValidationError::TooLong { field: "token", .. }) => {
+                    "token too long"
+                }
+                _ => "invalid hello",
+            };
+            return refuse(&mut sink, close_code::UNAUTHORIZED, reason, "invalid_hello").await;
+        }
+        Err(_) => return refuse_no_hello(&mut sink).await,
     };
     let claims = match shared.config.verifier.verify(&token, now_ms() / 1000) {
         Ok(claims) => claims,
@@ -112,6 +152,37 @@ async fn refuse_no_hello<T>(sink: &mut Sink) -> Option<T> {
         "no_hello",
     )
     .await
+}
+
+/// Whether a frame that did not decode was meant as a hello (`"type": "hello"`).
+fn said_hello(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|frame| frame.get("type").and_then(|t| t.as_str()) == Some("hello"))
+}
+
+/// Most time and bytes [`linger`] spends on a refused client's last data.
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_IDLE: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Reads and discards what a refused client still sends, after the close frame, until it
+/// stops (idle for [`LINGER_IDLE`]), closes, or [`LINGER_FOR`] or [`LINGER_BYTES`] is spent.
+async fn linger(sink: Sink, stream: Stream) {
+    let Ok(mut ws) = stream.reunite(sink) else {
+        return;
+    };
+    let socket = ws.get_mut();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut read = 0;
+    let _ = tokio::time::timeout(LINGER_FOR, async {
+        while read < LINGER_BYTES {
+            match tokio::time::timeout(LINGER_IDLE, socket.read(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => read += n,
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Closes a connection that was not let in; never a session, whatever the caller's type.
