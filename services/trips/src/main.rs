@@ -133,13 +133,15 @@ async fn api_key(database_url: &str, command: ApiKeyCommand) -> anyhow::Result<(
             serde_json::to_string_pretty(&trips::v1::keys::all(&pool).await.map_err(failed)?)?
         }
         ApiKeyCommand::Revoke { key_id } => {
-            if !trips::v1::keys::revoke_key(&pool, &key_id)
+            use trips::v1::keys::Revoked;
+            match trips::v1::keys::revoke_key(&pool, &key_id)
                 .await
                 .map_err(failed)?
             {
-                anyhow::bail!("no key {key_id:?} that is not revoked already");
+                Revoked::Now => format!("revoked {key_id}"),
+                Revoked::Already => format!("{key_id} was revoked already"),
+                Revoked::NoSuchKey => anyhow::bail!("no API key {key_id:?}"),
             }
-            format!("revoked {key_id}")
         }
     };
     #[allow(clippy::print_stdout)]

@@ -309,8 +309,20 @@ pub async fn all(pool: &Pool) -> Result<Vec<ApiKey>, Problem> {
         .collect())
 }
 
-/// Revokes a key; whether it existed and was not revoked yet.
-pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<bool, Problem> {
+/// What revoking a key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Revoked by this call.
+    Now,
+    /// Revoked before; it stays revoked as it was.
+    Already,
+    /// No key has this id.
+    NoSuchKey,
+}
+
+/// Revokes a key. Revoking a revoked key changes nothing and is no error, so a retried or
+/// repeated revocation answers as the first did.
+pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<Revoked, Problem> {
     let client = pool.get().await?;
     let revoked = client
         .execute(
@@ -318,7 +330,18 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<bool, Problem> {
             &[&key_id],
         )
         .await?;
-    Ok(revoked == 1)
+    if revoked == 1 {
+        return Ok(Revoked::Now);
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM api_keys WHERE key_id = $1", &[&key_id])
+        .await?
+        .is_some();
+    Ok(if exists {
+        Revoked::Already
+    } else {
+        Revoked::NoSuchKey
+    })
 }
 
 /// Creates an API key (dispatchers only). The token in the answer is shown only this once.
@@ -328,7 +351,6 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<bool, Problem> {
     responses(
         (status = 201, description = "Created; the token is shown only now", body = CreatedApiKey),
         (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
@@ -352,7 +374,6 @@ pub(crate) async fn create(
     get, path = "/v1/api-keys", tag = "api-keys",
     responses(
         (status = 200, description = "The keys, newest first", body = Vec<ApiKey>),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -370,11 +391,10 @@ pub(crate) async fn list(
     delete, path = "/v1/api-keys/{key_id}", tag = "api-keys",
     params(("key_id" = String, Path, description = "The key's id", pattern = "^[0-9a-f]{16}$")),
     responses(
-        (status = 204, description = "Revoked"),
+        (status = 204, description = "Revoked, now or before (revoking again changes nothing)"),
         (status = 400, description = "Not a key id", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such key, or already revoked", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -393,7 +413,7 @@ pub(crate) async fn revoke(
             "a key id is 16 lowercase hexadecimal digits",
         ));
     }
-    if !revoke_key(&state.pool, &key_id).await? {
+    if revoke_key(&state.pool, &key_id).await? == Revoked::NoSuchKey {
         return Err(Problem::not_found("API key"));
     }
     state.keys.forget(&key_id);

@@ -25,15 +25,48 @@ async fn every_operation_against_every_caller_is_allowed_401_or_403_never_500() 
     let (_, trips_key) = f.api_key(&["trips:read"]).await;
     let (_, drivers_key) = f.api_key(&["drivers:read"]).await;
     let (revoked_id, revoked_key) = f.api_key(&["jobs:write", "trips:read"]).await;
-    let revoked = f
+    // Revoking answers 204, and revoking again answers the same and changes nothing.
+    for attempt in ["first", "again"] {
+        let revoked = f
+            .call(
+                Method::DELETE,
+                &format!("/v1/api-keys/{revoked_id}"),
+                Some(&dispatcher()),
+                None,
+            )
+            .await;
+        assert_eq!(
+            revoked.status,
+            StatusCode::NO_CONTENT,
+            "{attempt}: {}",
+            revoked.body
+        );
+    }
+    // The list still shows it revoked; a key that never was is not found.
+    let listed = f
+        .call(Method::GET, "/v1/api-keys", Some(&dispatcher()), None)
+        .await;
+    let entry = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == revoked_id.as_str())
+        .cloned();
+    assert!(
+        entry.is_some_and(|k| k["revoked_at"].is_i64()),
+        "{}",
+        listed.body
+    );
+    let never = f
         .call(
             Method::DELETE,
-            &format!("/v1/api-keys/{revoked_id}"),
+            "/v1/api-keys/0123456789abcdef",
             Some(&dispatcher()),
             None,
         )
         .await;
-    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_problem(&never, StatusCode::NOT_FOUND, "not_found");
     let created = f
         .call(
             Method::POST,
@@ -546,6 +579,9 @@ async fn keys_made_and_revoked_on_the_command_line_work_at_the_api() {
     )
     .await;
     assert_problem(&refused, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (ok, _, err) = cli(&["revoke", &key_id]);
-    assert!(!ok && err.contains("not revoked already"), "{err}");
+    // Revoking again changes nothing and is no error; a key that never was is.
+    let (ok, out, err) = cli(&["revoke", &key_id]);
+    assert!(ok && out.contains("revoked already"), "{out} {err}");
+    let (ok, _, err) = cli(&["revoke", "0123456789abcdef"]);
+    assert!(!ok && err.contains("no API key"), "{err}");
 }
