@@ -391,13 +391,11 @@ const MAX_TIME_MS: i64 = 4_102_444_800_000;
         (status = 201, description = "Created", body = Trip),
         (status = 200, description = "A retry: the job the key created", body = Trip),
         (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The key was used for another job", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Outside the service area, or a pickup where none is allowed", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -481,10 +479,8 @@ pub(crate) async fn create(
     responses(
         (status = 200, description = "The job", body = Trip),
         (status = 400, description = "Invalid id", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -506,9 +502,7 @@ pub(crate) async fn get_one(
     responses(
         (status = 200, description = "A page of jobs", body = Page<Trip>),
         (status = 400, description = "Invalid filter", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -544,13 +538,11 @@ pub(crate) async fn list(
     responses(
         (status = 200, description = "The cancelled job", body = Trip),
         (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The job has ended", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -6,7 +6,10 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::{jobs, keys, reads};
@@ -25,6 +28,64 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// What every operation behind a token may answer whatever its handler does: no valid token
+/// (401), an API key over its rate (429, with `Retry-After`), the database away while the key
+/// is checked or the operation runs (503). Said once here rather than on each handler; a
+/// handler that documents one of them itself keeps its own description.
+pub(crate) const REFUSALS: &[(&str, &str)] = &[
+    ("401", "No valid token"),
+    ("429", "Rate limited; see Retry-After"),
+    (
+        "503",
+        "The database is unavailable; retry later (with the same idempotency key)",
+    ),
+];
+
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_none() {
+                    continue;
+                }
+                for (status, description) in REFUSALS {
+                    let mut response = ResponseBuilder::new().description(*description).content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ProblemBody")))
+                            .build(),
+                    );
+                    if *status == "429" {
+                        response = response.header(
+                            "Retry-After",
+                            HeaderBuilder::new()
+                                .schema(
+                                    utoipa::openapi::ObjectBuilder::new()
+                                        .schema_type(Type::Integer),
+                                )
+                                .description(Some("Seconds until the key may call again"))
+                                .build(),
+                        );
+                    }
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| response.build().into());
+                }
+            }
+        }
     }
 }
 
@@ -53,7 +114,7 @@ impl Modify for BearerAuth {
         keys::revoke,
     ),
     components(schemas(super::ProblemBody, protocol::ErrorCode)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Refusals),
     tags(
         (name = "jobs", description = "Dispatch requests created through the API"),
         (name = "trips", description = "Every trip, riders' and jobs, with timelines"),
@@ -113,10 +174,12 @@ mod tests {
             for operation in [&item.get, &item.post, &item.delete].into_iter().flatten() {
                 operations += 1;
                 assert!(operation.security.is_some(), "{path} has no security");
-                assert!(
-                    operation.responses.responses.contains_key("401"),
-                    "{path} does not document 401"
-                );
+                for status in ["401", "403", "429", "503"] {
+                    assert!(
+                        operation.responses.responses.contains_key(status),
+                        "{path} does not document {status}"
+                    );
+                }
             }
         }
         assert_eq!(operations, 11);

@@ -47,9 +47,7 @@ pub struct TripFilter {
     responses(
         (status = 200, description = "A page of trips", body = Page<Trip>),
         (status = 400, description = "Invalid filter", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -81,10 +79,8 @@ pub(crate) async fn list_trips(
     responses(
         (status = 200, description = "The trip, its events and route", body = TripDetail),
         (status = 400, description = "Invalid id", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks trips:read, and not the key's own job", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such trip", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -170,9 +166,7 @@ struct DriverPosition {
     responses(
         (status = 200, description = "A page of drivers", body = Page<Driver>),
         (status = 400, description = "Invalid filter", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks drivers:read", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -269,9 +263,7 @@ pub struct HistoryFilter {
     responses(
         (status = 200, description = "A page of the driver's trips", body = Page<Trip>),
         (status = 400, description = "Invalid id or filter", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token", body = super::ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Lacks drivers:read", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited; see Retry-After", body = super::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
