@@ -60,8 +60,26 @@ const HOST_FAULTS: &[(&[&str], &str, &[&str])] = &[
     (&[], "45s", &["--latency", "100ms"]),
 ];
 
+/// What `git status` says of the work tree, a line a path; `None` outside a git checkout.
+fn tree_status(root: &std::path::Path) -> Option<std::collections::BTreeSet<String>> {
+    let output = Command::new("git")
+        .current_dir(root)
+        .args(["status", "--porcelain=v1", "--untracked-files=all"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
+    // The suite must leave the tree as it found it: tools' caches and reports go elsewhere.
+    let tree_before = tree_status(&root);
     let hosts = !args.no_hosts && args.cargo_test_args.is_empty();
     if hosts && !nix::unistd::geteuid().is_root() {
         bail!(
@@ -92,6 +110,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     say("== supply chain (licenses and sources, offline)");
     crate::supply::check(&root)?;
+    say("== advisories (the lock file against the RustSec database)");
+    crate::advisories::check(&root)?;
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let dashboard = crate::web::build_dashboard(&root)?;
     let sdk = crate::web::build_sdk(&root)?;
@@ -150,6 +170,21 @@ pub fn run(args: Args) -> Result<()> {
         }
     } else {
         say("the faults across hosts were left out (--no-hosts or a test filter)");
+    }
+    match (tree_before, tree_status(&root)) {
+        (Some(before), Some(after)) => {
+            let changed: Vec<_> = after.difference(&before).cloned().collect();
+            if !changed.is_empty() {
+                bail!(
+                    "the suite changed the work tree (a tool wrote into it; send its files to a \
+                     temporary folder):\n  {}",
+                    changed.join("\n  ")
+                );
+            }
+        }
+        _ => say(
+            "not a git checkout: the check that the suite leaves the tree as it was is left out",
+        ),
     }
     say("all tests passed");
     Ok(())
