@@ -400,17 +400,26 @@ pub async fn run_until(settings: Settings, stop: CancellationToken) -> anyhow::R
             eprintln!();
         }
     }
-    let mut lost: Vec<_> = open
+    let mut still_open: Vec<_> = open
         .lock()
         .expect("open lock")
         .iter()
         .map(|(id, state)| (*id, *state))
         .collect();
-    lost.sort_by_key(|(id, _)| *id);
-    for (trip_id, state) in &lost {
-        tracing::warn!(%trip_id, last_heard = ?state, "trip lost: acknowledged and not ended");
+    still_open.sort_by_key(|(id, _)| *id);
+    // A run cut short by a stop ends with trips under way: they are not lost.
+    let stopped_early = stop.is_cancelled();
+    if stopped_early {
+        tracing::info!(
+            under_way = still_open.len(),
+            "stopped early; trips still under way were cut off by the stop, not lost"
+        );
+    } else {
+        for (trip_id, state) in &still_open {
+            tracing::warn!(%trip_id, last_heard = ?state, "trip lost: acknowledged and not ended");
+        }
     }
-    let mut report = Report::build(&settings, &stats, lost, elapsed);
+    let mut report = Report::build(&settings, &stats, still_open, stopped_early, elapsed);
     if let Some(jobs) = jobs {
         report.jobs = jobs.await.ok();
     }

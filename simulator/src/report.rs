@@ -51,8 +51,15 @@ pub struct Report {
     pub completed: u64,
     pub cancelled: u64,
     pub expired: u64,
-    /// Acknowledged requests that did not reach a terminal state by the end of the drain.
+    /// Acknowledged requests that did not reach a terminal state by the end of the drain, in
+    /// a run that ended by itself.
     pub lost: u64,
+    /// Whether the run was stopped (Ctrl-C, SIGTERM) before its duration and drain ended.
+    pub stopped_early: bool,
+    /// In a run stopped early: acknowledged requests still under way at the stop. They are not
+    /// lost (the server holds them and carries them on); only a run that ends by itself can
+    /// tell lost trips from trips cut off by its own end.
+    pub cut_off: u64,
     /// The lost trips, each with the last state the rider heard of (at most 100).
     pub lost_trips: Vec<(uuid::Uuid, protocol::trip::TripState)>,
     /// Offers received by a driver while carrying out another trip.
@@ -87,12 +94,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run whose acknowledged requests in `open` had not ended when it did;
+    /// `stopped_early` when a stop cut it short, so those were cut off rather than lost.
     pub fn build(
         settings: &Settings,
         stats: &Stats,
-        lost_trips: Vec<(uuid::Uuid, protocol::trip::TripState)>,
+        open: Vec<(uuid::Uuid, protocol::trip::TripState)>,
+        stopped_early: bool,
         elapsed: Duration,
     ) -> Self {
+        let (lost_trips, cut_off) = if stopped_early {
+            (Vec::new(), open.len() as u64)
+        } else {
+            (open, 0)
+        };
         let lost = lost_trips.len() as u64;
         let lost_trips = lost_trips.into_iter().take(100).collect();
         let acknowledged = get(&stats.acked);
@@ -118,6 +133,8 @@ impl Report {
             cancelled,
             expired: get(&stats.expired),
             lost,
+            stopped_early,
+            cut_off,
             lost_trips,
             double_assigned: get(&stats.double_assigned),
             service_rate: completed as f64 / served_base as f64,
@@ -218,6 +235,13 @@ impl Report {
             ("DOUBLE-ASSIGNED", self.double_assigned.to_string()),
         ];
         let mut table: String = rows.iter().map(|(k, v)| format!("{k:<34} {v}\n")).collect();
+        if self.stopped_early {
+            table.push_str(&format!(
+                "{:<34} {} (not lost: the server still holds them; only a run that ends by \
+                 itself checks that every trip ends)\n",
+                "under way when stopped", self.cut_off
+            ));
+        }
         if let Some(jobs) = &self.jobs {
             let states: Vec<String> = jobs
                 .by_state
@@ -280,4 +304,44 @@ pub fn html(report: &Report) -> String {
             line("Completed trips (cumulative)", "trips", completed),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_under_way_at_a_stop_are_cut_off_not_lost() {
+        let settings = Settings::new(
+            "ws://a/ws",
+            b"0123456789abcdef",
+            protocol::Point::new(52.5, 13.4),
+        );
+        let stats = Stats::default();
+        let open = vec![
+            (uuid::Uuid::new_v4(), protocol::trip::TripState::Offered),
+            (uuid::Uuid::new_v4(), protocol::trip::TripState::InProgress),
+        ];
+        let ended = Report::build(
+            &settings,
+            &stats,
+            open.clone(),
+            false,
+            Duration::from_secs(60),
+        );
+        assert_eq!((ended.lost, ended.cut_off), (2, 0));
+        assert_eq!(ended.lost_trips.len(), 2);
+        assert!(!ended.is_correct());
+        assert!(!ended.table().contains("under way when stopped"));
+
+        let stopped = Report::build(&settings, &stats, open, true, Duration::from_secs(60));
+        assert_eq!((stopped.lost, stopped.cut_off), (0, 2));
+        assert!(stopped.lost_trips.is_empty());
+        assert!(stopped.is_correct());
+        let table = stopped.table();
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("under way when stopped"));
+        assert!(line.is_some_and(|l| l.contains(" 2 (not lost")), "{table}");
+    }
 }
