@@ -486,6 +486,34 @@ fn the_image_holds_every_service_binary_the_workspace_builds() {
     }
 }
 
+/// The license and the third-party notices (the OpenStreetMap data's ODbL among them) ship in
+/// the image as they do in the repository.
+#[test]
+fn the_image_and_the_repository_carry_the_license_and_the_notices() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let copied = dockerfile
+        .lines()
+        .find(|l| l.starts_with("COPY ") && l.ends_with("/usr/share/doc/dispatch/"))
+        .expect("the image copies its license and notices");
+    for file in ["LICENSE", "NOTICE"] {
+        assert!(copied.split_whitespace().any(|w| w == file), "{copied}");
+        assert!(root().join(file).is_file(), "{file} in the repository");
+    }
+    let license = std::fs::read_to_string(root().join("LICENSE")).unwrap();
+    assert!(license.contains("Apache License") && license.contains("Version 2.0"));
+    let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(workspace.contains("license = \"Apache-2.0\""));
+    let notice = std::fs::read_to_string(root().join("NOTICE")).unwrap();
+    // Every data file in the repository is named in the notices.
+    for data in std::fs::read_dir(root().join("services/roads/data")).unwrap() {
+        let name = data.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".osm.pbf") {
+            assert!(notice.contains(&name), "NOTICE names {name}");
+        }
+    }
+    assert!(notice.contains("Open Database License"));
+}
+
 #[tokio::test]
 async fn the_probe_paths_are_served() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
