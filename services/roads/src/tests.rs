@@ -1,3 +1,5 @@
+//! The road network's tests: one-way streets, snapping, fragments, `maxspeed`, the Helsinki extract, matrices.
+
 use std::path::PathBuf;
 
 use super::*;
