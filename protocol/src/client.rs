@@ -40,6 +40,25 @@ impl Role {
     }
 }
 
+/// Where a driver's position report stands among its others: its count and its device time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportStamp {
+    pub seq: u64,
+    pub ts: UnixMillis,
+}
+
+impl ReportStamp {
+    /// Whether a report stamped `self` supersedes the last one taken, stamped `last`: the one
+    /// rule the gateway (within a connection) and the matchers (across a driver's connections
+    /// and gateways) both apply. A report is stale only when neither its count nor its time
+    /// moved past the last one's, so a repeated or replayed report is dropped, while an app
+    /// that restarted its count (its `seq` went back, its clock did not) or whose clock was set
+    /// back (its `ts` went back, its count did not) goes on being tracked.
+    pub fn supersedes(self, last: ReportStamp) -> bool {
+        self.seq > last.seq || self.ts > last.ts
+    }
+}
+
 /// A driver's position report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +86,13 @@ pub struct Location {
 }
 
 impl Location {
+    pub fn stamp(&self) -> ReportStamp {
+        ReportStamp {
+            seq: self.seq,
+            ts: self.ts,
+        }
+    }
+
     pub fn point(&self) -> Point {
         Point::new(self.lat, self.lng)
     }
@@ -620,6 +646,24 @@ mod tests {
     use proptest::prelude::*;
 
     const NOW: UnixMillis = 1_700_000_000_000;
+
+    #[test]
+    fn a_report_is_stale_only_when_neither_its_count_nor_its_time_moved_on() {
+        let last = ReportStamp { seq: 5, ts: NOW };
+        let at = |seq, ts| ReportStamp { seq, ts };
+        assert!(at(6, NOW + 1000).supersedes(last), "the next report");
+        assert!(!at(5, NOW).supersedes(last), "the same report again");
+        assert!(
+            !at(4, NOW - 1000).supersedes(last),
+            "an older report replayed"
+        );
+        assert!(
+            at(1, NOW + 1000).supersedes(last),
+            "an app that restarted its count"
+        );
+        assert!(at(6, NOW - 1000).supersedes(last), "a clock set back");
+        assert!(at(6, NOW).supersedes(last) && at(5, NOW + 1).supersedes(last));
+    }
 
     /// What the enum alone makes of a frame: what [`decode`] must agree with.
     fn through_the_enum(text: &str) -> Result<ClientMessage, String> {

@@ -114,7 +114,7 @@ impl Index {
             .map(|ll| ll.to_cell(self.resolution))
     }
 
-    /// Applies a position report; older ones (by sequence, then device time) are dropped.
+    /// Applies a position report; stale ones (`ReportStamp::supersedes`) are dropped.
     pub fn update(&mut self, position: &Position, now: Instant) -> Update {
         let Some(cell) = self.cell_of(position.point()) else {
             return Update::Stale;
@@ -123,7 +123,8 @@ impl Index {
             let driver = self.slots[slot as usize]
                 .as_mut()
                 .expect("indexed slots are full");
-            if position.seq <= driver.seq && position.ts <= driver.ts {
+            let stamp = |seq, ts| protocol::client::ReportStamp { seq, ts };
+            if !stamp(position.seq, position.ts).supersedes(stamp(driver.seq, driver.ts)) {
                 return Update::Stale;
             }
             driver.point = position.point();

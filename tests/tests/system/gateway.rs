@@ -342,7 +342,10 @@ async fn positions_are_published_on_their_cell_subject_and_stale_ones_dropped() 
     let mut driver = stack.driver("d1").await;
     driver.send_json(&location(5, BERLIN, Some(1))).await;
     driver.ack_for(1).await;
-    driver.send_json(&location(3, BERLIN, Some(2))).await;
+    // A report older in count and time (a replay) is stale; one with the same stamp too.
+    let mut replayed = location(3, BERLIN, Some(2));
+    replayed["ts"] = json!(now_ms() - 60_000);
+    driver.send_json(&replayed).await;
     assert_eq!(driver.error_for(2).await, ErrorCode::StaleUpdate);
     driver.send_json(&location(6, BERLIN, Some(3))).await;
     driver.ack_for(3).await;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use h3o::CellIndex;
 use protocol::Point;
 use protocol::bus::Position;
-use protocol::client::{Eta, EtaTo, Location, Role, ServerMessage, VehicleStatus};
+use protocol::client::{Eta, EtaTo, Location, ReportStamp, Role, ServerMessage, VehicleStatus};
 use protocol::time::{UnixMillis, now_us};
 use protocol::trip::{TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, Subjects, codec};
@@ -28,8 +28,8 @@ pub(super) struct DriverSession {
     /// The trip the driver is offered or carrying out, and the version last seen of it.
     pub trip: Option<HeldTrip>,
     pub trip_version: i64,
-    last_seq: Option<u64>,
-    last_ts: i64,
+    /// The last position taken's stamp.
+    last: Option<ReportStamp>,
     /// The latest positions taken from the driver with their `ts`, oldest first, which its
     /// progress reports are checked against (see [`DriverSession::position_at`]).
     recent: VecDeque<(UnixMillis, Point)>,
@@ -216,8 +216,9 @@ impl Session {
         let (status, class, capacity, trip) = {
             let mut held = self.driver.lock().expect("driver lock");
             let state = &mut *held;
-            let stale = state.last_seq.is_some_and(|seq| location.seq <= seq)
-                || location.ts < state.last_ts;
+            let stale = state
+                .last
+                .is_some_and(|last| !location.stamp().supersedes(last));
             if stale {
                 drop(held);
                 metrics::counter!(m::POSITIONS_DROPPED, "reason" => "stale").increment(1);
@@ -230,8 +231,7 @@ impl Session {
                 }
                 return;
             }
-            state.last_seq = Some(location.seq);
-            state.last_ts = location.ts;
+            state.last = Some(location.stamp());
             state.remember(location.ts, location.point());
             let status = state.status();
             // Zones are evaluated for every position taken, whether or not NATS takes it now:
