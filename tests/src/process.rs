@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+pub use crate::nats::free_port;
+
 /// Resident memory of process `pid`, KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -46,15 +48,6 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             Some(ticks as f64 / 100.0)
         })
         .unwrap_or(0.0)
-}
-
-/// A loopback port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
 }
 
 /// Lifts this process's open-file limit as far as allowed (children inherit it); returns it.

@@ -275,11 +275,6 @@ fn visible_to(principal: &Principal) -> Result<Option<String>, Problem> {
     Ok(Some(principal.owner()))
 }
 
-fn parse_id(id: &str) -> Result<Uuid, Problem> {
-    id.parse()
-        .map_err(|_| Problem::invalid("job id is not a UUID"))
-}
-
 /// A job `principal` may see, or `not_found`: another key's job is indistinguishable from
 /// none.
 async fn load(
@@ -490,7 +485,7 @@ pub(crate) async fn get_one(
     Path(job_id): Path<String>,
 ) -> Result<Json<Trip>, Problem> {
     let owner = visible_to(&principal)?;
-    let job_id = parse_id(&job_id)?;
+    let job_id = Problem::uuid("job id", &job_id)?;
     let client = state.pool.get().await?;
     Ok(Json(load(&client, job_id, owner.as_deref()).await?))
 }
@@ -553,7 +548,7 @@ pub(crate) async fn cancel(
     body: Result<Json<Option<CancelJob>>, JsonRejection>,
 ) -> Result<Json<Trip>, Problem> {
     principal.require(Scope::JobsWrite)?;
-    let job_id = parse_id(&job_id)?;
+    let job_id = Problem::uuid("job id", &job_id)?;
     let reason = match body {
         Ok(Json(cancel)) => cancel.and_then(|c| c.reason),
         Err(JsonRejection::MissingJsonContentType(_)) => None,

@@ -81,6 +81,12 @@ impl Problem {
         Self::new(ErrorCode::InvalidField, detail)
     }
 
+    /// A path's id that must be a UUID, named `what` in the refusal ("job id is not a UUID").
+    pub fn uuid(what: &str, id: &str) -> Result<uuid::Uuid, Self> {
+        id.parse()
+            .map_err(|_| Self::invalid(format!("{what} is not a UUID")))
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("no such {what}"))
     }

@@ -92,9 +92,7 @@ pub(crate) async fn trip_timeline(
     if !principal.has(Scope::TripsRead) {
         principal.require(Scope::JobsWrite)?;
     }
-    let trip_id: Uuid = trip_id
-        .parse()
-        .map_err(|_| Problem::invalid("trip id is not a UUID"))?;
+    let trip_id = Problem::uuid("trip id", &trip_id)?;
     let client = state.pool.get().await?;
     if !principal.has(Scope::TripsRead) {
         // A key with only jobs:write reads the timelines of its own jobs.
