@@ -184,6 +184,25 @@ pub fn parse_cell(s: &str) -> Option<CellIndex> {
     s.parse().ok()
 }
 
+/// A cell written as its hexadecimal index, as it crosses JSON, the bus and the database
+/// (`#[serde(with = "protocol::geo::cell_hex")]`): the same text as a `String` field holding
+/// it, so the wire does not change, but a value that is not a cell is refused where it is
+/// read instead of wherever it is used.
+pub mod cell_hex {
+    use h3o::CellIndex;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cell: &CellIndex, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(cell)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<CellIndex, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an H3 cell")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

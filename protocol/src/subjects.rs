@@ -123,7 +123,7 @@ impl Subjects {
     }
 
     /// Committed trip transitions in `region`.
-    pub fn trip_events(&self, region: &str) -> String {
+    pub fn trip_events(&self, region: CellIndex) -> String {
         format!("{}.evt.{region}", self.prefix)
     }
 
@@ -268,7 +268,7 @@ mod tests {
             s.trip_commands(),
             s.trip_queries(),
             s.trips_queue(),
-            s.trip_events(&region.to_string()),
+            s.trip_events(region),
             s.trip_events_all(),
             s.driver_status(),
             s.user(Role::Driver, "driver-7"),
@@ -288,7 +288,7 @@ mod tests {
         ];
         insta::assert_snapshot!(all.join("\n"));
         assert!(s.is_event(&s.event(EventType::ZoneDwell)));
-        assert!(!s.is_event(&s.trip_events("x")));
+        assert!(!s.is_event(&s.trip_events(region)));
         assert!(!s.is_event("t10.events.zone.enter"));
         assert_eq!(
             s.parse_user(&s.user(Role::Rider, "rider-7")),

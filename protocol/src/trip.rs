@@ -188,7 +188,10 @@ pub struct TripView {
     pub vehicle_class: Option<VehicleClass>,
     pub min_capacity: Option<u16>,
     /// The region (H3 cell, hexadecimal) the pickup lies in.
-    pub region: String,
+    #[serde(with = "crate::geo::cell_hex")]
+    #[schemars(with = "String")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub region: h3o::CellIndex,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     /// Incremented by every transition.

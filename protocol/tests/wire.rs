@@ -27,7 +27,7 @@ fn trip() -> TripView {
         dropoff: Point::new(52.5, 13.45),
         vehicle_class: Some(VehicleClass::Standard),
         min_capacity: None,
-        region: "851f1d4bfffffff".into(),
+        region: "851f1d4bfffffff".parse().unwrap(),
         created_at: NOW - 60_000,
         updated_at: NOW,
         version: 3,

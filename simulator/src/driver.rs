@@ -531,7 +531,7 @@ mod tests {
             dropoff: Point::new(52.53, 13.41),
             vehicle_class: None,
             min_capacity: None,
-            region: String::new(),
+            region: protocol::GeoConfig::default().region_of(CENTER).unwrap(),
             created_at: 0,
             updated_at: 0,
             version: 1,

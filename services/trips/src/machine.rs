@@ -419,7 +419,9 @@ mod tests {
                 dropoff: Point::new(1.1, 1.1),
                 vehicle_class: None,
                 min_capacity: None,
-                region: "r".into(),
+                region: protocol::GeoConfig::default()
+                    .region_of(Point::new(1.0, 1.0))
+                    .unwrap(),
                 created_at: NOW,
                 updated_at: NOW,
                 version: 1,

@@ -44,7 +44,7 @@ pub fn ride_request(
     trip: &TripRecord,
     queue_head: Option<String>,
 ) -> Outgoing {
-    let region = protocol::geo::parse_cell(&trip.view.region).expect("stored regions are cells");
+    let region = trip.view.region;
     Outgoing {
         subject: subjects.ride_requests(region),
         payload: codec::encode(&RideRequest {
@@ -95,7 +95,7 @@ pub fn event_messages(
     };
     vec![
         Outgoing {
-            subject: subjects.trip_events(&trip.view.region),
+            subject: subjects.trip_events(trip.view.region),
             payload: codec::encode(&event),
         },
         public_event(subjects, &public),
@@ -186,7 +186,7 @@ mod tests {
                 dropoff: Point::new(52.5, 13.45),
                 vehicle_class: None,
                 min_capacity: None,
-                region: region.to_string(),
+                region,
                 created_at: NOW,
                 updated_at: NOW,
                 version: 2,

@@ -108,7 +108,7 @@ mod tests {
             dropoff: DROPOFF,
             vehicle_class: None,
             min_capacity: None,
-            region: String::new(),
+            region: protocol::GeoConfig::default().region_of(PICKUP).unwrap(),
             created_at: 0,
             updated_at: 0,
             version: 3,

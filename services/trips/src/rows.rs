@@ -98,7 +98,8 @@ pub fn trip_from_row(row: &Row) -> TripRecord {
             dropoff: Point::new(row.get(6), row.get(7)),
             vehicle_class: class.and_then(VehicleClass::parse),
             min_capacity: min_capacity.map(|c| c as u16),
-            region: row.get(10),
+            region: protocol::geo::parse_cell(row.get(10))
+                .expect("the schema restricts regions to cells"),
             created_at: row.get(11),
             updated_at: row.get(12),
             version: row.get(13),

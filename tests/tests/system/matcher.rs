@@ -168,7 +168,7 @@ async fn a_rider_just_inside_a_region_gets_a_driver_just_across_the_border() {
     .unwrap()
     .trip
     .unwrap();
-    assert_eq!(created.region, region.to_string());
+    assert_eq!(created.region, region);
     let offered = eventually(
         "the driver across the border is offered the trip",
         PATIENCE,

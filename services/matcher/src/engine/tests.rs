@@ -49,7 +49,7 @@ fn trip(trip_id: Uuid) -> TripView {
         dropoff: Point::new(52.5, 13.45),
         vehicle_class: None,
         min_capacity: None,
-        region: String::new(),
+        region: GeoConfig::default().region_of(BERLIN).unwrap(),
         created_at: 0,
         updated_at: 0,
         version: 1,

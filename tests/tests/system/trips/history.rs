@@ -251,3 +251,38 @@ async fn the_history_api_needs_a_dispatcher_and_filters() {
     assert_eq!(detail["events"][0]["to"], "requested");
     assert_eq!(detail["events"][0]["actor"], "rider");
 }
+
+/// A trip's region is read back as a cell (`TripView::region`): the schema refuses any other
+/// text, so no read of a trip can find one it cannot use.
+#[tokio::test]
+async fn the_schema_takes_only_h3_cells_as_a_trips_region() {
+    let db = TestDb::create().await;
+    let config = trips_config(&db.url, "nats://127.0.0.1:1", &unique_prefix());
+    let pg = db.client().await;
+    pg.batch_execute("INSERT INTO riders (rider_id) VALUES ('rider-1')")
+        .await
+        .unwrap();
+    let insert = |region: String| {
+        let pg = &pg;
+        async move {
+            pg.execute(
+                "INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, \
+                   pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, search_deadline) \
+                 VALUES ($1, 'rider-1', $2, 'requested', $3, 52.5, 13.4, 52.6, 13.5, \
+                   now() + interval '2 minutes')",
+                &[&Uuid::new_v4(), &region, &region],
+            )
+            .await
+        }
+    };
+    let cell = config.geo.region_of(PICKUP).unwrap().to_string();
+    insert(cell).await.unwrap();
+    for bad in ["r", "", "851F1D4BFFFFFFF", "851f1d4bfffffff; --", "not a cell at all"] {
+        let refused = insert(bad.to_owned()).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{bad:?}: {refused}"
+        );
+    }
+}
