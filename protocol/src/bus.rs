@@ -220,6 +220,13 @@ pub enum QueryReply {
     },
 }
 
+/// The zones changed and now stand at `generation` (on `{p}.zones.changed`): a process holding
+/// an older one reloads them now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZonesChanged {
+    pub generation: i64,
+}
+
 /// A zone as gateways need it to evaluate positions, its geometry as GeoJSON text (the codec
 /// cannot carry free-form JSON values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,8 +17,10 @@
 //! | `{p}.tracking.record` | [`bus::ZoneEvent`]s | gateways (zone events they detect) | trips, queue group; replies [`bus::RecordReply`] |
 //! | `{p}.events.{category}.{action}` | JSON text of an [`events::Event`], such as `zone.enter` on `{p}.events.zone.enter` | trips (outbox) | integrators; the webhook queue is filled in the same transaction |
 //! | `{p}.hooks.due` | empty | trips (outbox), after queueing webhook deliveries | trips, the replica delivering webhooks |
+//! | `{p}.zones.changed` | [`bus::ZonesChanged`] | trips, after a zone change commits | trips, gateways (reload the zones now) |
 //!
 //! [`bus::Position`]: crate::bus::Position
+//! [`bus::ZonesChanged`]: crate::bus::ZonesChanged
 //! [`bus::RideRequest`]: crate::bus::RideRequest
 //! [`bus::TripCommand`]: crate::bus::TripCommand
 //! [`bus::TripReply`]: crate::bus::TripReply
@@ -228,6 +230,11 @@ impl Subjects {
     pub fn hooks_due(&self) -> String {
         format!("{}.hooks.due", self.prefix)
     }
+
+    /// The zones changed: every process holding them reloads now rather than at its next poll.
+    pub fn zones_changed(&self) -> String {
+        format!("{}.zones.changed", self.prefix)
+    }
 }
 
 /// `{role}.{id}` of a driver or rider.
@@ -285,6 +292,7 @@ mod tests {
             s.event(EventType::TripCompleted),
             s.events_all(),
             s.hooks_due(),
+            s.zones_changed(),
         ];
         insta::assert_snapshot!(all.join("\n"));
         assert!(s.is_event(&s.event(EventType::ZoneDwell)));

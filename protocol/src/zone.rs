@@ -370,9 +370,87 @@ impl ZoneIndex {
     }
 }
 
+/// The zones in force in one process and the generation they were loaded at: read by every
+/// request or position that is checked against them, replaced whole when a newer generation
+/// is loaded (never by an older one, so loads that finish out of order do no harm). Before the
+/// first load the generation is -1 and there are no zones.
+#[derive(Debug)]
+pub struct ZoneSet {
+    current: std::sync::RwLock<(i64, std::sync::Arc<ZoneIndex>)>,
+    /// [`ZoneIndex::id`] of the zones in force, to check a copy against without the lock.
+    in_force: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ZoneSet {
+    fn default() -> Self {
+        let index = ZoneIndex::default();
+        Self {
+            in_force: std::sync::atomic::AtomicU64::new(index.id()),
+            current: std::sync::RwLock::new((-1, std::sync::Arc::new(index))),
+        }
+    }
+}
+
+impl ZoneSet {
+    /// The zones in force.
+    pub fn index(&self) -> std::sync::Arc<ZoneIndex> {
+        self.current.read().expect("zone set lock").1.clone()
+    }
+
+    /// The generation in force, -1 before the first load.
+    pub fn generation(&self) -> i64 {
+        self.current.read().expect("zone set lock").0
+    }
+
+    /// The generation and the zones in force, read together.
+    pub fn current(&self) -> (i64, std::sync::Arc<ZoneIndex>) {
+        self.current.read().expect("zone set lock").clone()
+    }
+
+    /// The [`ZoneIndex::id`] of the zones in force, read without the lock: whether a copy
+    /// taken earlier is still the one in force.
+    pub fn in_force(&self) -> u64 {
+        self.in_force.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Puts `index` in force as `generation` if that is newer than the one in force; whether
+    /// it did.
+    pub fn replace(&self, generation: i64, index: ZoneIndex) -> bool {
+        let mut current = self.current.write().expect("zone set lock");
+        if generation <= current.0 {
+            return false;
+        }
+        self.in_force
+            .store(index.id(), std::sync::atomic::Ordering::Release);
+        *current = (generation, std::sync::Arc::new(index));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zone_set_only_moves_forward() {
+        let set = ZoneSet::default();
+        assert_eq!(set.generation(), -1);
+        assert!(set.index().is_empty());
+        let first = ZoneIndex::default();
+        let first_id = first.id();
+        assert!(set.replace(3, first));
+        assert_eq!((set.generation(), set.in_force()), (3, first_id));
+        // A load that finishes late, of an older generation, changes nothing.
+        assert!(!set.replace(2, ZoneIndex::default()));
+        assert!(!set.replace(3, ZoneIndex::default()));
+        assert_eq!((set.generation(), set.in_force()), (3, first_id));
+        let newer = ZoneIndex::default();
+        let newer_id = newer.id();
+        assert!(set.replace(4, newer));
+        assert_eq!(set.current().0, 4);
+        assert_eq!(set.current().1.id(), newer_id);
+        assert_eq!(set.in_force(), newer_id);
+    }
     use serde_json::json;
 
     fn spec(geometry: Value) -> ZoneSpec {

@@ -97,7 +97,7 @@ pub struct Config {
     /// a rider is told what the matcher assumed.
     pub eta: Arc<dyn EtaModel>,
     /// How zone events are detected and sent (see [`crate::tracking`]).
-    pub tracking: crate::tracking::TrackingSettings,
+    pub tracking: TrackingSettings,
 }
 
 /// A fresh gateway id: `gw-` and eight random hexadecimal digits.
@@ -120,6 +120,30 @@ impl Default for Publishing {
         Self {
             linger: Duration::from_millis(1),
             queue: 65_536,
+        }
+    }
+}
+
+/// How zone events are detected and sent.
+#[derive(Debug, Clone)]
+pub struct TrackingSettings {
+    /// Time inside a zone after which `dwell` is sent, once per stay.
+    pub dwell: Duration,
+    /// A driver silent this long leaves the zones it was in (`exit`, reason `stale`).
+    pub stale_after: Duration,
+    /// How often the zones' generation is asked for, in case a change notice was lost.
+    pub reload_every: Duration,
+    /// Events held while the trips service cannot take them; more are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        Self {
+            dwell: Duration::from_secs(300),
+            stale_after: Duration::from_secs(60),
+            reload_every: Duration::from_millis(500),
+            queue: 100_000,
         }
     }
 }

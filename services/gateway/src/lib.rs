@@ -169,6 +169,7 @@ pub async fn run(
     ));
     tasks.spawn(tracking::follow(
         shared.bus.clone(),
+        nats.clone(),
         tracking.clone(),
         shutdown.clone(),
     ));

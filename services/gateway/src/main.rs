@@ -197,7 +197,7 @@ async fn serve(args: Serve) -> anyhow::Result<()> {
             ..Default::default()
         },
         announcing: Default::default(),
-        tracking: gateway::tracking::TrackingSettings {
+        tracking: gateway::config::TrackingSettings {
             dwell: Duration::from_secs(args.zone_dwell_s),
             stale_after: Duration::from_secs(args.zone_stale_s),
             ..Default::default()

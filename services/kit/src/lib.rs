@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod zones;
 
 pub use bus::{Bus, BusError};
 pub use http::Readiness;

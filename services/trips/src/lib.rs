@@ -73,6 +73,8 @@ pub struct Config {
     pub webhook_delivery: webhooks::deliver::DeliverySettings,
     /// Each API key's request rate on each replica.
     pub api_key_rate: v1::KeyRate,
+    /// How often the zones' generation is read, in case a change notice was lost.
+    pub zone_poll: Duration,
 }
 
 impl Config {
@@ -99,6 +101,7 @@ impl Config {
             webhook_destinations: Default::default(),
             webhook_delivery: Default::default(),
             api_key_rate: Default::default(),
+            zone_poll: zones::Zones::POLL,
         }
     }
 }
@@ -280,7 +283,12 @@ pub async fn run(
         nudges,
         background.clone(),
     ));
-    tasks.spawn(store.zones().clone().follow(background.clone()));
+    tasks.spawn(
+        store
+            .zones()
+            .clone()
+            .follow(nats.clone(), config.zone_poll, background.clone()),
+    );
     tasks.spawn(sweep::run(
         store.clone(),
         config.sweep.clone(),

@@ -1,23 +1,23 @@
 //! Zones in PostgreSQL: created, changed and deleted by dispatchers through the API, and held
 //! by every trips process as a [`ZoneIndex`] that ride requests are checked against.
 //!
-//! Every change bumps `zone_generation` in its transaction. Each process reads that one row
-//! every [`Zones::POLL`] and reloads the zones when it moved, so a change made through any
-//! replica is in force in every replica within about a second, with no restart; the replica
-//! that made it reloads at once. Gateways, which evaluate zones for their drivers' positions,
-//! are sent them from memory in pages ([`Zones::page`]); deleting a zone records the exits of
-//! the drivers inside.
+//! Every change bumps `zone_generation` in its transaction. The replica that made it reloads
+//! at once and announces the new generation on `{p}.zones.changed`, on which every other
+//! replica and every gateway reloads (`kit::zones`); each also reads the generation every
+//! [`Zones::POLL`], in case a notice was lost. Gateways, which evaluate zones for their
+//! drivers' positions, are sent them from memory in pages ([`Zones::page`]); deleting a zone
+//! records the exits of the drivers inside.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use protocol::bus::{CommandError, QueryReply, ZoneRecord};
-use protocol::zone::{Zone, ZoneError, ZoneIndex, ZoneKind, ZoneSpec};
+use protocol::zone::{Zone, ZoneError, ZoneIndex, ZoneKind, ZoneSet, ZoneSpec};
 use protocol::{ErrorCode, Point, Subjects};
 use serde_json::Value;
+use tokio::sync::Notify;
 use tokio_postgres::Row;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::{StoreError, err};
@@ -74,7 +74,9 @@ pub struct Zones {
     pool: Pool,
     max_vertices: usize,
     subjects: Subjects,
-    current: Arc<RwLock<(i64, Arc<ZoneIndex>)>>,
+    current: Arc<ZoneSet>,
+    /// Notified when this process committed a change and put it in force, to announce it.
+    made_here: Arc<Notify>,
 }
 
 impl Zones {
@@ -86,20 +88,36 @@ impl Zones {
             pool,
             max_vertices,
             subjects,
-            current: Arc::new(RwLock::new((-1, Arc::default()))),
+            current: Arc::default(),
+            made_here: Arc::default(),
         }
     }
 
     /// The zones in force.
     pub fn index(&self) -> Arc<ZoneIndex> {
-        self.current.read().expect("zones lock").1.clone()
+        self.current.index()
+    }
+
+    /// How this process follows the zones (`kit::zones`), polling every `every`.
+    pub fn follow_settings(&self, every: Duration) -> kit::zones::Follow {
+        kit::zones::Follow {
+            zones: self.current.clone(),
+            every,
+            max_vertices: self.max_vertices,
+            gauge: metrics::gauge!(m::ZONES),
+        }
+    }
+
+    /// Notified each time this process committed a change and put it in force.
+    pub fn changes_made_here(&self) -> Arc<Notify> {
+        self.made_here.clone()
     }
 
     /// A page of the zones in force for a gateway (see [`TripQuery::Zones`]), from memory.
     ///
     /// [`TripQuery::Zones`]: protocol::bus::TripQuery::Zones
     pub fn page(&self, known: i64, after: Option<Uuid>) -> QueryReply {
-        let (generation, index) = self.current.read().expect("zones lock").clone();
+        let (generation, index) = self.current.current();
         if generation < 0 {
             return QueryReply::Error(CommandError::new(
                 ErrorCode::Unavailable,
@@ -173,17 +191,17 @@ impl Zones {
         None
     }
 
-    /// Reloads the zones if their generation moved since the last load.
-    pub async fn refresh(&self) -> Result<(), StoreError> {
+    /// The generation and every zone, when the stored generation is newer than `known`.
+    pub async fn load(&self, known: i64) -> Result<Option<(i64, Vec<Zone>)>, StoreError> {
         let client = self.pool.get().await?;
         let generation: i64 = client
             .query_one("SELECT generation FROM zone_generation WHERE id = 1", &[])
             .await?
             .get(0);
-        if generation == self.current.read().expect("zones lock").0 {
-            return Ok(());
+        if generation <= known {
+            return Ok(None);
         }
-        let zones: Vec<Zone> = client
+        let zones = client
             .query(
                 &format!("SELECT {COLUMNS} FROM zones ORDER BY zone_id"),
                 &[],
@@ -192,35 +210,40 @@ impl Zones {
             .iter()
             .map(zone_from_row)
             .collect();
-        let max_vertices = self.max_vertices;
-        let (index, refused) =
-            tokio::task::spawn_blocking(move || ZoneIndex::build(zones, max_vertices))
-                .await
-                .expect("indexing zones does not panic");
-        for (zone_id, error) in refused {
-            tracing::warn!(%zone_id, %error, "a stored zone does not pass its checks; left out");
-        }
-        metrics::gauge!(m::ZONES).set(index.len() as f64);
-        let mut current = self.current.write().expect("zones lock");
-        if generation > current.0 {
-            *current = (generation, Arc::new(index));
+        Ok(Some((generation, zones)))
+    }
+
+    /// Reloads the zones if their generation moved since the last load.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        if let Some((generation, zones)) = self.load(self.current.generation()).await? {
+            kit::zones::put_in_force(&self.follow_settings(Self::POLL), generation, zones).await;
         }
         Ok(())
     }
 
-    /// Keeps the zones current until `stop`.
-    pub async fn follow(self, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Self::POLL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(error) = self.refresh().await {
-                tracing::debug!(%error, "zones not refreshed; keeping the last ones");
-            }
-        }
+    /// Keeps the zones current until `stop`: on the notices on `{p}.zones.changed` and every
+    /// `every`, announcing there the changes this process makes.
+    pub async fn follow(
+        self,
+        nats: async_nats::Client,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let subject = self.subjects.zones_changed();
+        let announce = Some(self.made_here.clone());
+        let this = self.clone();
+        kit::zones::run(
+            self.follow_settings(every),
+            nats,
+            subject,
+            announce,
+            stop,
+            move |known| {
+                let this = this.clone();
+                async move { this.load(known).await.map_err(|e| e.to_string()) }
+            },
+        )
+        .await;
     }
 
     pub async fn list(&self) -> Result<Vec<Zone>, StoreError> {
@@ -396,11 +419,12 @@ impl Zones {
         Ok(())
     }
 
-    /// After a change this process made: in force here at once.
+    /// After a change this process made: in force here at once, and announced to the others.
     async fn changed(&self) {
         metrics::counter!(m::ZONE_CHANGES).increment(1);
         if let Err(error) = self.refresh().await {
             tracing::warn!(%error, "zones not reloaded after a change; the next poll will");
         }
+        self.made_here.notify_one();
     }
 }

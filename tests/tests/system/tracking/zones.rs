@@ -196,3 +196,90 @@ async fn zone_events_reach_nats_and_webhooks_once_per_crossing() {
         Err(events::VerifyError::Mismatch)
     );
 }
+
+/// A zone change is in force everywhere in one step, with every poll an hour away: the trips
+/// replica that made it announces it on `{p}.zones.changed`, the gateway reloads on that notice
+/// (its driver enters the new zone), and so does another trips replica (it answers the zones
+/// query with the change once the first is gone).
+#[tokio::test]
+async fn a_zone_change_is_announced_and_in_force_everywhere_without_a_poll() {
+    tests::init_logs();
+    let nats = NatsServer::start();
+    let db = TestDb::create().await;
+    let prefix = unique_prefix();
+    let subjects = Subjects::new(&prefix).unwrap();
+    let hour = Duration::from_secs(3600);
+    let replica = || {
+        let mut config = trips_config(&db.url, &nats.url(), &prefix);
+        config.zone_poll = hour;
+        start_trips(config)
+    };
+    let first = replica().await;
+    let mut second = replica().await;
+    let mut config = gateway_config(&nats.url(), &prefix);
+    config.tracking.reload_every = hour;
+    let gateway = start_gateway(config).await;
+    wait_ready(gateway.running.http).await;
+    let mut events = collect_events(&nats, &subjects).await;
+    let bus = kit::Bus::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        subjects.clone(),
+    );
+    let mut notices = bus
+        .client
+        .subscribe(subjects.zones_changed())
+        .await
+        .unwrap();
+    bus.client.flush().await.unwrap();
+    // The driver stands where the zone will be, before it is drawn: no event.
+    let mut driver = Driver {
+        client: Client::driver_online_at(gateway.ws, &token(Role::Driver, "d1"), CENTER).await,
+        seq: 1,
+    };
+    driver.at(CENTER).await;
+
+    let (status, zone) = call(
+        reqwest::Client::new()
+            .post(format!("http://{}/api/zones", first.http))
+            .bearer_auth(dispatcher())
+            .json(&json!({"name": "Rank", "kind": "watch", "geometry": square(CENTER, 0.002)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{zone}");
+    let notice = tokio::time::timeout(PATIENCE, notices.next())
+        .await
+        .expect("the change is announced")
+        .unwrap();
+    let changed: protocol::bus::ZonesChanged = protocol::codec::decode(&notice.payload).unwrap();
+    assert!(changed.generation > 0, "{changed:?}");
+
+    // The gateway has it: the driver's next positions enter it.
+    driver.until(CENTER, &mut events, 1, "the enter").await;
+    assert_eq!(events.borrow()[0].kind, EventType::ZoneEnter);
+
+    // The other replica has it too: with the first gone, the zones query reaches it alone.
+    first.stop().await.unwrap();
+    let zone_id: uuid::Uuid = zone["zone_id"].as_str().unwrap().parse().unwrap();
+    let holds = eventually("the other replica to load the change", PATIENCE, || async {
+        let reply = bus
+            .query(
+                &protocol::bus::TripQuery::Zones {
+                    known: -1,
+                    after: None,
+                },
+                Duration::from_secs(5),
+            )
+            .await;
+        match reply {
+            protocol::bus::QueryReply::Zones {
+                generation, zones, ..
+            } if generation >= changed.generation => {
+                Some(zones.iter().any(|z| z.zone_id == zone_id))
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(holds, "the other replica's zones lack the new one");
+    second.halt().await.unwrap();
+}
