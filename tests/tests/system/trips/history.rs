@@ -277,7 +277,13 @@ async fn the_schema_takes_only_h3_cells_as_a_trips_region() {
     };
     let cell = config.geo.region_of(PICKUP).unwrap().to_string();
     insert(cell).await.unwrap();
-    for bad in ["r", "", "851F1D4BFFFFFFF", "851f1d4bfffffff; --", "not a cell at all"] {
+    for bad in [
+        "r",
+        "",
+        "851F1D4BFFFFFFF",
+        "851f1d4bfffffff; --",
+        "not a cell at all",
+    ] {
         let refused = insert(bad.to_owned()).await.unwrap_err();
         assert_eq!(
             refused.code(),
