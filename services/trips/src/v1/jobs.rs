@@ -385,12 +385,12 @@ const MAX_TIME_MS: i64 = 4_102_444_800_000;
     responses(
         (status = 201, description = "Created", body = Trip),
         (status = 200, description = "A retry: the job the key created", body = Trip),
-        (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The key was used for another job", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Outside the service area, or a pickup where none is allowed", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid"),
+        (status = 403, description = "Lacks jobs:write"),
+        (status = 409, description = "The key was used for another job"),
+        (status = 413, description = "Body too large"),
+        (status = 415, description = "Not JSON"),
+        (status = 422, description = "Outside the service area, or a pickup where none is allowed"),
     ),
     security(("bearer" = []))
 )]
@@ -473,9 +473,9 @@ pub(crate) async fn create(
     params(("job_id" = Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = Trip),
-        (status = 400, description = "Invalid id", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id"),
+        (status = 403, description = "Lacks jobs:write and trips:read"),
+        (status = 404, description = "No such job visible to the caller"),
     ),
     security(("bearer" = []))
 )]
@@ -496,8 +496,8 @@ pub(crate) async fn get_one(
     params(JobFilter),
     responses(
         (status = 200, description = "A page of jobs", body = Page<Trip>),
-        (status = 400, description = "Invalid filter", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Lacks jobs:write and trips:read", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid filter"),
+        (status = 403, description = "Lacks jobs:write and trips:read"),
     ),
     security(("bearer" = []))
 )]
@@ -532,12 +532,12 @@ pub(crate) async fn list(
     request_body(content = Option<CancelJob>, description = "Optional"),
     responses(
         (status = 200, description = "The cancelled job", body = Trip),
-        (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Lacks jobs:write", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such job visible to the caller", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "The job has ended", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid"),
+        (status = 403, description = "Lacks jobs:write"),
+        (status = 404, description = "No such job visible to the caller"),
+        (status = 409, description = "The job has ended"),
+        (status = 413, description = "Body too large"),
+        (status = 415, description = "Not JSON"),
     ),
     security(("bearer" = []))
 )]

@@ -350,10 +350,10 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<Revoked, Problem> {
     request_body = NewApiKey,
     responses(
         (status = 201, description = "Created; the token is shown only now", body = CreatedApiKey),
-        (status = 400, description = "Invalid", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid"),
+        (status = 403, description = "Not a dispatcher"),
+        (status = 413, description = "Body too large"),
+        (status = 415, description = "Not JSON"),
     ),
     security(("bearer" = []))
 )]
@@ -374,7 +374,7 @@ pub(crate) async fn create(
     get, path = "/v1/api-keys", tag = "api-keys",
     responses(
         (status = 200, description = "The keys, newest first", body = Vec<ApiKey>),
-        (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not a dispatcher"),
     ),
     security(("bearer" = []))
 )]
@@ -392,9 +392,9 @@ pub(crate) async fn list(
     params(("key_id" = String, Path, description = "The key's id", pattern = "^[0-9a-f]{16}$")),
     responses(
         (status = 204, description = "Revoked, now or before (revoking again changes nothing)"),
-        (status = 400, description = "Not a key id", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Not a dispatcher", body = super::ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such key", body = super::ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Not a key id"),
+        (status = 403, description = "Not a dispatcher"),
+        (status = 404, description = "No such key"),
     ),
     security(("bearer" = []))
 )]

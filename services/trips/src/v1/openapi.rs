@@ -31,6 +31,41 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Every refusal is a problem document: a handler documents a refusal's status and what it
+/// means, and this gives it its body.
+struct Problems;
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let refusal = status.starts_with('4') || status.starts_with('5');
+                    if let (true, utoipa::openapi::RefOr::T(response)) = (refusal, response)
+                        && response.content.is_empty()
+                    {
+                        response
+                            .content
+                            .insert("application/problem+json".to_owned(), problem_content());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn problem_content() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ProblemBody")))
+        .build()
+}
+
 /// What every operation behind a token may answer whatever its handler does: no valid token
 /// (401), an API key over its rate (429, with `Retry-After`), the database away while the key
 /// is checked or the operation runs (503). Said once here rather than on each handler; a
@@ -60,12 +95,9 @@ impl Modify for Refusals {
                     continue;
                 }
                 for (status, description) in REFUSALS {
-                    let mut response = ResponseBuilder::new().description(*description).content(
-                        "application/problem+json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name("ProblemBody")))
-                            .build(),
-                    );
+                    let mut response = ResponseBuilder::new()
+                        .description(*description)
+                        .content("application/problem+json", problem_content());
                     if *status == "429" {
                         response = response.header(
                             "Retry-After",
@@ -114,7 +146,7 @@ impl Modify for Refusals {
         keys::revoke,
     ),
     components(schemas(super::ProblemBody, protocol::ErrorCode)),
-    modifiers(&BearerAuth, &Refusals),
+    modifiers(&BearerAuth, &Refusals, &Problems),
     tags(
         (name = "jobs", description = "Dispatch requests created through the API"),
         (name = "trips", description = "Every trip, riders' and jobs, with timelines"),
