@@ -78,7 +78,7 @@ pub fn trips_config(database_url: &str, nats_url: &str, prefix: &str) -> trips::
         database_url,
         nats_url,
         Subjects::new(prefix).expect("test prefixes are valid"),
-        TOKEN_SECRET,
+        protocol::token::Verifier::hs256(TOKEN_SECRET),
     );
     config.migrate = false;
     config
@@ -115,19 +115,11 @@ pub struct Gateway {
 
 /// Settings of a test gateway.
 pub fn gateway_config(nats_url: &str, prefix: &str) -> gateway::Config {
-    gateway::Config {
-        id: gateway::config::new_id(),
-        nats_url: nats_url.into(),
-        subjects: Subjects::new(prefix).expect("test prefixes are valid"),
-        geo: Default::default(),
-        verifier: protocol::token::Verifier::hs256(TOKEN_SECRET),
-        limits: Default::default(),
-        dashboard: Default::default(),
-        publishing: Default::default(),
-        announcing: Default::default(),
-        eta: std::sync::Arc::new(roads::eta::StraightLine::default()),
-        tracking: Default::default(),
-    }
+    gateway::Config::new(
+        nats_url,
+        Subjects::new(prefix).expect("test prefixes are valid"),
+        protocol::token::Verifier::hs256(TOKEN_SECRET),
+    )
 }
 
 /// Starts a gateway on ephemeral ports.

@@ -100,6 +100,27 @@ pub struct Config {
     pub tracking: TrackingSettings,
 }
 
+impl Config {
+    /// Defaults for everything but the bus and how tokens are checked: a fresh id, the default
+    /// grid, limits, publishing and tracking, no dashboard, straight-line ETAs. Callers set
+    /// what they configure on the result, as every service's configuration is built.
+    pub fn new(nats_url: &str, subjects: Subjects, verifier: protocol::token::Verifier) -> Self {
+        Self {
+            id: new_id(),
+            nats_url: nats_url.into(),
+            subjects,
+            geo: GeoConfig::default(),
+            verifier,
+            limits: Limits::default(),
+            dashboard: dashboard::Dashboard::default(),
+            publishing: Publishing::default(),
+            announcing: Default::default(),
+            eta: Arc::new(roads::eta::StraightLine::default()),
+            tracking: TrackingSettings::default(),
+        }
+    }
+}
+
 /// A fresh gateway id: `gw-` and eight random hexadecimal digits.
 pub fn new_id() -> String {
     format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -168,45 +168,30 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: Serve) -> anyhow::Result<()> {
     let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
     let tokens = kit::cli::or_exit(args.token.validate());
-    let limits = gateway::Limits {
-        max_connections: args.max_connections,
-        messages_per_sec: args.messages_per_sec,
-        burst: args.messages_per_sec * 2,
-        ..Default::default()
-    };
     let id = args.id.unwrap_or_else(gateway::config::new_id);
     kit::cli::or_exit(protocol::validate::id("GATEWAY_ID", &id).map_err(anyhow::Error::from));
-    let config = gateway::Config {
-        id,
-        nats_url: args.bus.nats_url,
-        subjects,
-        geo,
-        verifier: tokens.verifier.clone(),
-        limits,
-        dashboard: gateway::dashboard::Dashboard {
-            assets: args.dashboard_dir,
-            trips_api: args.trips_api,
-            ws_url: args.public_ws_url,
-            center: args.map_center,
-            zoom: args.map_zoom,
-            map_style: args.map_style,
-            tiles: args.tiles_dir,
-        },
-        publishing: gateway::Publishing {
-            linger: Duration::from_micros(args.publish_linger_us),
-            ..Default::default()
-        },
-        announcing: Default::default(),
-        tracking: gateway::config::TrackingSettings {
-            dwell: Duration::from_secs(args.zone_dwell_s),
-            stale_after: Duration::from_secs(args.zone_stale_s),
-            ..Default::default()
-        },
-        eta: kit::cli::or_exit(roads::eta::load(
-            args.roads.as_deref(),
-            "telling riders ETAs",
-        )),
+    let mut config = gateway::Config::new(&args.bus.nats_url, subjects, tokens.verifier.clone());
+    config.id = id;
+    config.geo = geo;
+    config.limits.max_connections = args.max_connections;
+    config.limits.messages_per_sec = args.messages_per_sec;
+    config.limits.burst = args.messages_per_sec * 2;
+    config.dashboard = gateway::dashboard::Dashboard {
+        assets: args.dashboard_dir,
+        trips_api: args.trips_api,
+        ws_url: args.public_ws_url,
+        center: args.map_center,
+        zoom: args.map_zoom,
+        map_style: args.map_style,
+        tiles: args.tiles_dir,
     };
+    config.publishing.linger = Duration::from_micros(args.publish_linger_us);
+    config.tracking.dwell = Duration::from_secs(args.zone_dwell_s);
+    config.tracking.stale_after = Duration::from_secs(args.zone_stale_s);
+    config.eta = kit::cli::or_exit(roads::eta::load(
+        args.roads.as_deref(),
+        "telling riders ETAs",
+    ));
     let ws = tokio::net::TcpListener::bind(args.ws).await?;
     let http = tokio::net::TcpListener::bind(args.http).await?;
     tracing::info!(

@@ -78,19 +78,20 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for everything but the addresses and the secret.
+    /// Defaults for everything but the addresses and how tokens are checked. Callers set what
+    /// they configure on the result, as every service's configuration is built.
     pub fn new(
         database_url: &str,
         nats_url: &str,
         subjects: Subjects,
-        token_secret: &[u8],
+        verifier: protocol::token::Verifier,
     ) -> Self {
         Self {
             database_url: database_url.into(),
             nats_url: nats_url.into(),
             subjects,
             geo: GeoConfig::default(),
-            verifier: protocol::token::Verifier::hs256(token_secret),
+            verifier,
             pool: db::PoolSettings::default(),
             store: StoreSettings::default(),
             sweep: SweepSettings::default(),

@@ -179,8 +179,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let (subjects, geo) = kit::cli::or_exit(args.bus.validate());
     let tokens = kit::cli::or_exit(args.token.validate());
-    let mut config = trips::Config::new(&args.database_url, &args.bus.nats_url, subjects, &[]);
-    config.verifier = tokens.verifier.clone();
+    let mut config = trips::Config::new(
+        &args.database_url,
+        &args.bus.nats_url,
+        subjects,
+        tokens.verifier.clone(),
+    );
     config.geo = geo;
     config.pool.max_size = args.pool_size;
     config.store.search_timeout = Duration::from_secs(args.search_timeout_s);
