@@ -160,7 +160,7 @@ pub fn run(root: &Path, out: &Path) -> Result<()> {
     let largest = scenarios
         .last()
         .expect("the 10,000-driver city is always run");
-    let bin_dir = crate::demo::build_services(root, true)?;
+    let bin_dir = crate::process::build_services(root, true)?;
     let mut alone = Vec::new();
     for run in 1..=runs {
         say(format!(

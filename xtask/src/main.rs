@@ -23,6 +23,7 @@ mod fuzz;
 mod hops;
 mod infra;
 mod netns;
+mod process;
 mod python;
 mod soak;
 mod supply;

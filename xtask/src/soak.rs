@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::demo::{self, Service};
 use crate::infra::{self, Infra, say};
+use crate::process::{self, Service};
 use simulator::chart::{self, Chart, Series};
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +81,7 @@ fn totals(text: &str) -> BTreeMap<String, f64> {
 }
 
 fn scrape(addr: &str) -> Option<BTreeMap<String, f64>> {
-    demo::http_get(addr, "/metrics").map(|body| totals(&body))
+    process::http_get(addr, "/metrics").map(|body| totals(&body))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -95,7 +95,7 @@ struct Sample {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
-    let bin_dir = demo::build_services(&root, true)?;
+    let bin_dir = process::build_services(&root, true)?;
     let bin = |name: &str| bin_dir.join(name);
     let infra = Infra::up(&root, infra::Profile::Test)?;
     let out = root.join("target/soak");
@@ -121,21 +121,21 @@ pub fn run(args: Args) -> Result<()> {
     let (trips_http, matcher_http, gateway_ws, gateway_http) =
         (port(())?, port(())?, port(())?, port(())?);
     let mut services: Vec<Service> = Vec::new();
-    services.push(demo::start(
+    services.push(process::start(
         "trips",
         &bin("dispatch-trips"),
         &["--http", &trips_http, "--search-timeout-s", "30"],
         &common,
         &logs,
     )?);
-    services.push(demo::start(
+    services.push(process::start(
         "matcher",
         &bin("dispatch-matcher"),
         &["--area", &format!("{CENTER},15"), "--http", &matcher_http],
         &common,
         &logs,
     )?);
-    services.push(demo::start(
+    services.push(process::start(
         "gateway",
         &bin("dispatch-gateway"),
         &["serve", "--ws", &gateway_ws, "--http", &gateway_http],
@@ -143,7 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         &logs,
     )?);
     let never = std::sync::atomic::AtomicBool::new(false);
-    demo::wait_ready(
+    process::wait_ready(
         &mut services,
         &[
             ("trips", trips_http.as_str()),
@@ -154,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let report_json = out.join("simulator.json");
     let duration = format!("{}s", args.duration.as_secs());
-    let simulator = demo::start(
+    let simulator = process::start(
         "simulator",
         &bin("dispatch-sim"),
         &[
@@ -203,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
             args.sample_every
                 .min(args.duration.saturating_sub(started.elapsed())),
         );
-        if let Some(dead) = demo::exited(&mut services) {
+        if let Some(dead) = process::exited(&mut services) {
             failure = Some(format!("{} died; see {}", dead.name, dead.log.display()));
             break;
         }
@@ -266,7 +266,7 @@ pub fn run(args: Args) -> Result<()> {
                     break Some(status);
                 }
                 if Instant::now() > deadline {
-                    demo::stop(sim);
+                    process::stop(sim);
                     break None;
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -275,7 +275,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     for service in services.into_iter().rev() {
-        demo::stop(service);
+        process::stop(service);
     }
     drop(infra);
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 
 use super::{Cluster, GATEWAY_HTTP_PORT, MATCHER_HTTP_PORT, Role, TRIPS_HTTP_PORT, Urls};
-use crate::demo;
 use crate::infra::say;
 use crate::netns::Host;
+use crate::process;
 
 /// Faults across the network, each on one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -174,7 +174,7 @@ impl Cluster {
         let service_ready = |role: fn(&Role) -> bool, port: u16, path: &str| {
             self.addrs(role)
                 .iter()
-                .all(|addr| demo::http_ok(&format!("{addr}:{port}"), path))
+                .all(|addr| process::http_ok(&format!("{addr}:{port}"), path))
         };
         // A killed process must have been started again, not only answer.
         if let (Some(killed), Some((_, program))) = (injection.killed, injection.fault.process())
@@ -192,16 +192,16 @@ impl Cluster {
                     && writable(&self.pg_bin, &urls.database)
                     && service_ready(|r| matches!(r, Role::Trips(_)), TRIPS_HTTP_PORT, "/readyz")
             }
-            Fault::PartitionMatcher | Fault::KillMatcher => demo::http_ok(
+            Fault::PartitionMatcher | Fault::KillMatcher => process::http_ok(
                 &format!("{}:{MATCHER_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),
             Fault::PartitionNats | Fault::KillNats => super::routed(&injection.host.addr),
-            Fault::PartitionGateway | Fault::KillGateway => demo::http_ok(
+            Fault::PartitionGateway | Fault::KillGateway => process::http_ok(
                 &format!("{}:{GATEWAY_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),
-            Fault::KillTrips => demo::http_ok(
+            Fault::KillTrips => process::http_ok(
                 &format!("{}:{TRIPS_HTTP_PORT}", injection.host.addr),
                 "/readyz",
             ),

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::demo::{self, Service, Supervisor};
+use crate::demo;
 use crate::infra::{self, say};
 use crate::netns::{Host, Net};
+use crate::process::{self, Service, Supervisor};
 
 mod faults;
 mod latency;
@@ -227,7 +228,7 @@ impl Cluster {
 
     fn start(&self, name: &str, argv: &[String], env: &[(&str, &str)]) -> Result<Service> {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        demo::start(name, self.net.ip(), &argv, env, &self.dir.join("logs"))
+        process::start(name, self.net.ip(), &argv, env, &self.dir.join("logs"))
     }
 
     /// Runs `argv` (for `ip`) to the end, its output appended to `log`.
@@ -298,7 +299,7 @@ fn wait_for(
         if stop.load(Ordering::SeqCst) {
             bail!("stopped before {what}");
         }
-        if let Some(dead) = demo::exited(services) {
+        if let Some(dead) = process::exited(services) {
             bail!(
                 "{} exited while waiting for {what}; see {}",
                 dead.name,
@@ -325,7 +326,7 @@ pub fn run(args: Args) -> Result<()> {
     // Checked before the long build: root, namespaces, the subnet.
     let mut net = Net::create(args.subnet)?;
     let pg_bin = ensure_packages()?;
-    let bin_dir = demo::build_services(&root, !args.debug)?;
+    let bin_dir = process::build_services(&root, !args.debug)?;
     let bin = |name: &str| bin_dir.join(name);
     let dashboard = crate::web::build_dashboard(&root)?;
 
@@ -664,13 +665,13 @@ fn bring_up(
         .iter()
         .map(|(n, a)| (n.as_str(), a.as_str()))
         .collect();
-    demo::wait_ready(services, &endpoints, stop)?;
+    process::wait_ready(services, &endpoints, stop)?;
     Ok(Urls { nats, database })
 }
 
 /// Whether the NATS node at `addr` has its routes to the other nodes.
 fn routed(addr: &Ipv4Addr) -> bool {
-    demo::http_get(&format!("{addr}:{NATS_MONITOR_PORT}"), "/routez")
+    process::http_get(&format!("{addr}:{NATS_MONITOR_PORT}"), "/routez")
         .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
         .and_then(|routes| routes["num_routes"].as_u64())
         .is_some_and(|n| n >= (NATS_NODES - 1) as u64)
@@ -851,7 +852,7 @@ fn drive(
     }
     let finished = simulator.is_none() && outcome.is_ok();
     if let Some(sim) = simulator {
-        sim_status = demo::stop(sim);
+        sim_status = process::stop(sim);
     }
     // The city may end before the host is due back: it comes back now, and the recovery is
     // awaited for up to a minute more.
@@ -876,9 +877,9 @@ fn drive(
     if let Some(status) = sim_status
         && !status.success()
     {
-        // Stopped by Ctrl-C, the simulator counts the trips still under way as lost: they
-        // were cut short by the person, not by the system.
-        if !finished {
+        // Stopped by Ctrl-C, the simulator does not count the trips still under way as lost;
+        // if it ended without a verdict (killed before its report), there is nothing to say.
+        if !finished && !demo::reported_violation(status) {
             demo::say_cut_short(status);
             return Ok(());
         }
