@@ -15,6 +15,7 @@ pub mod nats;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod sandbox;
 pub mod services;
 pub mod web;
 

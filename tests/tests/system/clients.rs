@@ -16,12 +16,9 @@ use protocol::client::Role;
 use protocol::{GeoConfig, Point};
 use tests::client::token;
 use tests::proxy::TcpProxy;
-use tests::services::{
-    Gateway, TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_gateway_at,
-    start_matcher, start_trips, trips_config, wait_ready,
-};
+use tests::sandbox::Sandbox;
+use tests::services::{Gateway, TOKEN_SECRET, gateway_config, start_gateway_at, wait_ready};
 use tests::web::{pages_dist, sdk_dir, workspace_root};
-use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::sync::Mutex;
 
 const CENTER: Point = Point::new(52.52, 13.405);
@@ -95,20 +92,18 @@ async fn the_typescript_sdk_against_the_real_gateway() {
     let unit = node_tests(&dir, &test_files(&dir, "test/unit"), &[]).await;
     assert!(unit.contains("# fail 0"), "{unit}");
 
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
     let regions = GeoConfig::default()
         .regions_covering(CENTER, 5_000.0)
         .unwrap();
-    let matcher = start_matcher(matcher_config(&nats.url(), &prefix, regions)).await;
-    wait_ready(matcher.http).await;
-    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
-    wait_ready(gateway.running.http).await;
+    let mut sandbox = Sandbox::builder()
+        .matcher(regions)
+        .gateways(1)
+        .start()
+        .await;
+    let gateway = sandbox.gateways.remove(0);
     let stack = Arc::new(Stack {
-        nats_url: nats.url(),
-        prefix: prefix.clone(),
+        nats_url: sandbox.nats.url(),
+        prefix: sandbox.prefix.clone(),
         proxy: TcpProxy::start(gateway.ws).await,
         gateway: Mutex::new(gateway),
     });
@@ -144,7 +139,7 @@ async fn the_typescript_sdk_against_the_real_gateway() {
     serving.abort();
 
     // What the server holds agrees: each rider's retried or re-sent request made one trip.
-    let pg = db.client().await;
+    let pg = sandbox.db.client().await;
     for rider in ["sdk-rider-retry", "sdk-rider-resend", "sdk-rider-ride"] {
         let trips: i64 = pg
             .query_one("SELECT count(*) FROM trips WHERE rider_id = $1", &[&rider])
@@ -162,7 +157,7 @@ async fn the_typescript_sdk_against_the_real_gateway() {
         .unwrap()
         .get(0);
     assert_eq!(completed, "completed");
-    trips.stop().await.unwrap();
+    sandbox.trips.remove(0).stop().await.unwrap();
 }
 
 /// A map style served by the gateway from its tiles directory, drawing a PMTiles archive the
@@ -297,26 +292,24 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     tests::init_logs();
     let dist = pages_dist();
     let (tiles, archive) = tiles_dir();
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
     let regions = GeoConfig::default()
         .regions_covering(CENTER, 5_000.0)
         .unwrap();
-    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
-    matcher.settings.offer_ttl = Duration::from_secs(30);
-    let matcher = start_matcher(matcher).await;
-    wait_ready(matcher.http).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.dashboard.assets = Some(dist);
-    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
-    config.dashboard.center = CENTER;
-    config.dashboard.zoom = 13.0;
-    config.dashboard.map_style = Some("/tiles/style.json".into());
-    config.dashboard.tiles = Some(tiles.path().to_owned());
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    let tiles_path = tiles.path().to_owned();
+    let mut sandbox = Sandbox::builder()
+        .matcher(regions)
+        .tune_matcher(|matcher| matcher.settings.offer_ttl = Duration::from_secs(30))
+        .gateways(1)
+        .tune_gateway(move |config| {
+            config.dashboard.assets = Some(dist.clone());
+            config.dashboard.center = CENTER;
+            config.dashboard.zoom = 13.0;
+            config.dashboard.map_style = Some("/tiles/style.json".into());
+            config.dashboard.tiles = Some(tiles_path.clone());
+        })
+        .start()
+        .await;
+    let gateway = sandbox.gateways.remove(0);
     let base = format!("http://{}", gateway.running.http);
 
     // The tiles directory answers range requests, as a PMTiles archive is read.
@@ -385,7 +378,7 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
     }
 
     // The ride completed; the report queued without signal was carried out exactly once.
-    let pg = db.client().await;
+    let pg = sandbox.db.client().await;
     let rows = pg
         .query(
             "SELECT trip_id, state, driver_id FROM trips WHERE rider_id = 'apps-rider' \
@@ -430,5 +423,5 @@ async fn the_rider_and_driver_apps_complete_a_ride_in_browsers() {
         let times = stages.iter().filter(|s| *s == stage).count();
         assert_eq!(times, 1, "{stage} recorded {times} times: {stages:?}");
     }
-    trips.stop().await.unwrap();
+    sandbox.trips.remove(0).stop().await.unwrap();
 }

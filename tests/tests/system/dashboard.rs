@@ -9,6 +9,7 @@ use protocol::{GeoConfig, Point};
 use serde_json::json;
 use simulator::{Scenario, Settings};
 use tests::client::{Client, token, token_with};
+use tests::sandbox::Sandbox;
 use tests::services::{
     TOKEN_SECRET, gateway_config, matcher_config, start_gateway, start_matcher, start_trips,
     trips_config, wait_ready,
@@ -75,26 +76,22 @@ async fn completed_far_from_the_dropoff(ws: std::net::SocketAddr) -> uuid::Uuid 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browser() {
-    tests::init_logs();
     let dist = pages_dist();
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
     let regions = GeoConfig::default()
         .regions_covering(CENTER, 8_000.0)
         .unwrap();
-    let mut matcher = matcher_config(&nats.url(), &prefix, regions);
-    matcher.settings.offer_ttl = Duration::from_secs(30);
-    let matcher = start_matcher(matcher).await;
-    wait_ready(matcher.http).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.dashboard.assets = Some(dist);
-    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
-    config.dashboard.center = CENTER;
-    config.dashboard.zoom = 13.0;
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    let stack = Sandbox::builder()
+        .matcher(regions)
+        .tune_matcher(|matcher| matcher.settings.offer_ttl = Duration::from_secs(30))
+        .gateways(1)
+        .tune_gateway(move |config| {
+            config.dashboard.assets = Some(dist.clone());
+            config.dashboard.center = CENTER;
+            config.dashboard.zoom = 13.0;
+        })
+        .start()
+        .await;
+    let (gateway, db) = (stack.gateway(), &stack.db);
 
     // The simulator drives a small city around the centre for as long as the browser needs.
     let mut settings = Settings::new(&format!("ws://{}/ws", gateway.ws), TOKEN_SECRET, CENTER);
@@ -212,16 +209,16 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
 #[tokio::test]
 async fn the_dashboard_is_served_with_its_settings_and_a_strict_policy() {
     let dist = pages_dist();
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.dashboard.assets = Some(dist);
-    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
-    config.dashboard.center = CENTER;
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    let mut stack = Sandbox::builder()
+        .gateways(1)
+        .tune_gateway(move |config| {
+            config.dashboard.assets = Some(dist.clone());
+            config.dashboard.center = CENTER;
+        })
+        .start()
+        .await;
+    let trips = stack.trips.remove(0);
+    let gateway = stack.gateway();
     let base = format!("http://{}", gateway.running.http);
     let http = reqwest::Client::new();
 

@@ -13,7 +13,8 @@ use roads::eta::EtaModel;
 use serde_json::json;
 use tests::client::{Client, Ended, token, token_with};
 use tests::proxy::TcpProxy;
-use tests::services::{Gateway, Running, gateway_config, start_gateway, start_trips, trips_config};
+use tests::sandbox::Sandbox;
+use tests::services::{Gateway, gateway_config, start_gateway, start_trips, trips_config};
 use tests::{NatsServer, Patience, TestDb, unique_prefix};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -21,11 +22,9 @@ use uuid::Uuid;
 const BERLIN: Point = Point::new(52.520_008, 13.404_954);
 const PATIENCE: Duration = Duration::from_secs(15);
 
+/// A trips service and one gateway on a bus and a database of their own.
 struct Stack {
-    nats: NatsServer,
-    db: TestDb,
-    bus: Bus,
-    _trips: Running,
+    sandbox: Sandbox,
     gateway: Gateway,
 }
 
@@ -34,27 +33,14 @@ impl Stack {
         Self::start_with(|_| {}).await
     }
 
-    async fn start_with(tune: impl FnOnce(&mut gateway::Config)) -> Self {
-        tests::init_logs();
-        let nats = NatsServer::start();
-        let db = TestDb::create().await;
-        let prefix = unique_prefix();
-        let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-        let mut config = gateway_config(&nats.url(), &prefix);
-        tune(&mut config);
-        let gateway = start_gateway(config).await;
-        let bus = Bus::new(
-            async_nats::connect(nats.url()).await.unwrap(),
-            Subjects::new(&prefix).unwrap(),
-        );
-        tests::services::wait_ready(gateway.running.http).await;
-        Self {
-            nats,
-            db,
-            bus,
-            _trips: trips,
-            gateway,
-        }
+    async fn start_with(tune: impl Fn(&mut gateway::Config) + Send + 'static) -> Self {
+        let mut sandbox = Sandbox::builder()
+            .gateways(1)
+            .tune_gateway(tune)
+            .start()
+            .await;
+        let gateway = sandbox.gateways.remove(0);
+        Self { sandbox, gateway }
     }
 
     async fn driver(&self, id: &str) -> Client {
@@ -76,7 +62,7 @@ impl Stack {
             expires_at: now_ms() + 30_000,
             pickup_eta_s: 60,
         };
-        self.bus.command(&offer, PATIENCE).await.unwrap();
+        self.sandbox.bus.command(&offer, PATIENCE).await.unwrap();
     }
 }
 
@@ -333,12 +319,13 @@ async fn positions_are_published_on_their_cell_subject_and_stale_ones_dropped() 
     let stack = Stack::start().await;
     let (region, cell) = GeoConfig::default().locate(BERLIN).unwrap();
     let mut positions = stack
+        .sandbox
         .bus
         .client
-        .subscribe(stack.bus.subjects.location(region, cell))
+        .subscribe(stack.sandbox.bus.subjects.location(region, cell))
         .await
         .unwrap();
-    stack.bus.client.flush().await.unwrap();
+    stack.sandbox.bus.client.flush().await.unwrap();
     let mut driver = stack.driver("d1").await;
     driver.send_json(&location(5, BERLIN, Some(1))).await;
     driver.ack_for(1).await;
@@ -458,12 +445,13 @@ async fn a_gateway_behind_with_publishing_refuses_positions_and_publishes_the_ac
     })
     .await;
     let mut positions = stack
+        .sandbox
         .bus
         .client
-        .subscribe(stack.bus.subjects.location_all())
+        .subscribe(stack.sandbox.bus.subjects.location_all())
         .await
         .unwrap();
-    stack.bus.client.flush().await.unwrap();
+    stack.sandbox.bus.client.flush().await.unwrap();
     let mut driver = stack.driver("d1").await;
     driver.send_json(&location(1, BERLIN, Some(1))).await;
     driver.ack_for(1).await;
@@ -505,6 +493,7 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
     assert_eq!(trip.state, TripState::Requested);
     // Stored before acknowledged.
     let stored: i64 = stack
+        .sandbox
         .db
         .client()
         .await
@@ -626,6 +615,7 @@ async fn a_ride_from_request_to_completion_with_live_driver_position() {
         .recv_until(|m| matches!(m, ServerMessage::TripUpdate { trip } if trip.state == TripState::Completed))
         .await;
     let events = stack
+        .sandbox
         .db
         .client()
         .await
@@ -798,8 +788,9 @@ async fn dispatchers_see_vehicles_aggregates_and_trips_and_can_cancel() {
     let aggregates = loop {
         patience.check();
         stack
+            .sandbox
             .bus
-            .publish(stack.bus.subjects.cell_counts(region), &counts)
+            .publish(stack.sandbox.bus.subjects.cell_counts(region), &counts)
             .await
             .unwrap();
         let got = tokio::time::timeout(
@@ -833,6 +824,7 @@ async fn dispatchers_see_vehicles_aggregates_and_trips_and_can_cancel() {
     ops.send_json(&json!({"type": "cancel_trip", "id": 3, "trip_id": trip.trip_id, "reason": "<script>alert(1)</script>"})).await;
     ops.ack_for(3).await;
     let row = stack
+        .sandbox
         .db
         .client()
         .await
@@ -864,8 +856,8 @@ async fn a_slow_consumer_is_cut_off_and_a_fast_one_is_not() {
     // 2,000 messages of 8 KiB each to both: far more than socket buffers hold.
     let pad = "x".repeat(8 * 1024);
     let frame = ServerMessage::error(None, ErrorCode::Internal, pad).to_json();
-    let sender = stack.bus.client.clone();
-    let subjects = stack.bus.subjects.clone();
+    let sender = stack.sandbox.bus.client.clone();
+    let subjects = stack.sandbox.bus.subjects.clone();
     let publisher = tokio::spawn(async move {
         for _ in 0..2_000 {
             sender
@@ -953,16 +945,16 @@ async fn connections_survive_a_nats_restart_and_commands_say_retry_meanwhile() {
     let mut rider = Client::connect(stack.gateway.ws, Role::Rider, "r1").await;
     let mut driver = stack.driver("d1").await;
 
-    stack.nats.kill();
+    stack.sandbox.nats.kill();
     rider.send_json(&request_ride(1, "k")).await;
     let code = rider.error_for(1).await;
     assert!(code.is_retryable(), "{code:?}");
-    stack.nats.restart();
+    stack.sandbox.nats.restart();
 
     // Everything resumes: the same sockets carry commands and positions again.
-    let watcher = async_nats::connect(stack.nats.url()).await.unwrap();
+    let watcher = async_nats::connect(stack.sandbox.nats.url()).await.unwrap();
     let mut positions = watcher
-        .subscribe(stack.bus.subjects.location(region, cell))
+        .subscribe(stack.sandbox.bus.subjects.location(region, cell))
         .await
         .unwrap();
     watcher.flush().await.unwrap();
@@ -1060,17 +1052,18 @@ async fn a_client_is_never_told_an_older_version_of_its_trip() {
     stale.version = accepted.version - 2;
     let mut marker = accepted.clone();
     marker.version = accepted.version + 10;
-    let to_driver = stack.bus.subjects.user(Role::Driver, "d1");
+    let to_driver = stack.sandbox.bus.subjects.user(Role::Driver, "d1");
     for trip in [stale, marker.clone()] {
         let update = ServerMessage::TripUpdate { trip }.to_json();
         stack
+            .sandbox
             .bus
             .client
             .publish(to_driver.clone(), update.into())
             .await
             .unwrap();
     }
-    stack.bus.client.flush().await.unwrap();
+    stack.sandbox.bus.client.flush().await.unwrap();
     loop {
         let message = driver
             .recv_until(

@@ -5,15 +5,13 @@
 use std::time::Duration;
 
 use futures_util::SinkExt;
-use kit::Bus;
 use protocol::bus::TripCommand;
 use protocol::client::{Role, ServerMessage, close_code};
 use protocol::time::now_ms;
-use protocol::{ErrorCode, Point, Subjects};
+use protocol::{ErrorCode, Point};
 use serde_json::{Value, json};
 use tests::client::{Client, Ended, token, token_with};
-use tests::services::{gateway_config, start_gateway, start_trips, trips_config, wait_ready};
-use tests::{NatsServer, TestDb, unique_prefix};
+use tests::sandbox::Sandbox;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -62,22 +60,16 @@ async fn unreadable(client: &mut Client, text: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_clear_refusals_and_harms_nobody() {
-    tests::init_logs();
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.limits.hello_timeout = Duration::from_millis(500);
-    config.limits.max_message_bytes = 4096;
-    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    let stack = Sandbox::builder()
+        .gateways(1)
+        .tune_gateway(|config| {
+            config.limits.hello_timeout = Duration::from_millis(500);
+            config.limits.max_message_bytes = 4096;
+        })
+        .start()
+        .await;
+    let (trips, gateway, db, bus) = (&stack.trips[0], stack.gateway(), &stack.db, &stack.bus);
     let ws = gateway.ws;
-    let bus = Bus::new(
-        async_nats::connect(nats.url()).await.unwrap(),
-        Subjects::new(&prefix).unwrap(),
-    );
     let mut cases = Cases::default();
 
     // Somebody minding their own business throughout.
@@ -661,18 +653,15 @@ async fn raw_get(addr: std::net::SocketAddr, target: &str, bearer: Option<&str>)
 
 #[tokio::test]
 async fn the_api_proxy_forwards_only_paths_under_api_and_every_route_still_works() {
-    tests::init_logs();
-    let nats = NatsServer::start();
-    let db = TestDb::create().await;
-    let prefix = unique_prefix();
-    let mut trips_settings = trips_config(&db.url, &nats.url(), &prefix);
-    trips_settings.webhook_destinations =
-        trips::webhooks::policy::Destinations::parse("127.0.0.1/32").unwrap();
-    let trips = start_trips(trips_settings).await;
-    let mut config = gateway_config(&nats.url(), &prefix);
-    config.dashboard.trips_api = Some(format!("http://{}", trips.http));
-    let gateway = start_gateway(config).await;
-    wait_ready(gateway.running.http).await;
+    let stack = Sandbox::builder()
+        .tune_trips(|config| {
+            config.webhook_destinations =
+                trips::webhooks::policy::Destinations::parse("127.0.0.1/32").unwrap();
+        })
+        .gateways(1)
+        .start()
+        .await;
+    let (trips, gateway) = (&stack.trips[0], stack.gateway());
     let dispatcher = token(Role::Dispatcher, "ops");
     // What the trips service's routes outside /api/ would give away.
     let leaks = ["# TYPE", "\"openapi\"", "key_id", "trips_"];
@@ -848,13 +837,9 @@ fn raw_token(body: &str) -> String {
 
 #[tokio::test]
 async fn a_hello_too_big_a_token_too_long_and_a_claim_named_twice_are_told_apart() {
-    tests::init_logs();
-    let nats = NatsServer::start();
-    let prefix = unique_prefix();
     // The default limits: 16 KB messages, 4 KB tokens.
-    let gateway = start_gateway(gateway_config(&nats.url(), &prefix)).await;
-    wait_ready(gateway.running.http).await;
-    let ws = gateway.ws;
+    let stack = Sandbox::builder().gateways(1).start().await;
+    let ws = stack.gateway().ws;
     let hello = |token: String| json!({"type": "hello", "token": token, "versions": [1]});
 
     // Far over the message limit: told so, and closed with 1009 (never a reset), every time.

@@ -5,19 +5,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kit::Bus;
+use protocol::Point;
 use protocol::bus::TripCommand;
 use protocol::client::{Role, ServerMessage};
 use protocol::time::now_ms;
 use protocol::trip::{TripStage, TripState, TripView};
-use protocol::{Point, Subjects};
 use serde_json::json;
+use tests::Patience;
 use tests::client::{Client, token};
-use tests::services::{
-    Gateway, Isolated, Running, gateway_config, metrics_text, start_gateway, start_trips,
-    trips_config,
-};
-use tests::{NatsServer, Patience, TestDb, unique_prefix};
+use tests::sandbox::Sandbox;
+use tests::services::{Gateway, Isolated, metrics_text, start_gateway};
 use uuid::Uuid;
 
 const BERLIN: Point = Point::new(52.520_008, 13.404_954);
@@ -25,38 +22,20 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// How soon a client's message reaches it at its new gateway.
 const PROMPTLY: Duration = Duration::from_secs(1);
 
+/// A trips service on a bus and a database of their own; the tests start the gateways.
 struct Stack {
-    _nats: NatsServer,
-    _db: TestDb,
-    bus: Bus,
-    _trips: Running,
-    nats_url: String,
-    prefix: String,
+    sandbox: Sandbox,
 }
 
 impl Stack {
     async fn start() -> Self {
-        tests::init_logs();
-        let nats = NatsServer::start();
-        let db = TestDb::create().await;
-        let prefix = unique_prefix();
-        let trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-        let bus = Bus::new(
-            async_nats::connect(nats.url()).await.unwrap(),
-            Subjects::new(&prefix).unwrap(),
-        );
         Self {
-            nats_url: nats.url(),
-            _nats: nats,
-            _db: db,
-            bus,
-            _trips: trips,
-            prefix,
+            sandbox: Sandbox::builder().start().await,
         }
     }
 
     fn gateway_config(&self) -> gateway::Config {
-        gateway_config(&self.nats_url, &self.prefix)
+        self.sandbox.gateway_config()
     }
 
     async fn gateway(&self) -> (Gateway, String) {
@@ -80,7 +59,7 @@ impl Stack {
             expires_at: now_ms() + 60_000,
             pickup_eta_s: 60,
         };
-        self.bus.command(&offer, PATIENCE).await.unwrap();
+        self.sandbox.bus.command(&offer, PATIENCE).await.unwrap();
         driver
             .recv_until(|m| matches!(m, ServerMessage::Offer { .. }))
             .await;
@@ -206,7 +185,15 @@ async fn a_gateway_that_dies_loses_nothing_trips_committed() {
         stage: TripStage::Arrived,
         position: None,
     };
-    assert!(stack.bus.command(&arrived, PATIENCE).await.unwrap().changed);
+    assert!(
+        stack
+            .sandbox
+            .bus
+            .command(&arrived, PATIENCE)
+            .await
+            .unwrap()
+            .changed
+    );
 
     // Both reconnect to the other gateway and find the trip as trips committed it.
     let mut rider = Client::hello(survivor.ws, &token(Role::Rider, "r1"), &[1])
