@@ -37,27 +37,35 @@ struct Problems;
 
 impl Modify for Problems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                for (status, response) in operation.responses.responses.iter_mut() {
-                    let refusal = status.starts_with('4') || status.starts_with('5');
-                    if let (true, utoipa::openapi::RefOr::T(response)) = (refusal, response)
-                        && response.content.is_empty()
-                    {
-                        response
-                            .content
-                            .insert("application/problem+json".to_owned(), problem_content());
-                    }
+        for operation in operations(openapi) {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                let refusal = status.starts_with('4') || status.starts_with('5');
+                if let (true, utoipa::openapi::RefOr::T(response)) = (refusal, response)
+                    && response.content.is_empty()
+                {
+                    response
+                        .content
+                        .insert("application/problem+json".to_owned(), problem_content());
                 }
             }
         }
     }
+}
+
+/// Every operation of the document.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 fn problem_content() -> utoipa::openapi::Content {
@@ -83,39 +91,30 @@ struct Refusals;
 
 impl Modify for Refusals {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-            ];
-            for operation in operations.into_iter().flatten() {
-                if operation.security.is_none() {
-                    continue;
+        for operation in operations(openapi) {
+            if operation.security.is_none() {
+                continue;
+            }
+            for (status, description) in REFUSALS {
+                let mut response = ResponseBuilder::new()
+                    .description(*description)
+                    .content("application/problem+json", problem_content());
+                if *status == "429" {
+                    response = response.header(
+                        "Retry-After",
+                        HeaderBuilder::new()
+                            .schema(
+                                utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer),
+                            )
+                            .description(Some("Seconds until the key may call again"))
+                            .build(),
+                    );
                 }
-                for (status, description) in REFUSALS {
-                    let mut response = ResponseBuilder::new()
-                        .description(*description)
-                        .content("application/problem+json", problem_content());
-                    if *status == "429" {
-                        response = response.header(
-                            "Retry-After",
-                            HeaderBuilder::new()
-                                .schema(
-                                    utoipa::openapi::ObjectBuilder::new()
-                                        .schema_type(Type::Integer),
-                                )
-                                .description(Some("Seconds until the key may call again"))
-                                .build(),
-                        );
-                    }
-                    operation
-                        .responses
-                        .responses
-                        .entry((*status).to_owned())
-                        .or_insert_with(|| response.build().into());
-                }
+                operation
+                    .responses
+                    .responses
+                    .entry((*status).to_owned())
+                    .or_insert_with(|| response.build().into());
             }
         }
     }
