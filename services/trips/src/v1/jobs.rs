@@ -388,8 +388,6 @@ const MAX_TIME_MS: i64 = 4_102_444_800_000;
         (status = 400, description = "Invalid"),
         (status = 403, description = "Lacks jobs:write"),
         (status = 409, description = "The key was used for another job"),
-        (status = 413, description = "Body too large"),
-        (status = 415, description = "Not JSON"),
         (status = 422, description = "Outside the service area, or a pickup where none is allowed"),
     ),
     security(("bearer" = []))
@@ -536,8 +534,6 @@ pub(crate) async fn list(
         (status = 403, description = "Lacks jobs:write"),
         (status = 404, description = "No such job visible to the caller"),
         (status = 409, description = "The job has ended"),
-        (status = 413, description = "Body too large"),
-        (status = 415, description = "Not JSON"),
     ),
     security(("bearer" = []))
 )]

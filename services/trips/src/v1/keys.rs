@@ -352,8 +352,6 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<Revoked, Problem> {
         (status = 201, description = "Created; the token is shown only now", body = CreatedApiKey),
         (status = 400, description = "Invalid"),
         (status = 403, description = "Not a dispatcher"),
-        (status = 413, description = "Body too large"),
-        (status = 415, description = "Not JSON"),
     ),
     security(("bearer" = []))
 )]

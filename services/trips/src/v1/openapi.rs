@@ -76,8 +76,9 @@ fn problem_content() -> utoipa::openapi::Content {
 
 /// What every operation behind a token may answer whatever its handler does: no valid token
 /// (401), an API key over its rate (429, with `Retry-After`), the database away while the key
-/// is checked or the operation runs (503). Said once here rather than on each handler; a
-/// handler that documents one of them itself keeps its own description.
+/// is checked or the operation runs (503), and for an operation with a body, a body too large
+/// (413) or not JSON (415). Said once here rather than on each handler; a handler that
+/// documents one of them itself keeps its own description.
 pub(crate) const REFUSALS: &[(&str, &str)] = &[
     ("401", "No valid token"),
     ("429", "Rate limited; see Retry-After"),
@@ -86,6 +87,9 @@ pub(crate) const REFUSALS: &[(&str, &str)] = &[
         "The database is unavailable; retry later (with the same idempotency key)",
     ),
 ];
+
+/// What an operation that takes a body may answer before its handler reads it.
+const BODY_REFUSALS: &[(&str, &str)] = &[("413", "Body too large"), ("415", "Not JSON")];
 
 struct Refusals;
 
@@ -115,6 +119,22 @@ impl Modify for Refusals {
                     .responses
                     .entry((*status).to_owned())
                     .or_insert_with(|| response.build().into());
+            }
+            // The JSON body's own refusals, before the handler reads it.
+            if operation.request_body.is_some() {
+                for (status, description) in BODY_REFUSALS {
+                    operation
+                        .responses
+                        .responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(*description)
+                                .content("application/problem+json", problem_content())
+                                .build()
+                                .into()
+                        });
+                }
             }
         }
     }
