@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 
 use crate::infra::{self, say};
 
+/// A service running as a process of its own: its name, its process, its log, and how it was
+/// started (to start it again).
 pub(crate) struct Service {
     pub(crate) name: String,
     pub(crate) child: Child,
@@ -295,6 +297,8 @@ pub(crate) fn exited(services: &mut [Service]) -> Option<&Service> {
     Some(&services[index])
 }
 
+/// Waits (a minute at most) until every endpoint answers `/readyz`, failing early when a
+/// service exits or a stop is requested.
 pub(crate) fn wait_ready(
     services: &mut [Service],
     endpoints: &[(&str, &str)],

@@ -185,8 +185,6 @@ impl DriverZones {
     }
 }
 
-/// The zones in force here and every driver's place in them.
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -38,6 +38,7 @@ pub use zones::follow;
 pub use crate::config::TrackingSettings;
 use crate::meters as m;
 
+/// The zones in force here and every driver's place in them.
 #[derive(Debug)]
 pub struct Tracking {
     settings: TrackingSettings,
@@ -225,8 +226,6 @@ pub async fn sweep(
         });
     }
 }
-
-/// Sends the tracker's events to the trips service until `stop`, in order, each batch retried
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meters as m;
 
+/// Sends the tracker's events to the trips service until `stop`, in order, each batch retried
 /// until it is stored; at the stop, what is queued gets a few seconds more.
 pub async fn record(bus: Bus, mut events: mpsc::Receiver<ZoneEvent>, stop: CancellationToken) {
     const BATCH: usize = 500;
