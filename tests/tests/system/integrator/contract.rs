@@ -118,17 +118,24 @@ async fn existing_job(f: &Fixture) -> String {
     job.body["trip_id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
-    let f = Fixture::start(|config| {
-        // The fuzzer's own pace is not what is tested here (see the next test for that).
+/// A fixture whose API keys may make `per_second` requests a second (bursts as large), and a
+/// key with `jobs:write` and `trips:read`.
+async fn keyed_fixture(per_second: u32) -> (Fixture, String) {
+    let f = Fixture::start(move |config| {
         config.api_key_rate = trips::v1::KeyRate {
-            per_second: 100_000,
-            burst: 100_000,
+            per_second,
+            burst: per_second,
         };
     })
     .await;
     let (_, key) = f.api_key(&["jobs:write", "trips:read"]).await;
+    (f, key)
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
+    // The fuzzer's own pace is not what is tested here (see the next test for that).
+    let (f, key) = keyed_fixture(100_000).await;
     let (reports, config) = workspace(&existing_job(&f).await, "");
     let callers = [
         ("dispatcher", Some(dispatcher())),
@@ -148,14 +155,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document()
 /// prove nothing.
 #[tokio::test]
 async fn an_api_key_over_its_rate_gets_only_documented_answers() {
-    let f = Fixture::start(|config| {
-        config.api_key_rate = trips::v1::KeyRate {
-            per_second: 2,
-            burst: 2,
-        };
-    })
-    .await;
-    let (_, key) = f.api_key(&["jobs:write", "trips:read"]).await;
+    let (f, key) = keyed_fixture(2).await;
     // Where valid data may be refused for the rate alone.
     let (reports, config) = workspace(&existing_job(&f).await, RATE_LIMITED);
     fuzz(
