@@ -38,6 +38,13 @@ impl Role {
             Self::Dispatcher => "dispatcher",
         }
     }
+
+    /// The role [`Self::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Driver, Self::Rider, Self::Dispatcher]
+            .into_iter()
+            .find(|role| role.as_str() == name)
+    }
 }
 
 /// Where a driver's position report stands among its others: its count and its device time.

@@ -227,8 +227,7 @@ pub async fn run(
         .await
         .context("starting the outbox's receipts")?;
     let nudges = webhooks::deliver::Nudges::default();
-    let publisher =
-        outbox::Publisher::new(receipts, directory, store.outbox_ready(), nudges.clone());
+    let publisher = outbox::Publisher::new(receipts, directory, store.committed(), nudges.clone());
     tasks.spawn(outbox::run(
         pool.clone(),
         publisher.clone(),

@@ -1,30 +1,73 @@
 //! What a transition publishes, built as pure functions of the trip before and after: the
-//! event for matchers and dashboards, the messages for the rider's and driver's inboxes, and
-//! the request again for matchers when the trip is back to searching, and the JSON event for
-//! integrators. They are written to the
-//! outbox by the statement that writes the transition, and published after commit.
+//! event for matchers and dashboards, the messages for the rider's and driver's inboxes, the
+//! request again for matchers when the trip is back to searching, and the JSON event for
+//! integrators. Each says what it is ([`Kind`]: for the bus, for a client, an event and its
+//! webhook fields), and is written so to the outbox by the statement that writes the
+//! transition ([`crate::outbox`]), to be published after commit.
 
 use protocol::bus::{DriverStatus, RideRequest, TripEvent};
 use protocol::client::{Role, ServerMessage};
 use protocol::events::{Event, EventType};
+use protocol::time::UnixMillis;
 use protocol::trip::{Actor, TripState};
 use protocol::{Subjects, codec};
 
 use crate::machine::{Change, TripRecord};
 use crate::progress::Checked;
 
-/// A message to publish after commit.
+/// A message to publish after commit: where it goes, what it is, and its bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    /// The subject it is published on; a client's message goes to its gateway's subject
+    /// instead when the directory knows which gateway holds the client.
     pub subject: String,
+    pub kind: Kind,
     pub payload: Vec<u8>,
 }
 
-/// An event for integrators, as JSON on its subject (the outbox also queues its webhook
-/// deliveries).
+/// What a message is, as its outbox row records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// For the services on the bus: matchers, dashboards, gateways.
+    Bus,
+    /// For one client's inbox.
+    Client { role: Role, id: String },
+    /// For integrators: published, and queued for the webhooks by the statement that writes
+    /// it.
+    Event(Hook),
+}
+
+/// What a webhook delivery of an event needs besides its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hook {
+    pub id: String,
+    pub kind: EventType,
+    /// Events with the same key reach an endpoint in order ([`Event::ordering_key`]).
+    pub ordering_key: String,
+    pub at: UnixMillis,
+}
+
+impl Outgoing {
+    /// A message for the services on the bus.
+    pub fn bus(subject: String, payload: Vec<u8>) -> Self {
+        Self {
+            subject,
+            kind: Kind::Bus,
+            payload,
+        }
+    }
+}
+
+/// An event for integrators, as JSON on its subject.
 pub fn public_event(subjects: &Subjects, event: &Event) -> Outgoing {
     Outgoing {
         subject: subjects.event(event.kind),
+        kind: Kind::Event(Hook {
+            id: event.id.clone(),
+            kind: event.kind,
+            ordering_key: event.ordering_key(),
+            at: event.at,
+        }),
         payload: event.to_json().into_bytes(),
     }
 }
@@ -33,6 +76,10 @@ pub fn public_event(subjects: &Subjects, event: &Event) -> Outgoing {
 pub fn to_user(subjects: &Subjects, role: Role, id: &str, message: &ServerMessage) -> Outgoing {
     Outgoing {
         subject: subjects.user(role, id),
+        kind: Kind::Client {
+            role,
+            id: id.to_owned(),
+        },
         payload: message.to_json().into_bytes(),
     }
 }
@@ -44,17 +91,16 @@ pub fn ride_request(
     trip: &TripRecord,
     queue_head: Option<String>,
 ) -> Outgoing {
-    let region = trip.view.region;
-    Outgoing {
-        subject: subjects.ride_requests(region),
-        payload: codec::encode(&RideRequest {
+    Outgoing::bus(
+        subjects.ride_requests(trip.view.region),
+        codec::encode(&RideRequest {
             trip: trip.view.clone(),
             excluded_drivers: trip.excluded_drivers.clone(),
             deadline: trip.search_deadline,
             attempt: trip.dispatch_attempts.max(1) as u32,
             queue_head,
         }),
-    }
+    )
 }
 
 /// The event for dashboards and matchers and the update for the rider. `actor_id` acted;
@@ -94,10 +140,10 @@ pub fn event_messages(
         flagged: checked.flagged,
     };
     vec![
-        Outgoing {
-            subject: subjects.trip_events(trip.view.region),
-            payload: codec::encode(&event),
-        },
+        Outgoing::bus(
+            subjects.trip_events(trip.view.region),
+            codec::encode(&event),
+        ),
         public_event(subjects, &public),
         to_user(
             subjects,
@@ -156,10 +202,7 @@ pub fn transition_messages(
 
 /// A driver's new status, for matchers.
 pub fn driver_status(subjects: &Subjects, status: &DriverStatus) -> Outgoing {
-    Outgoing {
-        subject: subjects.driver_status(),
-        payload: codec::encode(status),
-    }
+    Outgoing::bus(subjects.driver_status(), codec::encode(status))
 }
 
 #[cfg(test)]

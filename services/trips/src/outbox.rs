@@ -1,4 +1,11 @@
-//! Publishes what commits wrote to the outbox, in order, at least once.
+//! Writes what a transaction publishes to the outbox, and publishes what commits wrote, in
+//! order, at least once.
+//!
+//! A row holds one transaction's (one transition's) messages in order, each with what it is
+//! ([`Kind`]): for the bus, for one client (its role and id), or an integrators' event (its
+//! id, type, ordering key and time). The statement that writes a row also queues its events'
+//! webhook deliveries ([`write_ctes`], the one place they are queued), so they can be
+//! delivered as soon as it commits, whatever becomes of the publication.
 //!
 //! Client messages are addressed to the gateway holding their client when the [`Directory`]
 //! knows it, and to every gateway otherwise.
@@ -7,79 +14,174 @@
 //! commit order; rows are deleted in the same transaction once the NATS server has read them
 //! (a [`Receipts`] round trip on the same connection, not only a flush: the bytes of a flush
 //! die in the kernel's buffers when the server has silently gone), so a crash or a lost server
-//! at any point means re-publishing, never losing. The integrators' events among them are
-//! queued for their webhooks in the same transaction ([`crate::webhooks::queue`]).
+//! at any point means re-publishing, never losing. Nothing in a round is parsed: subjects,
+//! recipients and payloads are used as the row holds them.
 //!
-//! A transaction that writes integrators' events can queue their webhook deliveries itself
-//! ([`enqueue_with_hooks`]): they are then delivered once it commits, without waiting for the
-//! outbox's round, and the round only publishes them. Zone events take this way.
+//! Rows written by a replica of the previous release (while a rolling upgrade runs) say only
+//! subjects and payloads; they are published as that release would ([`previous_release`]).
 
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use kit::bus::Receipts;
 use kit::presence::Directory;
+use protocol::client::Role;
 use tokio::sync::Notify;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::StoreError;
-use crate::messages::Outgoing;
+use crate::messages::{Kind, Outgoing};
 use crate::meters as m;
 use crate::webhooks::deliver::Nudges;
 
-/// Writes `out` as one outbox row in the transaction `tx`, to be published after it commits;
-/// its events are queued for their webhooks when they are published.
-pub(crate) async fn enqueue(
-    tx: &impl deadpool_postgres::GenericClient,
-    out: Vec<Outgoing>,
-) -> Result<(), StoreError> {
-    write(tx, &out, false).await
+/// Messages of one or more outbox rows as one array per column, each message beside the
+/// index of the row it belongs to (in the writer's statement, its transition's): the
+/// parameters of [`write_ctes`], in its order.
+#[derive(Debug, Default)]
+pub(crate) struct Messages<'a> {
+    row: Vec<i32>,
+    subject: Vec<&'a str>,
+    payload: Vec<&'a [u8]>,
+    kind: Vec<&'static str>,
+    role: Vec<Option<&'static str>>,
+    recipient: Vec<Option<&'a str>>,
+    event_id: Vec<Option<&'a str>>,
+    event_type: Vec<Option<&'static str>>,
+    ordering_key: Vec<Option<&'a str>>,
+    event_at: Vec<Option<i64>>,
 }
 
-/// Writes `out` as one outbox row in the transaction `tx` and, in it, queues the webhook
-/// deliveries of the events among them; returns how many were queued. Once `tx` commits they
-/// can be delivered ([`Publisher::queued`]) while the row waits to be published.
-pub(crate) async fn enqueue_with_hooks(
-    tx: &impl deadpool_postgres::GenericClient,
-    subjects: &protocol::Subjects,
-    out: Vec<Outgoing>,
-) -> Result<u64, StoreError> {
-    let events: Vec<&[u8]> = out
-        .iter()
-        .filter(|o| subjects.is_event(&o.subject))
-        .map(|o| o.payload.as_slice())
-        .collect();
-    // Both sent at once; the connection carries them out in order.
-    let (queued, written) =
-        tokio::join!(crate::webhooks::queue(tx, &events), write(tx, &out, true));
-    written?;
+/// How many parameters [`Messages::params`] gives.
+const PARAMS: usize = 10;
+
+impl<'a> Messages<'a> {
+    /// Adds `out` to the row with index `row`.
+    pub fn push(&mut self, row: i32, out: &'a Outgoing) {
+        self.row.push(row);
+        self.subject.push(&out.subject);
+        self.payload.push(&out.payload);
+        let (kind, client, event) = match &out.kind {
+            Kind::Bus => ("bus", None, None),
+            Kind::Client { role, id } => ("client", Some((role.as_str(), id.as_str())), None),
+            Kind::Event(hook) => ("event", None, Some(hook)),
+        };
+        self.kind.push(kind);
+        self.role.push(client.map(|(role, _)| role));
+        self.recipient.push(client.map(|(_, id)| id));
+        self.event_id.push(event.map(|e| e.id.as_str()));
+        self.event_type.push(event.map(|e| e.kind.as_str()));
+        self.ordering_key
+            .push(event.map(|e| e.ordering_key.as_str()));
+        self.event_at.push(event.map(|e| e.at));
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); PARAMS] {
+        [
+            &self.row,
+            &self.subject,
+            &self.payload,
+            &self.kind,
+            &self.role,
+            &self.recipient,
+            &self.event_id,
+            &self.event_type,
+            &self.ordering_key,
+            &self.event_at,
+        ]
+    }
+}
+
+/// Two common table expressions for a statement that writes outbox rows: `outgoing` writes
+/// one row for each row index in `rows` (an SQL list or subquery of int4, such as
+/// `(SELECT job FROM upd)`) from the [`Messages`] in parameters `$first` on, and `hooks`
+/// queues the events among them for every webhook endpoint that takes their type, in the
+/// order they were written. `SELECT count(*) FROM hooks` says how many were queued.
+///
+/// Rows are written with the subjects and payloads the previous release reads, and say their
+/// events are queued (`hooks_queued`), so a replica of that release publishing them during a
+/// rolling upgrade does not queue them again.
+pub(crate) fn write_ctes(first: usize, rows: &str) -> String {
+    let p: Vec<String> = (first..first + PARAMS).map(|i| format!("${i}")).collect();
+    format!(
+        "outgoing AS ( \
+           INSERT INTO outbox (subjects, payloads, kinds, roles, recipients, event_ids, \
+             event_types, ordering_keys, event_ats, hooks_queued) \
+           SELECT array_agg(m.subject ORDER BY m.n), array_agg(m.payload ORDER BY m.n), \
+             array_agg(m.kind ORDER BY m.n), array_agg(m.role ORDER BY m.n), \
+             array_agg(m.recipient ORDER BY m.n), array_agg(m.event_id ORDER BY m.n), \
+             array_agg(m.event_type ORDER BY m.n), array_agg(m.ordering_key ORDER BY m.n), \
+             array_agg(m.event_at ORDER BY m.n), true \
+           FROM unnest({}::int4[], {}::text[], {}::bytea[], {}::text[], {}::text[], {}::text[], \
+             {}::text[], {}::text[], {}::text[], {}::int8[]) WITH ORDINALITY \
+             m(row_index, subject, payload, kind, role, recipient, event_id, event_type, \
+               ordering_key, event_at, n) \
+           WHERE m.row_index IN {rows} GROUP BY m.row_index ORDER BY m.row_index \
+           RETURNING id, kinds, payloads, event_ids, event_types, ordering_keys, event_ats), \
+         hooks AS ( \
+           INSERT INTO webhook_deliveries \
+             (endpoint_id, event_id, event_type, ordering_key, body, event_at) \
+           SELECT e.endpoint_id, x.event_id, x.event_type, x.ordering_key, \
+             convert_from(x.payload, 'UTF8'), to_timestamp(x.event_at / 1000.0) \
+           FROM outgoing o \
+             CROSS JOIN LATERAL unnest(o.kinds, o.payloads, o.event_ids, o.event_types, \
+               o.ordering_keys, o.event_ats) WITH ORDINALITY \
+               x(kind, payload, event_id, event_type, ordering_key, event_at, n) \
+             JOIN webhook_endpoints e \
+               ON cardinality(e.event_types) = 0 OR x.event_type = ANY(e.event_types) \
+           WHERE x.kind = 'event' \
+           ORDER BY o.id, x.n, e.endpoint_id \
+           RETURNING 1)",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
+    )
+}
+
+/// Writes `out` as one outbox row in the transaction `tx`, to be published after it commits,
+/// and queues its events for their webhooks; returns how many deliveries were queued, for
+/// [`Committed::wrote`] once `tx` commits.
+pub(crate) async fn write(tx: &impl GenericClient, out: &[Outgoing]) -> Result<u64, StoreError> {
+    static WRITE: LazyLock<String> =
+        LazyLock::new(|| format!("WITH {} SELECT count(*) FROM hooks", write_ctes(1, "(0)")));
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let mut messages = Messages::default();
+    for o in out {
+        messages.push(0, o);
+    }
+    let statement = tx.prepare_cached(&WRITE).await?;
+    let queued: i64 = tx.query_one(&statement, &messages.params()).await?.get(0);
+    Ok(hooks_queued(queued))
+}
+
+/// Counts `queued` webhook deliveries queued by a statement, and returns it.
+pub(crate) fn hooks_queued(queued: i64) -> u64 {
+    let queued = queued.max(0) as u64;
+    metrics::counter!(m::WEBHOOKS_QUEUED).increment(queued);
     queued
 }
 
-async fn write(
-    tx: &impl deadpool_postgres::GenericClient,
-    out: &[Outgoing],
-    hooks_queued: bool,
-) -> Result<(), StoreError> {
-    if out.is_empty() {
-        return Ok(());
+/// What commits leave to the publisher: rows to publish (a wake-up), and a count of webhook
+/// deliveries queued, for which it nudges the delivering replica.
+#[derive(Debug, Default)]
+pub struct Committed {
+    rows: Notify,
+    hooks: AtomicU64,
+}
+
+impl Committed {
+    /// After a commit that wrote outbox rows and queued `hooks` webhook deliveries.
+    pub fn wrote(&self, hooks: u64) {
+        if hooks > 0 {
+            self.hooks.fetch_add(hooks, Ordering::Relaxed);
+        }
+        self.rows.notify_one();
     }
-    let (subjects, payloads): (Vec<&str>, Vec<&[u8]>) = out
-        .iter()
-        .map(|o| (o.subject.as_str(), o.payload.as_slice()))
-        .unzip();
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO outbox (subjects, payloads, hooks_queued) VALUES ($1, $2, $3)",
-        )
-        .await?,
-        &[&subjects, &payloads, &hooks_queued],
-    )
-    .await?;
-    Ok(())
 }
 
 const BATCH: i64 = 500;
@@ -92,13 +194,13 @@ const RECEIPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is updated.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
-/// What publishes: the connection whose receipts vouch for it, where clients are, the
-/// outbox's wake-up, and the webhooks' delivery's.
+/// What publishes: the connection whose receipts vouch for it, where clients are, what
+/// commits left, and the webhooks' delivery's nudges.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     receipts: Receipts,
     directory: Arc<Directory>,
-    ready: Arc<Notify>,
+    committed: Arc<Committed>,
     nudges: Nudges,
 }
 
@@ -110,64 +212,76 @@ struct Sent {
 }
 
 impl Publisher {
-    /// Publishes through `receipts`' client; `ready` is the outbox's wake-up.
+    /// Publishes through `receipts`' client; `committed` is what commits tell it.
     pub fn new(
         receipts: Receipts,
         directory: Arc<Directory>,
-        ready: Arc<Notify>,
+        committed: Arc<Committed>,
         nudges: Nudges,
     ) -> Self {
         Self {
             receipts,
             directory,
-            ready,
+            committed,
             nudges,
         }
     }
 
-    /// After a commit that wrote to the outbox and queued `queued` webhook deliveries: wakes
-    /// the outbox and the delivery.
-    pub(crate) async fn queued(&self, queued: u64) {
-        self.ready.notify_one();
-        self.nudge(queued).await;
+    /// After a commit that wrote to the outbox and queued `queued` webhook deliveries.
+    pub(crate) fn queued(&self, queued: u64) {
+        self.committed.wrote(queued);
     }
 
-    /// Publishes the messages of `rows` in order and meanwhile, in `tx`, queues for webhooks
-    /// the events of rows whose events are not queued yet, and deletes the rows. `None` when
-    /// the server did not vouch for them: then the caller must not commit.
-    async fn send(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<Option<Sent>, StoreError> {
-        let subjects = self.directory.subjects();
-        let mut messages: Vec<(String, Bytes)> = Vec::new();
-        let mut events: Vec<Bytes> = Vec::new();
+    /// The subject and payload of each message of `rows`, in order, and the events of rows
+    /// from the previous release that still need their webhooks queued.
+    fn messages(&self, rows: &[Row]) -> (Vec<(String, Bytes)>, Vec<Bytes>) {
+        let now = std::time::Instant::now();
+        let mut messages = Vec::new();
+        let mut unqueued = Vec::new();
         for row in rows {
-            let (names, payloads): (Vec<String>, Vec<Vec<u8>>) = (row.get(1), row.get(2));
-            let hooks_queued: bool = row.get(3);
-            for (subject, payload) in names.into_iter().zip(payloads) {
-                let payload = Bytes::from(payload);
-                if !hooks_queued && subjects.is_event(&subject) {
-                    events.push(payload.clone());
-                }
-                messages.push((subject, payload));
+            let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) = (row.get(1), row.get(2));
+            let Some(kinds) = row.get::<_, Option<Vec<String>>>(3) else {
+                previous_release(&self.directory, row, now, &mut messages, &mut unqueued);
+                continue;
+            };
+            let roles: Vec<Option<String>> = row.get(4);
+            let recipients: Vec<Option<String>> = row.get(5);
+            let clients = roles.into_iter().zip(recipients);
+            for (((subject, payload), kind), (role, id)) in
+                subjects.into_iter().zip(payloads).zip(kinds).zip(clients)
+            {
+                let client = (kind == "client")
+                    .then(|| role.as_deref().and_then(Role::parse).zip(id))
+                    .flatten();
+                let subject = match client {
+                    Some((role, id)) => self.directory.subject(role, &id, now),
+                    None => subject,
+                };
+                messages.push((subject, Bytes::from(payload)));
             }
         }
+        (messages, unqueued)
+    }
+
+    /// Publishes the messages of `rows` in order and meanwhile, in `tx`, deletes the rows
+    /// (and queues the webhooks of a previous release's rows that did not). `None` when the
+    /// server did not vouch for them: then the caller must not commit.
+    async fn send(&self, tx: &Transaction<'_>, rows: &[Row]) -> Result<Option<Sent>, StoreError> {
+        let (messages, unqueued) = self.messages(rows);
         let count = messages.len() as u64;
-        let now = std::time::Instant::now();
         let nats = self.receipts.client();
         let mark = self.receipts.mark();
         let publish = async {
             for (subject, payload) in messages {
-                nats.publish(self.directory.route(subject, now), payload)
-                    .await?;
+                nats.publish(subject, payload).await?;
             }
             self.receipts.confirm(mark, RECEIPT_TIMEOUT).await?;
             Ok::<_, anyhow::Error>(())
         };
-        // Written while the server reads: every event published is also queued for its
-        // webhooks, in the transaction that deletes its row (unless the transaction that wrote
-        // the row did), and nothing commits without the receipt.
+        // Written while the server reads; nothing commits without the receipt.
         let write = async {
-            let events: Vec<&[u8]> = events.iter().map(Bytes::as_ref).collect();
-            let queued = crate::webhooks::queue(tx, &events).await?;
+            let unqueued: Vec<&[u8]> = unqueued.iter().map(Bytes::as_ref).collect();
+            let queued = crate::webhooks::queue(tx, &unqueued).await?;
             let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
             let delete = tx
                 .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
@@ -197,7 +311,7 @@ impl Publisher {
         }))
     }
 
-    /// Nudges the webhooks' delivery after a commit that queued `queued` deliveries: directly
+    /// Nudges the webhooks' delivery after commits that queued `queued` deliveries: directly
     /// when this replica delivers, else on the bus.
     async fn nudge(&self, queued: u64) {
         if queued > 0 && !self.nudges.here() {
@@ -207,6 +321,35 @@ impl Publisher {
                 .publish(self.directory.subjects().hooks_due(), Bytes::new())
                 .await;
         }
+    }
+
+    /// Nudges the webhooks' delivery for what commits queued since the last call.
+    async fn nudge_committed(&self) {
+        self.nudge(self.committed.hooks.swap(0, Ordering::Relaxed))
+            .await;
+    }
+}
+
+/// The messages of `row`, written by a replica of the previous release (subjects and payloads
+/// alone): a client's subject is readdressed to its gateway, and unless the writing
+/// transaction queued them (`hooks_queued`), its events are to be queued for their webhooks,
+/// as that release's round did. Goes with the `hooks_queued` column, once no replica of 0.1
+/// runs.
+fn previous_release(
+    directory: &Directory,
+    row: &Row,
+    now: std::time::Instant,
+    messages: &mut Vec<(String, Bytes)>,
+    unqueued: &mut Vec<Bytes>,
+) {
+    let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) = (row.get(1), row.get(2));
+    let hooks_queued: bool = row.get(6);
+    for (subject, payload) in subjects.into_iter().zip(payloads) {
+        let payload = Bytes::from(payload);
+        if !hooks_queued && directory.subjects().is_event(&subject) {
+            unqueued.push(payload.clone());
+        }
+        messages.push((directory.route(subject, now), payload));
     }
 }
 
@@ -218,7 +361,7 @@ pub async fn publish_batch(pool: &Pool, publisher: &Publisher) -> Result<usize, 
     // publishes; a replica that does not get the lock reads no row.
     let take = client
         .prepare_cached(
-            "SELECT id, subjects, payloads, hooks_queued FROM outbox \
+            "SELECT id, subjects, payloads, kinds, roles, recipients, hooks_queued FROM outbox \
              WHERE (SELECT pg_try_advisory_xact_lock($1)) ORDER BY id LIMIT $2",
         )
         .await?;
@@ -246,10 +389,12 @@ async fn measure_backlog(pool: &Pool) {
     }
 }
 
-/// Publishes until `shutdown`, woken through the publisher's `ready` by commits and by a timer.
+/// Publishes until `shutdown`, woken by commits (through the publisher's [`Committed`]) and
+/// by a timer.
 pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) {
     let mut measured = tokio::time::Instant::now();
     loop {
+        publisher.nudge_committed().await;
         if measured.elapsed() >= BACKLOG_EVERY {
             measured = tokio::time::Instant::now();
             measure_backlog(&pool).await;
@@ -267,10 +412,11 @@ pub async fn run(pool: Pool, publisher: Publisher, shutdown: CancellationToken) 
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = publisher.ready.notified() => {}
+            _ = publisher.committed.rows.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
         }
     }
     // Publish what the last commands wrote before going.
+    publisher.nudge_committed().await;
     let _ = publish_batch(&pool, &publisher).await;
 }

@@ -3,7 +3,7 @@
 //! and writes in one statement guarded by the version it decided on: the trip, its event and
 //! its outgoing messages (the outbox) together or not at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool};
@@ -11,14 +11,15 @@ use protocol::bus::{CommandError, DriverStatus, TripCommand, TripOutcome, TripRe
 use protocol::time::{UnixMillis, now_ms};
 use protocol::trip::{Actor, TripState, TripView, VehicleClass};
 use protocol::{ErrorCode, GeoConfig, Point, Subjects};
-use tokio::sync::Notify;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::error::{StoreError, err};
 use crate::machine::{self, Decision, DriverRecord, TripRecord};
 use crate::messages::{self, Outgoing};
 use crate::meters as m;
+use crate::outbox::{self, Committed, Messages};
 use crate::progress::{Checked, Plausibility};
 use crate::rows::{DRIVER_COLUMNS, DriverColumns, TRIP_COLUMNS, trip_from_row};
 use crate::writer::{Transition, Writer};
@@ -131,7 +132,7 @@ pub struct Store {
     geo: GeoConfig,
     pub(crate) subjects: Subjects,
     pub(crate) settings: StoreSettings,
-    pub(crate) outbox_ready: Arc<Notify>,
+    pub(crate) committed: Arc<Committed>,
     event_ids: Arc<EventIds>,
     /// Open trips as this process last wrote or read them. An entry can be behind the
     /// database (another replica changed the trip), never ahead: only a transition decided to
@@ -144,15 +145,20 @@ pub struct Store {
 
 impl Store {
     pub fn new(pool: Pool, geo: GeoConfig, subjects: Subjects, settings: StoreSettings) -> Self {
+        let committed = Arc::new(Committed::default());
         Self {
-            writer: Writer::start(pool.clone(), settings.writers, settings.write_batch),
+            writer: Writer::start(
+                pool.clone(),
+                (settings.writers, settings.write_batch),
+                committed.clone(),
+            ),
             zones: Zones::new(pool.clone(), settings.max_zone_vertices, subjects.clone()),
             pool,
             geo,
             subjects,
             trips: Arc::new(quick_cache::sync::Cache::new(settings.cached_trips.max(1))),
             settings,
-            outbox_ready: Arc::new(Notify::new()),
+            committed,
             event_ids: Arc::default(),
         }
     }
@@ -170,9 +176,9 @@ impl Store {
         &self.subjects
     }
 
-    /// Woken after every commit that wrote to the outbox.
-    pub fn outbox_ready(&self) -> Arc<Notify> {
-        self.outbox_ready.clone()
+    /// What commits that wrote to the outbox tell its publisher.
+    pub fn committed(&self) -> Arc<Committed> {
+        self.committed.clone()
     }
 
     /// Carries out a command; never takes longer than the command timeout.
@@ -204,7 +210,7 @@ impl Store {
         metrics::counter!(m::COMMANDS, "command" => kind, "outcome" => outcome).increment(1);
         metrics::histogram!(m::COMMAND_DURATION, "command" => kind).record(started.elapsed());
         if matches!(&result, Ok(o) if o.changed) {
-            self.outbox_ready.notify_one();
+            self.committed.wrote(0);
         }
         result
     }
@@ -368,10 +374,12 @@ impl Store {
             let head = self.queue_head(&trip).await?;
             out.push(messages::ride_request(&self.subjects, &trip, head));
         }
-        let (subjects, payloads): (Vec<String>, Vec<Vec<u8>>) =
-            out.into_iter().map(|o| (o.subject, o.payload)).unzip();
-        let insert = client
-            .prepare_cached(
+        let mut messages = Messages::default();
+        for o in &out {
+            messages.push(0, o);
+        }
+        static CREATE: LazyLock<String> = LazyLock::new(|| {
+            format!(
                 "WITH rider AS (INSERT INTO riders (rider_id) VALUES ($2) ON CONFLICT DO NOTHING), \
                  ins AS ( \
                    INSERT INTO trips (trip_id, rider_id, idempotency_key, state, region, pickup_lat, \
@@ -380,51 +388,48 @@ impl Store {
                      external_ref, notes, dispatch_attempts, pickup_at) \
                    VALUES ($1, $2, $3, 'requested', $4, $5, $6, $7, $8, $9, $10, \
                      to_timestamp($12::int8 / 1000.0), to_timestamp($11::int8 / 1000.0), \
-                     to_timestamp($11::int8 / 1000.0), to_timestamp($21::int8 / 1000.0), $18, $19, $20, \
-                     $22, to_timestamp($23::int8 / 1000.0)) \
+                     to_timestamp($11::int8 / 1000.0), to_timestamp($19::int8 / 1000.0), $16, $17, $18, \
+                     $20, to_timestamp($21::int8 / 1000.0)) \
                    ON CONFLICT DO NOTHING RETURNING trip_id), \
                  event AS ( \
                    INSERT INTO trip_events (event_id, trip_id, version, from_state, to_state, actor, \
                      actor_id, at) \
-                   SELECT $13, trip_id, 1, NULL, 'requested', $16, $17, \
+                   SELECT $13, trip_id, 1, NULL, 'requested', $14, $15, \
                      to_timestamp($11::int8 / 1000.0) FROM ins), \
-                 outgoing AS ( \
-                   INSERT INTO outbox (subjects, payloads) SELECT $14::text[], $15::bytea[] \
-                   WHERE EXISTS (SELECT 1 FROM ins) AND cardinality($14::text[]) > 0) \
-                 SELECT count(*) FROM ins",
+                 {} \
+                 SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM hooks)",
+                outbox::write_ctes(22, "(SELECT 0 FROM ins)")
             )
-            .await?;
-        let stored: i64 = client
-            .query_one(
-                &insert,
-                &[
-                    &trip.view.trip_id,
-                    &rider_id,
-                    &key,
-                    &trip.view.region.to_string(),
-                    &pickup.lat,
-                    &pickup.lng,
-                    &dropoff.lat,
-                    &dropoff.lng,
-                    &vehicle_class.map(VehicleClass::as_str),
-                    &min_capacity.map(|c| c as i16),
-                    &now,
-                    &deadline,
-                    &event_id,
-                    &subjects,
-                    &payloads,
-                    &actor.as_str(),
-                    &actor_id,
-                    &job.as_ref().map(|j| j.created_by.as_str()),
-                    &job.as_ref().and_then(|j| j.external_ref.as_deref()),
-                    &job.as_ref().and_then(|j| j.notes.as_deref()),
-                    &dispatch_at,
-                    &trip.dispatch_attempts,
-                    &schedule.map(|s| s.pickup_at),
-                ],
-            )
-            .await?
-            .get(0);
+        });
+        let insert = client.prepare_cached(&CREATE).await?;
+        let fields: [&(dyn ToSql + Sync); 21] = [
+            &trip.view.trip_id,
+            &rider_id,
+            &key,
+            &trip.view.region.to_string(),
+            &pickup.lat,
+            &pickup.lng,
+            &dropoff.lat,
+            &dropoff.lng,
+            &vehicle_class.map(VehicleClass::as_str),
+            &min_capacity.map(|c| c as i16),
+            &now,
+            &deadline,
+            &event_id,
+            &actor.as_str(),
+            &actor_id,
+            &job.as_ref().map(|j| j.created_by.as_str()),
+            &job.as_ref().and_then(|j| j.external_ref.as_deref()),
+            &job.as_ref().and_then(|j| j.notes.as_deref()),
+            &dispatch_at,
+            &trip.dispatch_attempts,
+            &schedule.map(|s| s.pickup_at),
+        ];
+        let params: Vec<&(dyn ToSql + Sync)> =
+            fields.into_iter().chain(messages.params()).collect();
+        let row = client.query_one(&insert, &params).await?;
+        let stored: i64 = row.get(0);
+        self.committed.wrote(outbox::hooks_queued(row.get(1)));
         if stored == 1 {
             let view = trip.view.clone();
             self.trips.insert(view.trip_id, trip);
@@ -478,10 +483,11 @@ impl Store {
                 capacity,
                 at: now_ms(),
             };
-            let out = vec![messages::driver_status(&self.subjects, &status)];
-            self.enqueue(&tx, out).await?;
+            let out = [messages::driver_status(&self.subjects, &status)];
+            self.enqueue(tx, &out).await?;
+        } else {
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(TripOutcome {
             trip: None,
             changed,
@@ -575,10 +581,7 @@ impl Store {
                 &change,
                 &checked,
                 (event_id, head),
-            )
-            .into_iter()
-            .map(|o| (o.subject, o.payload))
-            .collect();
+            );
             let transition = Transition {
                 trip_id,
                 version: trip.view.version,
@@ -677,11 +680,16 @@ impl Store {
         Ok(queue.into_iter().next().map(|queued| queued.driver_id))
     }
 
+    /// Writes `out` to the outbox in `tx` (see [`outbox::write`]); tells the publisher
+    /// once `tx` commits.
     pub(crate) async fn enqueue(
         &self,
-        tx: &impl GenericClient,
-        out: Vec<Outgoing>,
+        tx: deadpool_postgres::Transaction<'_>,
+        out: &[Outgoing],
     ) -> Result<(), StoreError> {
-        crate::outbox::enqueue(tx, out).await
+        let queued = outbox::write(&tx, out).await?;
+        tx.commit().await?;
+        self.committed.wrote(queued);
+        Ok(())
     }
 }

@@ -132,15 +132,13 @@ impl Store {
             out.push(messages::ride_request(&self.subjects, trip, head));
         }
         let count = out.len();
-        self.enqueue(&tx, out).await?;
-        tx.commit().await?;
+        self.enqueue(tx, &out).await?;
         // The attempt counts moved without a version change: remember them as they are now.
         for trip in trips {
             self.trips.insert(trip.view.trip_id, trip);
         }
         if count > 0 {
             metrics::counter!(m::REDISPATCHED).increment(count as u64);
-            self.outbox_ready.notify_one();
         }
         Ok(count)
     }

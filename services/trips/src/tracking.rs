@@ -1,7 +1,7 @@
 //! Zone events from the gateways: recorded against where each driver is known to be
-//! (`zone_presence`), queued for their webhooks and written to the outbox for integrators in
-//! the same transaction ([`crate::outbox::enqueue_with_hooks`]): their deliveries can start
-//! as soon as it commits.
+//! (`zone_presence`), and written to the outbox for integrators in the same transaction, which
+//! queues their webhooks ([`crate::outbox::write`]): their deliveries can start as soon as it
+//! commits.
 //!
 //! The presence table makes each crossing one event: an enter for a zone the driver is
 //! already in, an exit from one it is not in, or a second dwell repeats what is recorded and
@@ -149,10 +149,10 @@ pub async fn record(
         }
     }
     let written = !out.is_empty();
-    let queued = crate::outbox::enqueue_with_hooks(&tx, subjects, out).await?;
+    let queued = crate::outbox::write(&tx, &out).await?;
     tx.commit().await?;
     if written {
-        publisher.queued(queued).await;
+        publisher.queued(queued);
     }
     Ok(recorded)
 }

@@ -17,7 +17,7 @@
 //! retry was told the offer had expired.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::{GenericClient, Pool};
 use protocol::ErrorCode;
@@ -26,7 +26,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::StoreError;
+use crate::messages::Outgoing;
 use crate::meters as m;
+use crate::outbox::{self, Committed, Messages};
 
 /// One decided transition, as written: the trip's guard (what it was decided on) and
 /// everything the transition changes or appends.
@@ -56,8 +58,8 @@ pub(crate) struct Transition {
     pub new_offer: Option<(String, i64, i32)>,
     /// The driver whose open offer ends, and how.
     pub closed_offer: Option<(String, &'static str)>,
-    /// Messages to publish after commit, in order: (subject, payload).
-    pub messages: Vec<(String, Vec<u8>)>,
+    /// Messages to publish after commit, in order.
+    pub messages: Vec<Outgoing>,
 }
 
 struct Job {
@@ -81,12 +83,18 @@ impl std::fmt::Debug for Job {
 
 impl Writer {
     /// Starts `tasks` writing tasks on the current runtime, each writing up to `batch`
-    /// transitions per statement. They end when the last handle is dropped.
-    pub fn start(pool: Pool, tasks: usize, batch: usize) -> Self {
+    /// transitions per statement and telling `committed` what each statement wrote. They end
+    /// when the last handle is dropped.
+    pub fn start(pool: Pool, (tasks, batch): (usize, usize), committed: Arc<Committed>) -> Self {
         let (jobs, queue) = mpsc::channel(4 * batch.max(1) * tasks.max(1));
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..tasks.max(1) {
-            tokio::spawn(write_batches(pool.clone(), queue.clone(), batch.max(1)));
+            tokio::spawn(write_batches(
+                pool.clone(),
+                queue.clone(),
+                batch.max(1),
+                committed.clone(),
+            ));
         }
         Self { jobs }
     }
@@ -108,7 +116,12 @@ impl Writer {
     }
 }
 
-async fn write_batches(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, limit: usize) {
+async fn write_batches(
+    pool: Pool,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    limit: usize,
+    committed: Arc<Committed>,
+) {
     let mut batch = Vec::with_capacity(limit);
     loop {
         {
@@ -126,7 +139,7 @@ async fn write_batches(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, limit
         }
         // Rows are locked in trip order, so two batches never wait for each other in a cycle.
         batch.sort_by_key(|job| job.transition.trip_id);
-        match write_together(&pool, &mut batch).await {
+        match write_together(&pool, &mut batch, &committed).await {
             Ok(written) => {
                 for (i, job) in batch.drain(..).enumerate() {
                     let _ = job.done.send(Ok(written.contains(&(i as i32))));
@@ -141,7 +154,7 @@ async fn write_batches(pool: Pool, queue: Arc<Mutex<mpsc::Receiver<Job>>>, limit
                 tracing::debug!(%error, size = batch.len(), "batch failed; writing its transitions one by one");
                 for job in batch.drain(..) {
                     let mut one = vec![job];
-                    let result = write_together(&pool, &mut one)
+                    let result = write_together(&pool, &mut one, &committed)
                         .await
                         .map(|written| written.contains(&0));
                     if let Some(job) = one.pop() {
@@ -164,21 +177,25 @@ fn abandon_given_up(batch: &mut Vec<Job>) {
     }
 }
 
-/// Writes the transitions of `batch` that still match their guards, in one statement; the
-/// indexes (into `batch`, less the jobs whose commands gave up) of those it wrote.
+/// Writes the transitions of `batch` that still match their guards, in one statement, and
+/// tells `committed`; the indexes (into `batch`, less the jobs whose commands gave up) of
+/// those it wrote.
 ///
 /// The trips are found through their key (`trip_id = ANY(...)`), whatever the planner thinks
 /// of the unnested input's size, so a batch never scans the table.
-async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
+async fn write_together(
+    pool: &Pool,
+    batch: &mut Vec<Job>,
+    committed: &Committed,
+) -> Result<HashSet<i32>, StoreError> {
+    static WRITE: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "WITH i AS ( \
                SELECT * FROM unnest($1::int4[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
                  $6::text[], $7::text[], $8::int8[], $9::text[], $10::text[], $11::int8[], \
                  $12::int8[], $13::text[], $14::text[], $15::float8[], $16::float8[], \
                  $17::text[], $18::int8[], $19::int4[], $20::text[], $21::text[], \
-                 $27::float8[], $28::bool[]) \
+                 $24::float8[], $25::bool[]) \
                AS i(job, trip_id, version, from_state, from_driver, state, driver_id, \
                  offer_expires_at, ended_by, end_reason, at, event_id, actor, actor_id, lat, lng, \
                  offer_driver, offer_expiry, offer_eta, closed_driver, closed_outcome, \
@@ -187,7 +204,7 @@ async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32
                UPDATE trips t SET state = i.state, driver_id = i.driver_id, \
                  excluded_drivers = coalesce((SELECT array_agg(x.driver ORDER BY x.n) \
                    FROM unnest($22::int4[], $23::text[]) WITH ORDINALITY x(job, driver, n) \
-                   WHERE x.job = i.job), '{}'), \
+                   WHERE x.job = i.job), '{{}}'), \
                  offer_expires_at = to_timestamp(i.offer_expires_at / 1000.0), \
                  ended_by = i.ended_by, end_reason = i.end_reason, version = t.version + 1, \
                  updated_at = to_timestamp(i.at / 1000.0), \
@@ -221,12 +238,7 @@ async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32
                SELECT event_id, trip_id, version + 1, from_state, state, actor, actor_id, \
                  driver_id, end_reason, lat, lng, distance_m, flagged, \
                  to_timestamp(at / 1000.0) FROM ok), \
-             outgoing AS ( \
-               INSERT INTO outbox (subjects, payloads) \
-               SELECT array_agg(o.subject ORDER BY o.n), array_agg(o.payload ORDER BY o.n) \
-               FROM unnest($24::int4[], $25::text[], $26::bytea[]) WITH ORDINALITY \
-                 o(job, subject, payload, n) \
-               WHERE o.job IN (SELECT job FROM upd) GROUP BY o.job ORDER BY o.job), \
+             {}, \
              new_offer AS ( \
                INSERT INTO offers (trip_id, driver_id, expires_at, pickup_eta_s) \
                SELECT trip_id, offer_driver, to_timestamp(offer_expiry / 1000.0), offer_eta \
@@ -236,9 +248,12 @@ async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32
                  answered_at = to_timestamp(ok.at / 1000.0) \
                FROM ok WHERE f.trip_id = ok.trip_id AND f.driver_id = ok.closed_driver \
                  AND f.outcome IS NULL) \
-             SELECT job FROM upd",
+             SELECT job, (SELECT count(*) FROM hooks) FROM upd",
+            outbox::write_ctes(26, "(SELECT job FROM upd)")
         )
-        .await?;
+    });
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(&WRITE).await?;
     // Checked here, once a connection (which a lost database makes a long wait) is in hand.
     abandon_given_up(batch);
     if batch.is_empty() {
@@ -247,7 +262,15 @@ async fn write_together(pool: &Pool, batch: &mut Vec<Job>) -> Result<HashSet<i32
     metrics::histogram!(m::WRITE_BATCH).record(batch.len() as f64);
     let transitions: Vec<&Transition> = batch.iter().map(|job| &job.transition).collect();
     let columns = Columns::of(&transitions);
-    let rows = client.query(&statement, &columns.params()).await?;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+        .params()
+        .into_iter()
+        .chain(columns.messages.params())
+        .collect();
+    let rows = client.query(&statement, &params).await?;
+    if let Some(row) = rows.first() {
+        committed.wrote(outbox::hooks_queued(row.get(1)));
+    }
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
@@ -280,9 +303,7 @@ struct Columns<'a> {
     closed_outcome: Vec<Option<&'a str>>,
     excluded_job: Vec<i32>,
     excluded_driver: Vec<&'a str>,
-    message_job: Vec<i32>,
-    subject: Vec<&'a str>,
-    payload: Vec<&'a [u8]>,
+    messages: Messages<'a>,
 }
 
 impl<'a> Columns<'a> {
@@ -322,16 +343,14 @@ impl<'a> Columns<'a> {
                 c.excluded_job.push(job);
                 c.excluded_driver.push(driver);
             }
-            for (subject, payload) in &t.messages {
-                c.message_job.push(job);
-                c.subject.push(subject);
-                c.payload.push(payload);
+            for message in &t.messages {
+                c.messages.push(job, message);
             }
         }
         c
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 28] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 25] {
         [
             &self.job,
             &self.trip_id,
@@ -356,9 +375,6 @@ impl<'a> Columns<'a> {
             &self.closed_outcome,
             &self.excluded_job,
             &self.excluded_driver,
-            &self.message_job,
-            &self.subject,
-            &self.payload,
             &self.distance_m,
             &self.flagged,
         ]

@@ -396,13 +396,13 @@ impl Zones {
         let exits =
             crate::tracking::exits_of_deleted(&tx, &self.subjects, (zone_id, deleted.get(0), kind))
                 .await?;
-        // Queued for their webhooks now, as every zone event is when written, so a driver's
+        // Queued for their webhooks as they are written, as every event is, so a driver's
         // zone events reach each endpoint in the order they were written.
         let written = !exits.is_empty();
-        let queued = crate::outbox::enqueue_with_hooks(&tx, &self.subjects, exits).await?;
+        let queued = crate::outbox::write(&tx, &exits).await?;
         self.commit(tx).await?;
         if written {
-            publisher.queued(queued).await;
+            publisher.queued(queued);
         }
         Ok(())
     }

@@ -302,8 +302,9 @@ impl Webhooks {
 }
 
 /// Queues `events` (integrators' events as JSON) for every endpoint that wants them, in `tx`:
-/// the transaction that writes them to the outbox, or the round that publishes them. Returns
-/// how many deliveries were queued.
+/// the round publishing outbox rows of the previous release that did not queue their events
+/// ([`crate::outbox`] queues every other event as it writes it). Returns how many deliveries
+/// were queued.
 pub(crate) async fn queue(tx: &impl GenericClient, events: &[&[u8]]) -> Result<u64, StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());

@@ -336,13 +336,12 @@ async fn queued_for_webhooks(db: &TestDb) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_order() {
+async fn every_event_is_queued_for_webhooks_as_it_is_written_and_published_in_order() {
     let nats = NatsServer::start();
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let config = trips_config(&db.url, &nats.url(), &prefix);
-    // A trip's request waits in the outbox, and no outbox round runs until the test's own.
-    let (pool, _trip) = created_without_publisher(&db, &config).await;
+    let subjects = &config.subjects;
     db.client()
         .await
         .execute(
@@ -351,32 +350,72 @@ async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_
         )
         .await
         .unwrap();
+    // A trip's messages wait in the outbox, and no outbox round runs until the test's own.
+    let (pool, trip) = created_without_publisher(&db, &config).await;
+    assert_eq!(
+        queued_for_webhooks(&db).await,
+        ["trip.requested"],
+        "deliverable once the trip is written, before any publication"
+    );
+    // The row says what each message is, and still reads as the previous release reads it.
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT subjects, hooks_queued, kinds, roles, recipients, event_types FROM outbox",
+            &[],
+        )
+        .await
+        .unwrap();
+    let region = trip.region;
+    assert_eq!(
+        row.get::<_, Vec<String>>(0),
+        [
+            subjects.trip_events(region),
+            subjects.event(protocol::events::EventType::TripRequested),
+            subjects.user(Role::Rider, "rider-1"),
+            subjects.ride_requests(region),
+        ]
+    );
+    assert!(
+        row.get::<_, bool>(1),
+        "a 0.1 round must not queue them again"
+    );
+    assert_eq!(
+        row.get::<_, Vec<String>>(2),
+        ["bus", "event", "client", "bus"]
+    );
+    assert_eq!(
+        row.get::<_, Vec<Option<String>>>(3),
+        [None, None, Some("rider".to_owned()), None]
+    );
+    assert_eq!(
+        row.get::<_, Vec<Option<String>>>(4),
+        [None, None, Some("rider-1".to_owned()), None]
+    );
+    assert_eq!(
+        row.get::<_, Vec<Option<String>>>(5),
+        [None, Some("trip.requested".to_owned()), None, None]
+    );
+
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut events = client
-        .subscribe(config.subjects.events_all())
+    let mut events = client.subscribe(subjects.events_all()).await.unwrap();
+    let mut rider = client
+        .subscribe(subjects.user(Role::Rider, "rider-1"))
         .await
         .unwrap();
     client.flush().await.unwrap();
-    let publisher = publisher(
-        kit::bus::Receipts::start(client).await.unwrap(),
-        &config.subjects,
-    );
+    let publisher = publisher(kit::bus::Receipts::start(client).await.unwrap(), subjects);
 
     let entered = zone_enter("driver-1");
-    let record = || {
-        trips::tracking::record(
-            &pool,
-            &config.subjects,
-            &publisher,
-            std::slice::from_ref(&entered),
-        )
-    };
+    let record =
+        || trips::tracking::record(&pool, subjects, &publisher, std::slice::from_ref(&entered));
     let recorded = record().await.unwrap();
     assert_eq!(recorded, 1);
     assert_eq!(
         queued_for_webhooks(&db).await,
-        ["zone.enter"],
-        "deliverable once recorded, before any publication"
+        ["trip.requested", "zone.enter"],
+        "deliverable once recorded"
     );
     assert_eq!(outbox_rows(&db).await, 2, "and waiting to be published");
     // A repeat of the same crossing (a gateway's retry) writes nothing.
@@ -384,18 +423,49 @@ async fn a_zone_event_is_queued_for_webhooks_as_it_is_recorded_and_published_in_
     assert_eq!(recorded, 0);
     assert_eq!(outbox_rows(&db).await, 2);
 
+    // A row as a replica of the previous release writes it during a rolling upgrade: subjects
+    // and payloads alone, its event not queued yet.
+    let left = trips::tracking::to_public(&protocol::bus::ZoneEvent {
+        transition: protocol::bus::ZoneTransition::Exit(protocol::events::ExitReason::Left),
+        ..zone_enter("driver-2")
+    });
+    let hello = br#"{"from":"0.1"}"#.to_vec();
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO outbox (subjects, payloads) VALUES ($1, $2)",
+            &[
+                &vec![
+                    subjects.event(left.kind),
+                    subjects.user(Role::Rider, "rider-1"),
+                ],
+                &vec![left.to_json().into_bytes(), hello.clone()],
+            ],
+        )
+        .await
+        .unwrap();
+
     let published = trips::outbox::publish_batch(&pool, &publisher)
         .await
         .unwrap();
-    assert_eq!(published, 2);
+    assert_eq!(published, 3);
     let first: protocol::events::Event = next(&mut events).await;
     assert_eq!(first.kind, protocol::events::EventType::TripRequested);
     let second: protocol::events::Event = next(&mut events).await;
     assert_eq!(second.id, entered.id.to_string(), "in commit order");
+    let third: protocol::events::Event = next(&mut events).await;
+    assert_eq!(third.id, left.id);
+    let update: ServerMessage = next(&mut rider).await;
+    assert!(matches!(update, ServerMessage::TripUpdate { trip: t } if t.trip_id == trip.trip_id));
+    let from_previous = tokio::time::timeout(PATIENCE, rider.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from_previous.payload.as_ref(), hello.as_slice());
     assert_eq!(
         queued_for_webhooks(&db).await,
-        ["zone.enter", "trip.requested"],
-        "the publication queued the trip's event, and the zone event not again"
+        ["trip.requested", "zone.enter", "zone.exit"],
+        "the round queued only the previous release's event, and nothing twice"
     );
     assert_eq!(outbox_rows(&db).await, 0);
 }
