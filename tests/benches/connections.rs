@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::Role;
 use tests::process::{bare_ws_server, cpu_seconds, free_port, raise_fd_limit, settled_rss};
-use tests::services::{TOKEN_SECRET, start_trips, trips_config};
+use tests::services::{start_trips, trips_config};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
@@ -189,20 +189,18 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let binary = tests::process::gateway_binary("connections")?;
     let (ws_port, http_port) = (free_port(), free_port());
-    let gateway = Command::new(&binary)
-        .args(["serve", "--ws", &format!("127.0.0.1:{ws_port}")])
-        .args(["--http", &format!("127.0.0.1:{http_port}")])
-        .args(["--max-connections", &(count + 1_000).to_string()])
-        .env("NATS_URL", nats.url())
-        .env("SUBJECT_PREFIX", &prefix)
-        .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET)?)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()?;
     let gateway_addr: SocketAddr = format!("127.0.0.1:{ws_port}").parse()?;
-    tests::services::wait_ready(format!("127.0.0.1:{http_port}").parse()?).await;
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
+    let gateway = tests::process::spawn_gateway(
+        "connections",
+        &tests::process::shared(&nats.url(), &prefix, None),
+        &topology::Gateway {
+            max_connections: Some(count + 1_000),
+            ..topology::Gateway::at(gateway_addr, http)
+        },
+    )?;
+    tests::services::wait_ready(http).await;
     let before = settled_rss(gateway.id(), 256).await;
     println!("gateway: opening {count} rider connections (hello, welcome, session state)");
     let token = |i: usize| tests::client::token(Role::Rider, &format!("idle-rider-{i}"));

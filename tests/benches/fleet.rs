@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use protocol::client::Role;
 use tests::process::{free_port, raise_fd_limit, settled_rss};
-use tests::services::{TOKEN_SECRET, start_trips, trips_config, wait_ready};
+use tests::services::{start_trips, trips_config, wait_ready};
 use tests::{NatsServer, TestDb, unique_prefix};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
@@ -266,23 +266,17 @@ async fn main() -> anyhow::Result<()> {
     let db = TestDb::create().await;
     let prefix = unique_prefix();
     let _trips = start_trips(trips_config(&db.url, &nats.url(), &prefix)).await;
-    let binary = tests::process::gateway_binary("fleet")?;
+    let shared = tests::process::shared(&nats.url(), &prefix, None);
     let mut gateways = Vec::new();
     for i in 0..gateway_count {
-        let (ws, http) = (free_port(), free_port());
-        let child = Command::new(&binary)
-            .args(["serve", "--id", &format!("fleet-{i}")])
-            .args(["--ws", &format!("127.0.0.1:{ws}")])
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .args(["--max-connections", &(per_gateway + 500).to_string()])
-            .env("NATS_URL", nats.url())
-            .env("SUBJECT_PREFIX", &prefix)
-            .env("TOKEN_SECRET", std::str::from_utf8(TOKEN_SECRET)?)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?;
-        let ws: SocketAddr = format!("127.0.0.1:{ws}").parse()?;
-        let http: SocketAddr = format!("127.0.0.1:{http}").parse()?;
+        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let gateway = topology::Gateway {
+            id: Some(format!("fleet-{i}")),
+            max_connections: Some(per_gateway + 500),
+            ..topology::Gateway::at(ws, http)
+        };
+        let child = tests::process::spawn_gateway("fleet", &shared, &gateway)?;
         gateways.push((child, ws, http));
     }
     for (_, _, http) in &gateways {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use topology::Form;
 
 pub use crate::nats::free_port;
 
@@ -135,6 +136,37 @@ fn release_binary(variable: &str, name: &str, bench: &str) -> anyhow::Result<std
     Ok(binary)
 }
 
+/// What the service processes of a test or bench share: `nats_url`, the subject `prefix`, the
+/// tests' token secret, warnings only in the logs, and for the trips service `database_url`.
+pub fn shared(nats_url: &str, prefix: &str, database_url: Option<&str>) -> topology::Shared {
+    topology::Shared {
+        nats_url: nats_url.to_owned(),
+        database_url: database_url.map(str::to_owned),
+        token_secret: Some(
+            std::str::from_utf8(crate::services::TOKEN_SECRET)
+                .expect("the tests' secret is text")
+                .to_owned(),
+        ),
+        subject_prefix: Some(prefix.to_owned()),
+        log: Some("warn".to_owned()),
+    }
+}
+
+/// `gateway` of `bench`'s release binary over `shared`, started; the caller waits until it
+/// is ready.
+pub fn spawn_gateway(
+    bench: &str,
+    shared: &topology::Shared,
+    gateway: &topology::Gateway,
+) -> anyhow::Result<std::process::Child> {
+    let command = gateway.command(shared, Form::Flags);
+    Ok(std::process::Command::new(gateway_binary(bench)?)
+        .args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .spawn()?)
+}
+
 /// A release trips service (`trips_binary`) in a process of its own, so that its CPU time and
 /// its scheduling are its own; stopped when dropped.
 #[derive(Debug)]
@@ -154,17 +186,15 @@ impl TripsProcess {
     ) -> anyhow::Result<Self> {
         let binary = trips_binary(bench)?;
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let trips = topology::Trips {
+            migrate: false,
+            ..topology::Trips::at(http)
+        };
+        let command = trips.command(&shared(nats_url, prefix, Some(database_url)), Form::Flags);
         let process = std::process::Command::new(&binary)
-            .args(["--http", &http.to_string(), "--no-migrate"])
+            .args(&command.args)
             .args(args)
-            .env("DATABASE_URL", database_url)
-            .env("NATS_URL", nats_url)
-            .env("SUBJECT_PREFIX", prefix)
-            .env(
-                "TOKEN_SECRET",
-                std::str::from_utf8(crate::services::TOKEN_SECRET)?,
-            )
-            .env("RUST_LOG", "warn")
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .spawn()?;

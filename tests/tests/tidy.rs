@@ -136,11 +136,21 @@ fn every_system_test_module_is_on_the_map() {
 fn allowed_dependencies() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     BTreeMap::from([
         ("protocol", BTreeSet::new()),
-        ("kit", BTreeSet::from(["protocol"])),
+        ("topology", BTreeSet::new()),
+        ("kit", BTreeSet::from(["protocol", "topology"])),
         ("roads", BTreeSet::from(["protocol"])),
-        ("gateway", BTreeSet::from(["protocol", "kit", "roads"])),
-        ("matcher", BTreeSet::from(["protocol", "kit", "roads"])),
-        ("trips", BTreeSet::from(["protocol", "kit", "roads"])),
+        (
+            "gateway",
+            BTreeSet::from(["protocol", "kit", "roads", "topology"]),
+        ),
+        (
+            "matcher",
+            BTreeSet::from(["protocol", "kit", "roads", "topology"]),
+        ),
+        (
+            "trips",
+            BTreeSet::from(["protocol", "kit", "roads", "topology"]),
+        ),
         ("simulator", BTreeSet::from(["protocol", "roads"])),
     ])
 }

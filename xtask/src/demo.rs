@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::infra::{self, Infra, say};
-use crate::process::{Service, Supervisor, build_services, http_agent, start, stop, wait_ready};
+use crate::process::{
+    Service, Supervisor, build_services, http_agent, start, start_command, stop, wait_ready,
+};
+use topology::{Deployment, Form, Serves};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -101,6 +104,52 @@ pub(crate) fn city_args(
     ]
 }
 
+/// What the demo city's services share, over the NATS servers at `nats_url` and the database
+/// at `database_url`.
+pub(crate) fn city_shared(nats_url: &str, database_url: &str) -> topology::Shared {
+    topology::Shared {
+        nats_url: nats_url.to_owned(),
+        database_url: Some(database_url.to_owned()),
+        token_secret: Some(DEMO_SECRET.to_owned()),
+        subject_prefix: Some(SUBJECT_PREFIX.to_owned()),
+        log: Some("info".to_owned()),
+    }
+}
+
+/// A trips replica of the demo city on `http`: requests search for 30 s.
+pub(crate) fn city_trips(http: std::net::SocketAddr) -> topology::Trips {
+    topology::Trips {
+        search_timeout_s: Some(30),
+        ..topology::Trips::at(http)
+    }
+}
+
+/// A matcher of the demo city serving `serves`, on `http`.
+pub(crate) fn city_matcher(serves: Serves, http: std::net::SocketAddr) -> topology::Matcher {
+    topology::Matcher {
+        serves,
+        http,
+        strategy: Some("greedy".to_owned()),
+    }
+}
+
+/// A gateway of the demo city: `id`, on (`ws`, `http`), serving the dashboard built in
+/// `dashboard` with its map on the city, and proxying `trips_api`.
+pub(crate) fn city_gateway(
+    id: &str,
+    (ws, http): (std::net::SocketAddr, std::net::SocketAddr),
+    dashboard: &std::path::Path,
+    trips_api: String,
+) -> topology::Gateway {
+    topology::Gateway {
+        id: Some(id.to_owned()),
+        dashboard_dir: Some(dashboard.display().to_string()),
+        trips_api: Some(trips_api),
+        map: Some((CITY.0, CITY.1, 12.5)),
+        ..topology::Gateway::at(ws, http)
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
     let stop_requested = Arc::new(AtomicBool::new(false));
@@ -115,132 +164,81 @@ pub fn run(args: Args) -> Result<()> {
     let infra = Infra::up(&root, infra::Profile::Demo)?;
     let logs = root.join("target/dev/logs");
     std::fs::create_dir_all(&logs)?;
-    let common = [
-        ("NATS_URL", infra.nats_url.as_str()),
-        ("DATABASE_URL", infra.database_url.as_str()),
-        ("TOKEN_SECRET", DEMO_SECRET),
-        ("SUBJECT_PREFIX", SUBJECT_PREFIX),
-        ("RUST_LOG", "info"),
-    ];
-    let replicated = args.gateways > 1 || args.matchers > 1;
-    let mut services: Vec<(Service, bool)> = Vec::new();
     let trips_http = "127.0.0.1:8082";
-    services.push((
-        start(
-            "trips",
-            &bin("dispatch-trips"),
-            // Scheduled jobs are dispatched 30 s before their pickup time, so the simulated
-            // integrator's (a few minutes ahead) wait a while first.
-            &[
-                "--http",
-                trips_http,
-                "--search-timeout-s",
-                "30",
-                "--schedule-lead-s",
-                "30",
-            ],
-            &common,
-            &logs,
-        )?,
-        false,
-    ));
-    let area = format!("{},{},{}", CITY.0, CITY.1, CITY_RADIUS_KM);
-    let matcher_https: Vec<String> = (0..args.matchers)
-        .map(|i| format!("127.0.0.1:{}", 8083 + 10 * i))
-        .collect();
-    for (i, http) in matcher_https.iter().enumerate() {
-        let name = if args.matchers == 1 {
-            "matcher".to_owned()
-        } else {
-            format!("matcher-{}", i + 1)
-        };
-        services.push((
-            start(
-                &name,
-                &bin("dispatch-matcher"),
-                &[
-                    "--area",
-                    &area,
-                    "--http",
-                    http,
-                    "--strategy",
-                    &args.strategy,
-                ],
-                &common,
-                &logs,
-            )?,
-            args.matchers > 1,
-        ));
-    }
-    let dashboard_dir = dashboard.display().to_string();
-    let trips_api = format!("http://{trips_http}");
-    let map_center = format!("{},{}", CITY.0, CITY.1);
-    let gateway_addrs: Vec<(String, String)> = (0..args.gateways)
-        .map(|i| {
-            (
-                format!("127.0.0.1:{}", 8080 + 10 * i),
-                format!("127.0.0.1:{}", 8081 + 10 * i),
-            )
-        })
-        .collect();
-    for (i, (ws, http)) in gateway_addrs.iter().enumerate() {
-        let (name, id) = if args.gateways == 1 {
-            ("gateway".to_owned(), "demo-gateway".to_owned())
-        } else {
-            (
-                format!("gateway-{}", i + 1),
-                format!("demo-gateway-{}", i + 1),
-            )
-        };
-        services.push((
-            start(
-                &name,
-                &bin("dispatch-gateway"),
-                &[
-                    "serve",
-                    "--id",
+    let deployment = Deployment {
+        shared: city_shared(&infra.nats_url, &infra.database_url),
+        // Scheduled jobs are dispatched 30 s before their pickup time, so the simulated
+        // integrator's (a few minutes ahead) wait a while first.
+        trips: vec![topology::Trips {
+            schedule_lead_s: Some(30),
+            ..city_trips(trips_http.parse()?)
+        }],
+        matchers: (0..args.matchers)
+            .map(|i| {
+                Ok(topology::Matcher {
+                    strategy: Some(args.strategy.clone()),
+                    ..city_matcher(
+                        Serves::Area {
+                            lat: CITY.0,
+                            lng: CITY.1,
+                            radius_km: CITY_RADIUS_KM,
+                        },
+                        format!("127.0.0.1:{}", 8083 + 10 * i).parse()?,
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+        gateways: (0..args.gateways)
+            .map(|i| {
+                let id = if args.gateways == 1 {
+                    "demo-gateway".to_owned()
+                } else {
+                    format!("demo-gateway-{}", i + 1)
+                };
+                Ok(city_gateway(
                     &id,
-                    "--ws",
-                    ws,
-                    "--http",
-                    http,
-                    "--dashboard-dir",
-                    &dashboard_dir,
-                    "--trips-api",
-                    &trips_api,
-                    "--map-center",
-                    &map_center,
-                    "--map-zoom",
-                    "12.5",
-                ],
-                &common,
-                &logs,
-            )?,
-            args.gateways > 1,
-        ));
+                    (
+                        format!("127.0.0.1:{}", 8080 + 10 * i).parse()?,
+                        format!("127.0.0.1:{}", 8081 + 10 * i).parse()?,
+                    ),
+                    &dashboard,
+                    format!("http://{trips_http}"),
+                ))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let replicated = args.gateways > 1 || args.matchers > 1;
+    let mut plain: Vec<Service> = Vec::new();
+    let mut restartable = Vec::new();
+    let mut endpoints = Vec::new();
+    for replica in deployment.replicas(Form::Flags) {
+        plain.push(start_command(
+            &replica.name,
+            &bin_dir,
+            &replica.command,
+            &logs,
+        )?);
+        restartable.push(match replica.service {
+            topology::Service::Trips => false,
+            topology::Service::Matcher => args.matchers > 1,
+            topology::Service::Gateway => args.gateways > 1,
+        });
+        endpoints.push((replica.service.as_str(), replica.http.to_string()));
     }
-    let mut endpoints = vec![("trips".to_owned(), trips_http.to_owned())];
-    endpoints.extend(
-        matcher_https
-            .iter()
-            .map(|h| ("matcher".to_owned(), h.clone())),
-    );
-    endpoints.extend(
-        gateway_addrs
-            .iter()
-            .map(|(_, h)| ("gateway".to_owned(), h.clone())),
-    );
-    let endpoints: Vec<(&str, &str)> = endpoints
-        .iter()
-        .map(|(n, a)| (n.as_str(), a.as_str()))
-        .collect();
-    let mut plain: Vec<Service> = services.into_iter().map(|(s, _)| s).collect();
+    let endpoints: Vec<(&str, &str)> = endpoints.iter().map(|(n, a)| (*n, a.as_str())).collect();
     let ready = wait_ready(&mut plain, &endpoints, &stop_requested);
-    let flags: Vec<bool> = std::iter::once(false)
-        .chain((0..args.matchers).map(|_| args.matchers > 1))
-        .chain((0..args.gateways).map(|_| args.gateways > 1))
+    let mut supervisor = Supervisor::new(plain.into_iter().zip(restartable).collect());
+    let common = deployment.shared.env();
+    let gateway_addrs: Vec<(String, String)> = deployment
+        .gateways
+        .iter()
+        .map(|g| (g.ws.to_string(), g.http.to_string()))
         .collect();
-    let mut supervisor = Supervisor::new(plain.into_iter().zip(flags).collect());
+    let matcher_https: Vec<String> = deployment
+        .matchers
+        .iter()
+        .map(|m| m.http.to_string())
+        .collect();
 
     let mut simulator = None;
     let mut sim_status = None;
@@ -271,7 +269,7 @@ pub fn run(args: Args) -> Result<()> {
             "--jobs-per-sec".into(),
             (args.request_rate / 5.0).to_string(),
         ]);
-        let mut sim_env = common.to_vec();
+        let mut sim_env: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
         sim_env.push(("DISPATCH_API_KEY", api_key.as_str()));
         if let Some(path) = &args.report_html {
             sim_args.extend(["--report-html".to_owned(), path.display().to_string()]);

@@ -100,6 +100,19 @@ pub(crate) fn start(
     launch_service(name, launch, logs.join(format!("{name}.log")), false)
 }
 
+/// Starts `command` (rendered by `topology`) from `bin_dir` as the service `name`, like
+/// [`start`].
+pub(crate) fn start_command(
+    name: &str,
+    bin_dir: &Path,
+    command: &topology::Command,
+    logs: &Path,
+) -> Result<Service> {
+    let args: Vec<&str> = command.args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = command.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    start(name, &bin_dir.join(command.program), &args, &env, logs)
+}
+
 /// Starts a service, its output going to `log` (appended to when `again`), and records its
 /// process id so that a later run can stop it if this one is killed before it can.
 fn launch_service(name: &str, launch: Launch, log: PathBuf, again: bool) -> Result<Service> {

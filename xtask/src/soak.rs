@@ -4,6 +4,7 @@
 //! double-assigned requests. Writes `target/soak/report.json` and a plot in `report.html`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -12,6 +13,7 @@ use serde_json::json;
 use crate::infra::{self, Infra, say};
 use crate::process::{self, Service};
 use simulator::chart::{self, Chart, Series};
+use topology::{Deployment, Form, Serves};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -35,7 +37,6 @@ pub struct Args {
 }
 
 const SECRET: &str = "soak-secret-not-for-production";
-const CENTER: &str = "52.52,13.405";
 
 /// Counters that must stay at zero: errors a healthy system does not make.
 const ERROR_COUNTERS: &[&str] = &[
@@ -103,96 +104,66 @@ pub fn run(args: Args) -> Result<()> {
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs)?;
     let prefix = format!("soak{}", std::process::id());
-    let common = [
-        ("NATS_URL", infra.nats_url.as_str()),
-        ("DATABASE_URL", infra.database_url.as_str()),
-        ("TOKEN_SECRET", SECRET),
-        ("SUBJECT_PREFIX", prefix.as_str()),
-        ("RUST_LOG", "warn"),
-    ];
-    let port = |_: ()| -> Result<String> {
-        Ok(format!(
-            "127.0.0.1:{}",
-            std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port()
-        ))
+    let port =
+        || -> Result<SocketAddr> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?) };
+    let (lat, lng) = crate::demo::CITY;
+    let deployment = Deployment {
+        shared: topology::Shared {
+            subject_prefix: Some(prefix),
+            token_secret: Some(SECRET.to_owned()),
+            log: Some("warn".to_owned()),
+            ..crate::demo::city_shared(&infra.nats_url, &infra.database_url)
+        },
+        trips: vec![crate::demo::city_trips(port()?)],
+        matchers: vec![topology::Matcher {
+            strategy: None,
+            ..crate::demo::city_matcher(
+                Serves::Area {
+                    lat,
+                    lng,
+                    radius_km: crate::demo::CITY_RADIUS_KM,
+                },
+                port()?,
+            )
+        }],
+        gateways: vec![topology::Gateway::at(port()?, port()?)],
     };
-    let (trips_http, matcher_http, gateway_ws, gateway_http) =
-        (port(())?, port(())?, port(())?, port(())?);
     let mut services: Vec<Service> = Vec::new();
-    services.push(process::start(
-        "trips",
-        &bin("dispatch-trips"),
-        &["--http", &trips_http, "--search-timeout-s", "30"],
-        &common,
-        &logs,
-    )?);
-    services.push(process::start(
-        "matcher",
-        &bin("dispatch-matcher"),
-        &["--area", &format!("{CENTER},15"), "--http", &matcher_http],
-        &common,
-        &logs,
-    )?);
-    services.push(process::start(
-        "gateway",
-        &bin("dispatch-gateway"),
-        &["serve", "--ws", &gateway_ws, "--http", &gateway_http],
-        &common,
-        &logs,
-    )?);
+    let mut endpoints = Vec::new();
+    for replica in deployment.replicas(Form::Flags) {
+        services.push(process::start_command(
+            &replica.name,
+            &bin_dir,
+            &replica.command,
+            &logs,
+        )?);
+        endpoints.push((replica.service.as_str(), replica.http.to_string()));
+    }
+    let endpoints: Vec<(&str, &str)> = endpoints.iter().map(|(n, a)| (*n, a.as_str())).collect();
     let never = std::sync::atomic::AtomicBool::new(false);
-    process::wait_ready(
-        &mut services,
-        &[
-            ("trips", trips_http.as_str()),
-            ("matcher", matcher_http.as_str()),
-            ("gateway", gateway_http.as_str()),
-        ],
-        &never,
-    )?;
+    process::wait_ready(&mut services, &endpoints, &never)?;
     let report_json = out.join("simulator.json");
     let duration = format!("{}s", args.duration.as_secs());
-    let simulator = process::start(
-        "simulator",
-        &bin("dispatch-sim"),
-        &[
-            "--gateway",
-            &format!("ws://{gateway_ws}/ws"),
-            "--drivers",
-            &args.drivers.to_string(),
-            "--riders",
-            &args.riders.to_string(),
-            "--request-rate",
-            &args.request_rate.to_string(),
-            "--center",
-            CENTER,
-            "--radius-km",
-            "8",
-            "--duration",
-            &duration,
-            "--drain",
-            "90s",
-            "--speedup",
-            "30",
-            "--quiet",
-            "--report-json",
-            &report_json.display().to_string(),
-        ],
-        &common,
-        &logs,
-    )?;
+    let gateway = format!("ws://{}/ws", deployment.gateways[0].ws);
+    let mut sim_args = crate::demo::city_args(
+        &gateway,
+        (args.drivers, args.riders, args.request_rate),
+        &duration,
+        1,
+    );
+    sim_args.extend([
+        "--report-json".to_owned(),
+        report_json.display().to_string(),
+    ]);
+    let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
+    let common = deployment.shared.env();
+    let common: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let simulator = process::start("simulator", &bin("dispatch-sim"), &sim_args, &common, &logs)?;
     say(format!(
         "soaking for {:?}: {} drivers, {} riders, {} requests/s; samples every {:?}",
         args.duration, args.drivers, args.riders, args.request_rate, args.sample_every
     ));
 
-    let endpoints = [
-        ("trips", trips_http.as_str()),
-        ("matcher", matcher_http.as_str()),
-        ("gateway", gateway_http.as_str()),
-    ];
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     let mut previous: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
@@ -220,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
                     .insert(service.name.clone(), kib as f64 / 1024.0);
             }
         }
-        for (name, addr) in endpoints {
+        for &(name, addr) in &endpoints {
             let Some(now) = scrape(addr) else {
                 failure = Some(format!("{name} stopped answering /metrics"));
                 break;

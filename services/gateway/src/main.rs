@@ -43,30 +43,30 @@ struct Serve {
     token: kit::cli::TokenArgs,
     /// This gateway's id, unique among the deployment's gateways (its clients' messages are
     /// addressed to it); a random one when not given.
-    #[arg(long, env = "GATEWAY_ID")]
+    #[arg(long = topology::gateway::ID.flag, env = topology::gateway::ID.env)]
     id: Option<String>,
     /// WebSocket listen address (clients connect to ws://ADDR/ws).
-    #[arg(long, env = "GATEWAY_WS", default_value = "127.0.0.1:8080")]
+    #[arg(long = topology::gateway::WS.flag, env = topology::gateway::WS.env, default_value = "127.0.0.1:8080")]
     ws: SocketAddr,
     /// Metrics, health endpoints and the dispatcher's dashboard.
-    #[arg(long, env = "GATEWAY_HTTP", default_value = "127.0.0.1:8081")]
+    #[arg(long = topology::gateway::HTTP.flag, env = topology::gateway::HTTP.env, default_value = "127.0.0.1:8081")]
     http: SocketAddr,
     /// The built dashboard (`dashboards/web/dist`), served at `/` on the HTTP address.
-    #[arg(long, env = "GATEWAY_DASHBOARD_DIR")]
+    #[arg(long = topology::gateway::DASHBOARD_DIR.flag, env = topology::gateway::DASHBOARD_DIR.env)]
     dashboard_dir: Option<std::path::PathBuf>,
     /// The trips service's HTTP API (`http://host:port`), proxied under `/api/` for the
     /// dashboard.
-    #[arg(long, env = "GATEWAY_TRIPS_API")]
+    #[arg(long = topology::gateway::TRIPS_API.flag, env = topology::gateway::TRIPS_API.env)]
     trips_api: Option<String>,
     /// WebSocket URL the dashboard connects to, when clients reach the gateway through a
     /// proxy; by default the page's host on the `--ws` port.
-    #[arg(long, env = "GATEWAY_PUBLIC_WS_URL", value_parser = gateway::dashboard::check_ws_url)]
+    #[arg(long = topology::gateway::PUBLIC_WS_URL.flag, env = topology::gateway::PUBLIC_WS_URL.env, value_parser = gateway::dashboard::check_ws_url)]
     public_ws_url: Option<String>,
     /// Where the dashboard's map opens, `LAT,LNG`.
-    #[arg(long, default_value = "52.52,13.405", value_parser = parse_point)]
+    #[arg(long = topology::gateway::MAP_CENTER.flag, env = topology::gateway::MAP_CENTER.env, default_value = "52.52,13.405", value_parser = parse_point)]
     map_center: protocol::Point,
     /// The dashboard map's initial zoom.
-    #[arg(long, default_value_t = 12.0)]
+    #[arg(long = topology::gateway::MAP_ZOOM.flag, env = topology::gateway::MAP_ZOOM.env, default_value_t = 12.0)]
     map_zoom: f64,
     /// The pages' map style: a MapLibre style URL, or a path on this gateway such as
     /// `/tiles/style.json` (a style whose sources are `pmtiles:///tiles/city.pmtiles`). By
@@ -78,7 +78,7 @@ struct Serve {
     #[arg(long, env = "GATEWAY_TILES_DIR")]
     tiles_dir: Option<std::path::PathBuf>,
     /// Connections held at once.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long = topology::gateway::MAX_CONNECTIONS.flag, env = topology::gateway::MAX_CONNECTIONS.env, default_value_t = 100_000)]
     max_connections: usize,
     /// Sustained messages per second per connection.
     #[arg(long, default_value_t = 20)]

@@ -8,10 +8,10 @@ use protocol::subjects::Subjects;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusArgs {
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long = topology::shared::NATS_URL.flag, env = topology::shared::NATS_URL.env, default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// Prefix of every subject, so deployments can share a NATS server.
-    #[arg(long, env = "SUBJECT_PREFIX", default_value = "dispatch")]
+    #[arg(long = topology::shared::SUBJECT_PREFIX.flag, env = topology::shared::SUBJECT_PREFIX.env, default_value = "dispatch")]
     pub subject_prefix: String,
     /// H3 resolution of regions (what a matcher serves).
     #[arg(long, env = "REGION_RESOLUTION", default_value_t = 5)]
@@ -36,7 +36,7 @@ impl BusArgs {
 pub struct TokenArgs {
     /// Secret that signs client tokens (HS256), at least 16 bytes. Optional when AUTH_JWKS is
     /// set.
-    #[arg(long, env = "TOKEN_SECRET", hide_env_values = true)]
+    #[arg(long = topology::shared::TOKEN_SECRET.flag, env = topology::shared::TOKEN_SECRET.env, hide_env_values = true)]
     pub token_secret: Option<String>,
     /// An identity provider's JSON Web Key Set: a file, or an http(s) URL fetched at startup
     /// and every AUTH_JWKS_REFRESH_S. RS256, ES256 and the other RSA and EC algorithms.

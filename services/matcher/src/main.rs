@@ -27,16 +27,16 @@ struct Args {
     #[command(flatten)]
     bus: kit::cli::BusArgs,
     /// Regions to serve: H3 cells at the region resolution, comma-separated.
-    #[arg(long, env = "MATCHER_REGIONS", value_delimiter = ',')]
+    #[arg(long = topology::matcher::REGIONS.flag, env = topology::matcher::REGIONS.env, value_delimiter = ',')]
     regions: Vec<String>,
     /// Or: serve every region within RADIUS_KM of LAT,LNG (written LAT,LNG,RADIUS_KM).
-    #[arg(long, env = "MATCHER_AREA")]
+    #[arg(long = topology::matcher::AREA.flag, env = topology::matcher::AREA.env)]
     area: Option<String>,
     /// Or: serve every region a GeoJSON service area touches.
     #[arg(long, env = "SERVICE_AREA")]
     service_area: Option<std::path::PathBuf>,
     /// greedy (nearest first, lowest latency) or batched (min-cost assignment per window).
-    #[arg(long, env = "MATCHER_STRATEGY", default_value = "greedy")]
+    #[arg(long = topology::matcher::STRATEGY.flag, env = topology::matcher::STRATEGY.env, default_value = "greedy")]
     strategy: matcher::assign::Strategy,
     /// Batched strategy: seconds of pickup ETA each second of a request's waiting is worth
     /// when drivers are too few for every request (0: pickup ETA alone).
@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, env = "MATCHER_ROADS")]
     roads: Option<std::path::PathBuf>,
     /// Metrics and health endpoints.
-    #[arg(long, env = "MATCHER_HTTP", default_value = "127.0.0.1:8083")]
+    #[arg(long = topology::matcher::HTTP.flag, env = topology::matcher::HTTP.env, default_value = "127.0.0.1:8083")]
     http: SocketAddr,
 }
 

@@ -28,19 +28,19 @@ struct Args {
     #[command(flatten)]
     bus: kit::cli::BusArgs,
     /// PostgreSQL connection URL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long = topology::trips::DATABASE_URL.flag, env = topology::trips::DATABASE_URL.env)]
     database_url: String,
     /// The secret that signs client tokens (the history API takes dispatcher tokens).
     #[command(flatten)]
     token: kit::cli::TokenArgs,
     /// Address of the HTTP API, metrics and health endpoints.
-    #[arg(long, env = "TRIPS_HTTP", default_value = "127.0.0.1:8082")]
+    #[arg(long = topology::trips::HTTP.flag, env = topology::trips::HTTP.env, default_value = "127.0.0.1:8082")]
     http: SocketAddr,
     /// Database connections.
     #[arg(long, default_value_t = 16)]
     pool_size: usize,
     /// How long a request searches for a driver before it expires, seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long = topology::trips::SEARCH_TIMEOUT_S.flag, env = topology::trips::SEARCH_TIMEOUT_S.env, default_value_t = 120)]
     search_timeout_s: u64,
     /// How long breadcrumbs are kept, hours.
     #[arg(long, default_value_t = 720)]
@@ -76,10 +76,10 @@ struct Args {
     #[arg(long, env = "TRIPS_API_KEY_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     api_key_rate: u32,
     /// How long before its pickup time a scheduled job is dispatched, seconds.
-    #[arg(long, env = "TRIPS_SCHEDULE_LEAD_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    #[arg(long = topology::trips::SCHEDULE_LEAD_S.flag, env = topology::trips::SCHEDULE_LEAD_S.env, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     schedule_lead_s: u64,
     /// Do not apply migrations at startup.
-    #[arg(long)]
+    #[arg(long = topology::trips::NO_MIGRATE.flag, env = topology::trips::NO_MIGRATE.env)]
     no_migrate: bool,
     #[command(subcommand)]
     command: Option<Command>,

@@ -367,6 +367,79 @@ fn the_compose_file_runs_binaries_as_the_code_accepts_them() {
     assert!(unscraped.is_empty(), "not scraped: {unscraped:?}");
 }
 
+/// The deployment `deploy/compose.yaml` describes (each compose service once: `replicas`
+/// copies it), as `topology` describes deployments.
+fn compose_deployment() -> topology::Deployment {
+    let nats = "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222";
+    let secret = "${TOKEN_SECRET:?set TOKEN_SECRET to at least 16 random bytes}";
+    let any = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let gateway = topology::Gateway {
+        dashboard_dir: Some("/srv/dashboard".into()),
+        trips_api: Some("http://trips:8082".into()),
+        ..topology::Gateway::at(any(8080), any(8081))
+    };
+    topology::Deployment {
+        shared: topology::Shared {
+            nats_url: nats.into(),
+            database_url: Some("postgres://postgres:dispatch@postgres:5432/postgres".into()),
+            token_secret: Some(secret.into()),
+            subject_prefix: None,
+            log: None,
+        },
+        trips: vec![topology::Trips::at(any(8082))],
+        matchers: vec![topology::Matcher {
+            serves: topology::Serves::Area {
+                lat: 52.52,
+                lng: 13.405,
+                radius_km: 15.0,
+            },
+            http: any(8083),
+            strategy: None,
+        }],
+        gateways: vec![
+            gateway.clone(),
+            topology::Gateway {
+                public_ws_url: Some("ws://localhost:8090/ws".into()),
+                ..gateway
+            },
+        ],
+    }
+}
+
+#[test]
+fn the_compose_file_sets_what_the_topology_renders() {
+    let compose = yaml("deploy/compose.yaml").remove(0);
+    let services = &compose["services"];
+    let replicas = compose_deployment().replicas(topology::Form::Env);
+    assert_eq!(replicas.len(), 4);
+    for replica in replicas {
+        let spec = &services[&replica.name];
+        assert!(spec.is_object(), "compose has no service {}", replica.name);
+        let command: Vec<String> = std::iter::once(replica.command.program.to_owned())
+            .chain(replica.command.args.iter().cloned())
+            .collect();
+        assert_eq!(
+            strings(&spec["command"]),
+            command,
+            "{}'s command",
+            replica.name
+        );
+        let rendered: BTreeMap<String, String> = replica
+            .command
+            .env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let set: BTreeMap<String, String> = spec["environment"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+        assert_eq!(set, rendered, "{}'s environment", replica.name);
+    }
+}
+
 #[test]
 fn the_kubernetes_manifests_run_binaries_as_the_code_accepts_them() {
     let images = image_binaries();

@@ -197,97 +197,62 @@ pub(super) fn bring_up(
         pg_hosts.join(",")
     );
 
-    let common = [
-        ("NATS_URL", nats.as_str()),
-        ("DATABASE_URL", database.as_str()),
-        ("TOKEN_SECRET", demo::DEMO_SECRET),
-        ("SUBJECT_PREFIX", demo::SUBJECT_PREFIX),
-        ("RUST_LOG", "info"),
-    ];
-    let mut endpoints = Vec::new();
-    // A service on `host`, whose health endpoints are at `http`.
-    let mut launch = |name: String, host: &Host, binary: &str, args: &[String], http: String| {
-        services.push(cluster.start(&name, &cluster.inside(host, &bin(binary), args), &common)?);
-        endpoints.push((name, http));
-        anyhow::Ok(())
+    let at = |host: &Host, port: u16| SocketAddr::from((host.addr, port));
+    let trips_apis = cluster.addrs(|r| matches!(r, Role::Trips(_)));
+    let deployment = topology::Deployment {
+        shared: demo::city_shared(&nats, &database),
+        trips: (0..TRIPS_REPLICAS)
+            .map(|i| demo::city_trips(at(cluster.host(&Role::Trips(i)), TRIPS_HTTP_PORT)))
+            .collect(),
+        matchers: (0..MATCHERS)
+            .map(|i| {
+                let (host, regions) = cluster
+                    .hosts
+                    .iter()
+                    .find_map(|(p, h)| match &p.role {
+                        Role::Matcher(m, regions) if *m == i => Some((h, regions)),
+                        _ => None,
+                    })
+                    .expect("every matcher is placed");
+                demo::city_matcher(
+                    topology::Serves::Regions(regions.clone()),
+                    at(host, MATCHER_HTTP_PORT),
+                )
+            })
+            .collect(),
+        gateways: (0..GATEWAYS)
+            .map(|i| {
+                let host = cluster.host(&Role::Gateway(i));
+                topology::Gateway {
+                    // Through the latency, when asked for.
+                    nats_url: Some(gateways_nats.clone()),
+                    ..demo::city_gateway(
+                        &format!("cluster-gateway-{}", i + 1),
+                        (at(host, GATEWAY_WS_PORT), at(host, GATEWAY_HTTP_PORT)),
+                        dashboard,
+                        format!(
+                            "http://{}:{TRIPS_HTTP_PORT}",
+                            trips_apis[i % trips_apis.len()]
+                        ),
+                    )
+                }
+            })
+            .collect(),
     };
-    for i in 0..TRIPS_REPLICAS {
-        let host = cluster.host(&Role::Trips(i));
-        let http = format!("{}:{TRIPS_HTTP_PORT}", host.addr);
-        let args = [
-            "--http".to_owned(),
-            http.clone(),
-            "--search-timeout-s".into(),
-            "30".into(),
-        ];
-        launch(
-            format!("trips-{}", i + 1),
-            host,
-            "dispatch-trips",
-            &args,
-            http,
-        )?;
-    }
-    for i in 0..MATCHERS {
-        let (host, regions) = cluster
+    // Each replica on the host its HTTP address is on.
+    let mut endpoints = Vec::new();
+    for replica in deployment.replicas(topology::Form::Flags) {
+        let host = cluster
             .hosts
             .iter()
-            .find_map(|(p, h)| match &p.role {
-                Role::Matcher(m, regions) if *m == i => Some((h, regions)),
-                _ => None,
-            })
-            .expect("every matcher is placed");
-        let http = format!("{}:{MATCHER_HTTP_PORT}", host.addr);
-        let args = [
-            "--regions".to_owned(),
-            regions.join(","),
-            "--http".into(),
-            http.clone(),
-            "--strategy".into(),
-            "greedy".into(),
-        ];
-        launch(
-            format!("matcher-{}", i + 1),
-            host,
-            "dispatch-matcher",
-            &args,
-            http,
-        )?;
-    }
-    let trips_apis = cluster.addrs(|r| matches!(r, Role::Trips(_)));
-    for i in 0..GATEWAYS {
-        let host = cluster.host(&Role::Gateway(i));
-        let http = format!("{}:{GATEWAY_HTTP_PORT}", host.addr);
-        let args = [
-            "serve".to_owned(),
-            "--id".into(),
-            format!("cluster-gateway-{}", i + 1),
-            "--ws".into(),
-            format!("{}:{GATEWAY_WS_PORT}", host.addr),
-            "--http".into(),
-            http.clone(),
-            "--dashboard-dir".into(),
-            dashboard.display().to_string(),
-            "--trips-api".into(),
-            format!(
-                "http://{}:{TRIPS_HTTP_PORT}",
-                trips_apis[i % trips_apis.len()]
-            ),
-            "--map-center".into(),
-            format!("{},{}", demo::CITY.0, demo::CITY.1),
-            "--map-zoom".into(),
-            "12.5".into(),
-            // Over the environment's NATS_URL: through the latency, when asked for.
-            "--nats-url".into(),
-            gateways_nats.clone(),
-        ];
-        launch(
-            format!("gateway-{}", i + 1),
-            host,
-            "dispatch-gateway",
-            &args,
-            http,
-        )?;
+            .map(|(_, h)| h)
+            .find(|h| std::net::IpAddr::V4(h.addr) == replica.http.ip())
+            .expect("every replica is on a host");
+        let command = &replica.command;
+        let env: Vec<(&str, &str)> = command.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let argv = cluster.inside(host, &bin(command.program), &command.args);
+        services.push(cluster.start(&replica.name, &argv, &env)?);
+        endpoints.push((replica.name, replica.http.to_string()));
     }
     let endpoints: Vec<(&str, &str)> = endpoints
         .iter()
