@@ -14,18 +14,52 @@ use crate::process::{
 };
 use topology::{Deployment, Form, Serves};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
+/// The simulated city's flags, the same for `demo` and `cluster`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct City {
     /// Stop after this long (for example `60s`, `5m`); without it, run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
+    pub duration: Option<Duration>,
     /// Build and run the debug profile instead of release (faster to build, slower to run).
     #[arg(long)]
-    debug: bool,
+    pub debug: bool,
+    /// Simulated drivers and riders.
+    #[arg(long, default_value_t = 200)]
+    pub drivers: usize,
+    #[arg(long, default_value_t = 200)]
+    pub riders: usize,
+    /// Ride requests per second across the city.
+    #[arg(long, default_value_t = 2.0)]
+    pub request_rate: f64,
+    /// Seed of the simulated city.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Write the simulator's report as JSON here (the run fails if any request was lost or
     /// double-assigned).
     #[arg(long)]
-    report_json: Option<PathBuf>,
+    pub report_json: Option<PathBuf>,
+}
+
+impl City {
+    /// The simulator's arguments for this city against `gateways` (comma-separated WebSocket
+    /// URLs): for `--duration`, or a year.
+    pub(crate) fn simulator_args(&self, gateways: &str) -> Vec<String> {
+        let duration = self
+            .duration
+            .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
+        city_args(
+            gateways,
+            (self.drivers, self.riders, self.request_rate),
+            &duration,
+            self.seed,
+        )
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    city: City,
     /// Write the simulator's report with plots as HTML here.
     #[arg(long)]
     report_html: Option<PathBuf>,
@@ -34,21 +68,10 @@ pub struct Args {
     /// each hop's latency from the services' metrics at the end.
     #[arg(long)]
     costs_json: Option<PathBuf>,
-    /// Simulated drivers and riders.
-    #[arg(long, default_value_t = 200)]
-    drivers: usize,
-    #[arg(long, default_value_t = 200)]
-    riders: usize,
-    /// Ride requests per second across the city.
-    #[arg(long, default_value_t = 2.0)]
-    request_rate: f64,
     /// The matcher's strategy: `greedy` or `batched`. Two runs with the same `--seed` and
     /// different strategies compare them (`cargo xtask bench matching` does it for you).
     #[arg(long, default_value = "greedy")]
     strategy: String,
-    /// Seed of the simulated city.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
     /// Gateways to run (1 to 8); the simulator spreads its clients over them as a load
     /// balancer would. The first is on 8080/8081, the next on 8090/8091, and so on.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
@@ -59,7 +82,6 @@ pub struct Args {
     matchers: u16,
 }
 
-/// The secret the demo's services sign and check tokens with.
 pub(crate) const DEMO_SECRET: &str = "demo-secret-not-for-production";
 pub(crate) const SUBJECT_PREFIX: &str = "demo";
 /// The simulated city: centre (latitude, longitude) and radius.
@@ -157,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
-    let bin_dir = build_services(&root, !args.debug)?;
+    let bin_dir = build_services(&root, !args.city.debug)?;
     let bin = |name: &str| bin_dir.join(name);
     let dashboard = crate::web::build_dashboard(&root)?;
 
@@ -244,20 +266,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut sim_status = None;
     let mut fatal = None;
     if ready.is_ok() {
-        let duration = args
-            .duration
-            .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
         let gateway_urls: Vec<String> = gateway_addrs
             .iter()
             .map(|(ws, _)| format!("ws://{ws}/ws"))
             .collect();
-        let mut sim_args = city_args(
-            &gateway_urls.join(","),
-            (args.drivers, args.riders, args.request_rate),
-            &duration,
-            args.seed,
-        );
-        if let Some(path) = &args.report_json {
+        let mut sim_args = args.city.simulator_args(&gateway_urls.join(","));
+        if let Some(path) = &args.city.report_json {
             sim_args.extend(["--report-json".to_owned(), path.display().to_string()]);
         }
         // An integrator's server beside the riders: jobs through the API, half scheduled.
@@ -267,7 +281,7 @@ pub fn run(args: Args) -> Result<()> {
             "--jobs-api".to_owned(),
             format!("http://{trips_http}"),
             "--jobs-per-sec".into(),
-            (args.request_rate / 5.0).to_string(),
+            (args.city.request_rate / 5.0).to_string(),
         ]);
         let mut sim_env: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
         sim_env.push(("DISPATCH_API_KEY", api_key.as_str()));
@@ -289,7 +303,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut cpu_taken = Instant::now();
         say(format!(
             "simulating {} drivers and {} riders in a city of {CITY_RADIUS_KM} km around {:?}",
-            args.drivers, args.riders, CITY
+            args.city.drivers, args.city.riders, CITY
         ));
         let token = crate::credentials::dispatcher_token(&bin("dispatch-gateway"))?;
         let first_http = &gateway_addrs[0].1;
@@ -330,7 +344,7 @@ pub fn run(args: Args) -> Result<()> {
         if replicated {
             say("replicas that die are restarted; the demo goes on");
         }
-        match args.duration {
+        match args.city.duration {
             Some(d) => say(format!("running for {d:?}; Ctrl-C stops earlier")),
             None => say("Ctrl-C stops everything"),
         }

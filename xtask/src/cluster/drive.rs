@@ -16,20 +16,13 @@ pub(super) fn drive(
         .iter()
         .map(|a| format!("ws://{a}:{GATEWAY_WS_PORT}/ws"))
         .collect();
-    let duration = args
-        .duration
-        .map_or("365d".to_owned(), |d| format!("{}s", d.as_secs()));
-    let mut sim_args = demo::city_args(
-        &gateway_urls.join(","),
-        (args.drivers, args.riders, args.request_rate),
-        &duration,
-        args.seed,
-    );
+    let mut sim_args = args.city.simulator_args(&gateway_urls.join(","));
     // A gateway cut off by the network closes nothing: the clients take one silent for 9 s
     // for dead and reconnect to the next, as phone apps do.
     sim_args.extend(["--liveness".to_owned(), "9s".to_owned()]);
     // Always written: a failed run explains its lost trips from it.
     let report = args
+        .city
         .report_json
         .clone()
         .unwrap_or_else(|| cluster.dir.join("simulator.json"));
@@ -58,7 +51,7 @@ pub(super) fn drive(
         cluster.dir.join("logs").display()
     ));
     say("a process that exits is restarted with backoff; the cluster goes on");
-    match args.duration {
+    match args.city.duration {
         Some(d) => say(format!("running for {d:?}; Ctrl-C stops earlier")),
         None => say("Ctrl-C stops everything and removes the hosts"),
     }
@@ -72,7 +65,7 @@ pub(super) fn drive(
     let mut simulator = Some(simulator);
     let mut sim_status = None;
     let began = Instant::now();
-    let mut next_fault_at = args.duration.map(|d| began + d / 3);
+    let mut next_fault_at = args.city.duration.map(|d| began + d / 3);
     let mut pending: std::collections::VecDeque<Fault> = args.fault.iter().copied().collect();
     let mut injection: Option<Injection> = None;
     let mut done: Vec<Injection> = Vec::new();

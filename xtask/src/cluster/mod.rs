@@ -45,29 +45,12 @@ pub use plan::{Placement, Role, plan};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Stop after this long (for example `60s`, `5m`); without it, run until Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
-    /// Build and run the debug profile instead of release.
-    #[arg(long)]
-    debug: bool,
+    #[command(flatten)]
+    city: demo::City,
     /// The hosts' subnet, its first three octets (the hosts are `A.B.C.11` and up, this
     /// machine is `A.B.C.1`).
     #[arg(long, default_value = "10.241.0", value_parser = parse_subnet)]
     subnet: [u8; 3],
-    /// Simulated drivers and riders, and ride requests per second.
-    #[arg(long, default_value_t = 200)]
-    drivers: usize,
-    #[arg(long, default_value_t = 200)]
-    riders: usize,
-    #[arg(long, default_value_t = 2.0)]
-    request_rate: f64,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Write the simulator's report as JSON here (the run fails if any request was lost or
-    /// double-assigned).
-    #[arg(long)]
-    report_json: Option<PathBuf>,
     /// A fault to inject a third of the way through `--duration` (which it needs); the run
     /// prints how long the system took to recover and fails if anything was lost. Given more
     /// than once, the faults come one after another, each 5 s after the system recovered
@@ -101,7 +84,7 @@ pub fn run(args: Args) -> Result<()> {
     // Checked before the long build: root, namespaces, the subnet.
     let mut net = Net::create(args.subnet)?;
     let pg_bin = ensure_packages()?;
-    let bin_dir = process::build_services(&root, !args.debug)?;
+    let bin_dir = process::build_services(&root, !args.city.debug)?;
     let bin = |name: &str| bin_dir.join(name);
     let dashboard = crate::web::build_dashboard(&root)?;
 

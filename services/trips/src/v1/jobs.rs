@@ -385,7 +385,6 @@ const MAX_TIME_MS: i64 = 4_102_444_800_000;
     responses(
         (status = 201, description = "Created", body = Trip),
         (status = 200, description = "A retry: the job the key created", body = Trip),
-        (status = 400, description = "Invalid"),
         (status = 403, description = "Lacks jobs:write"),
         (status = 409, description = "The key was used for another job"),
         (status = 422, description = "Outside the service area, or a pickup where none is allowed"),
@@ -471,7 +470,6 @@ pub(crate) async fn create(
     params(("job_id" = Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job", body = Trip),
-        (status = 400, description = "Invalid id"),
         (status = 403, description = "Lacks jobs:write and trips:read"),
         (status = 404, description = "No such job visible to the caller"),
     ),
@@ -494,7 +492,6 @@ pub(crate) async fn get_one(
     params(JobFilter),
     responses(
         (status = 200, description = "A page of jobs", body = Page<Trip>),
-        (status = 400, description = "Invalid filter"),
         (status = 403, description = "Lacks jobs:write and trips:read"),
     ),
     security(("bearer" = []))
@@ -530,7 +527,6 @@ pub(crate) async fn list(
     request_body(content = Option<CancelJob>, description = "Optional"),
     responses(
         (status = 200, description = "The cancelled job", body = Trip),
-        (status = 400, description = "Invalid"),
         (status = 403, description = "Lacks jobs:write"),
         (status = 404, description = "No such job visible to the caller"),
         (status = 409, description = "The job has ended"),

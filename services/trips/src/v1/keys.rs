@@ -350,7 +350,6 @@ pub async fn revoke_key(pool: &Pool, key_id: &str) -> Result<Revoked, Problem> {
     request_body = NewApiKey,
     responses(
         (status = 201, description = "Created; the token is shown only now", body = CreatedApiKey),
-        (status = 400, description = "Invalid"),
         (status = 403, description = "Not a dispatcher"),
     ),
     security(("bearer" = []))
@@ -390,7 +389,6 @@ pub(crate) async fn list(
     params(("key_id" = String, Path, description = "The key's id", pattern = "^[0-9a-f]{16}$")),
     responses(
         (status = 204, description = "Revoked, now or before (revoking again changes nothing)"),
-        (status = 400, description = "Not a key id"),
         (status = 403, description = "Not a dispatcher"),
         (status = 404, description = "No such key"),
     ),

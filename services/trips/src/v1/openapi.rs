@@ -80,6 +80,10 @@ fn problem_content() -> utoipa::openapi::Content {
 /// (413) or not JSON (415). Said once here rather than on each handler; a handler that
 /// documents one of them itself keeps its own description.
 pub(crate) const REFUSALS: &[(&str, &str)] = &[
+    (
+        "400",
+        "Invalid: a path parameter, query parameter or field is malformed or out of range (the problem's `detail` names it)",
+    ),
     ("401", "No valid token"),
     ("429", "Rate limited; see Retry-After"),
     (
@@ -99,7 +103,12 @@ impl Modify for Refusals {
             if operation.security.is_none() {
                 continue;
             }
+            let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                || operation.request_body.is_some();
             for (status, description) in REFUSALS {
+                if *status == "400" && !takes_input {
+                    continue;
+                }
                 let mut response = ResponseBuilder::new()
                     .description(*description)
                     .content("application/problem+json", problem_content());

@@ -46,7 +46,6 @@ pub struct TripFilter {
     params(TripFilter),
     responses(
         (status = 200, description = "A page of trips", body = Page<Trip>),
-        (status = 400, description = "Invalid filter"),
         (status = 403, description = "Lacks trips:read"),
     ),
     security(("bearer" = []))
@@ -78,7 +77,6 @@ pub(crate) async fn list_trips(
     params(("trip_id" = Uuid, Path, description = "The trip's (or job's) id")),
     responses(
         (status = 200, description = "The trip, its events and route", body = TripDetail),
-        (status = 400, description = "Invalid id"),
         (status = 403, description = "Lacks trips:read, and not the key's own job"),
         (status = 404, description = "No such trip"),
     ),
@@ -163,7 +161,6 @@ struct DriverPosition {
     params(DriverFilter),
     responses(
         (status = 200, description = "A page of drivers", body = Page<Driver>),
-        (status = 400, description = "Invalid filter"),
         (status = 403, description = "Lacks drivers:read"),
     ),
     security(("bearer" = []))
@@ -260,7 +257,6 @@ pub struct HistoryFilter {
     params(("driver_id" = String, Path, description = "The driver's id", min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_:-]+$"), HistoryFilter),
     responses(
         (status = 200, description = "A page of the driver's trips", body = Page<Trip>),
-        (status = 400, description = "Invalid id or filter"),
         (status = 403, description = "Lacks drivers:read"),
     ),
     security(("bearer" = []))
