@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -174,10 +173,7 @@ pub(crate) fn city_gateway(
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
-    let stop_requested = Arc::new(AtomicBool::new(false));
-    let flag = stop_requested.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C handler")?;
+    let stop_requested = crate::process::stop_on_ctrl_c()?;
 
     let bin_dir = build_services(&root, !args.city.debug)?;
     let bin = |name: &str| bin_dir.join(name);

@@ -100,6 +100,15 @@ pub(crate) fn start(
     launch_service(name, launch, logs.join(format!("{name}.log")), false)
 }
 
+/// A flag that Ctrl-C raises, for a command that runs until it is stopped.
+pub(crate) fn stop_on_ctrl_c() -> Result<std::sync::Arc<AtomicBool>> {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 /// Starts `command` (rendered by `topology`) from `bin_dir` as the service `name`, like
 /// [`start`].
 pub(crate) fn start_command(

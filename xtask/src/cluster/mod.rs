@@ -17,7 +17,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -75,10 +74,7 @@ fn parse_subnet(text: &str) -> Result<[u8; 3], String> {
 
 pub fn run(args: Args) -> Result<()> {
     let root = crate::workspace_root();
-    let stop_requested = Arc::new(AtomicBool::new(false));
-    let flag = stop_requested.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C handler")?;
+    let stop_requested = process::stop_on_ctrl_c()?;
 
     let placements = plan(&city_regions()?)?;
     // Checked before the long build: root, namespaces, the subnet.
