@@ -33,7 +33,13 @@ const ALLOWED: &[&str] = &[
 /// `priority-queue` comes unchanged with `fast_paths` (the road network's contraction
 /// hierarchies) and is offered under LGPL-3.0-or-later OR MPL-2.0. `argparse` (npm) is a
 /// build tool of the SDK's type generator, never shipped; the PSF license is permissive.
-const REVIEWED: &[(&str, &str)] = &[("priority-queue", "MPL-2.0"), ("argparse", "Python-2.0")];
+/// `axe-core` (npm, MPL-2.0) audits the pages' accessibility in the browser tests and is never
+/// part of a built page.
+const REVIEWED: &[(&str, &str)] = &[
+    ("priority-queue", "MPL-2.0"),
+    ("argparse", "Python-2.0"),
+    ("axe-core", "MPL-2.0"),
+];
 
 /// The crates.io index, the only registry crates may come from.
 const CRATES_IO: &str = "registry+https://github.com/rust-lang/crates.io-index";

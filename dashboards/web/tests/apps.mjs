@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { devices } from "playwright-core";
 
 import { connectDispatcher } from "../../../clients/typescript/dist/index.js";
-import { env, expect, launch } from "./browser.mjs";
+import { env, expect, expectAccessible, launch } from "./browser.mjs";
 
 const point = (name) => {
   const [lat, lng] = env(name).split(",").map(Number);
@@ -75,10 +75,14 @@ async function step(name, action) {
 const attr = (page, selector, name, value) =>
   page.waitForSelector(`${selector}[data-${name}="${value}"]`, WAIT);
 
-await step("the driver logs in and goes online with a vehicle", async () => {
+await step("the driver's app opens and passes the accessibility audit", async () => {
   await driver.page.goto(`${base}/driver.html#token=${env("DRIVER_TOKEN")}`);
   await attr(driver.page, "#connection", "state", "open");
   expect(!driver.page.url().includes("token"), "the token left the address bar");
+  await expectAccessible(driver.page, "the driver's app");
+});
+
+await step("the driver goes online with a vehicle", async () => {
   await driver.page.selectOption("#vehicle-class", "standard");
   await driver.page.tap("#go-online");
   await attr(driver.page, "#shift-state", "online", "true");
@@ -98,9 +102,13 @@ await step("the map takes its style from the gateway's settings, tiles from a PM
   expect(said === "", `the page says: ${said}`);
 });
 
-await step("the rider picks up at the device's position and taps the dropoff", async () => {
+await step("the rider's app opens and passes the accessibility audit", async () => {
   await rider.page.goto(`${base}/rider.html#token=${env("RIDER_TOKEN")}`);
   await attr(rider.page, "#connection", "state", "open");
+  await expectAccessible(rider.page, "the rider's app");
+});
+
+await step("the rider picks up at the device's position and taps the dropoff", async () => {
   await rider.page.tap("#use-position");
   await rider.page.waitForFunction(() => window.riderApp.state.pickup !== null, null, WAIT);
   await rider.page.waitForFunction(() => !window.riderApp.map.isMoving(), null, WAIT);

@@ -11,7 +11,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { env, expect, launch } from "./browser.mjs";
+import { env, expect, expectAccessible, launch } from "./browser.mjs";
 
 const url = env("DASHBOARD_URL");
 const token = env("DISPATCHER_TOKEN");
@@ -47,6 +47,10 @@ await step("the page asks for a token", async () => {
   await page.waitForSelector("#login:not([hidden])", WAIT);
 });
 
+await step("the login page passes the accessibility audit", async () => {
+  await expectAccessible(page, "the login page");
+});
+
 await step("a token the gateway refuses brings the login back, saying why", async () => {
   await page.fill("#token", `${token.slice(0, -4)}AAAA`);
   await page.click("#login button[type=submit]");
@@ -72,6 +76,10 @@ const vehicles = await step("vehicles appear on the map", async () => {
 
 await step("the trip appears in the list", async () => {
   await page.waitForSelector(`tr[data-trip-id="${tripId}"]`, WAIT);
+});
+
+await step("the live dashboard passes the accessibility audit", async () => {
+  await expectAccessible(page, "the dashboard");
 });
 
 await step("the driver's name shows as text, not markup", async () => {
