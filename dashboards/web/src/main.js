@@ -30,7 +30,13 @@ const state = {
   connected: false,
   vehicles: new Map(),
   cells: new Map(),
+  // Active trips on the map, by id.
   trips: new Map(),
+  // Each trip's latest version seen (live or polled) and when it was seen (local ms): an older
+  // version never replaces a newer one, and the poll of active trips drops a held trip it does
+  // not list unless it was seen after the poll was sent.
+  versions: new Map(),
+  seenAt: new Map(),
   selected: null,
   route: [],
   dirty: true,
@@ -101,13 +107,55 @@ function connect() {
   client.on("trip_update", (message) => onTrip(message.trip));
 }
 
+/** Takes `trip` unless a newer version of it was seen; whether it was taken. */
 function onTrip(trip) {
+  if ((state.versions.get(trip.trip_id) ?? 0) >= trip.version) return false;
+  state.versions.set(trip.trip_id, trip.version);
+  state.seenAt.set(trip.trip_id, Date.now());
   if (ACTIVE.has(trip.state)) state.trips.set(trip.trip_id, trip);
   else state.trips.delete(trip.trip_id);
   state.dirty = true;
   const row = document.querySelector(`tr[data-trip-id="${CSS.escape(trip.trip_id)}"]`);
-  if (row) row.children[1].textContent = trip.state;
+  if (row) {
+    row.children[1].textContent = trip.state;
+    row.children[3].textContent = trip.driver_id ?? "";
+  }
   if (state.selected === trip.trip_id) showDetail(trip.trip_id);
+  return true;
+}
+
+/// Most active trips one poll asks for.
+const ACTIVE_LIMIT = 500;
+
+// The live updates cover the viewport only, so the map's trips are set from the trips API's
+// active ones every few seconds: a trip that ended out of view leaves the map at the next
+// poll. A held trip the poll does not list is dropped unless it was seen after the poll was
+// sent (it started meanwhile), or the poll was cut off at its limit.
+async function loadActive() {
+  const sent = Date.now();
+  let active;
+  try {
+    active = await api(`api/trips?state=active&limit=${ACTIVE_LIMIT}`);
+  } catch {
+    return;
+  }
+  const listed = new Set(active.map((t) => t.trip_id));
+  for (const trip of active) onTrip(trip);
+  if (active.length < ACTIVE_LIMIT) {
+    for (const id of [...state.trips.keys()]) {
+      if (!listed.has(id) && (state.seenAt.get(id) ?? 0) < sent) {
+        state.trips.delete(id);
+        state.dirty = true;
+      }
+    }
+  }
+  // Forget what is neither held nor recent.
+  for (const [id, at] of state.seenAt) {
+    if (!state.trips.has(id) && at < sent - 60_000) {
+      state.seenAt.delete(id);
+      state.versions.delete(id);
+    }
+  }
 }
 
 // ---- the map ----
@@ -383,9 +431,10 @@ async function loadTrips(event) {
   const body = $("trips").tBodies[0];
   body.replaceChildren();
   for (const trip of trips) {
-    if (ACTIVE.has(trip.state) && !state.trips.has(trip.trip_id)) onTrip(trip);
+    onTrip(trip);
     const row = document.createElement("tr");
     row.dataset.tripId = trip.trip_id;
+    row.classList.toggle("selected", trip.trip_id === state.selected);
     for (const text of [formatTime(trip.created_at), trip.state, trip.rider_id, trip.driver_id ?? ""]) {
       const cell = document.createElement("td");
       cell.textContent = text;
@@ -620,8 +669,9 @@ async function start() {
   $("zone-form").addEventListener("submit", saveZone);
   map.on("load", loadZones);
   setInterval(loadZones, 10_000);
-  await loadTrips();
+  await Promise.all([loadTrips(), loadActive()]);
   setInterval(loadTrips, 5_000);
+  setInterval(loadActive, 5_000);
 }
 
 // For tests and the curious: what the page shows right now.

@@ -11,6 +11,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
+import { connectDispatcher } from "../../../clients/typescript/dist/index.js";
 import { env, expect, expectAccessible, launch } from "./browser.mjs";
 
 const url = env("DASHBOARD_URL");
@@ -179,6 +180,39 @@ await step("zoomed out, the map shows cells instead of vehicles", async () => {
 });
 
 await page.screenshot({ path: join(screenshots, "dashboard-cells.png") });
+
+await step("a trip that ended while the page heard nothing leaves the map at the next poll", async () => {
+  // One of the simulated city's trips under way, as the map holds it.
+  const victim = await page.waitForFunction(
+    (exclude) => {
+      for (const [id, trip] of window.dispatchDashboard.state.trips) {
+        if (id !== exclude && trip.state !== "requested") return id;
+      }
+      return null;
+    },
+    tripId,
+    WAIT,
+  );
+  const held = await victim.jsonValue();
+  const wsUrl = await page.evaluate(() => window.dispatchDashboard.state.config.ws_url);
+  // The page's live connection is gone (the last step: nothing after needs it); meanwhile
+  // another dispatcher cancels the trip (or it ends by itself), and the page never receives
+  // that update.
+  await page.evaluate(() => window.dispatchDashboard.state.client.close());
+  const other = connectDispatcher({ url: wsUrl, token });
+  try {
+    await other.cancel(held, "cancelled while the dashboard was offline");
+  } catch (error) {
+    console.log(`the trip was not cancelled (${error.message}): it ended otherwise`);
+  } finally {
+    other.close();
+  }
+  // Two polls at the most.
+  await page.waitForFunction((id) => !window.dispatchDashboard.state.trips.has(id), held, {
+    timeout: 12_000,
+  });
+});
+
 await browser.close();
 if (pageErrors.length) {
   console.log(`FAIL the page raised errors: ${pageErrors.join("; ")}`);

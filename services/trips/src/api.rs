@@ -126,6 +126,7 @@ async fn authenticate(
 pub struct TripFilter {
     pub rider_id: Option<String>,
     pub driver_id: Option<String>,
+    /// One state, or `active`: every state a trip is under way in (requested to in progress).
     pub state: Option<String>,
     /// Requested at or after, milliseconds since the epoch.
     pub from: Option<i64>,
@@ -151,12 +152,19 @@ async fn list_trips(
             validate::id(field, value).map_err(|e| bad_request(e.to_string()))?;
         }
     }
-    let trip_state = match &filter.state {
-        Some(s) => Some(
+    let states: Option<Vec<&str>> = match filter.state.as_deref() {
+        Some("active") => Some(
+            TripState::ALL
+                .into_iter()
+                .filter(|s| !s.is_terminal())
+                .map(TripState::as_str)
+                .collect(),
+        ),
+        Some(s) => Some(vec![
             TripState::parse(s)
                 .ok_or_else(|| bad_request(format!("unknown state {s:?}")))?
                 .as_str(),
-        ),
+        ]),
         None => None,
     };
     let limit = filter.limit.unwrap_or(50);
@@ -170,7 +178,7 @@ async fn list_trips(
                 "SELECT {TRIP_COLUMNS} FROM trips \
                  WHERE ($1::text IS NULL OR rider_id = $1) \
                    AND ($2::text IS NULL OR driver_id = $2) \
-                   AND ($3::text IS NULL OR state = $3) \
+                   AND ($3::text[] IS NULL OR state = ANY($3)) \
                    AND ($4::int8 IS NULL OR requested_at >= to_timestamp($4::int8 / 1000.0)) \
                    AND ($5::int8 IS NULL OR requested_at < to_timestamp($5::int8 / 1000.0)) \
                  ORDER BY requested_at DESC LIMIT $6"
@@ -178,7 +186,7 @@ async fn list_trips(
             &[
                 &filter.rider_id,
                 &filter.driver_id,
-                &trip_state,
+                &states,
                 &filter.from,
                 &filter.to,
                 &limit,

@@ -137,9 +137,10 @@ async fn the_dispatcher_dashboard_shows_the_fleet_and_cancels_a_trip_in_a_browse
     // The browser does what a dispatcher would.
     let screenshots = workspace_root().join("target/browser");
     let script = workspace_root().join("dashboards/web/tests/dashboard.mjs");
+    tests::web::sdk_dir(); // the script cancels a trip as another dispatcher through the SDK
     let said = tests::web::node(
         &workspace_root().join("dashboards/web"),
-        &[script.into()],
+        &["--experimental-websocket".into(), script.into()],
         &[
             ("DASHBOARD_URL", format!("http://{}/", gateway.running.http)),
             ("DISPATCHER_TOKEN", token(Role::Dispatcher, "ops")),

@@ -157,6 +157,15 @@ async fn the_history_api_needs_a_dispatcher_and_filters() {
     let f = Fixture::start().await;
     let a = f.create("rider-a", "k").await;
     f.create("rider-b", "k").await;
+    let ended = f.create("rider-c", "k").await;
+    f.command(TripCommand::Cancel {
+        trip_id: ended.trip_id,
+        actor: Actor::Rider,
+        actor_id: "rider-c".into(),
+        reason: None,
+    })
+    .await
+    .unwrap();
     let http = f.trips.as_ref().unwrap().http;
     let exp = now_ms() / 1000 + 60;
     let mint = |role, sub: &str| {
@@ -202,7 +211,16 @@ async fn the_history_api_needs_a_dispatcher_and_filters() {
         .json()
         .await
         .unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all.len(), 3);
+    // `active`: every trip under way, the cancelled one not.
+    let active: Vec<TripView> = get("/api/trips?state=active".into(), ops.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 2, "{active:?}");
+    assert!(active.iter().all(|t| t.trip_id != ended.trip_id));
     let mine: Vec<TripView> = get(
         "/api/trips?rider_id=rider-a&state=requested".into(),
         ops.clone(),
