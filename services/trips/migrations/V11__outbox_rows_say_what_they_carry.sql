@@ -1,9 +1,9 @@
 -- Each outbox message says what it is, beside the subject and payload it is published with:
 -- its kind ('bus' for matchers, dashboards and gateways; 'client' for one client's inbox;
--- 'event' for integrators), a client's role and id, and an event's id, type, ordering key and
--- time. The publishing round addresses a client's message to its gateway from the role and
--- id, and the statement that writes a row queues its events for their webhooks from the
--- event columns (so every new row has hooks_queued = true).
+-- 'event' for integrators) and, for a client's message, the client's role and id. The
+-- publishing round addresses a client's message to its gateway from the role and id, and
+-- parses nothing. An event's webhook deliveries are queued by the statement that writes its
+-- row (so every new row has hooks_queued = true).
 --
 -- Expand only: every new column is nullable and the old ones stay, so a replica of the
 -- previous release (which writes subjects and payloads alone, and reads only those and
@@ -14,17 +14,9 @@ ALTER TABLE outbox
     ADD COLUMN kinds text[],
     ADD COLUMN roles text[],
     ADD COLUMN recipients text[],
-    ADD COLUMN event_ids text[],
-    ADD COLUMN event_types text[],
-    ADD COLUMN ordering_keys text[],
-    ADD COLUMN event_ats int8[],
     ADD CONSTRAINT outbox_kinds_known
         CHECK (kinds <@ ARRAY['bus', 'client', 'event']::text[]),
     ADD CONSTRAINT outbox_one_kind_per_message
         CHECK (kinds IS NULL OR (cardinality(kinds) = cardinality(subjects)
             AND cardinality(roles) = cardinality(subjects)
-            AND cardinality(recipients) = cardinality(subjects)
-            AND cardinality(event_ids) = cardinality(subjects)
-            AND cardinality(event_types) = cardinality(subjects)
-            AND cardinality(ordering_keys) = cardinality(subjects)
-            AND cardinality(event_ats) = cardinality(subjects)));
+            AND cardinality(recipients) = cardinality(subjects)));
